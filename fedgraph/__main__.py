@@ -1,0 +1,3 @@
+from fedgraph.cli import main
+
+main()

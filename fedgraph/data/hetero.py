@@ -1,0 +1,187 @@
+"""User-item interactions as a PyG :class:`~torch_geometric.data.HeteroData`.
+
+The graph has node types ``'user'`` and ``'item'``, the edge type ``('user', 'rates', 'item')``
+with optional ``rating`` and ``time`` edge attributes, and its reverse
+``('item', 'rated_by', 'user')``. Raw ids are re-indexed to ``0..n-1`` in sorted order and the
+raw ids are kept as ``data['user'].raw_id`` / ``data['item'].raw_id`` (an ``int64`` tensor for
+integer ids, a list of strings otherwise).
+
+Edges are stored in *client order*: sorted by user, then chronologically, so that user ``u``'s
+interactions form one contiguous segment and its last entry is its latest interaction.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+log = logging.getLogger(__name__)
+
+USER = 'user'
+ITEM = 'item'
+RATES = (USER, 'rates', ITEM)
+RATED_BY = (ITEM, 'rated_by', USER)
+
+RawIds = Union[Tensor, List[str]]
+
+
+def _reindex(raw: np.ndarray):
+    unique, index = np.unique(raw, return_inverse=True)
+    if unique.dtype == object:
+        raw_ids: RawIds = [str(value) for value in unique]
+    else:
+        raw_ids = torch.from_numpy(unique.astype(np.int64))
+    return raw_ids, index.astype(np.int64)
+
+
+def client_order(user: np.ndarray, time: Optional[np.ndarray]) -> np.ndarray:
+    """The permutation that sorts interactions by user, then by time.
+
+    Ties in time are broken by position: of two interactions with the same user and
+    timestamp, the one that comes *earlier* in the input counts as the later one. This is
+    what the PFedRec reference code does (pandas ``rank(method='first', ascending=False)``
+    numbers tied timestamps in file order, rank 1 = test item). Without timestamps the
+    input order is the chronological order.
+    """
+    position = np.arange(len(user))
+    if time is None:
+        return np.lexsort((position, user))
+    return np.lexsort((-position, time, user))
+
+
+def interactions_to_hetero(
+    user: Sequence,
+    item: Sequence,
+    rating: Optional[Sequence[float]] = None,
+    time: Optional[Sequence[int]] = None,
+    *,
+    name: str = 'interactions',
+) -> HeteroData:
+    """Builds the interaction graph from parallel columns of raw ids.
+
+    Implicit feedback: an interaction is a positive when its rating is ``> 0``; rows with a
+    rating ``<= 0`` are dropped, and so is every repeat of a (user, item) pair but the latest
+    one. Both are counted, logged, and recorded in ``data.num_dropped``.
+
+    Args:
+        user: raw user ids (integers or strings).
+        item: raw item ids, one per user entry.
+        rating: optional ratings (explicit scores, play counts, ...).
+        time: optional integer timestamps.
+        name: a label for log messages and ``data.name``.
+    """
+    user = np.asarray(user)
+    item = np.asarray(item)
+    if user.shape != item.shape or user.ndim != 1:
+        raise ValueError(f'{name}: user and item must be 1-D of equal length, '
+                         f'got shapes {user.shape} and {item.shape}')
+    columns = {'rating': rating, 'time': time}
+    columns = {k: np.asarray(v) for k, v in columns.items() if v is not None}
+    for key, values in columns.items():
+        if values.shape != user.shape:
+            raise ValueError(f'{name}: {key} has {values.shape[0]} entries, '
+                             f'expected {user.shape[0]}')
+    if len(user) == 0:
+        raise ValueError(f'{name}: no interactions')
+
+    dropped = {}
+    keep = np.ones(len(user), dtype=bool)
+    if 'rating' in columns:
+        keep &= columns['rating'] > 0
+        dropped['non_positive_rating'] = int((~keep).sum())
+
+    user_raw, user_index = _reindex(user[keep])
+    item_raw, item_index = _reindex(item[keep])
+    columns = {k: v[keep] for k, v in columns.items()}
+
+    order = client_order(user_index, columns.get('time'))
+    user_index, item_index = user_index[order], item_index[order]
+    columns = {k: v[order] for k, v in columns.items()}
+
+    # Within a user's chronological segment keep the last occurrence of each item.
+    num_items = len(item_raw)
+    key = user_index * num_items + item_index
+    reversed_first = np.unique(key[::-1], return_index=True)[1]
+    last = np.sort(len(key) - 1 - reversed_first)
+    dropped['repeated_pair'] = len(key) - len(last)
+    user_index, item_index = user_index[last], item_index[last]
+    columns = {k: v[last] for k, v in columns.items()}
+
+    for reason, count in dropped.items():
+        if count:
+            log.info('%s: dropped %d interactions (%s)', name, count, reason.replace('_', ' '))
+    if len(user_index) == 0:
+        raise ValueError(f'{name}: no positive interaction (every rating is <= 0)')
+
+    data = HeteroData()
+    data.name = name
+    data.num_dropped = dropped
+    data[USER].num_nodes = len(user_raw)
+    data[USER].raw_id = user_raw
+    data[ITEM].num_nodes = num_items
+    data[ITEM].raw_id = item_raw
+    edge_index = torch.from_numpy(np.stack([user_index, item_index]))
+    data[RATES].edge_index = edge_index
+    if 'rating' in columns:
+        data[RATES].rating = torch.from_numpy(columns['rating'].astype(np.float32))
+    if 'time' in columns:
+        data[RATES].time = torch.from_numpy(columns['time'].astype(np.int64))
+    data[RATED_BY].edge_index = edge_index.flip(0)
+    return data
+
+
+def with_edges(data: HeteroData, edge_mask: Tensor) -> HeteroData:
+    """A copy of ``data`` that keeps the ``rates`` edges where ``edge_mask`` is true.
+
+    Nodes, raw-id maps and edge order are kept; the reverse edges are rebuilt.
+    """
+    out = data.__copy__()
+    store = data[RATES]
+    for key, value in store.items():
+        if isinstance(value, Tensor) and store.is_edge_attr(key):
+            out[RATES][key] = value[..., edge_mask] if key == 'edge_index' else value[edge_mask]
+    out[RATED_BY].edge_index = out[RATES].edge_index.flip(0)
+    return out
+
+
+def with_users(data: HeteroData, user_mask: Tensor) -> HeteroData:
+    """A copy of ``data`` restricted to the users where ``user_mask`` is true.
+
+    Users are re-indexed contiguously (their raw ids follow); items are kept as they are.
+    """
+    edge_index = data[RATES].edge_index
+    out = with_edges(data, user_mask[edge_index[0]])
+    new_index = torch.full((user_mask.numel(),), -1, dtype=torch.long)
+    new_index[user_mask] = torch.arange(int(user_mask.sum()))
+    kept_edges = out[RATES].edge_index
+    out[RATES].edge_index = torch.stack([new_index[kept_edges[0]], kept_edges[1]])
+    out[RATED_BY].edge_index = out[RATES].edge_index.flip(0)
+    out[USER].num_nodes = int(user_mask.sum())
+    raw = data[USER].raw_id
+    out[USER].raw_id = raw[user_mask] if isinstance(raw, Tensor) else [
+        r for r, keep in zip(raw, user_mask.tolist()) if keep]
+    return out
+
+
+def in_client_order(data: HeteroData) -> HeteroData:
+    """``data`` with its ``rates`` edges in client order (a no-op when they already are).
+
+    Graphs built by :func:`interactions_to_hetero` are in client order already; this covers
+    graphs built by hand.
+    """
+    store = data[RATES]
+    user = store.edge_index[0].numpy()
+    time = store.time.numpy() if 'time' in store else None
+    order = torch.from_numpy(client_order(user, time))
+    if torch.equal(order, torch.arange(order.numel())):
+        return data
+    out = data.__copy__()
+    for key, value in store.items():
+        if isinstance(value, Tensor) and store.is_edge_attr(key):
+            out[RATES][key] = value[:, order] if key == 'edge_index' else value[order]
+    out[RATED_BY].edge_index = out[RATES].edge_index.flip(0)
+    return out

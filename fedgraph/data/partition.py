@@ -1,0 +1,180 @@
+"""Each user is a client: the interactions of all clients in compressed-row (CSR) form.
+
+Client ``c`` holds the items ``col[ptr[c]:ptr[c + 1]]``. Per-client reductions are segment
+operations over ``ptr`` (torch-scatter's ``segment_csr``), and a batch of clients is a pair
+of gathers, so no code ever loops over clients in Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+from torch_scatter import segment_csr
+
+from fedgraph.data.hetero import ITEM, RATES, USER
+
+
+@dataclass
+class ClientBatch:
+    """The interactions of a batch of clients, as flat tensors.
+
+    Attributes:
+        clients: ``[B]`` client ids.
+        ptr: ``[B + 1]`` offsets: entry ``j`` of the batch belongs to ``clients[owner[j]]``.
+        owner: ``[N]`` position in ``clients`` of each entry.
+        item: ``[N]`` item of each entry.
+    """
+    clients: Tensor
+    ptr: Tensor
+    owner: Tensor
+    item: Tensor
+
+
+class ClientPartition:
+    """Users' item sets in CSR order; row ``u`` is client ``u``'s local data.
+
+    Args:
+        ptr: ``[num_clients + 1]`` non-decreasing offsets into ``col``.
+        col: ``[E]`` item ids, grouped by client.
+        num_items: the size of the item catalogue.
+    """
+
+    def __init__(self, ptr: Tensor, col: Tensor, num_items: int):
+        if ptr.dim() != 1 or ptr.numel() == 0 or int(ptr[0]) != 0 or int(ptr[-1]) != col.numel():
+            raise ValueError('ptr must start at 0 and end at len(col)')
+        self.ptr = ptr
+        self.col = col
+        self.num_items = int(num_items)
+        self._sorted_keys: Optional[Tensor] = None
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Tensor, num_clients: int,
+                        num_items: int) -> 'ClientPartition':
+        """Groups ``(user, item)`` edges by user; the order within a user is kept."""
+        user = edge_index[0]
+        order = torch.sort(user, stable=True).indices
+        degree = torch.bincount(user, minlength=num_clients)
+        ptr = torch.zeros(num_clients + 1, dtype=torch.long, device=user.device)
+        torch.cumsum(degree, 0, out=ptr[1:])
+        return cls(ptr, edge_index[1, order].contiguous(), num_items)
+
+    @classmethod
+    def from_data(cls, data: HeteroData) -> 'ClientPartition':
+        """The partition of the ``('user', 'rates', 'item')`` edges of ``data``."""
+        return cls.from_edge_index(data[RATES].edge_index, data[USER].num_nodes,
+                                   data[ITEM].num_nodes)
+
+    @property
+    def num_clients(self) -> int:
+        return self.ptr.numel() - 1
+
+    @property
+    def num_interactions(self) -> int:
+        return self.col.numel()
+
+    @property
+    def degree(self) -> Tensor:
+        """``[num_clients]`` number of items of each client."""
+        return self.ptr[1:] - self.ptr[:-1]
+
+    @property
+    def row(self) -> Tensor:
+        """``[E]`` the client of each entry of ``col``."""
+        return torch.repeat_interleave(
+            torch.arange(self.num_clients, device=self.ptr.device), self.degree)
+
+    def edge_index(self) -> Tensor:
+        """``[2, E]`` the ``(client, item)`` pairs in CSR order."""
+        return torch.stack([self.row, self.col])
+
+    def items_of(self, client: int) -> Tensor:
+        return self.col[self.ptr[client]:self.ptr[client + 1]]
+
+    def to(self, device) -> 'ClientPartition':
+        return ClientPartition(self.ptr.to(device), self.col.to(device), self.num_items)
+
+    def reduce(self, values: Tensor, reduce: str = 'sum') -> Tensor:
+        """Reduces per-interaction ``values`` ``[E, ...]`` to per-client ``[C, ...]``.
+
+        ``reduce`` is one of ``'sum'``, ``'mean'``, ``'min'``, ``'max'``; an empty client
+        gets 0.
+        """
+        return segment_csr(values, self.ptr, reduce=reduce)
+
+    def batch(self, clients: Tensor) -> ClientBatch:
+        """The interactions of ``clients``, gathered into flat tensors."""
+        clients = clients.to(self.ptr.device)
+        start = self.ptr[clients]
+        count = self.ptr[clients + 1] - start
+        ptr = torch.zeros(clients.numel() + 1, dtype=torch.long, device=clients.device)
+        torch.cumsum(count, 0, out=ptr[1:])
+        owner = torch.repeat_interleave(torch.arange(clients.numel(), device=clients.device),
+                                        count)
+        offset = torch.arange(owner.numel(), device=clients.device) - ptr[owner]
+        return ClientBatch(clients, ptr, owner, self.col[start[owner] + offset])
+
+    def contains(self, clients: Tensor, items: Tensor) -> Tensor:
+        """Whether ``items[i]`` is among the items of ``clients[i]`` (broadcasting)."""
+        if self._sorted_keys is None:
+            self._sorted_keys = torch.sort(self.row * self.num_items + self.col).values
+        keys = clients * self.num_items + items
+        if self._sorted_keys.numel() == 0:
+            return torch.zeros_like(keys, dtype=torch.bool)
+        position = torch.searchsorted(self._sorted_keys, keys).clamp_max(
+            self._sorted_keys.numel() - 1)
+        return self._sorted_keys[position] == keys
+
+    def dense_mask(self, clients: Tensor) -> Tensor:
+        """``[B, num_items]`` boolean mask of the items of each of ``clients``."""
+        batch = self.batch(clients)
+        mask = torch.zeros(clients.numel(), self.num_items, dtype=torch.bool,
+                           device=self.col.device)
+        mask[batch.owner, batch.item] = True
+        return mask
+
+    def sample_negatives(self, clients: Tensor, num: int,
+                         generator: Optional[torch.Generator] = None,
+                         oversample: float = 2.0) -> Tensor:
+        """``[B, num]`` distinct items that each of ``clients`` does not hold, uniformly.
+
+        Draws candidates with replacement and keeps, in draw order, the first ``num`` that
+        are neither held by the client nor drawn before for it: this is exactly uniform
+        sampling without replacement from the client's non-items. Rows that run short are
+        drawn again with more candidates.
+
+        Raises:
+            ValueError: a client holds more than ``num_items - num`` items.
+        """
+        clients = clients.to(self.ptr.device)
+        free = self.num_items - self.degree[clients]
+        if clients.numel() and int(free.min()) < num:
+            worst = int(clients[free.argmin()])
+            raise ValueError(f'client {worst} has only {int(free.min())} items it never '
+                             f'interacted with; {num} negatives were asked for')
+        out = torch.empty(clients.numel(), num, dtype=torch.long, device=clients.device)
+        todo = torch.arange(clients.numel(), device=clients.device)
+        width = max(int(num * oversample), num + 8)
+        while todo.numel():
+            rows = clients[todo]
+            candidates = torch.randint(self.num_items, (todo.numel(), width),
+                                       generator=generator, device='cpu').to(clients.device)
+            valid = ~self.contains(rows.unsqueeze(1), candidates)
+            valid &= ~_repeats_earlier_in_row(candidates)
+            rank = valid.cumsum(1)
+            done = rank[:, -1] >= num
+            keep = valid & (rank <= num) & done.unsqueeze(1)
+            out[todo[done]] = candidates[keep].view(-1, num)
+            todo = todo[~done]
+            width *= 2
+        return out
+
+
+def _repeats_earlier_in_row(values: Tensor) -> Tensor:
+    """Marks entries equal to an entry to their left in the same row."""
+    sorted_values, order = torch.sort(values, dim=1, stable=True)
+    repeat = torch.zeros_like(values, dtype=torch.bool)
+    repeat[:, 1:] = sorted_values[:, 1:] == sorted_values[:, :-1]
+    return torch.zeros_like(repeat).scatter_(1, order, repeat)

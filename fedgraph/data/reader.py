@@ -1,0 +1,181 @@
+"""Strict readers for delimited interaction files.
+
+Every problem in a file is reported as a :class:`DataFormatError` that names the file, the
+1-based line number and what was expected there, so that a user can open the file at the
+right place. Nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the format its loader expects."""
+
+    def __init__(self, path: PathLike, line: Optional[int], message: str):
+        self.path = str(path)
+        self.line = line
+        where = self.path if line is None else f'{self.path}, line {line}'
+        super().__init__(f'{where}: {message}')
+
+
+@dataclass(frozen=True)
+class Column:
+    """One field to read: its name, its 0-based position on a line and its kind.
+
+    ``kind`` is ``'id'`` (any non-empty token; an integer id when ``integer_ids`` is set),
+    ``'float'`` or ``'int'``.
+    """
+    name: str
+    position: int
+    kind: str = 'id'
+
+
+_KIND_TEXT = {'float': 'a number', 'int': 'an integer', 'id': 'an id'}
+
+
+def _parse_float(token: str) -> float:
+    value = float(token)
+    if value != value:  # NaN
+        raise ValueError(token)
+    return value
+
+
+def _converter(kind: str, integer_ids: bool) -> Callable[[str], object]:
+    if kind == 'float':
+        return _parse_float
+    if kind == 'int' or (kind == 'id' and integer_ids):
+        return int
+    return str
+
+
+def _lines(path: PathLike, encoding: str) -> Iterator[Tuple[int, str]]:
+    with open(path, encoding=encoding, errors='strict') as handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                yield number, line.rstrip('\r\n')
+        except UnicodeDecodeError as error:
+            raise DataFormatError(path, None, f'is not valid {encoding} text ({error})') from None
+
+
+def read_delimited(
+    path: PathLike,
+    columns: Sequence[Column],
+    delimiter: Optional[str] = ',',
+    *,
+    header: bool = False,
+    integer_ids: bool = True,
+    encoding: str = 'utf-8',
+    description: Optional[str] = None,
+) -> Dict[str, np.ndarray]:
+    """Reads ``columns`` from a delimited text file into NumPy arrays.
+
+    Args:
+        path: the file.
+        columns: the fields to keep.
+        delimiter: the field separator; ``None`` splits on runs of whitespace.
+        header: whether the first line is a header to skip.
+        integer_ids: parse ``'id'`` columns as integers (MovieLens) rather than strings.
+        encoding: the text encoding.
+        description: the expected line layout, quoted in error messages
+            (default: the column names joined by the delimiter).
+
+    Returns:
+        ``{column.name: array}``; ids are ``int64`` or ``object`` (strings), numbers
+        ``float64``/``int64``. Blank lines are ignored.
+
+    Raises:
+        DataFormatError: the file is empty, a line has too few fields, or a field does not
+            parse as its column's kind.
+        FileNotFoundError: the file does not exist.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: no such file')
+    sep_text = 'whitespace' if delimiter is None else repr(delimiter)
+    layout = description or (' ' if delimiter is None else delimiter).join(c.name for c in columns)
+    needed = max(c.position for c in columns) + 1
+    converters = [_converter(c.kind, integer_ids) for c in columns]
+    values: List[list] = [[] for _ in columns]
+
+    for number, line in _lines(path, encoding):
+        if header and number == 1:
+            continue
+        if not line.strip():
+            continue
+        fields = line.split(delimiter)
+        if len(fields) < needed:
+            raise DataFormatError(
+                path, number,
+                f'expected {needed} fields separated by {sep_text} ({layout}), '
+                f'found {len(fields)}: {line!r}')
+        for column, convert, out in zip(columns, converters, values):
+            token = fields[column.position].strip()
+            if not token:
+                raise DataFormatError(path, number, f'field {column.name!r} is empty: {line!r}')
+            try:
+                out.append(convert(token))
+            except ValueError:
+                kind = 'an integer id' if column.kind == 'id' else _KIND_TEXT[column.kind]
+                raise DataFormatError(
+                    path, number,
+                    f'field {column.name!r} (field {column.position + 1}) must be {kind}, '
+                    f'got {token!r}') from None
+
+    if not values[0]:
+        raise DataFormatError(path, None, f'file is empty; expected lines of the form {layout!r}')
+    return {c.name: _to_array(v, c.kind, integer_ids) for c, v in zip(columns, values)}
+
+
+def _to_array(values: list, kind: str, integer_ids: bool) -> np.ndarray:
+    if kind == 'float':
+        return np.asarray(values, dtype=np.float64)
+    if kind == 'int' or integer_ids:
+        return np.asarray(values, dtype=np.int64)
+    return np.asarray(values, dtype=object)
+
+
+def read_header(path: PathLike, delimiter: Optional[str], encoding: str = 'utf-8') -> List[str]:
+    """Returns the stripped field names on the first line of ``path``."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: no such file')
+    for _, line in _lines(path, encoding):
+        return [name.strip() for name in line.split(delimiter)]
+    raise DataFormatError(path, None, 'file is empty; expected a header line')
+
+
+def read_adjacency_lists(path: PathLike, encoding: str = 'utf-8') -> Tuple[np.ndarray, np.ndarray]:
+    """Reads LightGCN-style ``user item item ...`` lines (whitespace-separated integers).
+
+    A user with no item on its line contributes no interaction.
+
+    Returns:
+        ``(user, item)`` arrays of equal length, one entry per interaction.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: no such file')
+    users: List[int] = []
+    items: List[int] = []
+    seen_line = False
+    for number, line in _lines(path, encoding):
+        fields = line.split()
+        if not fields:
+            continue
+        seen_line = True
+        try:
+            parsed = [int(token) for token in fields]
+        except ValueError:
+            bad = next(t for t in fields if not t.lstrip('-').isdigit())
+            raise DataFormatError(
+                path, number,
+                f'expected integer ids "user item item ...", got {bad!r}') from None
+        users.extend([parsed[0]] * (len(parsed) - 1))
+        items.extend(parsed[1:])
+    if not seen_line:
+        raise DataFormatError(path, None, 'file is empty; expected lines "user item item ..."')
+    return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)

@@ -1,0 +1,172 @@
+"""Train / validation / test splits for the two evaluation protocols.
+
+* :func:`leave_one_out_split` -- the *sampled* protocol of PFedRec: each user's latest
+  interaction is its test item, the second latest its validation item, and each is ranked
+  against 99 fixed negatives the user never interacted with.
+* :func:`ratio_split` -- the *full-ranking* protocol of PerFedRec++: each user's interactions
+  are split by ratio (at random or by time) and all items are ranked, training items masked.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from fedgraph.data.hetero import ITEM, RATES, USER, in_client_order, with_edges, with_users
+from fedgraph.data.partition import ClientPartition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampledSplit:
+    """Leave-one-out split with sampled negatives (one row per user).
+
+    Attributes:
+        train: the training interactions (every user keeps at least one).
+        val_item, test_item: ``[U]`` each user's validation / test item.
+        val_negatives, test_negatives: ``[U, n]`` items the user never interacted with,
+            disjoint from each other.
+        num_filtered_users: users dropped for having fewer than 3 interactions.
+    """
+    train: HeteroData
+    val_item: Tensor
+    test_item: Tensor
+    val_negatives: Tensor
+    test_negatives: Tensor
+    num_filtered_users: int = 0
+
+    @property
+    def protocol(self) -> str:
+        return 'sampled'
+
+
+@dataclass
+class RankingSplit:
+    """Per-user ratio split for full ranking.
+
+    Attributes:
+        train: the training interactions.
+        val, test: each user's held-out items (a user may hold none).
+    """
+    train: HeteroData
+    val: ClientPartition
+    test: ClientPartition
+
+    @property
+    def protocol(self) -> str:
+        return 'full'
+
+
+def _held_out(data: HeteroData, edge_mask: Tensor) -> ClientPartition:
+    """The ``rates`` edges of ``data`` where ``edge_mask`` holds, grouped by user."""
+    return ClientPartition.from_edge_index(data[RATES].edge_index[:, edge_mask],
+                                           data[USER].num_nodes, data[ITEM].num_nodes)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def leave_one_out_split(data: HeteroData, num_negatives: int = 99,
+                        seed: int = 0) -> SampledSplit:
+    """The leave-one-out split of the PFedRec paper.
+
+    Each user's interactions are in chronological order (see
+    :func:`~fedgraph.data.hetero.client_order` for ties); the last one is the test item, the
+    one before the validation item, the rest are training data. ``2 * num_negatives``
+    distinct items the user never interacted with are drawn once from ``seed``: the first
+    half are the validation negatives, the second half the test negatives, as in the
+    reference code. Users with fewer than 3 interactions cannot be split and are dropped
+    (counted and logged).
+    """
+    data = in_client_order(data)
+    partition = ClientPartition.from_data(data)
+    enough = partition.degree >= 3
+    num_filtered = int((~enough).sum())
+    if num_filtered:
+        log.info('%s: dropped %d of %d users with fewer than 3 interactions '
+                 '(leave-one-out needs a train, a validation and a test item)',
+                 getattr(data, 'name', 'data'), num_filtered, partition.num_clients)
+        if num_filtered == partition.num_clients:
+            raise ValueError('no user has the 3 interactions leave-one-out needs')
+        data = with_users(data, enough)
+        partition = ClientPartition.from_data(data)
+
+    last = partition.ptr[1:] - 1
+    test_item = partition.col[last]
+    val_item = partition.col[last - 1]
+    train_mask = torch.ones(partition.num_interactions, dtype=torch.bool)
+    train_mask[last] = False
+    train_mask[last - 1] = False
+
+    users = torch.arange(partition.num_clients)
+    negatives = partition.sample_negatives(users, 2 * num_negatives, _generator(seed))
+    return SampledSplit(
+        train=with_edges(data, train_mask),
+        val_item=val_item,
+        test_item=test_item,
+        val_negatives=negatives[:, :num_negatives].contiguous(),
+        test_negatives=negatives[:, num_negatives:].contiguous(),
+        num_filtered_users=num_filtered,
+    )
+
+
+def ratio_split(data: HeteroData, ratios: Sequence[float] = (0.8, 0.1, 0.1),
+                mode: str = 'random', seed: int = 0) -> RankingSplit:
+    """Splits each user's interactions into train / validation / test by ratio.
+
+    A user with ``n`` interactions gives ``floor(n * r_val)`` to validation,
+    ``floor(n * r_test)`` to test and the rest (at least one) to training.
+
+    Args:
+        data: the interaction graph.
+        ratios: ``(train, val, test)``, summing to 1.
+        mode: ``'random'`` (a seeded shuffle per user) or ``'temporal'`` (the latest
+            interactions go to test, the ones before them to validation).
+        seed: the seed of the random mode.
+    """
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6 or ratios[0] <= 0:
+        raise ValueError(f'ratios must be (train, val, test) >= 0 with train > 0 summing to 1, '
+                         f'got {tuple(ratios)}')
+    if mode not in ('random', 'temporal'):
+        raise ValueError(f"mode must be 'random' or 'temporal', got {mode!r}")
+    data = in_client_order(data)
+    partition = ClientPartition.from_data(data)
+    degree = partition.degree
+    num_val = torch.floor(degree * ratios[1] + 1e-9).long()
+    num_test = torch.floor(degree * ratios[2] + 1e-9).long()
+
+    # Position of each interaction in its user's order: chronological or shuffled.
+    row = partition.row
+    position = torch.arange(partition.num_interactions) - partition.ptr[row]
+    if mode == 'random':
+        noise = torch.rand(partition.num_interactions, generator=_generator(seed))
+        order = torch.sort(noise, stable=True).indices
+        order = order[torch.sort(row[order], stable=True).indices]
+        position = torch.empty_like(position).scatter_(0, order, position)
+    from_end = degree[row] - 1 - position
+    is_test = from_end < num_test[row]
+    is_val = ~is_test & (from_end < (num_test + num_val)[row])
+
+    no_test = int((num_test == 0).sum())
+    if no_test:
+        log.info('%s: %d of %d users have too few interactions for a test item and are not '
+                 'evaluated', getattr(data, 'name', 'data'), no_test, partition.num_clients)
+    return RankingSplit(train=with_edges(data, ~(is_test | is_val)),
+                        val=_held_out(data, is_val), test=_held_out(data, is_test))
+
+
+def predefined_split(data: HeteroData) -> RankingSplit:
+    """The split stored in the edge attribute ``split`` (0 train, 1 validation, 2 test), as
+    read by :func:`~fedgraph.data.formats.read_lightgcn`."""
+    if 'split' not in data[RATES]:
+        raise ValueError("this graph has no predefined split (edge attribute 'split')")
+    data = in_client_order(data)
+    code = data[RATES].split
+    return RankingSplit(train=with_edges(data, code == 0), val=_held_out(data, code == 1),
+                        test=_held_out(data, code == 2))
