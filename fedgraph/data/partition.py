@@ -42,13 +42,16 @@ class ClientPartition:
         num_items: the size of the item catalogue.
     """
 
+    #: The largest ``clients x items`` bitmap (in bytes) :meth:`contains` builds.
+    DENSE_MEMBERSHIP_LIMIT = 1 << 27
+
     def __init__(self, ptr: Tensor, col: Tensor, num_items: int):
         if ptr.dim() != 1 or ptr.numel() == 0 or int(ptr[0]) != 0 or int(ptr[-1]) != col.numel():
             raise ValueError('ptr must start at 0 and end at len(col)')
         self.ptr = ptr
         self.col = col
         self.num_items = int(num_items)
-        self._sorted_keys: Optional[Tensor] = None
+        self._membership: Optional[Tensor] = None
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_clients: int,
@@ -117,15 +120,28 @@ class ClientPartition:
         return ClientBatch(clients, ptr, owner, self.col[start[owner] + offset])
 
     def contains(self, clients: Tensor, items: Tensor) -> Tensor:
-        """Whether ``items[i]`` is among the items of ``clients[i]`` (broadcasting)."""
-        if self._sorted_keys is None:
-            self._sorted_keys = torch.sort(self.row * self.num_items + self.col).values
+        """Whether ``items[i]`` is among the items of ``clients[i]`` (broadcasting).
+
+        Looks the key ``client * num_items + item`` up in a dense bitmap when
+        ``clients x items`` fits in :attr:`DENSE_MEMBERSHIP_LIMIT` bytes, else by binary
+        search in the sorted keys (memory linear in the interactions).
+        """
         keys = clients * self.num_items + items
-        if self._sorted_keys.numel() == 0:
+        if self._membership is None:
+            edge_keys = self.row * self.num_items + self.col
+            if self.num_clients * self.num_items <= self.DENSE_MEMBERSHIP_LIMIT:
+                self._membership = torch.zeros(self.num_clients * self.num_items,
+                                               dtype=torch.bool, device=self.col.device)
+                self._membership[edge_keys] = True
+            else:
+                self._membership = torch.sort(edge_keys).values
+        if self._membership.dtype == torch.bool:
+            return self._membership[keys]
+        if self._membership.numel() == 0:
             return torch.zeros_like(keys, dtype=torch.bool)
-        position = torch.searchsorted(self._sorted_keys, keys).clamp_max(
-            self._sorted_keys.numel() - 1)
-        return self._sorted_keys[position] == keys
+        position = torch.searchsorted(self._membership, keys).clamp_max(
+            self._membership.numel() - 1)
+        return self._membership[position] == keys
 
     def dense_mask(self, clients: Tensor) -> Tensor:
         """``[B, num_items]`` boolean mask of the items of each of ``clients``."""

@@ -1,0 +1,205 @@
+"""The vectorized federated engine: all clients of a round train at once.
+
+One round is: select clients -> broadcast the shared tables -> local training -> upload
+(row updates, optionally clipped and noised) -> aggregate. Local training runs the selected
+clients' mini-batch steps side by side: local step ``t`` processes the ``t``-th mini-batch of
+every client that has one, as one batched tensor operation. Each client still does exactly
+its own work -- its own samples, its own number of steps, its own private parameters --
+because the loss is a sum of per-client mean losses, whose gradient with respect to a
+client's parameters is that client's gradient alone.
+
+Private state is compact: score heads are stacked ``[num_clients, ...]`` tensors inside the
+model, and a client's personalized item rows are stored only for the rows it touched
+(:class:`~fedgraph.federated.personal.PersonalItemRows`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_scatter import scatter
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.aggregation import aggregate_rows
+from fedgraph.federated.personal import PersonalItemRows
+from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.selection import ClientSelector
+from fedgraph.federated.upload import UploadTransform
+from fedgraph.nn.recommender import FederatedRecommender
+
+BYTES_PER_INDEX = 8
+
+
+@dataclass
+class LocalTraining:
+    """How a client trains in a round (defaults: the PFedRec paper's).
+
+    Attributes:
+        lr: the learning rate of the private head.
+        item_lr: the learning rate of the local copy of the item table (PFedRec:
+            ``lr * num_items * eta``).
+        batch_size: the local mini-batch size.
+        local_epochs: passes over the local data per round.
+        num_negatives: negatives per positive, redrawn every round.
+        alternating: PFedRec's two SGD steps per mini-batch -- first the head, then, after a
+            fresh forward pass, the item rows -- instead of one joint step.
+        personalize_items: evaluate each client with its locally fine-tuned item rows (dual
+            personalization) rather than the global table.
+        weighted_aggregation: weight clients by their sample count in FedAvg.
+        upload: the transform applied to uploaded row updates.
+    """
+    lr: float = 0.1
+    item_lr: float = 0.1 * 80
+    batch_size: int = 256
+    local_epochs: int = 1
+    num_negatives: int = 4
+    alternating: bool = True
+    personalize_items: bool = True
+    weighted_aggregation: bool = False
+    upload: UploadTransform = field(default_factory=UploadTransform)
+
+
+@dataclass
+class RoundStats:
+    """What one round measured: mean local training loss, client count and traffic."""
+    loss: float
+    num_clients: int
+    upload_bytes: float
+    download_bytes: float
+
+
+def bce(logits: Tensor, label: Tensor) -> Tensor:
+    """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`."""
+    return F.binary_cross_entropy_with_logits(logits, label, reduction='none')
+
+
+class FederatedEngine:
+    """Simulates federated training of a :class:`FederatedRecommender`, vectorized.
+
+    Args:
+        model: the model; its item table is the global shared table, its heads the
+            clients' private state.
+        partition: the clients' training interactions.
+        training: the local training recipe.
+        selector: which clients take part in a round.
+    """
+
+    def __init__(self, model: FederatedRecommender, partition: ClientPartition,
+                 training: LocalTraining, selector: ClientSelector):
+        self.model = model
+        self.partition = partition.to(model.item.device)
+        self.training = training
+        self.selector = selector
+        self.broadcast = model.item.detach().clone()
+        self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
+                                         model.item.device, model.item.dtype)
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        clients = self.selector(generator)
+        cfg = self.training
+        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                          cfg.local_epochs, generator)
+        base = self.model.item.detach().clone()
+        local, private, loss = self.train_clients(plan, base)
+        update = cfg.upload(local - base[plan.row_item], generator)
+        weight = plan.num_samples if cfg.weighted_aggregation else None
+        with torch.no_grad():
+            for name, tensor in self.model.private_parameters().items():
+                tensor[plan.clients] = private[name]
+            self.model.item.copy_(aggregate_rows(base, plan.row_item, plan.row_owner,
+                                                 update, plan.clients.numel(), weight))
+        if cfg.personalize_items:
+            self.broadcast = base
+            self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
+                                  local)
+        rows_per_client = torch.bincount(plan.row_owner, minlength=plan.clients.numel())
+        row_bytes = self.model.dim * base.element_size() + BYTES_PER_INDEX
+        return RoundStats(
+            loss=float(loss.mean()), num_clients=plan.clients.numel(),
+            upload_bytes=float(rows_per_client.double().mean()) * row_bytes,
+            download_bytes=float(base.numel() * base.element_size()))
+
+    def train_clients(self, plan: RoundPlan, base: Tensor):
+        """Runs every selected client's local steps side by side.
+
+        Returns:
+            ``(local, private, loss)``: the trained local item rows ``[R, d]`` (row ``r`` is
+            client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), the trained
+            private parameters ``{name: [B, ...]}``, and each client's mean training loss
+            ``[B]``.
+        """
+        cfg = self.training
+        head = self.model.head
+        local = base[plan.row_item].clone()
+        private = {name: tensor.detach()[plan.clients].clone()
+                   for name, tensor in self.model.private_parameters().items()}
+        loss_sum = torch.zeros(plan.clients.numel(), dtype=base.dtype, device=base.device)
+        step_ptr = plan.step_ptr.tolist()
+        for start, end in zip(step_ptr[:-1], step_ptr[1:]):
+            owner, row = plan.owner[start:end], plan.row[start:end]
+            label, weight = plan.label[start:end], plan.weight[start:end]
+
+            def client_losses(params, rows):
+                gathered = {name: value.index_select(0, owner) for name, value in params.items()}
+                return bce(head.logits(gathered, rows), label)
+
+            params = {name: value.requires_grad_() for name, value in private.items()}
+            rows = local.index_select(0, row).requires_grad_()
+            if cfg.alternating:
+                losses = client_losses(params, rows.detach())
+                grads = torch.autograd.grad((losses * weight).sum(), list(params.values()))
+                private = {name: value.detach() - cfg.lr * grad
+                           for (name, value), grad in zip(params.items(), grads)}
+                losses = client_losses(private, rows)
+                (row_grad,) = torch.autograd.grad((losses * weight).sum(), [rows])
+            else:
+                losses = client_losses(params, rows)
+                *grads, row_grad = torch.autograd.grad((losses * weight).sum(),
+                                                       list(params.values()) + [rows])
+                private = {name: value.detach() - cfg.lr * grad
+                           for (name, value), grad in zip(params.items(), grads)}
+            local.index_add_(0, row, row_grad.mul_(-cfg.item_lr))  # alpha= is slower on CPU
+            loss_sum += scatter(losses.detach(), owner, dim_size=loss_sum.numel(),
+                                reduce='sum')
+        num_samples = plan.num_samples.to(loss_sum.dtype) * cfg.local_epochs
+        return local, {k: v.detach() for k, v in private.items()}, loss_sum / num_samples
+
+    # ------------------------------------------------------------------ scoring
+    def _item_view(self, users: Tensor, items: Tensor) -> Tensor:
+        if self.training.personalize_items:
+            return self.personal.view(users.unsqueeze(-1), items, self.broadcast)
+        return self.model.item.detach()[items]
+
+    @torch.no_grad()
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k]`` logits of ``items[u, j]`` for ``users[u]``, each user with its own
+        head and (with dual personalization) its own item view."""
+        params = {name: value[users].unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
+                  for name, value in self.model.private_parameters().items()}
+        return self.model.head.logits(params, self._item_view(users, items))
+
+    @torch.no_grad()
+    def scores_all(self, users: Tensor) -> Tensor:
+        """``[U, I]`` logits of every item for ``users``."""
+        params = {name: value[users] for name, value in self.model.private_parameters().items()}
+        if not self.training.personalize_items:
+            return self.model.head.logits_all(params, self.model.item.detach())
+        out = self.model.head.logits_all(params, self.broadcast)
+        position, item, values = self.personal.rows_of(users)
+        gathered = {name: value[position] for name, value in params.items()}
+        out[position, item] = self.model.head.logits(gathered, values)
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, object]:
+        return {'model': self.model.state_dict(), 'broadcast': self.broadcast,
+                'personal': self.personal.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.model.load_state_dict(state['model'])
+        self.broadcast = state['broadcast']
+        self.personal.load_state_dict(state['personal'])

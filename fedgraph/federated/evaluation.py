@@ -1,0 +1,39 @@
+"""Evaluating every user with its own model under either protocol."""
+from __future__ import annotations
+
+from typing import Dict, Union
+
+import torch
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.data.split import RankingSplit, SampledSplit
+from fedgraph.metrics.ranking import full_ranking_metrics
+from fedgraph.metrics.sampled import sampled_metrics
+
+Split = Union[SampledSplit, RankingSplit]
+
+
+@torch.no_grad()
+def evaluate(engine, split: Split, batch_size: int = 4096) -> Dict[str, Dict[str, float]]:
+    """``{'val': metrics, 'test': metrics}`` of ``engine``'s per-user scores.
+
+    Sampled protocol: HR@10 and NDCG@10 of each user's held-out item against its 99 fixed
+    negatives. Full-ranking protocol: Recall, Precision, NDCG and Hit @10 and @20 over all
+    items with the user's training items masked.
+    """
+    if isinstance(split, SampledSplit):
+        return {'val': _sampled(engine, split.val_item, split.val_negatives, batch_size),
+                'test': _sampled(engine, split.test_item, split.test_negatives, batch_size)}
+    train = ClientPartition.from_data(split.train)
+    return {name: full_ranking_metrics(engine.scores_all, train, held_out,
+                                       batch_size=max(1, batch_size // 16))
+            for name, held_out in (('val', split.val), ('test', split.test))}
+
+
+def _sampled(engine, positive, negatives, batch_size: int) -> Dict[str, float]:
+    users = torch.arange(positive.numel())
+    candidates = torch.cat([positive.unsqueeze(1), negatives], dim=1)
+    device = engine.model.item.device
+    scores = torch.cat([engine.scores(batch.to(device), candidates[batch].to(device)).cpu()
+                        for batch in users.split(batch_size)])
+    return sampled_metrics(scores[:, 0], scores[:, 1:], k=10)

@@ -1,0 +1,73 @@
+"""Clients' personalized item rows, stored only for the rows each client touched."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+
+class PersonalItemRows:
+    """A sparse store of per-client item rows: ``(client, item) -> [d]``.
+
+    Entries are kept sorted by the key ``client * num_items + item``, so a lookup is a
+    binary search and memory grows with the number of stored rows, never with
+    ``clients x items``. A client's view of the item table is its stored rows over a base
+    table (see :meth:`view`).
+    """
+
+    def __init__(self, num_clients: int, num_items: int, dim: int, device=None,
+                 dtype: torch.dtype = None):
+        self.num_items = num_items
+        self.num_clients = num_clients
+        self.keys = torch.empty(0, dtype=torch.long, device=device)
+        self.values = torch.empty(0, dim, device=device, dtype=dtype)
+
+    def __len__(self) -> int:
+        return self.keys.numel()
+
+    def replace(self, clients: Tensor, row_client: Tensor, row_item: Tensor,
+                values: Tensor) -> None:
+        """Drops every row of ``clients`` and stores ``values`` at ``(row_client, row_item)``,
+        which must be sorted by client, then item (as a round plan's rows are)."""
+        new_keys = row_client * self.num_items + row_item
+        replaced = torch.zeros(self.num_clients, dtype=torch.bool, device=clients.device)
+        replaced[clients] = True
+        keep = ~replaced[torch.div(self.keys, self.num_items, rounding_mode='floor')]
+        if not keep.any():  # every stored client is replaced, e.g. under full participation
+            self.keys, self.values = new_keys, values.detach()
+            return
+        keys = torch.cat([self.keys[keep], new_keys])
+        order = torch.sort(keys).indices
+        self.keys = keys[order]
+        self.values = torch.cat([self.values[keep], values.detach()])[order]
+
+    def lookup(self, client: Tensor, item: Tensor):
+        """``(found, index)``: whether ``(client, item)`` is stored, and where."""
+        key = client * self.num_items + item
+        if self.keys.numel() == 0:
+            return torch.zeros_like(key, dtype=torch.bool), torch.zeros_like(key)
+        index = torch.searchsorted(self.keys, key).clamp_max(self.keys.numel() - 1)
+        return self.keys[index] == key, index
+
+    def view(self, client: Tensor, item: Tensor, base: Tensor) -> Tensor:
+        """``[..., d]`` client ``client``'s rows of ``item``: stored rows where present,
+        ``base`` rows elsewhere (broadcasting ``client`` against ``item``)."""
+        client, item = torch.broadcast_tensors(client, item)
+        found, index = self.lookup(client, item)
+        return torch.where(found.unsqueeze(-1), self.values[index], base[item])
+
+    def rows_of(self, clients: Tensor):
+        """``(position, item, values)`` of the stored rows of ``clients`` (position indexes
+        ``clients``)."""
+        client = torch.div(self.keys, self.num_items, rounding_mode='floor')
+        hit = torch.isin(client, clients)
+        position = torch.searchsorted(torch.sort(clients).values, client[hit])
+        order = torch.sort(clients).indices
+        return order[position], self.keys[hit] % self.num_items, self.values[hit]
+
+    def state_dict(self) -> Dict[str, Tensor]:
+        return {'keys': self.keys, 'values': self.values}
+
+    def load_state_dict(self, state: Dict[str, Tensor]) -> None:
+        self.keys, self.values = state['keys'], state['values']

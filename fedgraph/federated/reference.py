@@ -1,0 +1,134 @@
+"""The reference engine: the same algorithm written the obvious way.
+
+One small model per client (a full copy of the item table and its own head), a Python loop
+over clients and over each client's mini-batches, ``torch.optim.SGD`` optimizers, and
+FedAvg over full tables -- the structure of the PFedRec reference code. It consumes the same
+:class:`~fedgraph.federated.plan.RoundPlan` as :class:`~fedgraph.federated.engine.FederatedEngine`
+and is the oracle of its tests and the baseline of its speed benchmark. Its memory grows
+with ``clients x items``: use it on small data only.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor, nn
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.engine import BYTES_PER_INDEX, LocalTraining, RoundStats
+from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.selection import ClientSelector
+from fedgraph.nn.recommender import FederatedRecommender
+
+
+class ClientModel(nn.Module):
+    """One client's on-device model: a full item table and its own head parameters."""
+
+    def __init__(self, items: Tensor, private: Dict[str, Tensor], head: nn.Module):
+        super().__init__()
+        self.item = nn.Embedding.from_pretrained(items.clone(), freeze=False)
+        self.private = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in private.items()})
+        self.head = head
+
+    def forward(self, items: Tensor) -> Tensor:
+        params = {k: v.expand(items.numel(), *v.shape) for k, v in self.private.items()}
+        return torch.sigmoid(self.head.logits(params, self.item(items)))
+
+
+class ReferenceEngine:
+    """Loop-per-client implementation of :class:`~fedgraph.federated.engine.FederatedEngine`."""
+
+    def __init__(self, model: FederatedRecommender, partition: ClientPartition,
+                 training: LocalTraining, selector: ClientSelector):
+        self.model = model
+        self.partition = partition
+        self.training = training
+        self.selector = selector
+        self.broadcast = model.item.detach().clone()
+        self.local_tables: Dict[int, Tensor] = {}
+        self.touched_rows: Dict[int, Tensor] = {}
+
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        cfg = self.training
+        clients = self.selector(generator)
+        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                          cfg.local_epochs, generator)
+        global_items = self.model.item.detach().clone()
+        tables, weights, losses, rows = [], [], [], []
+        for position, client in enumerate(plan.clients.tolist()):
+            table, private, loss = self._train_client(plan, position, client, global_items)
+            with torch.no_grad():
+                for name, tensor in self.model.private_parameters().items():
+                    tensor[client] = private[name]
+            update = table - global_items
+            touched = update.abs().sum(dim=1) > 0
+            if cfg.personalize_items:
+                self.local_tables[client] = table.clone()
+                self.touched_rows[client] = touched
+            update[touched] = cfg.upload(update[touched], generator)
+            tables.append(global_items + update)
+            weights.append(float(plan.num_samples[position]) if cfg.weighted_aggregation else 1.0)
+            losses.append(loss)
+            rows.append(int(touched.sum()))
+        weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
+        self.broadcast = global_items
+        with torch.no_grad():
+            self.model.item.copy_((torch.stack(tables) * weight).sum(0) / weight.sum())
+        row_bytes = self.model.dim * global_items.element_size() + BYTES_PER_INDEX
+        return RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
+                          upload_bytes=sum(rows) / len(rows) * row_bytes,
+                          download_bytes=float(global_items.numel() * global_items.element_size()))
+
+    def _train_client(self, plan: RoundPlan, position: int, client: int, global_items: Tensor):
+        cfg = self.training
+        private = {k: v.detach()[client] for k, v in self.model.private_parameters().items()}
+        model = ClientModel(global_items, private, self.model.head)
+        head_optimizer = torch.optim.SGD(model.private.parameters(), lr=cfg.lr)
+        item_optimizer = torch.optim.SGD(model.item.parameters(), lr=cfg.item_lr)
+        joint_optimizer = torch.optim.SGD([
+            {'params': model.private.parameters(), 'lr': cfg.lr},
+            {'params': model.item.parameters(), 'lr': cfg.item_lr}])
+        criterion = nn.BCELoss()
+        mine = plan.owner == position
+        total, count = 0.0, 0
+        for step in range(plan.num_steps):
+            in_step = mine.clone()
+            in_step[:plan.step_ptr[step]] = False
+            in_step[plan.step_ptr[step + 1]:] = False
+            if not in_step.any():
+                continue
+            items, labels = plan.item[in_step], plan.label[in_step]
+            if cfg.alternating:
+                head_optimizer.zero_grad()
+                criterion(model(items), labels).backward()
+                head_optimizer.step()
+                item_optimizer.zero_grad()
+                loss = criterion(model(items), labels)
+                loss.backward()
+                item_optimizer.step()
+            else:
+                joint_optimizer.zero_grad()
+                loss = criterion(model(items), labels)
+                loss.backward()
+                joint_optimizer.step()
+            total += loss.item() * items.numel()
+            count += items.numel()
+        private = {k: v.detach() for k, v in model.private.items()}
+        return model.item.weight.detach(), private, total / count
+
+    @torch.no_grad()
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k]`` logits, one user at a time with its own head and item table: the rows
+        it fine-tuned in its last round over the latest broadcast table."""
+        out = []
+        for user, user_items in zip(users.tolist(), items):
+            table = self.model.item.detach()
+            if self.training.personalize_items:
+                table = self.broadcast
+                if user in self.local_tables:
+                    touched = self.touched_rows[user].unsqueeze(1)
+                    table = torch.where(touched, self.local_tables[user], self.broadcast)
+            params = {k: v[user].expand(user_items.numel(), *v.shape[1:])
+                      for k, v in self.model.private_parameters().items()}
+            out.append(self.model.head.logits(params, table[user_items]))
+        return torch.stack(out)

@@ -1,0 +1,66 @@
+"""The federated recommender: a shared item table and a private per-client score head."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from fedgraph.nn.heads import ScoreHead
+
+
+class FederatedRecommender(nn.Module):
+    """A model whose item embedding table :math:`E \\in \\mathbb{R}^{I \\times d}` is shared
+    across clients and whose score head is private to each client:
+
+    .. math::
+        \\hat y_{ci} = \\sigma\\big(f_{\\theta_c}(e_i)\\big).
+
+    With :class:`~fedgraph.nn.heads.LinearScoreHead` this is PFedRec's on-device model; with
+    :class:`~fedgraph.nn.heads.DotProductHead` it is federated matrix factorization. It is the
+    zero-layer case of the federated graph model: no propagation, the head's private
+    parameters stand where a graph model has its user node.
+
+    The model *declares* which parameters are shared (:meth:`shared_tables`, row tables that
+    clients fine-tune locally and the server aggregates row by row) and which are private
+    (:meth:`private_parameters`, stacked over clients, never uploaded); the engine reads these
+    declarations and hard-codes neither.
+
+    Args:
+        num_items: the item catalogue size :math:`I`.
+        head: the private score heads of all clients.
+        init_std: the standard deviation of the item table's normal initialization
+            (``nn.Embedding``'s default of 1, as in the PFedRec code).
+    """
+
+    def __init__(self, num_items: int, head: ScoreHead, init_std: float = 1.0,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.num_items = num_items
+        self.dim = head.dim
+        self.init_std = init_std
+        self.item = nn.Parameter(torch.empty(num_items, head.dim))
+        self.head = head
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        self.item.copy_(torch.randn(self.num_items, self.dim, generator=generator)
+                        * self.init_std)
+
+    @property
+    def num_clients(self) -> int:
+        return self.head.num_clients
+
+    def shared_tables(self) -> Dict[str, Tensor]:
+        """The shared row tables (``{'item': [I, d]}``)."""
+        return {'item': self.item}
+
+    def private_parameters(self) -> Dict[str, Tensor]:
+        """The private per-client tensors, each ``[num_clients, ...]``."""
+        return self.head.private_parameters()
+
+    def forward(self, client: Tensor, item: Tensor) -> Tensor:
+        """``[N]`` logits of ``(client[n], item[n])`` pairs with the shared item table."""
+        params = {k: v[client] for k, v in self.private_parameters().items()}
+        return self.head.logits(params, self.item[item])
