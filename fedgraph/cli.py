@@ -1,17 +1,79 @@
-"""Command line: ``python -m fedgraph <command>`` (also installed as ``fedgraph``)."""
+"""Command line: ``python -m fedgraph <command>`` (also installed as ``fedgraph``).
+
+* ``train``    -- train an algorithm and write ``config.json`` and ``metrics.json``;
+* ``bench``    -- time the vectorized engine against the reference engine, and at scale;
+* ``describe`` -- load a data set and print its counts, sparsity and split sizes.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
 
+from fedgraph.config import TrainConfig
 from fedgraph.data import DATASETS, leave_one_out_split, load_dataset
-from fedgraph.describe import describe, describe_split
+
+_HELP = {
+    'algorithm': 'pfedrec, fedmf or mf (centralized)',
+    'dataset': f'one of {", ".join(DATASETS)}',
+    'data_root': 'folder of the raw data files (default: datasets/)',
+    'protocol': "'sampled' (leave-one-out, 99 negatives) or 'full' (ratio split, all items)",
+    'split_ratios': 'train/val/test ratios of the full-ranking protocol',
+    'split_mode': "'random' or 'temporal' ratio split",
+    'eval_negatives': 'sampled negatives per held-out item',
+    'item_lr_eta': 'item learning rate = lr x num_items x eta',
+    'lr': 'learning rate of the private head',
+    'central_lr': 'Adam learning rate of centralized MF',
+    'client_ratio': 'fraction of clients per round (default: all)',
+    'clients_per_round': 'number of clients per round (instead of --client-ratio)',
+    'aggregation': "'mean' (unweighted FedAvg) or 'weighted' (by sample count)",
+    'clip': 'L2 bound of each uploaded row update',
+    'ldp_scale': 'Laplace noise scale on uploads (needs --clip)',
+    'eval_every': 'evaluate every N rounds',
+    'checkpoint_every': 'save a checkpoint every N rounds',
+    'device': 'cpu or cuda',
+    'engine': "'vectorized' or 'reference' (one model per client, for checking)",
+}
+_OPTIONAL_TYPES = {'data_root': str, 'client_ratio': float, 'clients_per_round': int,
+                   'clip': float}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(TrainConfig):
+        flag = '--' + field.name.replace('_', '-')
+        kind = _OPTIONAL_TYPES.get(field.name, type(field.default))
+        if field.name == 'split_ratios':
+            parser.add_argument(flag, type=float, nargs=3, default=list(field.default),
+                                help=_HELP[field.name])
+            continue
+        parser.add_argument(flag, type=kind, default=field.default,
+                            help=f'{_HELP.get(field.name, field.name.replace("_", " "))} '
+                                 f'(default: {field.default})')
+
+
+def _train(args: argparse.Namespace) -> None:
+    from fedgraph.training import train
+
+    if args.resume:
+        out = Path(args.resume)
+        config = TrainConfig.load(out / 'config.json')
+        metrics = train(config, out, resume=True, progress=not args.quiet)
+    else:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**values)
+        metrics = train(config, args.out, progress=not args.quiet)
+        out = args.out
+    best = metrics['best']
+    print(json.dumps({'out': str(out) if out else None, 'best': best}, indent=2))
 
 
 def _describe(args: argparse.Namespace) -> None:
+    from fedgraph.describe import describe, describe_split
+
     data = load_dataset(args.dataset, root=args.root)
     summary = describe(data)
     summary['leave_one_out'] = describe_split(
@@ -19,18 +81,39 @@ def _describe(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from fedgraph import bench
+
+    bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='fedgraph', description=__doc__)
+    parser = argparse.ArgumentParser(prog='fedgraph', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
+
+    train_parser = commands.add_parser('train', help='train an algorithm',
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_config_flags(train_parser)
+    train_parser.add_argument('--out', type=Path, default=None,
+                              help='output folder for config.json, metrics.json, checkpoints')
+    train_parser.add_argument('--resume', default=None, metavar='RUN',
+                              help='continue the interrupted run in this folder')
+    train_parser.add_argument('--quiet', action='store_true', help='no progress output')
+    train_parser.set_defaults(run=_train)
 
     describe_parser = commands.add_parser(
         'describe', help='load a data set and print its counts, sparsity and split sizes')
-    describe_parser.add_argument('--dataset', default='ml-100k', choices=DATASETS,
-                                 help='a named data set (default: ml-100k)')
+    describe_parser.add_argument('--dataset', default='ml-100k', choices=DATASETS)
     describe_parser.add_argument('--root', default=None, help='data root (default: datasets/)')
     describe_parser.add_argument('--num-negatives', type=int, default=99)
     describe_parser.add_argument('--seed', type=int, default=0)
     describe_parser.set_defaults(run=_describe)
+
+    from fedgraph.bench import add_arguments
+    bench_parser = commands.add_parser('bench', help='speed and memory benchmarks')
+    add_arguments(bench_parser)
+    bench_parser.set_defaults(run=_bench)
     return parser
 
 

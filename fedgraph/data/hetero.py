@@ -31,7 +31,7 @@ RawIds = Union[Tensor, List[str]]
 
 def _reindex(raw: np.ndarray):
     unique, index = np.unique(raw, return_inverse=True)
-    if unique.dtype == object:
+    if unique.dtype.kind in 'OUS':  # object, unicode or bytes: string ids
         raw_ids: RawIds = [str(value) for value in unique]
     else:
         raw_ids = torch.from_numpy(unique.astype(np.int64))
@@ -168,17 +168,21 @@ def with_users(data: HeteroData, user_mask: Tensor) -> HeteroData:
 
 
 def in_client_order(data: HeteroData) -> HeteroData:
-    """``data`` with its ``rates`` edges in client order (a no-op when they already are).
+    """``data`` with its ``rates`` edges in client order: sorted by user, then time.
 
-    Graphs built by :func:`interactions_to_hetero` are in client order already; this covers
-    graphs built by hand.
+    A graph already sorted that way is returned as it is (so the order of tied timestamps
+    that :func:`interactions_to_hetero` chose is kept); any other graph, e.g. one built by
+    hand, is sorted with :func:`client_order`.
     """
     store = data[RATES]
-    user = store.edge_index[0].numpy()
-    time = store.time.numpy() if 'time' in store else None
-    order = torch.from_numpy(client_order(user, time))
-    if torch.equal(order, torch.arange(order.numel())):
+    user = store.edge_index[0]
+    ordered = user[1:] >= user[:-1]
+    if 'time' in store:
+        ordered &= (user[1:] > user[:-1]) | (store.time[1:] >= store.time[:-1])
+    if bool(ordered.all()):
         return data
+    time = store.time.numpy() if 'time' in store else None
+    order = torch.from_numpy(client_order(user.numpy(), time))
     out = data.__copy__()
     for key, value in store.items():
         if isinstance(value, Tensor) and store.is_edge_attr(key):

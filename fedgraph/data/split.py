@@ -44,6 +44,17 @@ class SampledSplit:
     def protocol(self) -> str:
         return 'sampled'
 
+    def known_items(self) -> ClientPartition:
+        """Each user's training, validation and test items: the items the PFedRec code never
+        draws as a training negative for that user (its negatives come from the items the
+        user never rated)."""
+        users = torch.arange(self.val_item.numel())
+        edge_index = torch.cat([self.train[RATES].edge_index,
+                                torch.stack([users, self.val_item]),
+                                torch.stack([users, self.test_item])], dim=1)
+        return ClientPartition.from_edge_index(edge_index, users.numel(),
+                                               self.train[ITEM].num_nodes)
+
 
 @dataclass
 class RankingSplit:
@@ -60,6 +71,11 @@ class RankingSplit:
     @property
     def protocol(self) -> str:
         return 'full'
+
+    def known_items(self) -> ClientPartition:
+        """Each user's training items: under full ranking, training negatives are drawn from
+        all other items, as in the LightGCN code."""
+        return ClientPartition.from_data(self.train)
 
 
 def _held_out(data: HeteroData, edge_mask: Tensor) -> ClientPartition:

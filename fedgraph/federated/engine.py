@@ -64,11 +64,14 @@ class LocalTraining:
 
 @dataclass
 class RoundStats:
-    """What one round measured: mean local training loss, client count and traffic."""
+    """What one round measured: the clients' mean local training loss, the number of
+    clients, the mean bytes a client uploaded and downloaded, and the LDP budget each
+    uploaded coordinate spent (``None`` without noise)."""
     loss: float
     num_clients: int
     upload_bytes: float
     download_bytes: float
+    epsilon: Optional[float]
 
 
 def bce(logits: Tensor, label: Tensor) -> Tensor:
@@ -85,12 +88,16 @@ class FederatedEngine:
         partition: the clients' training interactions.
         training: the local training recipe.
         selector: which clients take part in a round.
+        known: the items each client never draws as a negative (default: its training
+            items; PFedRec excludes its validation and test items too).
     """
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
-                 training: LocalTraining, selector: ClientSelector):
+                 training: LocalTraining, selector: ClientSelector,
+                 known: Optional[ClientPartition] = None):
         self.model = model
         self.partition = partition.to(model.item.device)
+        self.known = known.to(model.item.device) if known is not None else None
         self.training = training
         self.selector = selector
         self.broadcast = model.item.detach().clone()
@@ -102,7 +109,7 @@ class FederatedEngine:
         clients = self.selector(generator)
         cfg = self.training
         plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator)
+                          cfg.local_epochs, generator, self.known)
         base = self.model.item.detach().clone()
         local, private, loss = self.train_clients(plan, base)
         update = cfg.upload(local - base[plan.row_item], generator)
@@ -121,7 +128,8 @@ class FederatedEngine:
         return RoundStats(
             loss=float(loss.mean()), num_clients=plan.clients.numel(),
             upload_bytes=float(rows_per_client.double().mean()) * row_bytes,
-            download_bytes=float(base.numel() * base.element_size()))
+            download_bytes=float(base.numel() * base.element_size()),
+            epsilon=cfg.upload.epsilon)
 
     def train_clients(self, plan: RoundPlan, base: Tensor):
         """Runs every selected client's local steps side by side.

@@ -9,6 +9,7 @@ work and can be compared number by number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -55,12 +56,13 @@ class RoundPlan:
 
 
 def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
-               batch_size: int, local_epochs: int, generator: torch.Generator) -> RoundPlan:
+               batch_size: int, local_epochs: int, generator: torch.Generator,
+               known: Optional[ClientPartition] = None) -> RoundPlan:
     """Draws the samples and mini-batches of one round.
 
     * Every training item of a client is a positive; each positive gets ``num_negatives``
-      distinct items the client never interacted with, redrawn every round (the PFedRec
-      code's ``random.sample(negative_items, num_negatives)``).
+      distinct items outside the client's ``known`` items (default: its training items),
+      redrawn every round (the PFedRec code's ``random.sample(negative_items, 4)``).
     * Each epoch shuffles a client's samples and cuts them into mini-batches of
       ``batch_size`` (``DataLoader(shuffle=True)``); epoch ``e``'s batch ``j`` is local step
       ``e * batches + j``. Clients with more data take more steps.
@@ -69,7 +71,8 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     num_clients = clients.numel()
     device = clients.device
     batch = partition.batch(clients)
-    negatives = partition.sample_negatives(clients[batch.owner], num_negatives, generator)
+    known = partition if known is None else known
+    negatives = known.sample_negatives(clients[batch.owner], num_negatives, generator)
     # Each positive followed by its negatives, grouped by client (the reference code's order).
     group = 1 + num_negatives
     owner = batch.owner.repeat_interleave(group)

@@ -9,7 +9,7 @@ with ``clients x items``: use it on small data only.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -39,9 +39,11 @@ class ReferenceEngine:
     """Loop-per-client implementation of :class:`~fedgraph.federated.engine.FederatedEngine`."""
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
-                 training: LocalTraining, selector: ClientSelector):
+                 training: LocalTraining, selector: ClientSelector,
+                 known: Optional[ClientPartition] = None):
         self.model = model
         self.partition = partition
+        self.known = known
         self.training = training
         self.selector = selector
         self.broadcast = model.item.detach().clone()
@@ -52,7 +54,7 @@ class ReferenceEngine:
         cfg = self.training
         clients = self.selector(generator)
         plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator)
+                          cfg.local_epochs, generator, self.known)
         global_items = self.model.item.detach().clone()
         tables, weights, losses, rows = [], [], [], []
         for position, client in enumerate(plan.clients.tolist()):
@@ -77,7 +79,8 @@ class ReferenceEngine:
         row_bytes = self.model.dim * global_items.element_size() + BYTES_PER_INDEX
         return RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
                           upload_bytes=sum(rows) / len(rows) * row_bytes,
-                          download_bytes=float(global_items.numel() * global_items.element_size()))
+                          download_bytes=float(global_items.numel() * global_items.element_size()),
+                          epsilon=cfg.upload.epsilon)
 
     def _train_client(self, plan: RoundPlan, position: int, client: int, global_items: Tensor):
         cfg = self.training

@@ -1,0 +1,67 @@
+"""Centralized matrix factorization: the non-federated reference point of the baselines."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from fedgraph.config import TrainConfig
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.engine import RoundStats, bce
+from fedgraph.nn.heads import DotProductHead
+from fedgraph.nn.recommender import FederatedRecommender
+
+
+class CentralizedMF:
+    """MF trained on the pooled interactions of all users, with the same model class,
+    loss (BCE, ``num_negatives`` fresh negatives per positive) and evaluation as the
+    federated algorithms. One "round" is one epoch of Adam over shuffled mini-batches of
+    ``batch_size`` (default learning rate ``central_lr``)."""
+
+    def __init__(self, config: TrainConfig, partition: ClientPartition,
+                 generator: torch.Generator, known: Optional[ClientPartition] = None):
+        self.config = config
+        self.partition = partition.to(config.device)
+        self.known = (known if known is not None else partition).to(config.device)
+        head = DotProductHead(partition.num_clients, config.dim, std=config.dim ** -0.5,
+                              generator=generator)
+        self.model = FederatedRecommender(partition.num_items, head,
+                                          init_std=config.dim ** -0.5,
+                                          generator=generator).to(config.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.central_lr)
+
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        cfg, part = self.config, self.partition
+        user = part.row.repeat_interleave(1 + cfg.num_negatives)
+        negatives = self.known.sample_negatives(part.row, cfg.num_negatives, generator)
+        item = torch.cat([part.col.unsqueeze(1), negatives], dim=1).view(-1)
+        label = torch.zeros(item.numel(), device=item.device)
+        label[::1 + cfg.num_negatives] = 1
+        order = torch.randperm(item.numel(), generator=generator).to(item.device)
+        total = 0.0
+        for batch in order.split(cfg.batch_size):
+            self.optimizer.zero_grad()
+            loss = bce(self.model(user[batch], item[batch]), label[batch]).mean()
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss) * batch.numel()
+        return RoundStats(loss=total / item.numel(), num_clients=part.num_clients,
+                          upload_bytes=0.0, download_bytes=0.0, epsilon=None)
+
+    @torch.no_grad()
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.model.head.logits({'user': self.model.head.user[users].unsqueeze(1)},
+                                      self.model.item[items])
+
+    @torch.no_grad()
+    def scores_all(self, users: Tensor) -> Tensor:
+        return self.model.head.logits_all({'user': self.model.head.user[users]},
+                                          self.model.item)
+
+    def state_dict(self) -> Dict[str, object]:
+        return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])

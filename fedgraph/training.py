@@ -1,0 +1,125 @@
+"""Running an algorithm for a number of rounds: evaluation, best round, checkpoints, outputs.
+
+A run writes ``config.json`` and ``metrics.json`` into its output folder and, every
+``checkpoint_every`` rounds, ``checkpoint.pt`` with everything needed to continue: the
+engine's shared and private state, the random generator's state and the metrics so far.
+:func:`train` with ``resume=True`` continues from there and ends with the same metrics as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from fedgraph.algorithms import build_engine
+from fedgraph.config import TrainConfig
+from fedgraph.data import ClientPartition, leave_one_out_split, load_dataset, ratio_split
+from fedgraph.federated.evaluation import evaluate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = 'checkpoint.pt'
+
+
+def prepare_split(config: TrainConfig):
+    """Loads the data set and splits it under the configured protocol."""
+    data = load_dataset(config.dataset, root=config.data_root)
+    if config.protocol == 'sampled':
+        return leave_one_out_split(data, num_negatives=config.eval_negatives, seed=config.seed)
+    return ratio_split(data, config.split_ratios, mode=config.split_mode, seed=config.seed)
+
+
+def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
+    """The evaluated round with the highest validation ``select_by``; a later round wins a
+    tie (the PFedRec code's ``>=``)."""
+    best = None
+    for record in history:
+        if 'val' in record and (best is None or record['val'][select_by] >= best['val'][select_by]):
+            best = record
+    if best is None:
+        return None
+    return {'round': best['round'], 'val': best['val'], 'test': best['test']}
+
+
+def _summary(record: Dict, select_by: str) -> str:
+    text = f"round {record['round']:>3}  loss {record['train_loss']:.4f}"
+    if 'val' in record:
+        metric = select_by
+        other = 'ndcg@10' if select_by == 'hr@10' else 'ndcg@20'
+        text += (f"  val {metric} {record['val'][metric]:.4f} {other} {record['val'][other]:.4f}"
+                 f"  test {metric} {record['test'][metric]:.4f} {other} {record['test'][other]:.4f}")
+    return text + f"  {record['seconds']:.2f}s"
+
+
+def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,
+          progress: bool = True, split=None) -> Dict:
+    """Trains ``config.algorithm`` for ``config.rounds`` rounds.
+
+    Args:
+        config: the run's configuration.
+        out: the output folder (``config.json``, ``metrics.json``, ``checkpoint.pt``);
+            ``None`` keeps everything in memory.
+        resume: continue from ``out/checkpoint.pt``.
+        progress: show a progress bar over rounds and a one-line summary per round.
+        split: an already prepared split (default: :func:`prepare_split`).
+
+    Returns:
+        The metrics: ``{'rounds': [...], 'best': {'round', 'val', 'test'}}``.
+    """
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / 'config.json')
+    split = split if split is not None else prepare_split(config)
+    partition = ClientPartition.from_data(split.train)
+    generator = torch.Generator().manual_seed(config.seed)
+    engine = build_engine(config, partition, generator, split.known_items())
+
+    history: List[Dict] = []
+    start_round = 0
+    if resume:
+        if out is None or not (out / CHECKPOINT).exists():
+            raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
+        state = torch.load(out / CHECKPOINT, map_location=config.device, weights_only=False)
+        engine.load_state_dict(state['engine'])
+        generator.set_state(state['generator'])
+        history, start_round = state['history'], state['round']
+        log.info('resuming %s at round %d', out, start_round)
+
+    rounds = range(start_round, config.rounds)
+    bar = tqdm(rounds, desc=config.algorithm, unit='round', disable=not progress,
+               initial=start_round, total=config.rounds)
+    for round_index in bar:
+        began = time.perf_counter()
+        stats = engine.run_round(generator)
+        record = {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
+                  'upload_bytes_per_client': stats.upload_bytes,
+                  'download_bytes_per_client': stats.download_bytes,
+                  'epsilon': stats.epsilon}
+        if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
+            record.update(evaluate(engine, split))
+        record['seconds'] = time.perf_counter() - began
+        history.append(record)
+        if progress:
+            bar.write(_summary(record, config.select_by))
+        last = round_index + 1 == config.rounds
+        if out is not None and ((round_index + 1) % config.checkpoint_every == 0 or last):
+            torch.save({'engine': engine.state_dict(), 'generator': generator.get_state(),
+                        'history': history, 'round': round_index + 1}, out / CHECKPOINT)
+            _write_metrics(out, history, config)
+    bar.close()
+    metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
+    if out is not None:
+        _write_metrics(out, history, config)
+    return metrics
+
+
+def _write_metrics(out: Path, history: List[Dict], config: TrainConfig) -> None:
+    metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
+    (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
