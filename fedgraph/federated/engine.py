@@ -75,8 +75,14 @@ class RoundStats:
 
 
 def bce(logits: Tensor, label: Tensor) -> Tensor:
-    """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`."""
-    return F.binary_cross_entropy_with_logits(logits, label, reduction='none')
+    """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`.
+
+    Computed as ``BCELoss(sigmoid(s))``, as in the PFedRec code, not with the fused
+    ``binary_cross_entropy_with_logits``: the two differ once the sigmoid saturates in float32
+    (``BCELoss`` clamps the log at -100 and its gradient vanishes with ``sigmoid'``), and
+    PFedRec's large item learning rate drives many scores there.
+    """
+    return F.binary_cross_entropy(torch.sigmoid(logits), label, reduction='none')
 
 
 class FederatedEngine:

@@ -1,0 +1,453 @@
+"""The file readers: every loader on small files, and strict errors on malformed input."""
+import re
+
+import pytest
+import torch
+
+from fedgraph.data import (ITEM, RATED_BY, RATES, USER, DataFormatError, read_amazon_csv,
+                           read_csv, read_lastfm_2k, read_lightgcn, read_movielens_1m,
+                           read_movielens_100k, read_pfedrec_ratings)
+
+
+def _write(path, text, encoding='utf-8'):
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def _check_reverse(data):
+    assert torch.equal(data[RATED_BY].edge_index, data[RATES].edge_index.flip(0))
+
+
+def _error(path, line, what):
+    """A regex for a DataFormatError message naming ``path``, ``line`` and ``what``."""
+    where = re.escape(str(path)) + ('' if line is None else f', line {line}')
+    return f'^{where}: .*{what}'
+
+
+# --------------------------------------------------------------------------------------
+# MovieLens-100K, MovieLens-1M and PFedRec: the same rows with three delimiters
+# --------------------------------------------------------------------------------------
+# raw users 22, 186, 196 -> 0, 1, 2; raw items 51, 242, 302, 377 -> 0, 1, 2, 3
+#   user 22:  377 @ 878887116, 242 @ 881250949        -> items 3, 1
+#   user 186: 302 @ 891717742                          -> item 2
+#   user 196: 242 @ 881250949, 51 @ 880606923          -> chronological 51, 242 -> 0, 1
+ROWS = [
+    (196, 242, 3, 881250949),
+    (186, 302, 3, 891717742),
+    (22, 377, 1, 878887116),
+    (196, 51, 2, 880606923),
+    (22, 242, 5, 881250949),
+]
+EXPECTED_EDGES = [[0, 0, 1, 2, 2], [3, 1, 2, 0, 1]]
+EXPECTED_RATING = [1.0, 5.0, 3.0, 2.0, 3.0]
+EXPECTED_TIME = [878887116, 881250949, 891717742, 880606923, 881250949]
+
+RATING_READERS = [
+    pytest.param(read_movielens_100k, '\t', 'u.data', id='ml-100k'),
+    pytest.param(read_movielens_1m, '::', 'ratings.dat', id='ml-1m'),
+    pytest.param(read_pfedrec_ratings, ',', 'ratings.dat', id='pfedrec'),
+]
+
+
+def _rows_text(rows, sep):
+    return ''.join(sep.join(str(v) for v in row) + '\n' for row in rows)
+
+
+@pytest.mark.parametrize('reader,sep,name', RATING_READERS)
+def test_rating_readers(tmp_path, reader, sep, name):
+    path = _write(tmp_path / name, _rows_text(ROWS, sep))
+    data = reader(path)
+    assert data[USER].num_nodes == 3
+    assert data[ITEM].num_nodes == 4
+    assert data[RATES].edge_index.shape == (2, 5)
+    assert data[RATES].edge_index.tolist() == EXPECTED_EDGES
+    assert data[RATES].edge_index.dtype == torch.long
+    assert data[USER].raw_id.dtype == torch.int64
+    assert data[ITEM].raw_id.dtype == torch.int64
+    assert data[USER].raw_id.tolist() == [22, 186, 196]
+    assert data[ITEM].raw_id.tolist() == [51, 242, 302, 377]
+    assert data[RATES].rating.tolist() == EXPECTED_RATING
+    assert data[RATES].rating.dtype == torch.float32
+    assert data[RATES].time.tolist() == EXPECTED_TIME
+    assert data[RATES].time.dtype == torch.int64
+    assert data.name == name
+    assert data.num_dropped == {'non_positive_rating': 0, 'repeated_pair': 0}
+    _check_reverse(data)
+
+
+def test_movielens_100k_tolerates_crlf_and_blank_lines(tmp_path):
+    text = _rows_text(ROWS[:2], '\t').replace('\n', '\r\n') + '\n\n' + _rows_text(ROWS[2:], '\t')
+    path = tmp_path / 'u.data'
+    path.write_bytes(text.encode())
+    data = read_movielens_100k(path)
+    assert data[RATES].edge_index.tolist() == EXPECTED_EDGES
+    assert data[RATES].time.tolist() == EXPECTED_TIME
+
+
+def test_rating_reader_drops_non_positive_and_repeats(tmp_path):
+    rows = ROWS + [(22, 51, 0, 890000000),       # rating 0: dropped
+                   (186, 302, 4, 891717743)]     # repeat of (186, 302), later: kept
+    data = read_pfedrec_ratings(_write(tmp_path / 'r.dat', _rows_text(rows, ',')))
+    assert data.num_dropped == {'non_positive_rating': 1, 'repeated_pair': 1}
+    assert data[RATES].edge_index.tolist() == EXPECTED_EDGES
+    # the kept copy of (186, 302) is the later one
+    assert data[RATES].rating[2].item() == 4.0
+    assert data[RATES].time[2].item() == 891717743
+
+
+# --------------------------------------------------------------------------------------
+# Last.fm: header, tab, no time
+# --------------------------------------------------------------------------------------
+def test_read_lastfm_2k(tmp_path):
+    # raw users 2, 3 -> 0, 1; raw items 51, 52, 100 -> 0, 1, 2; file order is time order
+    path = _write(tmp_path / 'user_artists.dat',
+                  'userID\tartistID\tweight\n'
+                  '2\t52\t11690\n'
+                  '3\t100\t5\n'
+                  '2\t51\t13883\n'
+                  '3\t51\t7\n')
+    data = read_lastfm_2k(path)
+    assert data[USER].num_nodes == 2
+    assert data[ITEM].num_nodes == 3
+    assert data[RATES].edge_index.tolist() == [[0, 0, 1, 1], [1, 0, 2, 0]]
+    assert data[USER].raw_id.tolist() == [2, 3]
+    assert data[ITEM].raw_id.tolist() == [51, 52, 100]
+    assert data[RATES].rating.tolist() == [11690.0, 13883.0, 5.0, 7.0]
+    assert 'time' not in data[RATES]
+    _check_reverse(data)
+
+
+def test_read_lastfm_2k_header_only_is_empty(tmp_path):
+    path = _write(tmp_path / 'user_artists.dat', 'userID\tartistID\tweight\n')
+    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')) as info:
+        read_lastfm_2k(path)
+    assert info.value.line is None
+    assert info.value.path == str(path)
+
+
+def test_read_lastfm_2k_line_numbers_count_the_header(tmp_path):
+    path = _write(tmp_path / 'user_artists.dat',
+                  'userID\tartistID\tweight\n2\t51\t13883\n2\t52\tlots\n')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, 3, "field 'rating' \\(field 3\\) must be a number, "
+                                             "got 'lots'")):
+        read_lastfm_2k(path)
+
+
+# --------------------------------------------------------------------------------------
+# Amazon: string ids
+# --------------------------------------------------------------------------------------
+def test_read_amazon_csv(tmp_path):
+    # users 'A1M5Z4B2T1S4AM' < 'A2SUAM1J3GNN3B' -> 0, 1; items '0000013714' < 'B00001'
+    path = _write(tmp_path / 'ratings_Books.csv',
+                  'A2SUAM1J3GNN3B,0000013714,5.0,1382400000\n'
+                  'A1M5Z4B2T1S4AM,0000013714,4.0,1380000000\n'
+                  'A2SUAM1J3GNN3B,B00001,3.0,1370000000\n')
+    data = read_amazon_csv(path)
+    assert data[USER].num_nodes == 2
+    assert data[ITEM].num_nodes == 2
+    assert data[USER].raw_id == ['A1M5Z4B2T1S4AM', 'A2SUAM1J3GNN3B']
+    # leading zeros of string ids are kept
+    assert data[ITEM].raw_id == ['0000013714', 'B00001']
+    assert data[RATES].edge_index.tolist() == [[0, 1, 1], [0, 1, 0]]
+    assert data[RATES].rating.tolist() == [4.0, 3.0, 5.0]
+    assert data[RATES].time.tolist() == [1380000000, 1370000000, 1382400000]
+    _check_reverse(data)
+
+
+# --------------------------------------------------------------------------------------
+# LightGCN folders
+# --------------------------------------------------------------------------------------
+def _lightgcn_triples(data):
+    ei, split = data[RATES].edge_index, data[RATES].split
+    return sorted(zip(ei[0].tolist(), ei[1].tolist(), split.tolist()))
+
+
+def _assert_grouped_by_user_then_split(data):
+    user, split = data[RATES].edge_index[0], data[RATES].split
+    assert bool((user[1:] >= user[:-1]).all())
+    same = user[1:] == user[:-1]
+    assert bool((split[1:][same] >= split[:-1][same]).all())
+
+
+def test_read_lightgcn_train_test(tmp_path):
+    _write(tmp_path / 'train.txt', '0 10 11 12\n1 11\n2 13 10\n')
+    _write(tmp_path / 'test.txt', '0 13\n1 10\n2\n')  # user 2 has no test item
+    data = read_lightgcn(tmp_path)
+    assert data[USER].num_nodes == 3
+    assert data[ITEM].num_nodes == 4
+    assert data[RATES].edge_index.shape == (2, 8)
+    assert data[ITEM].raw_id.tolist() == [10, 11, 12, 13]
+    assert data[USER].raw_id.tolist() == [0, 1, 2]
+    assert _lightgcn_triples(data) == [
+        (0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 2),
+        (1, 0, 2), (1, 1, 0),
+        (2, 0, 0), (2, 3, 0),
+    ]
+    assert 'time' not in data[RATES]
+    assert data[RATES].split.dtype == torch.int64
+    _assert_grouped_by_user_then_split(data)
+    _check_reverse(data)
+
+
+def test_read_lightgcn_with_valid(tmp_path):
+    _write(tmp_path / 'train.txt', '0 10 11\n1 11 12\n')
+    _write(tmp_path / 'valid.txt', '0 14\n')
+    _write(tmp_path / 'test.txt', '0 13\n1 10\n')
+    data = read_lightgcn(tmp_path)
+    assert data[ITEM].raw_id.tolist() == [10, 11, 12, 13, 14]
+    assert _lightgcn_triples(data) == [
+        (0, 0, 0), (0, 1, 0), (0, 3, 2), (0, 4, 1),
+        (1, 0, 2), (1, 1, 0), (1, 2, 0),
+    ]
+    assert sorted(set(data[RATES].split.tolist())) == [0, 1, 2]
+    _assert_grouped_by_user_then_split(data)
+    _check_reverse(data)
+
+
+def test_read_lightgcn_prefers_the_held_out_copy_of_a_pair(tmp_path):
+    _write(tmp_path / 'train.txt', '0 10 13\n')
+    _write(tmp_path / 'test.txt', '0 13\n')
+    data = read_lightgcn(tmp_path)
+    assert _lightgcn_triples(data) == [(0, 0, 0), (0, 1, 2)]
+    assert data.num_dropped['repeated_pair'] == 1
+
+
+# --------------------------------------------------------------------------------------
+# Generic CSV
+# --------------------------------------------------------------------------------------
+def test_read_csv_named_columns(tmp_path):
+    # the header orders the columns differently from the mapping; string ids sort as text
+    path = _write(tmp_path / 'r.csv',
+                  'ts,movie,uid,stars\n'
+                  '300,m1,10,4.5\n'
+                  '100,m2,9,1.0\n'
+                  '200,m1,2,2.0\n'
+                  '50,m3,10,3.0\n')
+    data = read_csv(path, user='uid', item='movie', rating='stars', time='ts')
+    assert data[USER].raw_id == ['10', '2', '9']
+    assert data[ITEM].raw_id == ['m1', 'm2', 'm3']
+    assert data[USER].num_nodes == 3
+    assert data[ITEM].num_nodes == 3
+    # user '10': m3 @ 50, m1 @ 300; user '2': m1 @ 200; user '9': m2 @ 100
+    assert data[RATES].edge_index.tolist() == [[0, 0, 1, 2], [2, 0, 0, 1]]
+    assert data[RATES].rating.tolist() == [3.0, 4.5, 2.0, 1.0]
+    assert data[RATES].time.tolist() == [50, 300, 200, 100]
+    _check_reverse(data)
+
+
+def test_read_csv_positional_columns_integer_ids(tmp_path):
+    path = _write(tmp_path / 'r.csv', '7,5.0,3\n4,1.0,3\n7,2.0,1\n')
+    data = read_csv(path, user=2, item=0, rating=1, header=False, integer_ids=True)
+    assert data[USER].raw_id.dtype == torch.int64
+    assert data[USER].raw_id.tolist() == [1, 3]
+    assert data[ITEM].raw_id.tolist() == [4, 7]
+    # no time: input order; user 1: item 7; user 3: items 7, 4
+    assert data[RATES].edge_index.tolist() == [[0, 1, 1], [1, 1, 0]]
+    assert data[RATES].rating.tolist() == [2.0, 5.0, 1.0]
+    assert 'time' not in data[RATES]
+    _check_reverse(data)
+
+
+def test_read_csv_positional_columns_skip_header(tmp_path):
+    path = _write(tmp_path / 'r.csv', 'a,b\nu1,i2\nu2,i1\n')
+    data = read_csv(path, user=0, item=1)
+    assert data[USER].raw_id == ['u1', 'u2']
+    assert data[RATES].edge_index.tolist() == [[0, 1], [1, 0]]
+    assert 'rating' not in data[RATES]
+
+
+def test_read_csv_tsv(tmp_path):
+    path = _write(tmp_path / 'r.tsv', 'user\titem\trating\nb\tx\t1\na\ty\t2\na\tx\t3\n')
+    data = read_csv(path, delimiter='\t', rating='rating')
+    assert data[USER].raw_id == ['a', 'b']
+    assert data[ITEM].raw_id == ['x', 'y']
+    assert data[RATES].edge_index.tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert data[RATES].rating.tolist() == [2.0, 3.0, 1.0]
+    _check_reverse(data)
+
+
+def test_read_csv_whitespace(tmp_path):
+    path = _write(tmp_path / 'r.txt',
+                  'user   item  time\n'
+                  '  u2 \t i1   5\n'
+                  'u1 i2\t\t7\n'
+                  'u2    i2 3\n')
+    data = read_csv(path, delimiter=None, time='time')
+    assert data[USER].raw_id == ['u1', 'u2']
+    assert data[ITEM].raw_id == ['i1', 'i2']
+    assert data[RATES].edge_index.tolist() == [[0, 1, 1], [1, 1, 0]]
+    assert data[RATES].time.tolist() == [7, 3, 5]
+    _check_reverse(data)
+
+
+def test_read_csv_header_missing_named_column(tmp_path):
+    path = _write(tmp_path / 'r.csv', 'uid,movie,ts\n1,2,3\n')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, 1, "the header has no column 'stars' for the rating; "
+                                             r"its columns are \['uid', 'movie', 'ts'\]")):
+        read_csv(path, user='uid', item='movie', rating='stars')
+
+
+def test_read_csv_header_default_names_missing(tmp_path):
+    path = _write(tmp_path / 'r.csv', 'uid,movie\n1,2\n')
+    with pytest.raises(DataFormatError, match=_error(path, 1, "no column 'user'")):
+        read_csv(path)
+
+
+def test_read_csv_bad_time_reports_line(tmp_path):
+    path = _write(tmp_path / 'r.csv', 'user,item,time\nu,i,1\nu,j,2\nu,k,3.5\n')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, 4, "field 'time' \\(field 3\\) must be an integer, "
+                                             "got '3.5'")):
+        read_csv(path, time='time')
+
+
+# --------------------------------------------------------------------------------------
+# Malformed input
+# --------------------------------------------------------------------------------------
+GOOD_TAB = '196\t242\t3\t881250949\n186\t302\t3\t891717742\n'
+
+
+@pytest.mark.parametrize('bad,line,what', [
+    pytest.param(GOOD_TAB + '22\t377\t1\n', 3,
+                 re.escape("expected 4 fields separated by '\\t' (user\titem\trating\ttime), "
+                           "found 3: '22\\t377\\t1'"),
+                 id='too-few-fields'),
+    pytest.param('196\t242\t3\t881250949\n186\t302\tgood\t891717742\n', 2,
+                 re.escape("field 'rating' (field 3) must be a number, got 'good'"),
+                 id='non-numeric-rating'),
+    pytest.param(GOOD_TAB + '22\t377\tnan\t878887116\n', 3,
+                 re.escape("field 'rating' (field 3) must be a number, got 'nan'"),
+                 id='nan-rating'),
+    pytest.param(GOOD_TAB + '22\t377\t1\t8.78e8\n', 3,
+                 re.escape("field 'time' (field 4) must be an integer, got '8.78e8'"),
+                 id='non-integer-time'),
+    pytest.param(GOOD_TAB + 'u22\t377\t1\t878887116\n', 3,
+                 re.escape("field 'user' (field 1) must be an integer id, got 'u22'"),
+                 id='non-integer-user-id'),
+    pytest.param(GOOD_TAB + '22\t3.5\t1\t878887116\n', 3,
+                 re.escape("field 'item' (field 2) must be an integer id, got '3.5'"),
+                 id='non-integer-item-id'),
+    pytest.param('196\t\t3\t881250949\n', 1,
+                 re.escape("field 'item' is empty"), id='empty-field'),
+    pytest.param(GOOD_TAB + '22\t377\t \t878887116\n', 3,
+                 re.escape("field 'rating' is empty"), id='blank-field'),
+    pytest.param(GOOD_TAB + '\n\n22\t377\tx\t878887116\n', 5,
+                 re.escape("field 'rating' (field 3) must be a number, got 'x'"),
+                 id='blank-lines-are-counted'),
+])
+def test_movielens_100k_malformed(tmp_path, bad, line, what):
+    path = _write(tmp_path / 'u.data', bad)
+    with pytest.raises(DataFormatError, match=_error(path, line, what)) as info:
+        read_movielens_100k(path)
+    assert info.value.line == line
+    assert info.value.path == str(path)
+
+
+def test_movielens_1m_wrong_delimiter(tmp_path):
+    path = _write(tmp_path / 'ratings.dat', '1::1193::5::978300760\n1,661,3,978302109\n')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, 2, re.escape(
+                           "expected 4 fields separated by '::' (user::item::rating::time), "
+                           "found 1: '1,661,3,978302109'"))):
+        read_movielens_1m(path)
+
+
+def test_pfedrec_non_integer_id(tmp_path):
+    path = _write(tmp_path / 'ratings.dat', '0,1,5,100\n0,2,4,101\n1,item3,4,102\n')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, 3, "field 'item' \\(field 2\\) must be an integer id, "
+                                             "got 'item3'")):
+        read_pfedrec_ratings(path)
+
+
+def test_amazon_empty_field(tmp_path):
+    path = _write(tmp_path / 'a.csv', 'A1,B1,5.0,1\n,B2,4.0,2\n')
+    with pytest.raises(DataFormatError, match=_error(path, 2, "field 'user' is empty")):
+        read_amazon_csv(path)
+
+
+def test_amazon_too_few_fields(tmp_path):
+    path = _write(tmp_path / 'a.csv', 'A1,B1,5.0,1\nA2,B2,4.0,2\nA3,B3,4.0\n')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, 3, "expected 4 fields separated by ','.*found 3")):
+        read_amazon_csv(path)
+
+
+@pytest.mark.parametrize('text', ['', '\n\n  \n'], ids=['empty', 'blank-lines'])
+@pytest.mark.parametrize('reader', [read_movielens_100k, read_movielens_1m,
+                                    read_pfedrec_ratings, read_amazon_csv])
+def test_empty_file(tmp_path, reader, text):
+    path = _write(tmp_path / 'ratings', text)
+    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')) as info:
+        reader(path)
+    assert info.value.line is None
+
+
+def test_read_csv_empty_file(tmp_path):
+    path = _write(tmp_path / 'r.csv', '')
+    with pytest.raises(DataFormatError,
+                       match=_error(path, None, 'file is empty; expected a header line')):
+        read_csv(path)
+
+
+def test_read_csv_header_only_is_empty(tmp_path):
+    path = _write(tmp_path / 'r.csv', 'user,item\n')
+    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')):
+        read_csv(path)
+
+
+def test_read_csv_blank_file_is_reported_as_empty(tmp_path):
+    # Every other reader calls a file of blank lines empty ("Blank lines are ignored");
+    # read_csv takes the blank first line as a header and says "its columns are ['']".
+    path = _write(tmp_path / 'r.csv', '\n\n')
+    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')):
+        read_csv(path)
+
+
+def test_invalid_utf8(tmp_path):
+    path = tmp_path / 'a.csv'
+    path.write_bytes(b'A1,B1,5.0,1\nA\xff\xfe2,B2,4.0,2\n')
+    with pytest.raises(DataFormatError, match=_error(path, None, 'is not valid utf-8 text')):
+        read_amazon_csv(path)
+
+
+@pytest.mark.parametrize('reader', [read_movielens_100k, read_movielens_1m,
+                                    read_pfedrec_ratings, read_lastfm_2k, read_amazon_csv,
+                                    read_csv])
+def test_missing_file(tmp_path, reader):
+    path = tmp_path / 'nope.dat'
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        reader(path)
+
+
+def test_lightgcn_missing_folder_or_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / 'train.txt'))):
+        read_lightgcn(tmp_path)
+    _write(tmp_path / 'train.txt', '0 1 2\n')
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / 'test.txt'))):
+        read_lightgcn(tmp_path)
+
+
+@pytest.mark.parametrize('file,text,line,token', [
+    pytest.param('train.txt', '0 10 11\n1 11 x12\n', 2, 'x12', id='letters-in-train'),
+    pytest.param('test.txt', '0 13\n\n1 2.5\n', 3, '2.5', id='decimal-in-test'),
+    pytest.param('train.txt', 'u0 10\n', 1, 'u0', id='user-token'),
+    pytest.param('train.txt', '0 10\n1 11 --5\n', 2, '--5', id='double-minus'),
+])
+def test_lightgcn_non_integer_token(tmp_path, file, text, line, token):
+    _write(tmp_path / 'train.txt', '0 10 11\n1 11\n')
+    _write(tmp_path / 'test.txt', '0 13\n')
+    path = _write(tmp_path / file, text)
+    with pytest.raises(DataFormatError,
+                       match=_error(path, line, re.escape(
+                           f'expected integer ids "user item item ...", got {token!r}'))):
+        read_lightgcn(tmp_path)
+
+
+def test_lightgcn_empty_train(tmp_path):
+    path = _write(tmp_path / 'train.txt', '\n')
+    _write(tmp_path / 'test.txt', '0 13\n')
+    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')):
+        read_lightgcn(tmp_path)
