@@ -1,6 +1,7 @@
 """Command line: ``python -m fedgraph <command>`` (also installed as ``fedgraph``).
 
 * ``train``    -- train an algorithm and write ``config.json`` and ``metrics.json``;
+* ``summarize`` -- the best rounds of several runs (e.g. seeds) as a table, with mean ± std;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
 """
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import statistics
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -81,6 +83,25 @@ def _describe(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _summarize(args: argparse.Namespace) -> None:
+    rows = []
+    for run in args.runs:
+        best = json.loads((Path(run) / 'metrics.json').read_text())['best']
+        rows.append((run, best))
+    names = sorted(rows[0][1]['test'])
+    print('| run | best round | ' + ' | '.join(f'test {n}' for n in names) + ' |')
+    print('|---|---|' + '---|' * len(names))
+    for run, best in rows:
+        print(f"| {run} | {best['round']} | "
+              + ' | '.join(f"{best['test'][n]:.4f}" for n in names) + ' |')
+    if len(rows) > 1:
+        cells = []
+        for name in names:
+            values = [best['test'][name] for _, best in rows]
+            cells.append(f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}')
+        print(f'| mean ± std ({len(rows)} runs) | | ' + ' | '.join(cells) + ' |')
+
+
 def _bench(args: argparse.Namespace) -> None:
     from fedgraph import bench
 
@@ -109,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     describe_parser.add_argument('--num-negatives', type=int, default=99)
     describe_parser.add_argument('--seed', type=int, default=0)
     describe_parser.set_defaults(run=_describe)
+
+    summarize_parser = commands.add_parser(
+        'summarize', help="table of the best rounds' test metrics of runs, with mean ± std")
+    summarize_parser.add_argument('runs', nargs='+', help='run folders with a metrics.json')
+    summarize_parser.set_defaults(run=_summarize)
 
     from fedgraph.bench import add_arguments
     bench_parser = commands.add_parser('bench', help='speed and memory benchmarks')
