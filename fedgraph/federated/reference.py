@@ -63,7 +63,8 @@ class ReferenceEngine:
                 for name, tensor in self.model.private_parameters().items():
                     tensor[client] = private[name]
             update = table - global_items
-            touched = update.abs().sum(dim=1) > 0
+            touched = torch.zeros(global_items.size(0), dtype=torch.bool)
+            touched[plan.item[plan.owner == position]] = True  # the rows it trained
             if cfg.personalize_items:
                 self.local_tables[client] = table.clone()
                 self.touched_rows[client] = touched
@@ -118,6 +119,22 @@ class ReferenceEngine:
             count += items.numel()
         private = {k: v.detach() for k, v in model.private.items()}
         return model.item.weight.detach(), private, total / count
+
+    @torch.no_grad()
+    def scores_all(self, users: Tensor) -> Tensor:
+        """``[U, I]`` logits of every item for ``users``."""
+        every_item = torch.arange(self.model.num_items).expand(users.numel(), -1)
+        return self.scores(users, every_item)
+
+    def state_dict(self) -> Dict[str, object]:
+        return {'model': self.model.state_dict(), 'broadcast': self.broadcast,
+                'local_tables': self.local_tables, 'touched_rows': self.touched_rows}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.model.load_state_dict(state['model'])
+        self.broadcast = state['broadcast']
+        self.local_tables = state['local_tables']
+        self.touched_rows = state['touched_rows']
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ class UploadTransform:
 
     Clipping bounds every coordinate to :math:`[-C, C]`, so each uploaded coordinate is
     :math:`\\epsilon`-LDP with :math:`\\epsilon = 2C / \\lambda` per round (the accounting of
-    FedPerGNN / PerFedRec++); :attr:`epsilon` is ``inf`` without noise.
+    FedPerGNN / PerFedRec++); :attr:`epsilon` is ``None`` without noise.
 
     Args:
         clip: the L2 bound :math:`C` of a row update (``None``: no clipping).
@@ -36,9 +36,10 @@ class UploadTransform:
         return self.clip is None and self.laplace_scale == 0
 
     @property
-    def epsilon(self) -> float:
-        """The per-round, per-coordinate privacy budget :math:`2C / \\lambda`."""
-        return float('inf') if self.laplace_scale == 0 else 2 * self.clip / self.laplace_scale
+    def epsilon(self) -> Optional[float]:
+        """The per-round, per-coordinate privacy budget :math:`2C / \\lambda`; ``None``
+        without noise."""
+        return None if self.laplace_scale == 0 else 2 * self.clip / self.laplace_scale
 
     def __call__(self, update: Tensor, generator: torch.Generator) -> Tensor:
         if self.clip is not None:
