@@ -27,8 +27,8 @@ _HELP = {
     'split_ratios': 'train/val/test ratios of the full-ranking protocol',
     'split_mode': "'random' or 'temporal' ratio split",
     'eval_negatives': 'sampled negatives per held-out item',
-    'item_lr_eta': 'item learning rate = lr x num_items x eta',
-    'lr': 'learning rate of the private head',
+    'item_lr_eta': 'item learning rate = lr x num_items x eta (pfedrec: 80, fedmf: 1)',
+    'lr': 'learning rate of the private head or user embedding (pfedrec: 0.1, fedmf: 1)',
     'central_lr': 'Adam learning rate of centralized MF',
     'client_ratio': 'fraction of clients per round (default: all)',
     'clients_per_round': 'number of clients per round (instead of --client-ratio)',
@@ -41,7 +41,7 @@ _HELP = {
     'engine': "'vectorized' or 'reference' (one model per client, for checking)",
 }
 _OPTIONAL_TYPES = {'data_root': str, 'client_ratio': float, 'clients_per_round': int,
-                   'clip': float}
+                   'clip': float, 'lr': float, 'item_lr_eta': float}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +53,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=_HELP[field.name])
             continue
         parser.add_argument(flag, type=kind, default=field.default,
-                            help=f'{_HELP.get(field.name, field.name.replace("_", " "))} '
-                                 f'(default: {field.default})')
+                            help=_HELP.get(field.name, field.name.replace('_', ' ')))
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 
+#: ``(lr, item_lr_eta)`` per federated algorithm: PFedRec's from its paper; FedMF's picked by
+#: validation HR@10 on MovieLens-100K (see the README's baseline table).
+LEARNING_RATES = {'pfedrec': (0.1, 80.0), 'fedmf': (1.0, 1.0)}
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on; saved as ``config.json`` next to its ``metrics.json``.
 
     Defaults are PFedRec's on MovieLens-100K: d = 32, all users every round, 1 local epoch,
-    batch 256, head lr 0.1, item lr 0.1 x num_items x 80, 4 negatives, 100 rounds.
+    batch 256, head lr 0.1, item lr 0.1 x num_items x 80, 4 negatives, 100 rounds. Learning
+    rates left at ``None`` take the algorithm's default (:data:`LEARNING_RATES`).
     """
     algorithm: str = 'pfedrec'
     dataset: str = 'ml-100k'
@@ -25,9 +31,9 @@ class TrainConfig:
     rounds: int = 100
     seed: int = 0
     dim: int = 32
-    lr: float = 0.1
+    lr: Optional[float] = None
     central_lr: float = 1e-3
-    item_lr_eta: float = 80.0
+    item_lr_eta: Optional[float] = None
     batch_size: int = 256
     local_epochs: int = 1
     num_negatives: int = 4
@@ -52,6 +58,9 @@ class TrainConfig:
         if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
         self.split_ratios = tuple(self.split_ratios)
+        lr, eta = LEARNING_RATES.get(self.algorithm, (None, None))
+        self.lr = lr if self.lr is None else self.lr
+        self.item_lr_eta = eta if self.item_lr_eta is None else self.item_lr_eta
 
     def item_lr(self, num_items: int) -> float:
         """PFedRec's item learning rate, ``lr * num_items * eta``."""
