@@ -24,7 +24,11 @@ py=$venv/bin/python
 stamp=$venv/.fedgraph-rec-installed
 want=$(cat "$repo/setup.cfg" "$repo/scripts/install.sh" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$py" -c "import torch, torch_scatter, torch_geometric, faiss, fedgraph" 2>/dev/null; then
+   && "$py" -c "
+import importlib.util, sys
+sys.exit(not all(importlib.util.find_spec(m) for m in
+                 ('torch', 'torch_scatter', 'torch_geometric', 'faiss', 'fedgraph')))
+" 2>/dev/null; then
   echo "$py"
   exit 0
 fi
