@@ -20,7 +20,7 @@ from fedgraph.config import TrainConfig
 from fedgraph.data import DATASETS, leave_one_out_split, load_dataset
 
 _HELP = {
-    'algorithm': 'pfedrec, fedmf or mf (centralized)',
+    'algorithm': 'pfedrec, fedmf, mf (centralized), fedlightgcn or perfedrec++',
     'dataset': f'one of {", ".join(DATASETS)}',
     'data_root': 'folder of the raw data files (default: datasets/)',
     'protocol': "'sampled' (leave-one-out, 99 negatives) or 'full' (ratio split, all items)",
@@ -33,23 +33,46 @@ _HELP = {
     'client_ratio': 'fraction of clients per round (default: all)',
     'clients_per_round': 'number of clients per round (instead of --client-ratio)',
     'aggregation': "'mean' (unweighted FedAvg) or 'weighted' (by sample count)",
-    'clip': 'L2 bound of each uploaded row update',
-    'ldp_scale': 'Laplace noise scale on uploads (needs --clip)',
+    'clip': 'L2 bound of each uploaded update (0: none; graph algorithms: 0.5)',
+    'ldp_scale': 'Laplace noise scale on uploads (needs --clip; graph algorithms: 0.1)',
+    'dual_personalization': "on/off: clients keep and score with their fine-tuned item rows",
+    'num_layers': 'federated GNN layers (fedlightgcn, perfedrec++)',
+    'pretrain_rounds': 'contrastive pre-training rounds (perfedrec++: 50)',
+    'pretrain_lr': 'Adam learning rate of contrastive pre-training',
+    'cl_weight': 'weight lambda of the InfoNCE loss',
+    'cl_temperature': 'InfoNCE temperature',
+    'simgcl_eps': 'SimGCL noise magnitude in contrastive views',
+    'client_dropout': 'fraction of clients absent from a contrastive view',
+    'pseudo_ratio': 'pseudo-items a client adds, as a fraction of its items',
+    'num_clusters': 'k of FAISS k-means over clients (perfedrec++: 5; 0: none)',
+    'cluster_every': 'rounds between two clusterings',
+    'level_weights': 'weights of the global, cluster and local scores (perfedrec++: 1 1 1)',
     'eval_every': 'evaluate every N rounds',
     'checkpoint_every': 'save a checkpoint every N rounds',
     'device': 'cpu or cuda',
     'engine': "'vectorized' or 'reference' (one model per client, for checking)",
 }
+def _on_off(text: str) -> bool:
+    if text.lower() in ('on', 'true', 'yes', '1'):
+        return True
+    if text.lower() in ('off', 'false', 'no', '0'):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
 _OPTIONAL_TYPES = {'data_root': str, 'client_ratio': float, 'clients_per_round': int,
-                   'clip': float, 'lr': float, 'item_lr_eta': float}
+                   'clip': float, 'lr': float, 'item_lr_eta': float, 'ldp_scale': float,
+                   'dual_personalization': _on_off, 'pretrain_rounds': int, 'num_clusters': int}
+_TRIPLES = ('split_ratios', 'level_weights')
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         flag = '--' + field.name.replace('_', '-')
         kind = _OPTIONAL_TYPES.get(field.name, type(field.default))
-        if field.name == 'split_ratios':
-            parser.add_argument(flag, type=float, nargs=3, default=list(field.default),
+        if field.name in _TRIPLES:
+            default = None if field.default is None else list(field.default)
+            parser.add_argument(flag, type=float, nargs=3, default=default,
                                 help=_HELP[field.name])
             continue
         parser.add_argument(flag, type=kind, default=field.default,

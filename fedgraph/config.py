@@ -8,9 +8,26 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 
-#: ``(lr, item_lr_eta)`` per federated algorithm: PFedRec's from its paper; FedMF's picked by
-#: validation HR@10 on MovieLens-100K (see the README's baseline table).
-LEARNING_RATES = {'pfedrec': (0.1, 80.0), 'fedmf': (1.0, 1.0)}
+ALGORITHMS = ('pfedrec', 'fedmf', 'mf', 'fedlightgcn', 'perfedrec++')
+
+_GRAPH_DEFAULTS = dict(lr=1.0, item_lr_eta=1.0, clients_per_round=256, clip=0.5,
+                       ldp_scale=0.1)
+#: The values that fields left at ``None`` take, per algorithm. PFedRec's are its paper's;
+#: FedMF's learning rates were picked by validation HR@10 on MovieLens-100K (README);
+#: FedLightGCN and PerFedRec++ follow the PerFedRec++ paper (256 clients a round, clipping
+#: 0.5, Laplace scale 0.1, k = 5 clusters, equal level weights).
+ALGORITHM_DEFAULTS = {
+    'pfedrec': dict(lr=0.1, item_lr_eta=80.0, clip=0.0, ldp_scale=0.0, pretrain_rounds=0,
+                    dual_personalization=True),
+    'fedmf': dict(lr=1.0, item_lr_eta=1.0, clip=0.0, ldp_scale=0.0, pretrain_rounds=0,
+                  dual_personalization=False),
+    'mf': dict(lr=0.0, item_lr_eta=0.0, clip=0.0, ldp_scale=0.0, pretrain_rounds=0,
+               dual_personalization=False),
+    'fedlightgcn': dict(_GRAPH_DEFAULTS, pretrain_rounds=0, num_clusters=0,
+                        level_weights=(1.0, 0.0, 0.0), dual_personalization=False),
+    'perfedrec++': dict(_GRAPH_DEFAULTS, pretrain_rounds=50, num_clusters=5,
+                        level_weights=(1.0, 1.0, 1.0), dual_personalization=True),
+}
 
 
 @dataclass
@@ -18,8 +35,9 @@ class TrainConfig:
     """Everything a run depends on; saved as ``config.json`` next to its ``metrics.json``.
 
     Defaults are PFedRec's on MovieLens-100K: d = 32, all users every round, 1 local epoch,
-    batch 256, head lr 0.1, item lr 0.1 x num_items x 80, 4 negatives, 100 rounds. Learning
-    rates left at ``None`` take the algorithm's default (:data:`LEARNING_RATES`).
+    batch 256, head lr 0.1, item lr 0.1 x num_items x 80, 4 negatives, 100 rounds. Fields
+    left at ``None`` take the algorithm's default (:data:`ALGORITHM_DEFAULTS`); ``clip = 0``
+    means no clipping.
     """
     algorithm: str = 'pfedrec'
     dataset: str = 'ml-100k'
@@ -41,15 +59,27 @@ class TrainConfig:
     clients_per_round: Optional[int] = None
     aggregation: str = 'mean'
     clip: Optional[float] = None
-    ldp_scale: float = 0.0
+    ldp_scale: Optional[float] = None
+    dual_personalization: Optional[bool] = None
+    num_layers: int = 2
+    pretrain_rounds: Optional[int] = None
+    pretrain_lr: float = 0.05
+    cl_weight: float = 1.0
+    cl_temperature: float = 0.2
+    simgcl_eps: float = 0.1
+    client_dropout: float = 0.1
+    pseudo_ratio: float = 0.1
+    num_clusters: Optional[int] = None
+    cluster_every: int = 5
+    level_weights: Optional[Tuple[float, float, float]] = None
     eval_every: int = 1
     checkpoint_every: int = 10
     device: str = 'cpu'
     engine: str = 'vectorized'
 
     def __post_init__(self):
-        if self.algorithm not in ('pfedrec', 'fedmf', 'mf'):
-            raise ValueError(f"algorithm must be 'pfedrec', 'fedmf' or 'mf', got {self.algorithm!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}')
         choices = {'protocol': ('sampled', 'full'), 'aggregation': ('mean', 'weighted'),
                    'engine': ('vectorized', 'reference'), 'split_mode': ('random', 'temporal')}
         for name, allowed in choices.items():
@@ -58,9 +88,11 @@ class TrainConfig:
         if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
         self.split_ratios = tuple(self.split_ratios)
-        lr, eta = LEARNING_RATES.get(self.algorithm, (None, None))
-        self.lr = lr if self.lr is None else self.lr
-        self.item_lr_eta = eta if self.item_lr_eta is None else self.item_lr_eta
+        for name, value in ALGORITHM_DEFAULTS[self.algorithm].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.level_weights is not None:
+            self.level_weights = tuple(self.level_weights)
 
     def item_lr(self, num_items: int) -> float:
         """PFedRec's item learning rate, ``lr * num_items * eta``."""

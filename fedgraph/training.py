@@ -25,6 +25,7 @@ from fedgraph.federated.evaluation import evaluate
 log = logging.getLogger(__name__)
 
 CHECKPOINT = 'checkpoint.pt'
+EMBEDDINGS = 'embeddings.pt'
 
 
 def prepare_split(config: TrainConfig):
@@ -82,6 +83,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     engine = build_engine(config, partition, generator, split.known_items())
 
     history: List[Dict] = []
+    pretraining = None
     start_round = 0
     if resume:
         if out is None or not (out / CHECKPOINT).exists():
@@ -90,7 +92,11 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         engine.load_state_dict(state['engine'])
         generator.set_state(state['generator'])
         history, start_round = state['history'], state['round']
+        pretraining = state['pretraining']
         log.info('resuming %s at round %d', out, start_round)
+    elif config.pretrain_rounds:
+        pretraining = engine.pretrain(config.pretrain_rounds, generator, progress)
+        pretraining['uniformity'] = engine.uniformity()
 
     rounds = range(start_round, config.rounds)
     bar = tqdm(rounds, desc=config.algorithm, unit='round', disable=not progress,
@@ -101,7 +107,9 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         record = {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
                   'upload_bytes_per_client': stats.upload_bytes,
                   'download_bytes_per_client': stats.download_bytes,
-                  'epsilon': stats.epsilon}
+                  'epsilon': stats.epsilon, 'epsilon_spent': _budget_spent(engine, stats)}
+        if hasattr(engine, 'uniformity'):
+            record['uniformity'] = engine.uniformity()
         if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
             record.update(evaluate(engine, split))
         record['seconds'] = time.perf_counter() - began
@@ -111,15 +119,32 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         last = round_index + 1 == config.rounds
         if out is not None and ((round_index + 1) % config.checkpoint_every == 0 or last):
             torch.save({'engine': engine.state_dict(), 'generator': generator.get_state(),
-                        'history': history, 'round': round_index + 1}, out / CHECKPOINT)
-            _write_metrics(out, history, config)
+                        'history': history, 'round': round_index + 1,
+                        'pretraining': pretraining}, out / CHECKPOINT)
+            _write_metrics(out, _metrics(history, pretraining, config))
     bar.close()
-    metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
+    metrics = _metrics(history, pretraining, config)
     if out is not None:
-        _write_metrics(out, history, config)
+        _write_metrics(out, metrics)
+        if hasattr(engine, 'export'):
+            torch.save(engine.export(), out / EMBEDDINGS)
     return metrics
 
 
-def _write_metrics(out: Path, history: List[Dict], config: TrainConfig) -> None:
+def _budget_spent(engine, stats) -> Optional[float]:
+    """The LDP budget spent so far by the client that uploaded most often (sequential
+    composition over its uploads; every upload spends ``stats.epsilon`` per coordinate)."""
+    if stats.epsilon is None:
+        return None
+    return stats.epsilon * int(engine.participation.max())
+
+
+def _metrics(history: List[Dict], pretraining: Optional[Dict], config: TrainConfig) -> Dict:
     metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
+    if pretraining is not None:
+        metrics['pretraining'] = pretraining
+    return metrics
+
+
+def _write_metrics(out: Path, metrics: Dict) -> None:
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')

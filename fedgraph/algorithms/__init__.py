@@ -7,10 +7,10 @@ import torch
 
 from fedgraph.algorithms.centralized import CentralizedMF
 from fedgraph.algorithms.federated import build_federated
-from fedgraph.config import TrainConfig
+from fedgraph.algorithms.perfedrec import GraphFederatedEngine
+from fedgraph.config import ALGORITHMS, TrainConfig
 from fedgraph.data.partition import ClientPartition
 
-ALGORITHMS = ('pfedrec', 'fedmf', 'mf')
 
 
 def build_engine(config: TrainConfig, partition: ClientPartition, generator: torch.Generator,
@@ -24,4 +24,5 @@ def build_engine(config: TrainConfig, partition: ClientPartition, generator: tor
     raise ValueError(f'unknown algorithm {config.algorithm!r}; choose one of {ALGORITHMS}')
 
 
-__all__ = ['ALGORITHMS', 'build_engine', 'build_federated', 'CentralizedMF']
+__all__ = ['ALGORITHMS', 'build_engine', 'build_federated', 'CentralizedMF',
+           'GraphFederatedEngine']

@@ -74,6 +74,16 @@ class RoundStats:
     epsilon: Optional[float]
 
 
+@dataclass
+class RowUpload:
+    """What the clients of the latest round uploaded: row ``r`` of ``update`` is client
+    ``clients[row_owner[r]]``'s (transformed) change of item ``row_item[r]``."""
+    clients: Tensor
+    row_owner: Tensor
+    row_item: Tensor
+    update: Tensor
+
+
 def bce(logits: Tensor, label: Tensor) -> Tensor:
     """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`.
 
@@ -107,6 +117,8 @@ class FederatedEngine:
         self.training = training
         self.selector = selector
         self.broadcast = model.item.detach().clone()
+        self.last_upload: Optional[RowUpload] = None
+        self.participation = torch.zeros(model.num_clients, dtype=torch.long)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
 
@@ -119,14 +131,16 @@ class FederatedEngine:
         base = self.model.item.detach().clone()
         local, private, loss = self.train_clients(plan, base)
         update = cfg.upload(local - base[plan.row_item], generator)
+        self.last_upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update)
         weight = plan.num_samples if cfg.weighted_aggregation else None
         with torch.no_grad():
             for name, tensor in self.model.private_parameters().items():
                 tensor[plan.clients] = private[name]
             self.model.item.copy_(aggregate_rows(base, plan.row_item, plan.row_owner,
                                                  update, plan.clients.numel(), weight))
+        self.participation[plan.clients.cpu()] += 1
+        self.broadcast = base
         if cfg.personalize_items:
-            self.broadcast = base
             self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
                                   local)
         rows_per_client = torch.bincount(plan.row_owner, minlength=plan.clients.numel())
@@ -147,7 +161,7 @@ class FederatedEngine:
             ``[B]``.
         """
         cfg = self.training
-        head = self.model.head
+        model, head = self.model, self.model.head
         local = base[plan.row_item].clone()
         private = {name: tensor.detach()[plan.clients].clone()
                    for name, tensor in self.model.private_parameters().items()}
@@ -156,10 +170,13 @@ class FederatedEngine:
         for start, end in zip(step_ptr[:-1], step_ptr[1:]):
             owner, row = plan.owner[start:end], plan.row[start:end]
             label, weight = plan.label[start:end], plan.weight[start:end]
+            client, item = plan.clients[owner], plan.item[start:end]
 
             def client_losses(params, rows):
                 gathered = {name: value.index_select(0, owner) for name, value in params.items()}
-                return bce(head.logits(gathered, rows), label)
+                logits = head.logits(model.user_input(gathered, client),
+                                     model.item_input(rows, item))
+                return bce(logits, label)
 
             params = {name: value.requires_grad_() for name, value in private.items()}
             rows = local.index_select(0, row).requires_grad_()
@@ -183,37 +200,47 @@ class FederatedEngine:
         return local, {k: v.detach() for k, v in private.items()}, loss_sum / num_samples
 
     # ------------------------------------------------------------------ scoring
+    def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k, d]`` each user's own rows of ``items[u]``: its stored fine-tuned rows
+        over the table broadcast in the latest round."""
+        return self.personal.view(users.unsqueeze(-1), items, self.broadcast)
+
     def _item_view(self, users: Tensor, items: Tensor) -> Tensor:
         if self.training.personalize_items:
-            return self.personal.view(users.unsqueeze(-1), items, self.broadcast)
-        return self.model.item.detach()[items]
+            rows = self.personal_rows(users, items)
+        else:
+            rows = self.model.item.detach()[items]
+        return self.model.item_input(rows, items)
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k]`` logits of ``items[u, j]`` for ``users[u]``, each user with its own
         head and (with dual personalization) its own item view."""
-        params = {name: value[users].unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
-                  for name, value in self.model.private_parameters().items()}
+        params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
+                  for name, value in self.model.client_params(users).items()}
         return self.model.head.logits(params, self._item_view(users, items))
 
     @torch.no_grad()
     def scores_all(self, users: Tensor) -> Tensor:
         """``[U, I]`` logits of every item for ``users``."""
-        params = {name: value[users] for name, value in self.model.private_parameters().items()}
+        model = self.model
+        params = self.model.client_params(users)
+        every_item = torch.arange(model.num_items, device=users.device)
         if not self.training.personalize_items:
-            return self.model.head.logits_all(params, self.model.item.detach())
-        out = self.model.head.logits_all(params, self.broadcast)
+            return model.head.logits_all(params, model.item_input(model.item.detach(), every_item))
+        out = model.head.logits_all(params, model.item_input(self.broadcast, every_item))
         position, item, values = self.personal.rows_of(users)
         gathered = {name: value[position] for name, value in params.items()}
-        out[position, item] = self.model.head.logits(gathered, values)
+        out[position, item] = model.head.logits(gathered, model.item_input(values, item))
         return out
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:
         return {'model': self.model.state_dict(), 'broadcast': self.broadcast,
-                'personal': self.personal.state_dict()}
+                'personal': self.personal.state_dict(), 'participation': self.participation}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.model.load_state_dict(state['model'])
         self.broadcast = state['broadcast']
         self.personal.load_state_dict(state['personal'])
+        self.participation = state['participation']

@@ -15,24 +15,31 @@ import torch
 from torch import Tensor, nn
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import BYTES_PER_INDEX, LocalTraining, RoundStats
+from fedgraph.federated.engine import BYTES_PER_INDEX, LocalTraining, RoundStats, RowUpload
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.recommender import FederatedRecommender
 
 
 class ClientModel(nn.Module):
-    """One client's on-device model: a full item table and its own head parameters."""
+    """One client's on-device model: a full item table and its own head parameters, scored
+    through the shared model's context (a no-op without a graph)."""
 
-    def __init__(self, items: Tensor, private: Dict[str, Tensor], head: nn.Module):
+    def __init__(self, client: int, items: Tensor, private: Dict[str, Tensor],
+                 model: FederatedRecommender):
         super().__init__()
+        self.client = client
         self.item = nn.Embedding.from_pretrained(items.clone(), freeze=False)
         self.private = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in private.items()})
-        self.head = head
+        self.model = [model]  # a list: the shared model is not a submodule of the client's
 
     def forward(self, items: Tensor) -> Tensor:
+        model = self.model[0]
+        clients = torch.full_like(items, self.client)
         params = {k: v.expand(items.numel(), *v.shape) for k, v in self.private.items()}
-        return torch.sigmoid(self.head.logits(params, self.item(items)))
+        logits = model.head.logits(model.user_input(params, clients),
+                                   model.item_input(self.item(items), items))
+        return torch.sigmoid(logits)
 
 
 class ReferenceEngine:
@@ -47,6 +54,8 @@ class ReferenceEngine:
         self.training = training
         self.selector = selector
         self.broadcast = model.item.detach().clone()
+        self.participation = torch.zeros(model.num_clients, dtype=torch.long)
+        self.last_upload: Optional[RowUpload] = None
         self.local_tables: Dict[int, Tensor] = {}
         self.touched_rows: Dict[int, Tensor] = {}
 
@@ -57,6 +66,7 @@ class ReferenceEngine:
                           cfg.local_epochs, generator, self.known)
         global_items = self.model.item.detach().clone()
         tables, weights, losses, rows = [], [], [], []
+        uploads = []
         for position, client in enumerate(plan.clients.tolist()):
             table, private, loss = self._train_client(plan, position, client, global_items)
             with torch.no_grad():
@@ -69,12 +79,16 @@ class ReferenceEngine:
                 self.local_tables[client] = table.clone()
                 self.touched_rows[client] = touched
             update[touched] = cfg.upload(update[touched], generator)
+            uploads.append((torch.full((int(touched.sum()),), position),
+                            torch.nonzero(touched).view(-1), update[touched]))
             tables.append(global_items + update)
             weights.append(float(plan.num_samples[position]) if cfg.weighted_aggregation else 1.0)
             losses.append(loss)
             rows.append(int(touched.sum()))
         weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
         self.broadcast = global_items
+        self.participation[plan.clients] += 1
+        self.last_upload = RowUpload(plan.clients, *(torch.cat(parts) for parts in zip(*uploads)))
         with torch.no_grad():
             self.model.item.copy_((torch.stack(tables) * weight).sum(0) / weight.sum())
         row_bytes = self.model.dim * global_items.element_size() + BYTES_PER_INDEX
@@ -86,7 +100,7 @@ class ReferenceEngine:
     def _train_client(self, plan: RoundPlan, position: int, client: int, global_items: Tensor):
         cfg = self.training
         private = {k: v.detach()[client] for k, v in self.model.private_parameters().items()}
-        model = ClientModel(global_items, private, self.model.head)
+        model = ClientModel(client, global_items, private, self.model)
         head_optimizer = torch.optim.SGD(model.private.parameters(), lr=cfg.lr)
         item_optimizer = torch.optim.SGD(model.item.parameters(), lr=cfg.item_lr)
         joint_optimizer = torch.optim.SGD([
@@ -128,27 +142,38 @@ class ReferenceEngine:
 
     def state_dict(self) -> Dict[str, object]:
         return {'model': self.model.state_dict(), 'broadcast': self.broadcast,
-                'local_tables': self.local_tables, 'touched_rows': self.touched_rows}
+                'local_tables': self.local_tables, 'touched_rows': self.touched_rows,
+                'participation': self.participation}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.model.load_state_dict(state['model'])
         self.broadcast = state['broadcast']
         self.local_tables = state['local_tables']
         self.touched_rows = state['touched_rows']
+        self.participation = state['participation']
+
+    def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k, d]`` each user's own rows of ``items[u]``: the rows it fine-tuned in its
+        last round over the latest broadcast table, one user at a time."""
+        out = []
+        for user, user_items in zip(users.tolist(), items):
+            table = self.broadcast
+            if user in self.local_tables:
+                touched = self.touched_rows[user].unsqueeze(1)
+                table = torch.where(touched, self.local_tables[user], self.broadcast)
+            out.append(table[user_items])
+        return torch.stack(out)
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
-        """``[U, k]`` logits, one user at a time with its own head and item table: the rows
-        it fine-tuned in its last round over the latest broadcast table."""
+        """``[U, k]`` logits, one user at a time with its own head and item view."""
+        rows = (self.personal_rows(users, items) if self.training.personalize_items
+                else self.model.item.detach()[items])
         out = []
-        for user, user_items in zip(users.tolist(), items):
-            table = self.model.item.detach()
-            if self.training.personalize_items:
-                table = self.broadcast
-                if user in self.local_tables:
-                    touched = self.touched_rows[user].unsqueeze(1)
-                    table = torch.where(touched, self.local_tables[user], self.broadcast)
+        for user, user_items, user_rows in zip(users.tolist(), items, rows):
             params = {k: v[user].expand(user_items.numel(), *v.shape[1:])
                       for k, v in self.model.private_parameters().items()}
-            out.append(self.model.head.logits(params, table[user_items]))
+            clients = torch.full_like(user_items, user)
+            out.append(self.model.head.logits(self.model.user_input(params, clients),
+                                              self.model.item_input(user_rows, user_items)))
         return torch.stack(out)

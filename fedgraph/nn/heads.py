@@ -14,7 +14,13 @@ from torch import Tensor, nn
 
 
 class ScoreHead(nn.Module):
-    """Base class: ``num_clients`` stacked private parameter sets of one score function."""
+    """Base class: ``num_clients`` stacked private parameter sets of one score function.
+
+    ``user_vector`` names the private parameter that plays the part of the user node in a
+    graph model (PFedRec's head weight, MF's user embedding).
+    """
+
+    user_vector: str = ''
 
     def __init__(self, num_clients: int, dim: int):
         super().__init__()
@@ -45,6 +51,8 @@ class LinearScoreHead(ScoreHead):
     initial head (one ``nn.Linear`` initialization, copied to all clients).
     """
 
+    user_vector = 'weight'
+
     def __init__(self, num_clients: int, dim: int, generator: Optional[torch.Generator] = None):
         super().__init__(num_clients, dim)
         self.weight = nn.Parameter(torch.empty(num_clients, dim))
@@ -70,6 +78,8 @@ class DotProductHead(ScoreHead):
     """Matrix factorization's score function (FedMF; Chai et al., 2020): a private user
     embedding :math:`u_c` and :math:`s_{ci} = u_c^\\top e_i`. Initialized
     :math:`\\mathcal{N}(0, \\sigma^2)` per client."""
+
+    user_vector = 'user'
 
     def __init__(self, num_clients: int, dim: int, std: float = 1.0,
                  generator: Optional[torch.Generator] = None):

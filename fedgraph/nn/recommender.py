@@ -21,6 +21,18 @@ class FederatedRecommender(nn.Module):
     zero-layer case of the federated graph model: no propagation, the head's private
     parameters stand where a graph model has its user node.
 
+    A graph model adds what the federated GNN layer propagates from the neighbours of each
+    node as a *context* held fixed during a round (:meth:`set_context`): the vectors that
+    meet in the score are
+
+    .. math::
+        \tilde u_c = \frac{u_c}{K + 1} + \bar u_c^{\mathrm{ctx}}, \qquad
+        \tilde e_i = \frac{e_i}{K + 1} + \bar e_i^{\mathrm{ctx}},
+
+    LightGCN's layer mean with the ego term trainable (see
+    :meth:`~fedgraph.nn.gnn.FederatedGNN.context`). Without context (``K = 0``) the vectors
+    are the embeddings themselves: PFedRec and FedMF exactly.
+
     The model *declares* which parameters are shared (:meth:`shared_tables`, row tables that
     clients fine-tune locally and the server aggregates row by row) and which are private
     (:meth:`private_parameters`, stacked over clients, never uploaded); the engine reads these
@@ -41,6 +53,9 @@ class FederatedRecommender(nn.Module):
         self.init_std = init_std
         self.item = nn.Parameter(torch.empty(num_items, head.dim))
         self.head = head
+        self.num_layers = 0
+        self.user_context: Optional[Tensor] = None
+        self.item_context: Optional[Tensor] = None
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -60,7 +75,33 @@ class FederatedRecommender(nn.Module):
         """The private per-client tensors, each ``[num_clients, ...]``."""
         return self.head.private_parameters()
 
+    def set_context(self, num_layers: int, user_context: Optional[Tensor],
+                    item_context: Optional[Tensor]) -> None:
+        """Sets the propagated context of ``num_layers`` GNN layers (``None``: no graph)."""
+        self.num_layers = num_layers
+        self.user_context, self.item_context = user_context, item_context
+
+    def user_input(self, params: Dict[str, Tensor], clients: Tensor) -> Dict[str, Tensor]:
+        """Per-sample private parameters with the head's user vector replaced by
+        :math:`\tilde u_c` (``clients`` gives each sample's client)."""
+        if self.user_context is None:
+            return params
+        name = self.head.user_vector
+        params = dict(params)
+        params[name] = params[name] / (self.num_layers + 1) + self.user_context[clients]
+        return params
+
+    def client_params(self, clients: Tensor) -> Dict[str, Tensor]:
+        """The private parameters of ``clients`` as the score sees them (with context)."""
+        params = {name: value[clients] for name, value in self.private_parameters().items()}
+        return self.user_input(params, clients)
+
+    def item_input(self, rows: Tensor, items: Tensor) -> Tensor:
+        """Item vectors :math:`\tilde e_i` from item rows (shared or personalized)."""
+        if self.item_context is None:
+            return rows
+        return rows / (self.num_layers + 1) + self.item_context[items]
+
     def forward(self, client: Tensor, item: Tensor) -> Tensor:
         """``[N]`` logits of ``(client[n], item[n])`` pairs with the shared item table."""
-        params = {k: v[client] for k, v in self.private_parameters().items()}
-        return self.head.logits(params, self.item[item])
+        return self.head.logits(self.client_params(client), self.item_input(self.item[item], item))

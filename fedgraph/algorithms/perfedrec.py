@@ -1,0 +1,270 @@
+"""FedLightGCN and PerFedRec++ (Luo et al., ACM TIST 2024) on the federated engine.
+
+The server holds a collaborative graph built only from what clients upload -- their item
+sets blurred with pseudo-items, and their user embeddings through clipping and Laplace
+noise. Each round it propagates that graph with the federated GNN layer and hands every
+client its context (:meth:`~fedgraph.nn.gnn.FederatedGNN.context`), then the selected clients
+train their ego embeddings locally with :class:`~fedgraph.federated.engine.FederatedEngine`.
+
+PerFedRec++ adds, on top of FedLightGCN:
+
+* **federated contrastive pre-training** -- two views of the collaborative graph drawn from
+  the privacy mechanisms (client dropout, pseudo-items, LDP noise, SimGCL noise), InfoNCE
+  between the two views of each user and item;
+* **clustering** -- FAISS k-means on the clients' propagated representations every
+  ``cluster_every`` rounds, cluster-aware client selection, and a cluster-level item table
+  per cluster, the FedAvg of that cluster's clients;
+* **three-level personalization** -- a user's score is a weighted sum of the global model's,
+  its cluster model's and its own fine-tuned model's (its private item rows) scores.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fedgraph.clustering import ClusterSelector, kmeans
+from fedgraph.config import TrainConfig
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.engine import FederatedEngine, RoundStats
+from fedgraph.federated.upload import UploadTransform
+from fedgraph.metrics.representation import uniformity
+from fedgraph.nn.augment import ClientDropout, Compose, PseudoItems, SimGCLNoise
+from fedgraph.nn.contrastive import info_nce
+from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+
+LEVELS = ('global', 'cluster', 'local')
+
+
+class GraphFederatedEngine:
+    """A federated engine whose model propagates over the clients' collaborative graph.
+
+    Args:
+        engine: the engine that runs local training and aggregation.
+        gnn: the federated GNN layer.
+        graph: the server's collaborative graph (already blurred with pseudo-items).
+        level_weights: weights of the global, cluster and local scores.
+        num_clusters: k of the k-means (0: no clustering).
+        cluster_every: rounds between two clusterings.
+        augmentation: the graph augmentation of a contrastive view.
+        simgcl_eps, cl_weight, cl_temperature, pretrain_lr: contrastive pre-training.
+        seed: the seed of FAISS k-means.
+    """
+
+    def __init__(self, engine: FederatedEngine, gnn: FederatedGNN, graph: CollaborativeGraph,
+                 level_weights: Sequence[float] = (1.0, 0.0, 0.0), num_clusters: int = 0,
+                 cluster_every: int = 5, augmentation: Optional[Compose] = None,
+                 simgcl_eps: float = 0.1, cl_weight: float = 1.0, cl_temperature: float = 0.2,
+                 pretrain_lr: float = 0.05, seed: int = 0):
+        if level_weights[2] and not engine.training.personalize_items:
+            raise ValueError('the local level needs dual personalization (private item rows)')
+        self.engine = engine
+        self.model = engine.model
+        self.training = engine.training
+        self.gnn = gnn
+        self.graph = graph
+        self.level_weights = tuple(level_weights)
+        self.num_clusters = num_clusters
+        self.cluster_every = cluster_every
+        self.augmentation = augmentation
+        self.simgcl_eps = simgcl_eps
+        self.cl_weight = cl_weight
+        self.cl_temperature = cl_temperature
+        self.pretrain_lr = pretrain_lr
+        self.seed = seed
+        self.rounds_done = 0
+        self.server_users = torch.zeros_like(self.model.head.user.detach())
+        self.assignment: Optional[Tensor] = None
+        self.cluster_tables: Optional[Tensor] = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, engine: FederatedEngine,
+                    partition: ClientPartition, generator: torch.Generator):
+        """The server's collaborative graph is the clients' training items plus their
+        pseudo-items, uploaded once when they enroll, with a first noised user embedding."""
+        graph = CollaborativeGraph(partition.edge_index(), partition.num_clients,
+                                   partition.num_items)
+        graph = PseudoItems(config.pseudo_ratio)(graph, generator)
+        augmentation = Compose([ClientDropout(config.client_dropout),
+                                PseudoItems(config.pseudo_ratio)])
+        out = cls(engine, FederatedGNN(config.num_layers), graph, config.level_weights,
+                  config.num_clusters, config.cluster_every, augmentation, config.simgcl_eps,
+                  config.cl_weight, config.cl_temperature, config.pretrain_lr, config.seed)
+        out.upload_users(torch.arange(partition.num_clients), generator)
+        return out
+
+    @property
+    def selector(self):
+        return self.engine.selector
+
+    @property
+    def participation(self) -> Tensor:
+        return self.engine.participation
+
+    # ------------------------------------------------------------------ server state
+    def upload_users(self, clients: Tensor, generator: torch.Generator) -> None:
+        """``clients`` upload the change of their user embedding since their last upload,
+        through the same clipping and noise as their item rows."""
+        user = self.model.head.user.detach()
+        change = self.training.upload(user[clients] - self.server_users[clients], generator)
+        self.server_users[clients] += change
+
+    def refresh_context(self) -> None:
+        """Propagates the server's graph and sets every client's context."""
+        user_context, item_context = self.gnn.context(self.server_users,
+                                                      self.model.item.detach(), self.graph)
+        self.model.set_context(self.gnn.num_layers, user_context, item_context)
+
+    def propagated(self) -> Tuple[Tensor, Tensor]:
+        """The global model's final user and item vectors (the clients' own embeddings over
+        the server's graph)."""
+        with torch.no_grad():
+            return self.gnn(self.model.head.user.detach(), self.model.item.detach(), self.graph)
+
+    # ------------------------------------------------------------------ pre-training
+    def pretrain(self, rounds: int, generator: torch.Generator,
+                 progress: bool = True) -> Dict[str, object]:
+        """Federated contrastive pre-training (PerFedRec++, Sec. 4.2).
+
+        Each round draws two views of the collaborative graph -- client dropout and
+        pseudo-items on the graph, Laplace noise on the uploaded user embeddings, SimGCL
+        noise on every propagated layer -- and takes one Adam step on
+        ``cl_weight * (InfoNCE(users) + InfoNCE(items))`` over the round's selected clients
+        and as many random items. The server computes the loss on what clients upload and
+        returns each selected client the gradient of its embedding; the other clients'
+        embeddings do not change.
+        """
+        user, item = self.model.head.user, self.model.item
+        optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
+        noise = SimGCLNoise(self.simgcl_eps, generator)
+        losses = []
+        for _ in tqdm(range(rounds), desc='pre-training', unit='round', disable=not progress):
+            clients = self.engine.selector(generator)
+            items = torch.randperm(self.model.num_items, generator=generator)[:clients.numel()]
+            views = []
+            for _ in range(2):
+                graph = self.augmentation(self.graph, generator)
+                offset = self.training.upload(torch.zeros_like(user.detach()), generator)
+                views.append(self.gnn(user + offset, item, graph, perturb=noise))
+            loss = self.cl_weight * (
+                info_nce(views[0][0][clients], views[1][0][clients], self.cl_temperature)
+                + info_nce(views[0][1][items], views[1][1][items], self.cl_temperature))
+            others = torch.ones(self.model.num_clients, dtype=torch.bool)
+            others[clients] = False
+            kept = user.detach()[others].clone()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                user[others] = kept
+            self.engine.participation[clients] += 1
+            losses.append(float(loss))
+        self.upload_users(torch.arange(self.model.num_clients), generator)
+        return {'rounds': rounds, 'loss': losses}
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        self.refresh_context()
+        stats = self.engine.run_round(generator)
+        upload = self.engine.last_upload
+        self.upload_users(upload.clients, generator)
+        if self.cluster_tables is not None:
+            self._update_cluster_tables()
+        self.rounds_done += 1
+        if self.num_clusters and self.rounds_done % self.cluster_every == 0:
+            self.recluster()
+        return stats
+
+    def recluster(self) -> None:
+        """FAISS k-means on the clients' representations propagated over the server's graph
+        (from the embeddings they uploaded); cluster tables restart from the global table and
+        selection becomes cluster-aware."""
+        with torch.no_grad():
+            users, _ = self.gnn(self.server_users, self.model.item.detach(), self.graph)
+        self.assignment = kmeans(users, self.num_clusters, seed=self.seed + self.rounds_done)
+        self.cluster_tables = self.model.item.detach().unsqueeze(0).repeat(
+            self.num_clusters, 1, 1)
+        self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
+
+    def _update_cluster_tables(self) -> None:
+        """Each cluster's table becomes the mean of its clients' tables this round (the
+        broadcast table plus their uploaded row changes); clusters without a client this
+        round keep theirs."""
+        upload, base = self.engine.last_upload, self.engine.broadcast
+        num_items = self.model.num_items
+        cluster = self.assignment[upload.clients]
+        members = torch.bincount(cluster, minlength=self.num_clusters)
+        key = cluster[upload.row_owner] * num_items + upload.row_item
+        total = torch.zeros(self.num_clusters * num_items, base.size(1), dtype=base.dtype)
+        total.index_add_(0, key, upload.update)
+        active = members > 0
+        mean = total.view(self.num_clusters, num_items, -1)[active]
+        self.cluster_tables[active] = base + mean / members[active].view(-1, 1, 1)
+
+    # ------------------------------------------------------------------ scoring
+    def _level_rows(self, users: Tensor, items: Tensor):
+        """The item rows ``[..., d]`` each level scores ``items`` with, for ``users``."""
+        model = self.model
+        rows = {'global': model.item.detach()[items]}
+        if self.level_weights[1]:
+            if self.cluster_tables is None:
+                rows['cluster'] = rows['global']
+            else:
+                cluster = self.assignment[users].view(-1, *([1] * (items.dim() - 1)))
+                rows['cluster'] = self.cluster_tables[cluster, items]
+        if self.level_weights[2]:
+            rows['local'] = self.engine.personal_rows(users, items)
+        return rows
+
+    @torch.no_grad()
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k]``: the weighted sum of the global, cluster and local models' logits."""
+        params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
+                  for name, value in self.model.client_params(users).items()}
+        total = torch.zeros(items.shape, dtype=self.model.item.dtype)
+        for level, rows in self._level_rows(users, items).items():
+            weight = self.level_weights[LEVELS.index(level)]
+            if weight:
+                total += weight * self.model.head.logits(params, self.model.item_input(rows, items))
+        return total
+
+    @torch.no_grad()
+    def scores_all(self, users: Tensor) -> Tensor:
+        """``[U, I]`` scores of every item (see :meth:`scores`)."""
+        every_item = torch.arange(self.model.num_items).expand(users.numel(), -1)
+        return self.scores(users, every_item)
+
+    # ------------------------------------------------------------------ reporting and state
+    def uniformity(self, max_points: int = 2000) -> Dict[str, float]:
+        """Uniformity of the global model's final user and item vectors."""
+        users, items = self.propagated()
+        generator = torch.Generator().manual_seed(0)
+        return {'user': uniformity(users, max_points=max_points, generator=generator),
+                'item': uniformity(items, max_points=max_points, generator=generator)}
+
+    def export(self) -> Dict[str, Tensor]:
+        """Embeddings and cluster assignment for plotting."""
+        users, items = self.propagated()
+        out = {'user_embedding': self.model.head.user.detach(), 'item_embedding':
+               self.model.item.detach(), 'user_final': users, 'item_final': items}
+        if self.assignment is not None:
+            out['cluster'] = self.assignment
+        return out
+
+    def state_dict(self) -> Dict[str, object]:
+        return {'engine': self.engine.state_dict(), 'server_users': self.server_users,
+                'assignment': self.assignment, 'cluster_tables': self.cluster_tables,
+                'rounds_done': self.rounds_done, 'graph': self.graph.edge_index}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.engine.load_state_dict(state['engine'])
+        self.server_users = state['server_users']
+        self.assignment = state['assignment']
+        self.cluster_tables = state['cluster_tables']
+        self.rounds_done = state['rounds_done']
+        self.graph = CollaborativeGraph(state['graph'], self.graph.num_users,
+                                        self.graph.num_items)
+        if self.assignment is not None:
+            self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)

@@ -1,0 +1,105 @@
+"""Privacy mechanisms as graph and embedding augmentations (PerFedRec++, Luo et al. 2024).
+
+Each privacy mechanism of a federated recommender changes what the server sees, so each is
+also a data augmentation, and two independent draws give two views for contrastive learning:
+
+* :class:`ClientDropout` -- client selection: the clients not selected are absent;
+* :class:`PseudoItems` -- pseudo-item labelling (FedGNN): each client also reports items it
+  never interacted with;
+* :class:`~fedgraph.federated.upload.UploadTransform` -- local differential privacy: clipping
+  and Laplace noise on anything a client uploads (re-exported here as ``LaplaceLDP``);
+* :class:`SimGCLNoise` -- SimGCL's uniform noise on propagated embeddings.
+
+Graph augmentations take and return a :class:`~fedgraph.nn.gnn.CollaborativeGraph`; all
+randomness comes from the ``torch.Generator`` passed in.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.upload import UploadTransform as LaplaceLDP
+from fedgraph.nn.gnn import CollaborativeGraph
+
+__all__ = ['ClientDropout', 'PseudoItems', 'LaplaceLDP', 'SimGCLNoise', 'Compose']
+
+
+class ClientDropout:
+    """Node dropout of clients: each view keeps a random ``1 - rate`` of the clients (all
+    their edges) and drops the rest, as client selection does."""
+
+    def __init__(self, rate: float = 0.1):
+        if not 0 <= rate < 1:
+            raise ValueError(f'rate must be in [0, 1), got {rate}')
+        self.rate = rate
+
+    def __call__(self, graph: CollaborativeGraph, generator: torch.Generator) -> CollaborativeGraph:
+        num_dropped = int(graph.num_users * self.rate)
+        dropped = torch.zeros(graph.num_users, dtype=torch.bool)
+        dropped[torch.randperm(graph.num_users, generator=generator)[:num_dropped]] = True
+        keep = ~dropped.to(graph.edge_index.device)[graph.edge_index[0]]
+        return CollaborativeGraph(graph.edge_index[:, keep], graph.num_users, graph.num_items)
+
+
+class PseudoItems:
+    """Edge perturbation by pseudo-item labelling (FedGNN, Wu et al. 2022): every client
+    adds ``max(1, floor(ratio * degree))`` distinct items it never interacted with, drawn
+    uniformly, so the server cannot tell real interactions from pseudo ones. Clients without
+    edges add none."""
+
+    def __init__(self, ratio: float = 0.1):
+        if ratio < 0:
+            raise ValueError(f'ratio must be >= 0, got {ratio}')
+        self.ratio = ratio
+
+    def __call__(self, graph: CollaborativeGraph, generator: torch.Generator) -> CollaborativeGraph:
+        if self.ratio == 0:
+            return graph
+        partition = ClientPartition.from_edge_index(graph.edge_index, graph.num_users,
+                                                    graph.num_items)
+        clients = torch.nonzero(partition.degree > 0).view(-1)
+        count = torch.clamp(torch.floor(partition.degree[clients] * self.ratio).long(), min=1)
+        count = torch.minimum(count, graph.num_items - partition.degree[clients])
+        width = int(count.max()) if clients.numel() else 0
+        if width == 0:
+            return graph
+        pseudo = partition.sample_negatives(clients, width, generator)
+        take = torch.arange(width, device=pseudo.device).unsqueeze(0) < count.unsqueeze(1)
+        user = clients.unsqueeze(1).expand_as(pseudo)[take]
+        edge_index = torch.cat([graph.edge_index, torch.stack([user, pseudo[take]])], dim=1)
+        return CollaborativeGraph(edge_index, graph.num_users, graph.num_items)
+
+
+class SimGCLNoise:
+    """SimGCL's perturbation (Yu et al., SIGIR 2022) of propagated embeddings:
+
+    .. math::
+        e' = e + \\epsilon \\, \\mathrm{sign}(e) \\odot \\frac{\\Delta}{\\lVert \\Delta \\rVert_2},
+        \\qquad \\Delta \\sim U(0, 1)^d .
+    """
+
+    def __init__(self, eps: float = 0.1, generator: Optional[torch.Generator] = None):
+        if eps < 0:
+            raise ValueError(f'eps must be >= 0, got {eps}')
+        self.eps = eps
+        self.generator = generator
+
+    def __call__(self, x: Tensor) -> Tensor:
+        noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        return x + self.eps * torch.sign(x) * F.normalize(noise, dim=-1)
+
+
+class Compose:
+    """Applies graph augmentations in order."""
+
+    def __init__(self, augmentations: Sequence):
+        self.augmentations = list(augmentations)
+
+    def __call__(self, graph: CollaborativeGraph, generator: torch.Generator) -> CollaborativeGraph:
+        for augmentation in self.augmentations:
+            graph = augmentation(graph, generator)
+        return graph

@@ -1,0 +1,91 @@
+"""The federated GNN layer: LightGCN propagation over the clients' collaborative graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv
+
+
+@dataclass
+class CollaborativeGraph:
+    """The bipartite user-item graph a server holds: one edge per item a client reported.
+
+    The server builds it only from what clients upload (their item sets, blurred with
+    pseudo-items), never from raw interactions; see :mod:`fedgraph.nn.augment` for the views
+    the privacy mechanisms produce from it.
+
+    Attributes:
+        edge_index: ``[2, E]`` ``(user, item)`` pairs.
+        num_users, num_items: the node counts.
+    """
+    edge_index: Tensor
+    num_users: int
+    num_items: int
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.size(1)
+
+    def homogeneous_edge_index(self) -> Tensor:
+        """``[2, 2E]`` undirected edges over nodes ``[users; items]`` (item ``i`` is node
+        ``num_users + i``), the layout LightGCN propagates on."""
+        user, item = self.edge_index
+        item = item + self.num_users
+        return torch.stack([torch.cat([user, item]), torch.cat([item, user])])
+
+
+class FederatedGNN(nn.Module):
+    """LightGCN propagation (He et al., SIGIR 2020) over a :class:`CollaborativeGraph`:
+
+    .. math::
+        X^{(k+1)} = D^{-1/2} A D^{-1/2} X^{(k)}, \\qquad
+        \\bar X = \\frac{1}{K + 1} \\sum_{k=0}^{K} X^{(k)},
+
+    on the stacked user and item embeddings :math:`X^{(0)} = [U; E]`, with PyG's
+    :class:`~torch_geometric.nn.conv.LGConv` (symmetric ``gcn_norm``). ``num_layers = 0``
+    returns the embeddings unchanged: the PFedRec / FedMF case.
+
+    An optional ``perturb`` callable is applied to each layer's output (SimGCL's noise for
+    contrastive views, see :class:`~fedgraph.nn.augment.SimGCLNoise`).
+    """
+
+    def __init__(self, num_layers: int = 2):
+        super().__init__()
+        if num_layers < 0:
+            raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+        self.num_layers = num_layers
+        self.conv = LGConv(normalize=True)
+
+    def forward(self, user: Tensor, item: Tensor, graph: Optional[CollaborativeGraph],
+                perturb: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        """``(user_out, item_out)``: the layer means of the propagated embeddings."""
+        if self.num_layers == 0 or graph is None:
+            return user, item
+        x = torch.cat([user, item])
+        edge_index = graph.homogeneous_edge_index().to(x.device)
+        total = x
+        for _ in range(self.num_layers):
+            x = self.conv(x, edge_index)
+            if perturb is not None:
+                x = perturb(x)
+            total = total + x
+        total = total / (self.num_layers + 1)
+        return total[:user.size(0)], total[user.size(0):]
+
+    @torch.no_grad()
+    def context(self, user: Tensor, item: Tensor,
+                graph: Optional[CollaborativeGraph]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """What the neighbours add to each node: :math:`\\bar X - X^{(0)} / (K + 1)`.
+
+        A client's final vectors are ``ego / (K + 1) + context``; with the context held
+        fixed during a round, local training updates the ego embeddings exactly as LightGCN's
+        gradient through its layer-0 term. ``None`` without layers or graph.
+        """
+        if self.num_layers == 0 or graph is None:
+            return None, None
+        user_out, item_out = self(user, item, graph)
+        scale = 1.0 / (self.num_layers + 1)
+        return user_out - user * scale, item_out - item * scale
