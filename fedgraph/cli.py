@@ -168,5 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
                         stream=sys.stderr)
+    logging.getLogger('faiss').setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     args.run(args)

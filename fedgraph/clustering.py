@@ -1,7 +1,6 @@
 """Clustering clients with FAISS k-means, and cluster-aware client selection."""
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
 from torch import Tensor
@@ -11,6 +10,8 @@ def kmeans(x: Tensor, num_clusters: int, seed: int = 0, niter: int = 20) -> Tens
     """``[N]`` cluster of each row of ``x`` ``[N, d]`` by FAISS k-means (``faiss.Kmeans``)."""
     if x.dim() != 2 or x.size(0) < num_clusters:
         raise ValueError(f'need at least {num_clusters} points [N, d], got {tuple(x.shape)}')
+    import faiss  # imported on first use: loading it is slow and logs at INFO level
+
     points = np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32))
     model = faiss.Kmeans(points.shape[1], num_clusters, niter=niter, seed=seed, verbose=False)
     model.train(points)
