@@ -90,7 +90,10 @@ def _worker(args: argparse.Namespace) -> None:
 def _engines(args: argparse.Namespace) -> List[Dict]:
     rows = []
     for engine in ('vectorized', 'reference'):
-        config = dict(dataset=args.dataset, seed=args.seed, device=args.device, engine=engine)
+        config = dict(algorithm=args.algorithm, dataset=args.dataset, seed=args.seed,
+                      device=args.device, engine=engine, pretrain_rounds=0)
+        if args.clients_per_round:
+            config['clients_per_round'] = args.clients_per_round
         result = _run_worker({'config': config, 'rounds': args.rounds})
         result['engine'] = engine
         rows.append(result)
@@ -130,6 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest='kind', required=True)
     engines = kinds.add_parser('engines', help='vectorized vs reference engine')
     engines.add_argument('--dataset', default='ml-100k')
+    engines.add_argument('--algorithm', default='pfedrec')
+    engines.add_argument('--clients-per-round', type=int, default=None,
+                         help="default: the algorithm's (pfedrec: all; perfedrec++: 256)")
     engines.add_argument('--rounds', type=int, default=3, help='timed rounds (after 1 warm-up)')
     scale = kinds.add_parser('scale', help='vectorized engine from 1k to 1M users')
     scale.add_argument('--sizes', type=int, nargs='+',

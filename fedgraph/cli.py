@@ -2,6 +2,7 @@
 
 * ``train``    -- train an algorithm and write ``config.json`` and ``metrics.json``;
 * ``summarize`` -- the best rounds of several runs (e.g. seeds) as a table, with mean ± std;
+* ``convergence`` -- rounds to reach 95% of the best validation metric, and uniformity;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
 """
@@ -124,6 +125,20 @@ def _summarize(args: argparse.Namespace) -> None:
         print(f'| mean ± std ({len(rows)} runs) | | ' + ' | '.join(cells) + ' |')
 
 
+def _convergence(args: argparse.Namespace) -> None:
+    from fedgraph.analysis import convergence_row
+
+    print(f'| run | rounds to {args.fraction:.0%} of best val {args.metric} | best val | '
+          'uniformity user/item before round 0 | at the end |')
+    print('|---|---|---|---|---|')
+    for run in args.runs:
+        row = convergence_row(run, args.metric, args.fraction)
+        start, end = row.get('uniformity_start'), row.get('uniformity_end')
+        pair = (lambda u: f"{u['user']:.3f} / {u['item']:.3f}" if u else '')
+        print(f"| {run} | {row['rounds_to_reach']} | {row['best_val']:.4f} | {pair(start)} | "
+              f"{pair(end)} |")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from fedgraph import bench
 
@@ -157,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         'summarize', help="table of the best rounds' test metrics of runs, with mean ± std")
     summarize_parser.add_argument('runs', nargs='+', help='run folders with a metrics.json')
     summarize_parser.set_defaults(run=_summarize)
+
+    convergence_parser = commands.add_parser(
+        'convergence', help='rounds to reach a fraction of the best validation metric, and '
+                            'embedding uniformity, of runs')
+    convergence_parser.add_argument('runs', nargs='+')
+    convergence_parser.add_argument('--metric', default='ndcg@20')
+    convergence_parser.add_argument('--fraction', type=float, default=0.95)
+    convergence_parser.set_defaults(run=_convergence)
 
     from fedgraph.bench import add_arguments
     bench_parser = commands.add_parser('bench', help='speed and memory benchmarks')

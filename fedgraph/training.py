@@ -94,8 +94,9 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         history, start_round = state['history'], state['round']
         pretraining = state['pretraining']
         log.info('resuming %s at round %d', out, start_round)
-    elif config.pretrain_rounds:
-        pretraining = engine.pretrain(config.pretrain_rounds, generator, progress)
+    elif hasattr(engine, 'pretrain'):
+        pretraining = (engine.pretrain(config.pretrain_rounds, generator, progress)
+                       if config.pretrain_rounds else {'rounds': 0, 'loss': []})
         pretraining['uniformity'] = engine.uniformity()
 
     rounds = range(start_round, config.rounds)

@@ -1,0 +1,34 @@
+"""Reading runs back: convergence speed and embedding uniformity from ``metrics.json``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+
+def load_metrics(run: Union[str, Path]) -> Dict:
+    return json.loads((Path(run) / 'metrics.json').read_text())
+
+
+def rounds_to_reach(history: List[Dict], metric: str, fraction: float = 0.95) -> Optional[int]:
+    """The number of rounds until validation ``metric`` first reaches ``fraction`` of its
+    best value in the run (``None`` if it never was evaluated)."""
+    evaluated = [record for record in history if 'val' in record]
+    if not evaluated:
+        return None
+    best = max(record['val'][metric] for record in evaluated)
+    return next(record['round'] + 1 for record in evaluated
+                if record['val'][metric] >= fraction * best)
+
+
+def convergence_row(run: Union[str, Path], metric: str, fraction: float = 0.95) -> Dict:
+    """One run's convergence and uniformity summary."""
+    metrics = load_metrics(run)
+    history = metrics['rounds']
+    row = {'run': str(run), 'rounds_to_reach': rounds_to_reach(history, metric, fraction),
+           'best_val': max((r['val'][metric] for r in history if 'val' in r), default=None),
+           'test': metrics['best']['test'] if metrics.get('best') else None}
+    if 'uniformity' in history[-1]:
+        row['uniformity_end'] = history[-1]['uniformity']
+        row['uniformity_start'] = metrics.get('pretraining', {}).get('uniformity')
+    return row
