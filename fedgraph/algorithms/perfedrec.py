@@ -232,9 +232,28 @@ class GraphFederatedEngine:
 
     @torch.no_grad()
     def scores_all(self, users: Tensor) -> Tensor:
-        """``[U, I]`` scores of every item (see :meth:`scores`)."""
-        every_item = torch.arange(self.model.num_items).expand(users.numel(), -1)
-        return self.scores(users, every_item)
+        """``[U, I]`` scores of every item (see :meth:`scores`), as matrix products: one for
+        the global table, one per cluster, and the local level as the broadcast table
+        corrected at each user's fine-tuned rows."""
+        model, head = self.model, self.model.head
+        params = model.client_params(users)
+        weights = dict(zip(LEVELS, self.level_weights))
+        total = weights['global'] * head.logits_all(
+            params, model.item_table_input(model.item.detach()))
+        if weights['cluster']:
+            if self.cluster_tables is None:
+                total += weights['cluster'] * head.logits_all(
+                    params, model.item_table_input(model.item.detach()))
+            else:
+                cluster = self.assignment[users]
+                for k in torch.unique(cluster).tolist():
+                    members = torch.nonzero(cluster == k).view(-1)
+                    table = model.item_table_input(self.cluster_tables[k])
+                    total[members] += weights['cluster'] * head.logits_all(
+                        {name: value[members] for name, value in params.items()}, table)
+        if weights['local']:
+            total += weights['local'] * self.engine.personal_scores_all(users, params)
+        return total
 
     # ------------------------------------------------------------------ reporting and state
     def uniformity(self, max_points: int = 2000) -> Dict[str, float]:

@@ -224,11 +224,16 @@ class FederatedEngine:
     def scores_all(self, users: Tensor) -> Tensor:
         """``[U, I]`` logits of every item for ``users``."""
         model = self.model
-        params = self.model.client_params(users)
-        every_item = torch.arange(model.num_items, device=users.device)
-        if not self.training.personalize_items:
-            return model.head.logits_all(params, model.item_input(model.item.detach(), every_item))
-        out = model.head.logits_all(params, model.item_input(self.broadcast, every_item))
+        params = model.client_params(users)
+        if self.training.personalize_items:
+            return self.personal_scores_all(users, params)
+        return model.head.logits_all(params, model.item_table_input(model.item.detach()))
+
+    def personal_scores_all(self, users: Tensor, params: Dict[str, Tensor]) -> Tensor:
+        """``[U, I]`` logits with each user's own item view: the broadcast table, corrected
+        at the user's stored fine-tuned rows."""
+        model = self.model
+        out = model.head.logits_all(params, model.item_table_input(self.broadcast))
         position, item, values = self.personal.rows_of(users)
         gathered = {name: value[position] for name, value in params.items()}
         out[position, item] = model.head.logits(gathered, model.item_input(values, item))

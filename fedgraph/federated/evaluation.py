@@ -26,7 +26,7 @@ def evaluate(engine, split: Split, batch_size: int = 4096) -> Dict[str, Dict[str
                 'test': _sampled(engine, split.test_item, split.test_negatives, batch_size)}
     train = ClientPartition.from_data(split.train)
     return {name: full_ranking_metrics(engine.scores_all, train, held_out,
-                                       batch_size=max(1, batch_size // 16))
+                                       batch_size=max(1, batch_size // 4))
             for name, held_out in (('val', split.val), ('test', split.test))}
 
 

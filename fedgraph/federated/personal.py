@@ -59,12 +59,15 @@ class PersonalItemRows:
 
     def rows_of(self, clients: Tensor):
         """``(position, item, values)`` of the stored rows of ``clients`` (position indexes
-        ``clients``)."""
-        client = torch.div(self.keys, self.num_items, rounding_mode='floor')
-        hit = torch.isin(client, clients)
-        position = torch.searchsorted(torch.sort(clients).values, client[hit])
-        order = torch.sort(clients).indices
-        return order[position], self.keys[hit] % self.num_items, self.values[hit]
+        ``clients``). Each client's rows are one contiguous run of the sorted keys."""
+        start = torch.searchsorted(self.keys, clients * self.num_items)
+        count = torch.searchsorted(self.keys, (clients + 1) * self.num_items) - start
+        position = torch.repeat_interleave(torch.arange(clients.numel(), device=clients.device),
+                                           count)
+        offset = torch.arange(position.numel(), device=clients.device) - (
+            torch.cumsum(count, 0) - count)[position]
+        index = start[position] + offset
+        return position, self.keys[index] % self.num_items, self.values[index]
 
     def state_dict(self) -> Dict[str, Tensor]:
         return {'keys': self.keys, 'values': self.values}

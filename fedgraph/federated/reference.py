@@ -164,6 +164,15 @@ class ReferenceEngine:
             out.append(table[user_items])
         return torch.stack(out)
 
+    def personal_scores_all(self, users: Tensor, params: Dict[str, Tensor]) -> Tensor:
+        """``[U, I]`` logits of every item with each user's own item view, one user at a
+        time (``params``: the users' private parameters with context)."""
+        every_item = torch.arange(self.model.num_items).expand(users.numel(), -1)
+        rows = self.personal_rows(users, every_item)
+        expanded = {k: v.unsqueeze(1).expand(-1, every_item.size(1), *v.shape[1:])
+                    for k, v in params.items()}
+        return self.model.head.logits(expanded, self.model.item_input(rows, every_item))
+
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k]`` logits, one user at a time with its own head and item view."""

@@ -102,6 +102,12 @@ class FederatedRecommender(nn.Module):
             return rows
         return rows / (self.num_layers + 1) + self.item_context[items]
 
+    def item_table_input(self, table: Tensor) -> Tensor:
+        """:meth:`item_input` of a whole ``[I, d]`` table."""
+        if self.item_context is None:
+            return table
+        return table / (self.num_layers + 1) + self.item_context
+
     def forward(self, client: Tensor, item: Tensor) -> Tensor:
         """``[N]`` logits of ``(client[n], item[n])`` pairs with the shared item table."""
         return self.head.logits(self.client_params(client), self.item_input(self.item[item], item))
