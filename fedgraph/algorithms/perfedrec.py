@@ -256,7 +256,7 @@ class GraphFederatedEngine:
         return total
 
     # ------------------------------------------------------------------ reporting and state
-    def uniformity(self, max_points: int = 2000) -> Dict[str, float]:
+    def uniformity(self, max_points: int = 1000) -> Dict[str, float]:
         """Uniformity of the global model's final user and item vectors."""
         users, items = self.propagated()
         generator = torch.Generator().manual_seed(0)

@@ -46,9 +46,9 @@ class UploadTransform:
             norm = update.norm(dim=-1, keepdim=True)
             update = update * (self.clip / norm.clamp_min(1e-12)).clamp(max=1.0)
         if self.laplace_scale > 0:
-            # Laplace(0, b) = b (E1 - E2) with E = -log(1 - U) ~ Exp(1), U in [0, 1): finite.
-            uniform = torch.rand((2, *update.shape), generator=generator, dtype=torch.float64)
-            exponential = -torch.log1p(-uniform)
+            # Laplace(0, b) = b (E1 - E2) with E1, E2 ~ Exp(1) (finite: -log(1 - U), U < 1).
+            exponential = torch.empty((2, *update.shape), dtype=update.dtype)
+            exponential.exponential_(generator=generator)
             noise = self.laplace_scale * (exponential[0] - exponential[1])
-            update = update + noise.to(device=update.device, dtype=update.dtype)
+            update = update + noise.to(update.device)
         return update
