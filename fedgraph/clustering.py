@@ -6,14 +6,17 @@ import torch
 from torch import Tensor
 
 
-def kmeans(x: Tensor, num_clusters: int, seed: int = 0, niter: int = 20) -> Tensor:
-    """``[N]`` cluster of each row of ``x`` ``[N, d]`` by FAISS k-means (``faiss.Kmeans``)."""
+def kmeans(x: Tensor, num_clusters: int, seed: int = 0, niter: int = 20,
+           nredo: int = 5) -> Tensor:
+    """``[N]`` cluster of each row of ``x`` ``[N, d]`` by FAISS k-means (``faiss.Kmeans``),
+    the best of ``nredo`` random starts."""
     if x.dim() != 2 or x.size(0) < num_clusters:
         raise ValueError(f'need at least {num_clusters} points [N, d], got {tuple(x.shape)}')
     import faiss  # imported on first use: loading it is slow and logs at INFO level
 
     points = np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32))
-    model = faiss.Kmeans(points.shape[1], num_clusters, niter=niter, seed=seed, verbose=False)
+    model = faiss.Kmeans(points.shape[1], num_clusters, niter=niter, nredo=nredo, seed=seed,
+                         verbose=False)
     model.train(points)
     _, assignment = model.index.search(points, 1)
     return torch.from_numpy(assignment.reshape(-1).astype(np.int64))

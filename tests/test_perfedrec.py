@@ -2,6 +2,7 @@
 engine (server graph, contrastive pre-training, cluster tables, three-level scores, state),
 their configuration, training runs and the command line."""
 import copy
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -155,6 +156,7 @@ def test_server_graph_is_training_edges_plus_pseudo_items(split):
     clipped = user * (0.5 / user.norm(dim=1, keepdim=True)).clamp(max=1)
     noise = engine.server_users - clipped
     assert 0.07 < float(noise.abs().mean()) < 0.13
+    assert torch.equal(engine.participation, torch.ones(NUM_USERS, dtype=torch.long))
     assert engine.assignment is None and engine.cluster_tables is None
     assert type(engine.selector) is ClientSelector and engine.selector.count == 20
 
@@ -166,6 +168,7 @@ def test_pretraining_changes_only_selected_clients(split):
     user_before = engine.model.head.user.detach().clone()
     item_before = engine.model.item.detach().clone()
     server_before = engine.server_users.clone()
+    participation_before = engine.participation.clone()
     result = engine.pretrain(2, generator, progress=False)
     engine.engine.selector = recorder.inner
 
@@ -181,8 +184,9 @@ def test_pretraining_changes_only_selected_clients(split):
     assert torch.equal(user[~selected], user_before[~selected])
     assert ((user[selected] - user_before[selected]).abs().sum(1) > 0).all()
     assert not torch.equal(engine.model.item.detach(), item_before)
-    assert torch.equal(engine.participation,
-                       torch.bincount(torch.cat(recorder.calls), minlength=NUM_USERS))
+    # Each selection is an upload, and so is everyone's upload after pre-training.
+    assert torch.equal(engine.participation - participation_before,
+                       torch.bincount(torch.cat(recorder.calls), minlength=NUM_USERS) + 1)
     # Everyone uploads its (possibly unchanged) embedding again after pre-training.
     assert ((engine.server_users - server_before).abs().sum(1) > 0).all()
 
@@ -233,9 +237,11 @@ def test_cluster_table_is_fedavg_of_its_members(trained):
     engine, _, _, observed = trained
     upload, base = engine.engine.last_upload, engine.engine.broadcast
     assert torch.equal(base, observed['global_after_2'])
+    weighted_change = torch.zeros_like(base)
     for cluster in range(3):
         members = [p for p, c in enumerate(upload.clients.tolist())
                    if int(engine.assignment[c]) == cluster]
+        weighted_change += len(members) * (engine.cluster_tables[cluster] - base)
         if not members:
             assert torch.equal(engine.cluster_tables[cluster], observed['tables_before'][cluster])
             continue
@@ -248,6 +254,8 @@ def test_cluster_table_is_fedavg_of_its_members(trained):
         assert not torch.allclose(expected, base)
     # Different clusters, different tables; the global table is the mean over everyone.
     assert not torch.allclose(engine.cluster_tables[0], engine.cluster_tables[1])
+    torch.testing.assert_close(engine.model.item.detach(),
+                               base + weighted_change / upload.clients.numel())
 
 
 def test_scores_are_the_weighted_levels(trained):
@@ -256,11 +264,18 @@ def test_scores_are_the_weighted_levels(trained):
     assert engine.level_weights == (1.0, 1.0, 1.0)
     engine.level_weights = (0.5, 0.3, 0.2)
     try:
-        users = torch.tensor([0, 7, 33, 59])
-        items = torch.tensor([[0, 5, 17, 199], [3, 3, 42, 100], [150, 2, 9, 77],
-                              [1, 11, 111, 123]])
-        scores = engine.scores(users, items)
         stored = dict(zip(engine.engine.personal.keys.tolist(), engine.engine.personal.values))
+        # Users with fine-tuned rows (two of them as candidates) and one without any.
+        owners = sorted({key // NUM_ITEMS for key in stored})
+        assert 0 < len(owners) < NUM_USERS
+        without = min(set(range(NUM_USERS)) - set(owners))
+        users = torch.tensor(owners[:4] + [without])
+        items = []
+        for user in users.tolist():
+            own = [key % NUM_ITEMS for key in stored if key // NUM_ITEMS == user][:2]
+            items.append(own + [0, 199, 57, 101][:4 - len(own)])
+        items = torch.tensor(items)
+        scores = engine.scores(users, items)
         scale = 1.0 / 3  # K = 2
         for row, user in enumerate(users.tolist()):
             u = model.head.user[user].detach() * scale + model.user_context[user]
@@ -271,9 +286,10 @@ def test_scores_are_the_weighted_levels(trained):
                 expected = sum(w * float(u @ (rows * scale + model.item_context[item]))
                                for w, rows in zip((0.5, 0.3, 0.2), levels))
                 assert float(scores[row, column]) == pytest.approx(expected, rel=1e-4, abs=1e-5)
-        # The personalized rows make a difference for users that trained.
-        assert any(user * NUM_ITEMS + item in stored for user in range(NUM_USERS)
-                   for item in range(NUM_ITEMS))
+        # The fine-tuned rows differ from the broadcast table.
+        for user in owners[:4]:
+            key = min(k for k in stored if k // NUM_ITEMS == user)
+            assert not torch.allclose(stored[key], engine.engine.broadcast[key % NUM_ITEMS])
         every = torch.arange(NUM_USERS)
         all_items = torch.arange(NUM_ITEMS).expand(NUM_USERS, -1)
         torch.testing.assert_close(engine.scores_all(every), engine.scores(every, all_items),
@@ -326,6 +342,55 @@ def test_state_dict_round_trip(split):
     assert torch.equal(other.assignment, engine.assignment)
     users = torch.arange(NUM_USERS)
     assert torch.equal(other.scores_all(users), engine.scores_all(users))
+
+
+def test_loaded_engine_scores_as_the_saved_one(split):
+    """A state saved after a round and loaded into a fresh engine scores every user as the
+    saved engine does (e.g. to evaluate a checkpoint). The clients' scores use the GNN
+    context of the latest round (``model.set_context``), which ``state_dict`` does not
+    hold, so the loaded engine scores with bare ego embeddings until its next round."""
+    engine, generator, _ = _build(split)
+    engine.pretrain(1, generator, progress=False)
+    for _ in range(2):
+        engine.run_round(generator)
+    other, _, _ = _build(split, generator_seed=1)
+    other.load_state_dict(copy.deepcopy(engine.state_dict()))
+    users = torch.arange(NUM_USERS)
+    torch.testing.assert_close(other.scores_all(users), engine.scores_all(users))
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
+    """``engine='reference'`` under PerFedRec++ (pre-training, context, clustering, three
+    levels) gives the vectorized engine's results; without Laplace noise both draw the same
+    random numbers."""
+    engines = []
+    for kind in ('vectorized', 'reference'):
+        engine, generator, _ = _build(split, engine=kind, ldp_scale=0.0)
+        engine.pretrain(1, generator, progress=False)
+        stats = [engine.run_round(generator) for _ in range(3)]
+        engines.append((engine, stats))
+    (fast, fast_stats), (slow, slow_stats) = engines
+    assert type(slow.engine).__name__ == 'ReferenceEngine'
+    for a, b in zip(fast_stats, slow_stats):
+        assert a.loss == pytest.approx(b.loss, abs=1e-9)
+    torch.testing.assert_close(fast.model.item, slow.model.item, atol=1e-9, rtol=0)
+    torch.testing.assert_close(fast.model.head.user, slow.model.head.user, atol=1e-9, rtol=0)
+    assert torch.equal(fast.assignment, slow.assignment)
+    torch.testing.assert_close(fast.cluster_tables, slow.cluster_tables, atol=1e-9, rtol=0)
+    users = torch.arange(NUM_USERS)
+    torch.testing.assert_close(fast.scores_all(users), slow.scores_all(users), atol=1e-9,
+                               rtol=0)
+    candidates = torch.cat([split.val_item.unsqueeze(1), split.val_negatives], dim=1)
+    torch.testing.assert_close(fast.scores(users, candidates), slow.scores(users, candidates),
+                               atol=1e-9, rtol=0)
 
 
 # --------------------------------------------------------------------------------------
@@ -497,7 +562,7 @@ def test_cli_trains_perfedrec_plus_plus(tmp_path, capsys):
 
 
 def _parsed_config(argv):
-    import dataclasses
+    """The config ``fedgraph train`` builds from ``argv`` (as ``cli._train`` does)."""
     args = build_parser().parse_args(['train'] + argv)
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 

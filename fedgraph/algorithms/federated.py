@@ -57,7 +57,9 @@ def build_federated(config: TrainConfig, partition: ClientPartition,
         upload=UploadTransform(config.clip or None, config.ldp_scale),
         alternating=config.algorithm == 'pfedrec',
         personalize_items=config.dual_personalization)
-    selector = ClientSelector(num_clients, config.client_ratio, config.clients_per_round)
+    count = (None if config.clients_per_round is None
+             else min(config.clients_per_round, num_clients))
+    selector = ClientSelector(num_clients, config.client_ratio, count)
     engine_cls = FederatedEngine if config.engine == 'vectorized' else ReferenceEngine
     engine = engine_cls(model, partition, local, selector, known)
     if graph:

@@ -75,7 +75,7 @@ class GraphFederatedEngine:
         self.pretrain_lr = pretrain_lr
         self.seed = seed
         self.rounds_done = 0
-        self.server_users = torch.zeros_like(self.model.head.user.detach())
+        self.server_users = torch.zeros_like(self.user_table.detach())
         self.assignment: Optional[Tensor] = None
         self.cluster_tables: Optional[Tensor] = None
 
@@ -93,7 +93,13 @@ class GraphFederatedEngine:
                   config.num_clusters, config.cluster_every, augmentation, config.simgcl_eps,
                   config.cl_weight, config.cl_temperature, config.pretrain_lr, config.seed)
         out.upload_users(torch.arange(partition.num_clients), generator)
+        engine.participation += 1  # the enrollment upload
         return out
+
+    @property
+    def user_table(self) -> Tensor:
+        """The clients' private user vectors (the head's ``user_vector``), stacked."""
+        return getattr(self.model.head, self.model.head.user_vector)
 
     @property
     def selector(self):
@@ -107,7 +113,7 @@ class GraphFederatedEngine:
     def upload_users(self, clients: Tensor, generator: torch.Generator) -> None:
         """``clients`` upload the change of their user embedding since their last upload,
         through the same clipping and noise as their item rows."""
-        user = self.model.head.user.detach()
+        user = self.user_table.detach()
         change = self.training.upload(user[clients] - self.server_users[clients], generator)
         self.server_users[clients] += change
 
@@ -121,7 +127,7 @@ class GraphFederatedEngine:
         """The global model's final user and item vectors (the clients' own embeddings over
         the server's graph)."""
         with torch.no_grad():
-            return self.gnn(self.model.head.user.detach(), self.model.item.detach(), self.graph)
+            return self.gnn(self.user_table.detach(), self.model.item.detach(), self.graph)
 
     # ------------------------------------------------------------------ pre-training
     def pretrain(self, rounds: int, generator: torch.Generator,
@@ -136,7 +142,7 @@ class GraphFederatedEngine:
         returns each selected client the gradient of its embedding; the other clients'
         embeddings do not change.
         """
-        user, item = self.model.head.user, self.model.item
+        user, item = self.user_table, self.model.item
         optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
         noise = SimGCLNoise(self.simgcl_eps, generator)
         losses = []
@@ -160,8 +166,9 @@ class GraphFederatedEngine:
             with torch.no_grad():
                 user[others] = kept
             self.engine.participation[clients] += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
         self.upload_users(torch.arange(self.model.num_clients), generator)
+        self.engine.participation += 1
         return {'rounds': rounds, 'loss': losses}
 
     # ------------------------------------------------------------------ one round
@@ -266,7 +273,7 @@ class GraphFederatedEngine:
     def export(self) -> Dict[str, Tensor]:
         """Embeddings and cluster assignment for plotting."""
         users, items = self.propagated()
-        out = {'user_embedding': self.model.head.user.detach(), 'item_embedding':
+        out = {'user_embedding': self.user_table.detach(), 'item_embedding':
                self.model.item.detach(), 'user_final': users, 'item_final': items}
         if self.assignment is not None:
             out['cluster'] = self.assignment
@@ -275,7 +282,8 @@ class GraphFederatedEngine:
     def state_dict(self) -> Dict[str, object]:
         return {'engine': self.engine.state_dict(), 'server_users': self.server_users,
                 'assignment': self.assignment, 'cluster_tables': self.cluster_tables,
-                'rounds_done': self.rounds_done, 'graph': self.graph.edge_index}
+                'rounds_done': self.rounds_done, 'graph': self.graph.edge_index,
+                'context': (self.model.user_context, self.model.item_context)}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.engine.load_state_dict(state['engine'])
@@ -283,6 +291,7 @@ class GraphFederatedEngine:
         self.assignment = state['assignment']
         self.cluster_tables = state['cluster_tables']
         self.rounds_done = state['rounds_done']
+        self.model.set_context(self.gnn.num_layers, *state['context'])
         self.graph = CollaborativeGraph(state['graph'], self.graph.num_users,
                                         self.graph.num_items)
         if self.assignment is not None:

@@ -64,14 +64,13 @@ class PseudoItems:
         clients = torch.nonzero(partition.degree > 0).view(-1)
         count = torch.clamp(torch.floor(partition.degree[clients] * self.ratio).long(), min=1)
         count = torch.minimum(count, graph.num_items - partition.degree[clients])
-        width = int(count.max()) if clients.numel() else 0
-        if width == 0:
-            return graph
-        pseudo = partition.sample_negatives(clients, width, generator)
-        take = torch.arange(width, device=pseudo.device).unsqueeze(0) < count.unsqueeze(1)
-        user = clients.unsqueeze(1).expand_as(pseudo)[take]
-        edge_index = torch.cat([graph.edge_index, torch.stack([user, pseudo[take]])], dim=1)
-        return CollaborativeGraph(edge_index, graph.num_users, graph.num_items)
+        edges = [graph.edge_index]
+        for size in torch.unique(count).tolist():  # clients asking for as many, together
+            if size:
+                group = clients[count == size]
+                pseudo = partition.sample_negatives(group, size, generator)
+                edges.append(torch.stack([group.repeat_interleave(size), pseudo.reshape(-1)]))
+        return CollaborativeGraph(torch.cat(edges, dim=1), graph.num_users, graph.num_items)
 
 
 class SimGCLNoise:

@@ -26,8 +26,8 @@ class FederatedRecommender(nn.Module):
     meet in the score are
 
     .. math::
-        \tilde u_c = \frac{u_c}{K + 1} + \bar u_c^{\mathrm{ctx}}, \qquad
-        \tilde e_i = \frac{e_i}{K + 1} + \bar e_i^{\mathrm{ctx}},
+        \\tilde u_c = \\frac{u_c}{K + 1} + \\bar u_c^{\\mathrm{ctx}}, \\qquad
+        \\tilde e_i = \\frac{e_i}{K + 1} + \\bar e_i^{\\mathrm{ctx}},
 
     LightGCN's layer mean with the ego term trainable (see
     :meth:`~fedgraph.nn.gnn.FederatedGNN.context`). Without context (``K = 0``) the vectors
@@ -83,7 +83,7 @@ class FederatedRecommender(nn.Module):
 
     def user_input(self, params: Dict[str, Tensor], clients: Tensor) -> Dict[str, Tensor]:
         """Per-sample private parameters with the head's user vector replaced by
-        :math:`\tilde u_c` (``clients`` gives each sample's client)."""
+        :math:`\\tilde u_c` (``clients`` gives each sample's client)."""
         if self.user_context is None:
             return params
         name = self.head.user_vector
@@ -97,7 +97,7 @@ class FederatedRecommender(nn.Module):
         return self.user_input(params, clients)
 
     def item_input(self, rows: Tensor, items: Tensor) -> Tensor:
-        """Item vectors :math:`\tilde e_i` from item rows (shared or personalized)."""
+        """Item vectors :math:`\\tilde e_i` from item rows (shared or personalized)."""
         if self.item_context is None:
             return rows
         return rows / (self.num_layers + 1) + self.item_context[items]
