@@ -1,71 +1,30 @@
 """The federated engine: the vectorized engine against the loop-per-client reference, round
 plans, aggregation, uploads, client selection, personalized rows and private heads."""
+import functools
 import math
 from collections import Counter
 
 import pytest
 import torch
 
-from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
-from fedgraph.federated import (ClientSelector, FederatedEngine, LocalTraining,
-                                PersonalItemRows, ReferenceEngine, UploadTransform,
-                                aggregate_rows, evaluate, plan_round)
-from fedgraph.nn import DotProductHead, FederatedRecommender, LinearScoreHead
+from fedgraph.data import ClientPartition
+from fedgraph.federated import (ClientSelector, FederatedEngine, PersonalItemRows,
+                                ReferenceEngine, UploadTransform, aggregate_rows, evaluate,
+                                plan_round)
+from fedgraph.nn import DotProductHead, LinearScoreHead
+from helpers import candidates, engine_data, make_engine
 
 DIM = 8
 ATOL = 1e-5
 
 
-@pytest.fixture
-def float64():
-    """Runs a test with float64 as the default dtype, restoring the previous one."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 @pytest.fixture(scope='module')
 def data():
     """(split, training partition, known items) of a small synthetic data set."""
-    split = leave_one_out_split(
-        synthetic_interactions(num_users=40, num_items=300, mean_degree=30, seed=1))
-    return split, ClientPartition.from_data(split.train), split.known_items()
+    return engine_data(num_users=40, num_items=300, mean_degree=30, seed=1)
 
 
-def _model(algorithm, num_clients, num_items, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    if algorithm == 'pfedrec':
-        head = LinearScoreHead(num_clients, DIM, generator=generator)
-        return FederatedRecommender(num_items, head, init_std=1.0, generator=generator)
-    head = DotProductHead(num_clients, DIM, std=DIM ** -0.5, generator=generator)
-    return FederatedRecommender(num_items, head, init_std=DIM ** -0.5, generator=generator)
-
-
-def _training(algorithm, num_items, local_epochs=1, weighted=False, clip=None,
-              batch_size=32):
-    personal = algorithm == 'pfedrec'
-    # PFedRec's item lr (lr x num_items x 80); FedMF a milder one that keeps the logits away
-    # from saturation, where BCE on sigmoid outputs (reference) and BCE on logits (vectorized)
-    # round differently.
-    item_lr = 0.1 * num_items * 80 if personal else 0.1 * num_items
-    return LocalTraining(lr=0.1, item_lr=item_lr, batch_size=batch_size,
-                         local_epochs=local_epochs, num_negatives=4, alternating=personal,
-                         personalize_items=personal, weighted_aggregation=weighted,
-                         upload=UploadTransform(clip=clip))
-
-
-def _engine(cls, data, algorithm, ratio=None, **training):
-    split, partition, known = data
-    model = _model(algorithm, partition.num_clients, partition.num_items)
-    return cls(model, partition, _training(algorithm, partition.num_items, **training),
-               ClientSelector(partition.num_clients, ratio=ratio), known)
-
-
-def _candidates(split, which):
-    positive = split.val_item if which == 'val' else split.test_item
-    negatives = split.val_negatives if which == 'val' else split.test_negatives
-    return torch.cat([positive.unsqueeze(1), negatives], dim=1)
+_engine = functools.partial(make_engine, dim=DIM)
 
 
 # --------------------------------------------------------------------------------------
@@ -118,9 +77,9 @@ def test_vectorized_engine_matches_reference(float64, data, algorithm, ratio, ep
 
     users = torch.arange(partition.num_clients)
     for which in ('val', 'test'):
-        candidates = _candidates(split, which)
-        torch.testing.assert_close(fast.scores(users, candidates),
-                                   slow.scores(users, candidates), atol=ATOL, rtol=0)
+        which_candidates = candidates(split, which)
+        torch.testing.assert_close(fast.scores(users, which_candidates),
+                                   slow.scores(users, which_candidates), atol=ATOL, rtol=0)
     fast_metrics, slow_metrics = evaluate(fast, split), evaluate(slow, split)
     for which in ('val', 'test'):
         for metric in ('hr@10', 'ndcg@10'):

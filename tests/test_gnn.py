@@ -1,6 +1,7 @@
 """The federated GNN layer: LightGCN propagation checked by hand and against PyG, the
 context it hands clients, and the zero-layer case -- a graph model with K = 0 *is* FedMF /
 PFedRec, engine for engine."""
+import functools
 import math
 
 import pytest
@@ -8,31 +9,18 @@ import torch
 from torch_geometric.nn import LightGCN
 
 from fedgraph.algorithms.perfedrec import GraphFederatedEngine
-from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
-from fedgraph.federated import (ClientSelector, FederatedEngine, LocalTraining,
-                                ReferenceEngine, UploadTransform)
-from fedgraph.nn import (CollaborativeGraph, DotProductHead, FederatedGNN,
-                         FederatedRecommender, LinearScoreHead)
+from fedgraph.federated import FederatedEngine, ReferenceEngine
+from fedgraph.nn import CollaborativeGraph, FederatedGNN, FederatedRecommender
+from helpers import HEADS, candidates, engine_data, make_engine, make_model
 
 DIM = 4
 ATOL = 1e-5
 
 
-@pytest.fixture
-def float64():
-    """Runs a test with float64 as the default dtype, restoring the previous one."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 @pytest.fixture(scope='module')
 def data():
     """(split, training partition, known items) of a small synthetic data set."""
-    split = leave_one_out_split(
-        synthetic_interactions(num_users=30, num_items=300, mean_degree=15, seed=3))
-    return split, ClientPartition.from_data(split.train), split.known_items()
+    return engine_data(num_users=30, num_items=300, mean_degree=15, seed=3)
 
 
 def _tiny_graph():
@@ -171,7 +159,7 @@ def test_model_with_context_scores_propagated_vectors(float64, head_kind):
     """With the context of K layers set, the model's logit of (c, i) is the head applied to
     LightGCN's final vectors: ``s(u~_c, e~_i)``."""
     graph = CollaborativeGraph(torch.tensor([[0, 0, 1, 2, 2], [0, 3, 1, 1, 2]]), 3, 4)
-    model = _model(head_kind, 3, 4, seed=4)
+    model = make_model(head_kind, 3, 4, DIM, seed=4)
     user = getattr(model.head, model.head.user_vector).detach()
     gnn = FederatedGNN(2)
     model.set_context(2, *gnn.context(user, model.item.detach(), graph))
@@ -187,33 +175,10 @@ def test_model_with_context_scores_propagated_vectors(float64, head_kind):
 # --------------------------------------------------------------------------------------
 # K = 0: FedMF and PFedRec
 # --------------------------------------------------------------------------------------
-def _model(head_kind, num_clients, num_items, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    if head_kind == 'linear':
-        head = LinearScoreHead(num_clients, DIM, generator=generator)
-        return FederatedRecommender(num_items, head, init_std=1.0, generator=generator)
-    head = DotProductHead(num_clients, DIM, std=DIM ** -0.5, generator=generator)
-    return FederatedRecommender(num_items, head, init_std=DIM ** -0.5, generator=generator)
-
-
-# algorithm -> (head, alternating and dual personalization)
-ALGORITHMS = {'fedmf': ('dot', False), 'pfedrec': ('linear', True)}
-
-
-def _engine(cls, data, algorithm, seed=0, ratio=0.5):
-    _, partition, known = data
-    head_kind, pfedrec = ALGORITHMS[algorithm]
-    item_lr = 0.1 * partition.num_items * (80 if pfedrec else 1)
-    training = LocalTraining(lr=0.1, item_lr=item_lr, batch_size=32, num_negatives=4,
-                             alternating=pfedrec, personalize_items=pfedrec,
-                             upload=UploadTransform())
-    model = _model(head_kind, partition.num_clients, partition.num_items, seed)
-    return cls(model, partition, training, ClientSelector(partition.num_clients, ratio=ratio),
-               known)
-
-
-def _candidates(split):
-    return torch.cat([split.val_item.unsqueeze(1), split.val_negatives], dim=1)
+# FedMF (dot-product heads) and PFedRec (linear heads, alternating steps and dual
+# personalization), half of the clients a round.
+ALGORITHMS = list(HEADS)
+_engine = functools.partial(make_engine, dim=DIM, ratio=0.5)
 
 
 def _assert_same_state(a, b):
@@ -222,7 +187,7 @@ def _assert_same_state(a, b):
         assert torch.equal(value, b.model.private_parameters()[name]), name
 
 
-@pytest.mark.parametrize('algorithm', list(ALGORITHMS))
+@pytest.mark.parametrize('algorithm', ALGORITHMS)
 def test_zero_layer_context_is_the_plain_model(data, algorithm):
     """``set_context(0, None, None)`` (what a K = 0 graph model sets) trains and scores
     exactly as the model without it."""
@@ -241,12 +206,12 @@ def test_zero_layer_context_is_the_plain_model(data, algorithm):
     assert not torch.equal(plain.model.item, initial)
     _assert_same_state(plain, graph)
     users = torch.arange(partition.num_clients)
-    assert torch.equal(plain.scores(users, _candidates(split)),
-                       graph.scores(users, _candidates(split)))
+    assert torch.equal(plain.scores(users, candidates(split)),
+                       graph.scores(users, candidates(split)))
     assert torch.equal(plain.scores_all(users), graph.scores_all(users))
 
 
-@pytest.mark.parametrize('algorithm', list(ALGORITHMS))
+@pytest.mark.parametrize('algorithm', ALGORITHMS)
 def test_zero_layer_graph_engine_is_fedmf_and_pfedrec(data, algorithm):
     """A ``GraphFederatedEngine`` with ``FederatedGNN(0)``, no clusters and only one level
     is the plain engine, round for round, bit for bit.
@@ -283,15 +248,15 @@ def test_zero_layer_graph_engine_is_fedmf_and_pfedrec(data, algorithm):
     assert wrapped.model.user_context is None and wrapped.model.item_context is None
     _assert_same_state(plain, inner)
     users = torch.arange(partition.num_clients)
-    candidates = _candidates(split)
-    assert torch.equal(plain.scores(users, candidates), wrapped.scores(users, candidates))
+    val_candidates = candidates(split)
+    assert torch.equal(plain.scores(users, val_candidates), wrapped.scores(users, val_candidates))
     assert torch.equal(plain.scores_all(users), wrapped.scores_all(users))
 
 
 # --------------------------------------------------------------------------------------
 # K = 2: the vectorized engine equals the reference engine under the same context
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize('algorithm', list(ALGORITHMS))
+@pytest.mark.parametrize('algorithm', ALGORITHMS)
 def test_vectorized_engine_matches_reference_with_graph_context(float64, data, algorithm):
     split, partition, _ = data
     graph = CollaborativeGraph(partition.edge_index(), partition.num_clients,
@@ -319,15 +284,15 @@ def test_vectorized_engine_matches_reference_with_graph_context(float64, data, a
     for a, b in zip(*stats):
         assert a.loss == pytest.approx(b.loss, abs=ATOL)
     users = torch.arange(partition.num_clients)
-    candidates = _candidates(split)
-    torch.testing.assert_close(fast.scores(users, candidates), slow.scores(users, candidates),
-                               atol=ATOL, rtol=0)
+    val_candidates = candidates(split)
+    torch.testing.assert_close(fast.scores(users, val_candidates),
+                               slow.scores(users, val_candidates), atol=ATOL, rtol=0)
     torch.testing.assert_close(fast.scores_all(users), slow.scores_all(users),
                                atol=ATOL, rtol=0)
     # The context matters: without it the same parameters score differently.
-    with_context = fast.scores(users, candidates)
+    with_context = fast.scores(users, val_candidates)
     fast.model.set_context(0, None, None)
-    assert not torch.allclose(with_context, fast.scores(users, candidates))
+    assert not torch.allclose(with_context, fast.scores(users, val_candidates))
 
 
 def test_recommender_docstring_math_is_not_mangled_by_escapes():

@@ -10,7 +10,6 @@ from collections import Counter
 import pytest
 import torch
 
-import fedgraph.training
 from fedgraph.algorithms import GraphFederatedEngine, build_engine
 from fedgraph.cli import build_parser, main
 from fedgraph.clustering import ClusterSelector, kmeans
@@ -18,6 +17,7 @@ from fedgraph.config import ALGORITHM_DEFAULTS, TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split, synthetic_interactions
 from fedgraph.federated import ClientSelector
 from fedgraph.training import CHECKPOINT, EMBEDDINGS, train
+from helpers import candidates, read_metrics, train_interrupted, without_seconds
 
 NUM_USERS, NUM_ITEMS = 60, 200
 GRAPH = dict(algorithm='perfedrec++', dim=8, num_layers=2, clients_per_round=20,
@@ -359,14 +359,6 @@ def test_loaded_engine_scores_as_the_saved_one(split):
     torch.testing.assert_close(other.scores_all(users), engine.scores_all(users))
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
     """``engine='reference'`` under PerFedRec++ (pre-training, context, clustering, three
     levels) gives the vectorized engine's results; without Laplace noise both draw the same
@@ -388,32 +380,34 @@ def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
     users = torch.arange(NUM_USERS)
     torch.testing.assert_close(fast.scores_all(users), slow.scores_all(users), atol=1e-9,
                                rtol=0)
-    candidates = torch.cat([split.val_item.unsqueeze(1), split.val_negatives], dim=1)
-    torch.testing.assert_close(fast.scores(users, candidates), slow.scores(users, candidates),
-                               atol=1e-9, rtol=0)
+    val_candidates = candidates(split)
+    torch.testing.assert_close(fast.scores(users, val_candidates),
+                               slow.scores(users, val_candidates), atol=1e-9, rtol=0)
 
 
 # --------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------
-def test_fedlightgcn_defaults():
-    config = TrainConfig(algorithm='fedlightgcn')
+@pytest.mark.parametrize('algorithm,expected', [
+    pytest.param('fedlightgcn',
+                 dict(pretrain_rounds=0, num_clusters=0, level_weights=(1.0, 0.0, 0.0),
+                      dual_personalization=False, lr=1.0, item_lr_eta=1.0),
+                 id='fedlightgcn'),
+    pytest.param('perfedrec++',
+                 dict(pretrain_rounds=50, num_clusters=5, level_weights=(1.0, 1.0, 1.0),
+                      dual_personalization=True, num_layers=2),
+                 id='perfedrec++'),
+])
+def test_graph_algorithm_defaults(algorithm, expected):
+    config = TrainConfig(algorithm=algorithm)
     assert config.clients_per_round == 256
     assert config.clip == 0.5 and config.ldp_scale == 0.1
-    assert config.pretrain_rounds == 0 and config.num_clusters == 0
-    assert config.level_weights == (1.0, 0.0, 0.0)
-    assert config.dual_personalization is False
-    assert config.lr == 1.0 and config.item_lr_eta == 1.0
+    for name, value in expected.items():
+        actual = getattr(config, name)
+        assert (actual is value) if isinstance(value, bool) else (actual == value), name
 
 
-def test_perfedrec_plus_plus_defaults():
-    config = TrainConfig(algorithm='perfedrec++')
-    assert config.clients_per_round == 256
-    assert config.clip == 0.5 and config.ldp_scale == 0.1
-    assert config.pretrain_rounds == 50 and config.num_clusters == 5
-    assert config.level_weights == (1.0, 1.0, 1.0)
-    assert config.dual_personalization is True
-    assert config.num_layers == 2
+def test_explicit_values_win_over_graph_defaults():
     # Explicit values win over the defaults; lists become tuples.
     config = TrainConfig(algorithm='perfedrec++', level_weights=[1, 0, 0], num_clusters=0,
                          clients_per_round=10)
@@ -451,17 +445,6 @@ def test_fedlightgcn_learning_rates_scale_with_layers(split):
 RUN = dict(GRAPH, rounds=4, checkpoint_every=2)
 
 
-def _read(path):
-    return json.loads((path / 'metrics.json').read_text())
-
-
-def _without_seconds(metrics):
-    metrics = json.loads(json.dumps(metrics))
-    for record in metrics['rounds']:
-        assert record.pop('seconds') >= 0
-    return metrics
-
-
 @pytest.fixture(scope='module')
 def uninterrupted(split, tmp_path_factory):
     out = tmp_path_factory.mktemp('perfedrec_run')
@@ -471,8 +454,8 @@ def uninterrupted(split, tmp_path_factory):
 
 def test_train_writes_graph_metrics_and_embeddings(uninterrupted):
     out, returned = uninterrupted
-    metrics = _read(out)
-    assert _without_seconds(metrics) == _without_seconds(returned)
+    metrics = read_metrics(out)
+    assert without_seconds(metrics) == without_seconds(returned)
     assert [r['round'] for r in metrics['rounds']] == [0, 1, 2, 3]
     spent = []
     for record in metrics['rounds']:
@@ -503,27 +486,15 @@ def test_train_writes_graph_metrics_and_embeddings(uninterrupted):
 
 def test_resume_matches_uninterrupted_run(split, uninterrupted, tmp_path, monkeypatch):
     expected_out, _ = uninterrupted
-    expected = _read(expected_out)
-    real_evaluate = fedgraph.training.evaluate
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(fedgraph.training, 'evaluate', interrupted)
+    expected = read_metrics(expected_out)
     out = tmp_path / 'run'
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**RUN), out=out, progress=False, split=split)
-    monkeypatch.setattr(fedgraph.training, 'evaluate', real_evaluate)
-    assert [r['round'] for r in _read(out)['rounds']] == [0, 1]
+    train_interrupted(monkeypatch, TrainConfig(**RUN), out=out, progress=False, split=split)
+    assert [r['round'] for r in read_metrics(out)['rounds']] == [0, 1]
 
     resumed = train(TrainConfig(**RUN), out=out, resume=True, progress=False, split=split)
     assert [r['round'] for r in resumed['rounds']] == [0, 1, 2, 3]
-    assert _without_seconds(_read(out)) == _without_seconds(expected)
-    assert _without_seconds(resumed) == _without_seconds(expected)
+    assert without_seconds(read_metrics(out)) == without_seconds(expected)
+    assert without_seconds(resumed) == without_seconds(expected)
     assert torch.equal(torch.load(out / EMBEDDINGS)['cluster'],
                        torch.load(expected_out / EMBEDDINGS)['cluster'])
 
@@ -553,7 +524,7 @@ def test_cli_trains_perfedrec_plus_plus(tmp_path, capsys):
     config = json.loads((out / 'config.json').read_text())
     assert config['algorithm'] == 'perfedrec++' and config['pretrain_rounds'] == 1
     assert config['level_weights'] == [1.0, 1.0, 1.0] and config['clients_per_round'] == 256
-    metrics = _read(out)
+    metrics = read_metrics(out)
     assert len(metrics['rounds']) == 2 and len(metrics['pretraining']['loss']) == 1
     assert all(r['clients'] == 256 for r in metrics['rounds'])
     assert 0 <= metrics['best']['test']['hr@10'] <= 1

@@ -117,23 +117,6 @@ def test_read_lastfm_2k(tmp_path):
     _check_reverse(data)
 
 
-def test_read_lastfm_2k_header_only_is_empty(tmp_path):
-    path = _write(tmp_path / 'user_artists.dat', 'userID\tartistID\tweight\n')
-    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')) as info:
-        read_lastfm_2k(path)
-    assert info.value.line is None
-    assert info.value.path == str(path)
-
-
-def test_read_lastfm_2k_line_numbers_count_the_header(tmp_path):
-    path = _write(tmp_path / 'user_artists.dat',
-                  'userID\tartistID\tweight\n2\t51\t13883\n2\t52\tlots\n')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, 3, "field 'rating' \\(field 3\\) must be a number, "
-                                             "got 'lots'")):
-        read_lastfm_2k(path)
-
-
 # --------------------------------------------------------------------------------------
 # Amazon: string ids
 # --------------------------------------------------------------------------------------
@@ -281,98 +264,94 @@ def test_read_csv_whitespace(tmp_path):
     _check_reverse(data)
 
 
-def test_read_csv_header_missing_named_column(tmp_path):
-    path = _write(tmp_path / 'r.csv', 'uid,movie,ts\n1,2,3\n')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, 1, "the header has no column 'stars' for the rating; "
-                                             r"its columns are \['uid', 'movie', 'ts'\]")):
-        read_csv(path, user='uid', item='movie', rating='stars')
-
-
-def test_read_csv_header_default_names_missing(tmp_path):
-    path = _write(tmp_path / 'r.csv', 'uid,movie\n1,2\n')
-    with pytest.raises(DataFormatError, match=_error(path, 1, "no column 'user'")):
-        read_csv(path)
-
-
-def test_read_csv_bad_time_reports_line(tmp_path):
-    path = _write(tmp_path / 'r.csv', 'user,item,time\nu,i,1\nu,j,2\nu,k,3.5\n')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, 4, "field 'time' \\(field 3\\) must be an integer, "
-                                             "got '3.5'")):
-        read_csv(path, time='time')
-
-
 # --------------------------------------------------------------------------------------
 # Malformed input
 # --------------------------------------------------------------------------------------
 GOOD_TAB = '196\t242\t3\t881250949\n186\t302\t3\t891717742\n'
 
 
-@pytest.mark.parametrize('bad,line,what', [
-    pytest.param(GOOD_TAB + '22\t377\t1\n', 3,
-                 re.escape("expected 4 fields separated by '\\t' (user\titem\trating\ttime), "
-                           "found 3: '22\\t377\\t1'"),
-                 id='too-few-fields'),
-    pytest.param('196\t242\t3\t881250949\n186\t302\tgood\t891717742\n', 2,
-                 re.escape("field 'rating' (field 3) must be a number, got 'good'"),
-                 id='non-numeric-rating'),
-    pytest.param(GOOD_TAB + '22\t377\tnan\t878887116\n', 3,
-                 re.escape("field 'rating' (field 3) must be a number, got 'nan'"),
-                 id='nan-rating'),
-    pytest.param(GOOD_TAB + '22\t377\t1\t8.78e8\n', 3,
-                 re.escape("field 'time' (field 4) must be an integer, got '8.78e8'"),
-                 id='non-integer-time'),
-    pytest.param(GOOD_TAB + 'u22\t377\t1\t878887116\n', 3,
-                 re.escape("field 'user' (field 1) must be an integer id, got 'u22'"),
-                 id='non-integer-user-id'),
-    pytest.param(GOOD_TAB + '22\t3.5\t1\t878887116\n', 3,
-                 re.escape("field 'item' (field 2) must be an integer id, got '3.5'"),
-                 id='non-integer-item-id'),
-    pytest.param('196\t\t3\t881250949\n', 1,
-                 re.escape("field 'item' is empty"), id='empty-field'),
-    pytest.param(GOOD_TAB + '22\t377\t \t878887116\n', 3,
-                 re.escape("field 'rating' is empty"), id='blank-field'),
-    pytest.param(GOOD_TAB + '\n\n22\t377\tx\t878887116\n', 5,
-                 re.escape("field 'rating' (field 3) must be a number, got 'x'"),
-                 id='blank-lines-are-counted'),
-])
-def test_movielens_100k_malformed(tmp_path, bad, line, what):
-    path = _write(tmp_path / 'u.data', bad)
+def _malformed(id, reader, name, text, line, what, **kwargs):
+    """A case of ``test_malformed_input``: ``reader(path, **kwargs)`` on a file ``name``
+    holding ``text`` raises a DataFormatError at ``line`` whose message matches ``what``."""
+    return pytest.param(reader, kwargs, name, text, line, what, id=id)
+
+
+MALFORMED = [
+    # MovieLens-100K
+    _malformed('ml-100k-too-few-fields', read_movielens_100k, 'u.data',
+               GOOD_TAB + '22\t377\t1\n', 3,
+               re.escape("expected 4 fields separated by '\\t' (user\titem\trating\ttime), "
+                         "found 3: '22\\t377\\t1'")),
+    _malformed('ml-100k-non-numeric-rating', read_movielens_100k, 'u.data',
+               '196\t242\t3\t881250949\n186\t302\tgood\t891717742\n', 2,
+               re.escape("field 'rating' (field 3) must be a number, got 'good'")),
+    _malformed('ml-100k-nan-rating', read_movielens_100k, 'u.data',
+               GOOD_TAB + '22\t377\tnan\t878887116\n', 3,
+               re.escape("field 'rating' (field 3) must be a number, got 'nan'")),
+    _malformed('ml-100k-non-integer-time', read_movielens_100k, 'u.data',
+               GOOD_TAB + '22\t377\t1\t8.78e8\n', 3,
+               re.escape("field 'time' (field 4) must be an integer, got '8.78e8'")),
+    _malformed('ml-100k-non-integer-user-id', read_movielens_100k, 'u.data',
+               GOOD_TAB + 'u22\t377\t1\t878887116\n', 3,
+               re.escape("field 'user' (field 1) must be an integer id, got 'u22'")),
+    _malformed('ml-100k-non-integer-item-id', read_movielens_100k, 'u.data',
+               GOOD_TAB + '22\t3.5\t1\t878887116\n', 3,
+               re.escape("field 'item' (field 2) must be an integer id, got '3.5'")),
+    _malformed('ml-100k-empty-field', read_movielens_100k, 'u.data',
+               '196\t\t3\t881250949\n', 1, re.escape("field 'item' is empty")),
+    _malformed('ml-100k-blank-field', read_movielens_100k, 'u.data',
+               GOOD_TAB + '22\t377\t \t878887116\n', 3, re.escape("field 'rating' is empty")),
+    _malformed('ml-100k-blank-lines-are-counted', read_movielens_100k, 'u.data',
+               GOOD_TAB + '\n\n22\t377\tx\t878887116\n', 5,
+               re.escape("field 'rating' (field 3) must be a number, got 'x'")),
+    # MovieLens-1M, PFedRec, Amazon
+    _malformed('ml-1m-wrong-delimiter', read_movielens_1m, 'ratings.dat',
+               '1::1193::5::978300760\n1,661,3,978302109\n', 2,
+               re.escape("expected 4 fields separated by '::' (user::item::rating::time), "
+                         "found 1: '1,661,3,978302109'")),
+    _malformed('pfedrec-non-integer-id', read_pfedrec_ratings, 'ratings.dat',
+               '0,1,5,100\n0,2,4,101\n1,item3,4,102\n', 3,
+               "field 'item' \\(field 2\\) must be an integer id, got 'item3'"),
+    _malformed('amazon-empty-field', read_amazon_csv, 'a.csv',
+               'A1,B1,5.0,1\n,B2,4.0,2\n', 2, "field 'user' is empty"),
+    _malformed('amazon-too-few-fields', read_amazon_csv, 'a.csv',
+               'A1,B1,5.0,1\nA2,B2,4.0,2\nA3,B3,4.0\n', 3,
+               "expected 4 fields separated by ','.*found 3"),
+    # Last.fm: the header is line 1, and a file of only the header is empty
+    _malformed('lastfm-header-only-is-empty', read_lastfm_2k, 'user_artists.dat',
+               'userID\tartistID\tweight\n', None, 'file is empty'),
+    _malformed('lastfm-line-numbers-count-the-header', read_lastfm_2k, 'user_artists.dat',
+               'userID\tartistID\tweight\n2\t51\t13883\n2\t52\tlots\n', 3,
+               "field 'rating' \\(field 3\\) must be a number, got 'lots'"),
+    # Generic CSV
+    _malformed('csv-header-missing-named-column', read_csv, 'r.csv',
+               'uid,movie,ts\n1,2,3\n', 1,
+               "the header has no column 'stars' for the rating; "
+               r"its columns are \['uid', 'movie', 'ts'\]",
+               user='uid', item='movie', rating='stars'),
+    _malformed('csv-header-default-names-missing', read_csv, 'r.csv',
+               'uid,movie\n1,2\n', 1, "no column 'user'"),
+    _malformed('csv-bad-time-reports-line', read_csv, 'r.csv',
+               'user,item,time\nu,i,1\nu,j,2\nu,k,3.5\n', 4,
+               "field 'time' \\(field 3\\) must be an integer, got '3.5'", time='time'),
+    _malformed('csv-empty-file', read_csv, 'r.csv',
+               '', None, 'file is empty; expected a header line'),
+    _malformed('csv-header-only-is-empty', read_csv, 'r.csv',
+               'user,item\n', None, 'file is empty'),
+    # Every other reader calls a file of blank lines empty ("Blank lines are ignored");
+    # read_csv takes the blank first line as a header and says "its columns are ['']".
+    _malformed('csv-blank-file-is-reported-as-empty', read_csv, 'r.csv',
+               '\n\n', None, 'file is empty'),
+]
+
+
+@pytest.mark.parametrize('reader,kwargs,name,text,line,what', MALFORMED)
+def test_malformed_input(tmp_path, reader, kwargs, name, text, line, what):
+    path = _write(tmp_path / name, text)
     with pytest.raises(DataFormatError, match=_error(path, line, what)) as info:
-        read_movielens_100k(path)
+        reader(path, **kwargs)
     assert info.value.line == line
     assert info.value.path == str(path)
-
-
-def test_movielens_1m_wrong_delimiter(tmp_path):
-    path = _write(tmp_path / 'ratings.dat', '1::1193::5::978300760\n1,661,3,978302109\n')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, 2, re.escape(
-                           "expected 4 fields separated by '::' (user::item::rating::time), "
-                           "found 1: '1,661,3,978302109'"))):
-        read_movielens_1m(path)
-
-
-def test_pfedrec_non_integer_id(tmp_path):
-    path = _write(tmp_path / 'ratings.dat', '0,1,5,100\n0,2,4,101\n1,item3,4,102\n')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, 3, "field 'item' \\(field 2\\) must be an integer id, "
-                                             "got 'item3'")):
-        read_pfedrec_ratings(path)
-
-
-def test_amazon_empty_field(tmp_path):
-    path = _write(tmp_path / 'a.csv', 'A1,B1,5.0,1\n,B2,4.0,2\n')
-    with pytest.raises(DataFormatError, match=_error(path, 2, "field 'user' is empty")):
-        read_amazon_csv(path)
-
-
-def test_amazon_too_few_fields(tmp_path):
-    path = _write(tmp_path / 'a.csv', 'A1,B1,5.0,1\nA2,B2,4.0,2\nA3,B3,4.0\n')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, 3, "expected 4 fields separated by ','.*found 3")):
-        read_amazon_csv(path)
 
 
 @pytest.mark.parametrize('text', ['', '\n\n  \n'], ids=['empty', 'blank-lines'])
@@ -383,27 +362,6 @@ def test_empty_file(tmp_path, reader, text):
     with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')) as info:
         reader(path)
     assert info.value.line is None
-
-
-def test_read_csv_empty_file(tmp_path):
-    path = _write(tmp_path / 'r.csv', '')
-    with pytest.raises(DataFormatError,
-                       match=_error(path, None, 'file is empty; expected a header line')):
-        read_csv(path)
-
-
-def test_read_csv_header_only_is_empty(tmp_path):
-    path = _write(tmp_path / 'r.csv', 'user,item\n')
-    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')):
-        read_csv(path)
-
-
-def test_read_csv_blank_file_is_reported_as_empty(tmp_path):
-    # Every other reader calls a file of blank lines empty ("Blank lines are ignored");
-    # read_csv takes the blank first line as a header and says "its columns are ['']".
-    path = _write(tmp_path / 'r.csv', '\n\n')
-    with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')):
-        read_csv(path)
 
 
 def test_invalid_utf8(tmp_path):

@@ -4,13 +4,12 @@ import json
 import math
 
 import pytest
-import torch
 
-import fedgraph.training
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, ratio_split, synthetic_interactions
 from fedgraph.training import CHECKPOINT, best_round, train
+from helpers import train_interrupted, read_metrics, without_seconds
 
 ROUND_KEYS = {'round', 'train_loss', 'clients', 'upload_bytes_per_client',
               'download_bytes_per_client', 'seconds', 'val', 'test'}
@@ -26,18 +25,6 @@ def sampled_split():
 def ranking_split():
     return ratio_split(
         synthetic_interactions(num_users=60, num_items=300, mean_degree=30, seed=1))
-
-
-def _read(path):
-    return json.loads((path / 'metrics.json').read_text())
-
-
-def _without_seconds(metrics):
-    """The metrics with every per-round 'seconds' field removed."""
-    metrics = json.loads(json.dumps(metrics))
-    for record in metrics['rounds']:
-        assert record.pop('seconds') >= 0
-    return metrics
 
 
 def _assert_finite(metrics):
@@ -65,11 +52,11 @@ def test_same_seed_same_metrics(tmp_path, sampled_split, name):
         out = tmp_path / run
         returned = train(TrainConfig(**CONFIGS[name]), out=out, progress=False,
                          split=sampled_split)
-        written = _read(out)
-        assert _without_seconds(returned) == _without_seconds(written)
+        written = read_metrics(out)
+        assert without_seconds(returned) == without_seconds(written)
         runs.append(written)
     _assert_finite(runs[0])
-    assert _without_seconds(runs[0]) == _without_seconds(runs[1])
+    assert without_seconds(runs[0]) == without_seconds(runs[1])
     other = train(TrainConfig(**CONFIGS[name], seed=1), progress=False, split=sampled_split)
     assert [r['train_loss'] for r in other['rounds']] != \
         [r['train_loss'] for r in runs[0]['rounds']]
@@ -80,32 +67,21 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, sampled_s
                                                             monkeypatch, name):
     config = dict(CONFIGS[name], rounds=4, checkpoint_every=2)
     train(TrainConfig(**config), out=tmp_path / 'a', progress=False, split=sampled_split)
-    expected = _read(tmp_path / 'a')
+    expected = read_metrics(tmp_path / 'a')
     assert [r['round'] for r in expected['rounds']] == [0, 1, 2, 3]
 
-    real_evaluate = fedgraph.training.evaluate
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(fedgraph.training, 'evaluate', interrupted)
     out = tmp_path / 'b'
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**config), out=out, progress=False, split=sampled_split)
-    monkeypatch.setattr(fedgraph.training, 'evaluate', real_evaluate)
+    train_interrupted(monkeypatch, TrainConfig(**config), out=out, progress=False,
+                      split=sampled_split)
     assert (out / CHECKPOINT).exists()
-    assert [r['round'] for r in _read(out)['rounds']] == [0, 1]  # the round-2 checkpoint
+    assert [r['round'] for r in read_metrics(out)['rounds']] == [0, 1]  # the round-2 checkpoint
 
     resumed = train(TrainConfig(**config), out=out, resume=True, progress=False,
                     split=sampled_split)
     assert [r['round'] for r in resumed['rounds']] == [0, 1, 2, 3]
     _assert_finite(expected)
-    assert _without_seconds(_read(out)) == _without_seconds(expected)
-    assert _without_seconds(resumed) == _without_seconds(expected)
+    assert without_seconds(read_metrics(out)) == without_seconds(expected)
+    assert without_seconds(resumed) == without_seconds(expected)
 
 
 def test_resume_without_checkpoint_raises(tmp_path, sampled_split):
@@ -122,7 +98,7 @@ def test_resume_without_checkpoint_raises(tmp_path, sampled_split):
 def test_metrics_json_structure(tmp_path, sampled_split):
     config = TrainConfig(algorithm='pfedrec', rounds=3, dim=8)
     returned = train(config, out=tmp_path, progress=False, split=sampled_split)
-    metrics = _read(tmp_path)
+    metrics = read_metrics(tmp_path)
     assert set(metrics) == {'rounds', 'best'}
     assert json.loads((tmp_path / 'config.json').read_text())['dim'] == 8
     assert TrainConfig.load(tmp_path / 'config.json') == config
@@ -150,7 +126,7 @@ def test_metrics_json_structure(tmp_path, sampled_split):
     assert metrics['best']['val'] == metrics['rounds'][best]['val']
     assert metrics['best']['test'] == metrics['rounds'][best]['test']
     assert metrics['best']['val']['hr@10'] == max(r['val']['hr@10'] for r in metrics['rounds'])
-    assert _without_seconds(returned) == _without_seconds(metrics)
+    assert without_seconds(returned) == without_seconds(metrics)
 
 
 def test_metrics_json_is_strict_json(tmp_path, sampled_split):
@@ -200,7 +176,7 @@ def test_full_ranking_protocol(tmp_path, ranking_split, algorithm):
     config = TrainConfig(algorithm=algorithm, protocol='full', rounds=3, dim=8)
     assert config.select_by == 'recall@20'
     metrics = train(config, out=tmp_path, progress=False, split=ranking_split)
-    best = _read(tmp_path)['best']
+    best = read_metrics(tmp_path)['best']
     for which in ('val', 'test'):
         for metric in ('recall@20', 'ndcg@20', 'recall@10', 'ndcg@10'):
             assert 0 <= best[which][metric] <= 1
@@ -221,14 +197,6 @@ def test_centralized_mf_loss_decreases():
     assert all(b < a for a, b in zip(losses[:-1], losses[1:])), losses
     assert losses[-1] < 0.95 * losses[0]
     assert all(r['upload_bytes_per_client'] == 0 for r in metrics['rounds'])
-
-
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def test_reference_engine_option_trains_and_checkpoints(tmp_path, sampled_split, float64):
@@ -273,7 +241,7 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert (out / 'config.json').exists() and (out / 'metrics.json').exists()
     config = json.loads((out / 'config.json').read_text())
     assert config['rounds'] == 2 and config['dim'] == 8 and config['dataset'] == 'ml-100k'
-    metrics = _read(out)
+    metrics = read_metrics(out)
     assert len(metrics['rounds']) == 2
     assert 0 <= metrics['best']['test']['hr@10'] <= 1
     assert printed['best'] == metrics['best']
@@ -283,7 +251,7 @@ def test_cli_train_and_resume(tmp_path, capsys):
     main(['train', '--resume', str(out), '--quiet'])
     printed = json.loads(capsys.readouterr().out)
     assert printed['best'] == metrics['best']
-    assert _read(out) == metrics
+    assert read_metrics(out) == metrics
 
 
 @pytest.mark.parametrize('argv,error', [

@@ -1,0 +1,100 @@
+"""Helpers shared by the test modules: small synthetic engines, candidate lists, metrics files
+and interrupted training runs. (Shared fixtures: ``conftest.py``.)"""
+import json
+
+import pytest
+import torch
+
+import fedgraph.training
+from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
+from fedgraph.federated import ClientSelector, LocalTraining, UploadTransform
+from fedgraph.nn import DotProductHead, FederatedRecommender, LinearScoreHead
+
+# --------------------------------------------------------------------------------------
+# Small synthetic engines
+# --------------------------------------------------------------------------------------
+# algorithm -> the private head its model uses
+HEADS = {'fedmf': 'dot', 'pfedrec': 'linear'}
+
+
+def engine_data(num_users, num_items, mean_degree, seed):
+    """(split, training partition, known items) of a small synthetic data set."""
+    split = leave_one_out_split(synthetic_interactions(
+        num_users=num_users, num_items=num_items, mean_degree=mean_degree, seed=seed))
+    return split, ClientPartition.from_data(split.train), split.known_items()
+
+
+def make_model(head, num_clients, num_items, dim, seed=0):
+    """A seeded ``FederatedRecommender``: ``head='linear'`` is PFedRec's (a shared linear
+    score head, item table std 1), ``head='dot'`` FedMF's (dot product, std ``dim^-1/2``)."""
+    generator = torch.Generator().manual_seed(seed)
+    if head == 'linear':
+        head = LinearScoreHead(num_clients, dim, generator=generator)
+        return FederatedRecommender(num_items, head, init_std=1.0, generator=generator)
+    head = DotProductHead(num_clients, dim, std=dim ** -0.5, generator=generator)
+    return FederatedRecommender(num_items, head, init_std=dim ** -0.5, generator=generator)
+
+
+def local_training(algorithm, num_items, local_epochs=1, weighted=False, clip=None,
+                   batch_size=32):
+    """The local training of ``algorithm`` ('pfedrec' or 'fedmf') on ``num_items`` items."""
+    personal = algorithm == 'pfedrec'
+    # PFedRec's item lr (lr x num_items x 80); FedMF a milder one that keeps the logits away
+    # from saturation, where BCE on sigmoid outputs (reference) and BCE on logits (vectorized)
+    # round differently.
+    item_lr = 0.1 * num_items * 80 if personal else 0.1 * num_items
+    return LocalTraining(lr=0.1, item_lr=item_lr, batch_size=batch_size,
+                         local_epochs=local_epochs, num_negatives=4, alternating=personal,
+                         personalize_items=personal, weighted_aggregation=weighted,
+                         upload=UploadTransform(clip=clip))
+
+
+def make_engine(cls, data, algorithm, dim, ratio=None, seed=0, **training):
+    """An engine of class ``cls`` (``FederatedEngine`` or ``ReferenceEngine``) training
+    ``algorithm`` on ``data`` (as ``engine_data`` returns it), with a model of ``seed``."""
+    _, partition, known = data
+    model = make_model(HEADS[algorithm], partition.num_clients, partition.num_items, dim, seed)
+    return cls(model, partition, local_training(algorithm, partition.num_items, **training),
+               ClientSelector(partition.num_clients, ratio=ratio), known)
+
+
+def candidates(split, which='val'):
+    """Each user's sampled-protocol candidates: the held-out item, then its negatives."""
+    positive = split.val_item if which == 'val' else split.test_item
+    negatives = split.val_negatives if which == 'val' else split.test_negatives
+    return torch.cat([positive.unsqueeze(1), negatives], dim=1)
+
+
+# --------------------------------------------------------------------------------------
+# Training runs
+# --------------------------------------------------------------------------------------
+def read_metrics(path):
+    """The metrics.json of the run folder ``path``."""
+    return json.loads((path / 'metrics.json').read_text())
+
+
+def without_seconds(metrics):
+    """The metrics with every per-round 'seconds' field removed (each checked >= 0)."""
+    metrics = json.loads(json.dumps(metrics))
+    for record in metrics['rounds']:
+        assert record.pop('seconds') >= 0
+    return metrics
+
+
+def train_interrupted(monkeypatch, config, at_call=3, **kwargs):
+    """Runs ``train(config, **kwargs)`` with ``fedgraph.training.evaluate`` raising
+    ``KeyboardInterrupt`` on its ``at_call``-th call, checks that the interruption reached
+    the caller, and puts the real ``evaluate`` back."""
+    real_evaluate = fedgraph.training.evaluate
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(fedgraph.training, 'evaluate', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fedgraph.training.train(config, **kwargs)
+    monkeypatch.setattr(fedgraph.training, 'evaluate', real_evaluate)
