@@ -111,7 +111,7 @@ def _summarize(args: argparse.Namespace) -> None:
     for run in args.runs:
         best = json.loads((Path(run) / 'metrics.json').read_text())['best']
         rows.append((run, best))
-    names = sorted(rows[0][1]['test'])
+    names = args.metrics or sorted(rows[0][1]['test'])
     print('| run | best round | ' + ' | '.join(f'test {n}' for n in names) + ' |')
     print('|---|---|' + '---|' * len(names))
     for run, best in rows:
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     summarize_parser = commands.add_parser(
         'summarize', help="table of the best rounds' test metrics of runs, with mean ± std")
     summarize_parser.add_argument('runs', nargs='+', help='run folders with a metrics.json')
+    summarize_parser.add_argument('--metrics', nargs='+', default=None,
+                                  help='test metrics to show (default: all)')
     summarize_parser.set_defaults(run=_summarize)
 
     convergence_parser = commands.add_parser(
