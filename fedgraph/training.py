@@ -124,12 +124,9 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
                         'pretraining': pretraining}, out / CHECKPOINT)
             _write_metrics(out, _metrics(history, pretraining, config))
     bar.close()
-    metrics = _metrics(history, pretraining, config)
-    if out is not None:
-        _write_metrics(out, metrics)
-        if hasattr(engine, 'export'):
-            torch.save(engine.export(), out / EMBEDDINGS)
-    return metrics
+    if out is not None and hasattr(engine, 'export'):
+        torch.save(engine.export(), out / EMBEDDINGS)
+    return _metrics(history, pretraining, config)
 
 
 def _budget_spent(engine, stats) -> Optional[float]:
