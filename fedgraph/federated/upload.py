@@ -46,9 +46,10 @@ class UploadTransform:
             norm = update.norm(dim=-1, keepdim=True)
             update = update * (self.clip / norm.clamp_min(1e-12)).clamp(max=1.0)
         if self.laplace_scale > 0:
-            # Laplace(0, b) = b (E1 - E2) with E1, E2 ~ Exp(1) (finite: -log(1 - U), U < 1).
-            exponential = torch.empty((2, *update.shape), dtype=update.dtype)
-            exponential.exponential_(generator=generator)
-            noise = self.laplace_scale * (exponential[0] - exponential[1])
+            # Inverse CDF: b sign(u) log(1 - 2|u|), u ~ U(-1/2, 1/2); the clamp keeps the
+            # (probability-zero in exact arithmetic) draw u = -1/2 finite.
+            uniform = torch.rand(update.shape, generator=generator, dtype=update.dtype) - 0.5
+            tail = (1 - 2 * uniform.abs()).clamp_min(torch.finfo(update.dtype).tiny)
+            noise = -self.laplace_scale * torch.sign(uniform) * torch.log(tail)
             update = update + noise.to(update.device)
         return update
