@@ -2,7 +2,7 @@
 # Installs fedgraph-rec and its dependencies into a virtual environment and prints the
 # environment's python. Uses the active virtual environment when there is one, otherwise
 # creates (once) .venv in the repository root. Idempotent: a second call only checks that
-# the packages import and that setup.cfg has not changed since the last install.
+# the packages are installed and that setup.cfg and this script have not changed since.
 #
 # Order matters: torch first (pinned), then torch-scatter, which compiles against the
 # installed torch and so needs --no-build-isolation (pip caches the built wheel), then the
