@@ -138,9 +138,11 @@ class GraphFederatedEngine:
         pseudo-items on the graph, Laplace noise on the uploaded user embeddings, SimGCL
         noise on every propagated layer -- and takes one Adam step on
         ``cl_weight * (InfoNCE(users) + InfoNCE(items))`` over the round's selected clients
-        and as many random items. The server computes the loss on what clients upload and
-        returns each selected client the gradient of its embedding; the other clients'
-        embeddings do not change.
+        and as many random items. The user embeddings enter the views with the Laplace noise
+        an upload adds (not clipped: clipping a whole embedding, rather than a change, would
+        shrink it every round); each selected client receives the gradient of its embedding
+        and applies it, and the other clients' embeddings are restored after the step (Adam
+        moments are shared, as if one optimizer state per client were kept in one table).
         """
         user, item = self.user_table, self.model.item
         optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
