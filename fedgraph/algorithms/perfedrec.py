@@ -141,8 +141,9 @@ class GraphFederatedEngine:
         and as many random items. The user embeddings enter the views with the Laplace noise
         an upload adds (not clipped: clipping a whole embedding, rather than a change, would
         shrink it every round); each selected client receives the gradient of its embedding
-        and applies it, and the other clients' embeddings are restored after the step (Adam
-        moments are shared, as if one optimizer state per client were kept in one table).
+        and applies it, and the other clients' embeddings are restored after the step. Adam's
+        moments are per row, i.e. per client; a client not selected sees its moments decay
+        as with a zero gradient.
         """
         user, item = self.user_table, self.model.item
         optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
