@@ -51,9 +51,6 @@ class RoundPlan:
     def num_steps(self) -> int:
         return self.step_ptr.numel() - 1
 
-    def to(self, device) -> 'RoundPlan':
-        return RoundPlan(**{k: v.to(device) for k, v in vars(self).items()})
-
 
 def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
                batch_size: int, local_epochs: int, generator: torch.Generator,

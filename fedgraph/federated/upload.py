@@ -32,10 +32,6 @@ class UploadTransform:
         self.laplace_scale = laplace_scale
 
     @property
-    def is_identity(self) -> bool:
-        return self.clip is None and self.laplace_scale == 0
-
-    @property
     def epsilon(self) -> Optional[float]:
         """The per-round, per-coordinate privacy budget :math:`2C / \\lambda`; ``None``
         without noise."""
