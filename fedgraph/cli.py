@@ -3,6 +3,7 @@
 * ``train``    -- train an algorithm and write ``config.json`` and ``metrics.json``;
 * ``summarize`` -- the best rounds of several runs (e.g. seeds) as a table, with mean ± std;
 * ``convergence`` -- rounds to reach 95% of the best validation metric, and uniformity;
+* ``plot``     -- figures of finished runs as PNG files;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
 """
@@ -83,6 +84,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> None:
     from fedgraph.training import train
 
+    if args.plot and not (args.out or args.resume):
+        raise SystemExit('--plot needs --out (or --resume)')
     if args.resume:
         out = Path(args.resume)
         config = TrainConfig.load(out / 'config.json')
@@ -92,6 +95,9 @@ def _train(args: argparse.Namespace) -> None:
         config = TrainConfig(**values)
         metrics = train(config, args.out, progress=not args.quiet)
         out = args.out
+    if args.plot:
+        from fedgraph.viz import plot_runs
+        plot_runs([out], Path(out) / 'figures')
     best = metrics['best']
     print(json.dumps({'out': str(out) if out else None, 'best': best}, indent=2))
 
@@ -139,6 +145,13 @@ def _convergence(args: argparse.Namespace) -> None:
               f"{pair(end)} |")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from fedgraph.viz import plot_runs
+
+    for path in plot_runs(args.runs, args.out, method=args.method):
+        print(path)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from fedgraph import bench
 
@@ -158,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument('--resume', default=None, metavar='RUN',
                               help='continue the interrupted run in this folder')
     train_parser.add_argument('--quiet', action='store_true', help='no progress output')
+    train_parser.add_argument('--plot', action='store_true',
+                              help='write the run\'s figures into OUT/figures at the end')
     train_parser.set_defaults(run=_train)
 
     describe_parser = commands.add_parser(
@@ -182,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     convergence_parser.add_argument('--metric', default='ndcg@20')
     convergence_parser.add_argument('--fraction', type=float, default=0.95)
     convergence_parser.set_defaults(run=_convergence)
+
+    plot_parser = commands.add_parser(
+        'plot', help='training curves, uniformity, clusters and personalized views of runs, '
+                     'as PNG files')
+    plot_parser.add_argument('runs', nargs='+')
+    plot_parser.add_argument('--out', type=Path, required=True, help='folder for the PNG files')
+    plot_parser.add_argument('--method', default='pca', choices=('pca', 'tsne'),
+                             help='2-D projection of embeddings')
+    plot_parser.set_defaults(run=_plot)
 
     from fedgraph.bench import add_arguments
     bench_parser = commands.add_parser('bench', help='speed and memory benchmarks')

@@ -1,0 +1,13 @@
+"""Figures (matplotlib): uniformity, personalized item views, training curves, clusters.
+
+Each function returns a :class:`matplotlib.figure.Figure` (shown inline in a notebook) and
+does not touch pyplot's global state.
+"""
+from fedgraph.viz.clusters import plot_clusters
+from fedgraph.viz.curves import plot_training_curves
+from fedgraph.viz.personal import plot_personalized_views
+from fedgraph.viz.report import personalized_views, plot_runs
+from fedgraph.viz.uniformity import plot_uniformity, project_2d
+
+__all__ = ['plot_clusters', 'plot_training_curves', 'plot_personalized_views',
+           'personalized_views', 'plot_runs', 'plot_uniformity', 'project_2d']

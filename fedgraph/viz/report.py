@@ -1,0 +1,65 @@
+"""All the figures of finished runs, written as PNG files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence, Union
+
+import torch
+
+from fedgraph.federated.personal import PersonalItemRows
+from fedgraph.viz.clusters import plot_clusters
+from fedgraph.viz.curves import plot_training_curves
+from fedgraph.viz.personal import plot_personalized_views
+from fedgraph.viz.uniformity import plot_uniformity
+
+EMBEDDINGS = 'embeddings.pt'
+CHECKPOINT = 'checkpoint.pt'
+
+
+def personalized_views(run: Union[str, Path], num_users: int = 4):
+    """``(global rows, {user: view rows})`` from a run's checkpoint: the broadcast table and
+    the stored fine-tuned rows of the ``num_users`` users with the most of them, over the
+    items those users touched. ``None`` if the run kept no personalized rows."""
+    state = torch.load(Path(run) / CHECKPOINT, map_location='cpu', weights_only=False)
+    engine = state['engine'].get('engine', state['engine'])
+    if 'personal' not in engine or engine['personal']['keys'].numel() == 0:
+        return None
+    broadcast = engine['broadcast']
+    store = PersonalItemRows(0, broadcast.size(0), broadcast.size(1))
+    store.load_state_dict(engine['personal'])
+    owners = torch.div(store.keys, store.num_items, rounding_mode='floor')
+    users = torch.bincount(owners).topk(num_users).indices.sort().values
+    position, item, _ = store.rows_of(users)
+    items = torch.unique(item)
+    views = store.view(users.unsqueeze(1), items, broadcast)
+    return broadcast[items], {f'user {int(u)}': view for u, view in zip(users, views)}
+
+
+def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
+              method: str = 'pca') -> List[Path]:
+    """Writes to ``out``: ``curves.png`` (all runs together) and, per run ``NAME``,
+    ``NAME-uniformity.png`` and ``NAME-clusters.png`` (graph models) and
+    ``NAME-personalized-views.png`` (runs with dual personalization). Returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(figure, name):
+        path = out / name
+        figure.savefig(path, dpi=130)
+        written.append(path)
+
+    save(plot_training_curves({Path(run).name: run for run in runs}), 'curves.png')
+    for run in map(Path, runs):
+        if (run / EMBEDDINGS).exists():
+            saved = torch.load(run / EMBEDDINGS, weights_only=False)
+            save(plot_uniformity({'users': saved['user_final'], 'items': saved['item_final']},
+                                 method), f'{run.name}-uniformity.png')
+            if 'cluster' in saved:
+                save(plot_clusters(saved['user_final'], saved['cluster'], method),
+                     f'{run.name}-clusters.png')
+        if (run / CHECKPOINT).exists():
+            views = personalized_views(run)
+            if views is not None:
+                save(plot_personalized_views(*views), f'{run.name}-personalized-views.png')
+    return written
