@@ -111,7 +111,7 @@ def test_personalized_views_come_from_a_pfedrec_checkpoint(tmp_path):
     from fedgraph.training import train
     from fedgraph.viz import personalized_views
 
-    split = leave_one_out_split(synthetic_interactions(num_users=30, num_items=120, seed=0))
+    split = leave_one_out_split(synthetic_interactions(num_users=30, num_items=400, seed=0))
     train(TrainConfig(algorithm='pfedrec', rounds=2, dim=8), tmp_path / 'run', split=split,
           progress=False)
     global_rows, views = personalized_views(tmp_path / 'run', num_users=3)
