@@ -37,22 +37,30 @@ def personalized_views(run: Union[str, Path], num_users: int = 4):
 
 def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
               method: str = 'pca') -> List[Path]:
-    """Writes to ``out``: ``curves.png`` (all runs together) and, per run ``NAME``,
-    ``NAME-uniformity.png`` and ``NAME-clusters.png`` (graph models) and
-    ``NAME-personalized-views.png`` (runs with dual personalization). Returns the paths."""
+    """Writes to ``out``: ``curves.png`` (all runs together), ``uniformity.png`` (the final
+    user and item embeddings of every graph-model run side by side, when there are several)
+    and, per run ``NAME``, ``NAME-uniformity.png`` and ``NAME-clusters.png`` (graph models)
+    and ``NAME-personalized-views.png`` (runs with dual personalization). Returns the
+    paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
     def save(figure, name):
         path = out / name
-        figure.savefig(path, dpi=130)
+        figure.savefig(path, dpi=130, bbox_inches='tight')
         written.append(path)
 
     save(plot_training_curves({Path(run).name: run for run in runs}), 'curves.png')
+    embedded = {run.name: torch.load(run / EMBEDDINGS, weights_only=False)
+                for run in map(Path, runs) if (run / EMBEDDINGS).exists()}
+    if len(embedded) > 1:
+        sets = {f'{name}\n{kind}s': saved[f'{kind}_final']
+                for name, saved in embedded.items() for kind in ('user', 'item')}
+        save(plot_uniformity(sets, method), 'uniformity.png')
     for run in map(Path, runs):
-        if (run / EMBEDDINGS).exists():
-            saved = torch.load(run / EMBEDDINGS, weights_only=False)
+        if run.name in embedded:
+            saved = embedded[run.name]
             save(plot_uniformity({'users': saved['user_final'], 'items': saved['item_final']},
                                  method), f'{run.name}-uniformity.png')
             if 'cluster' in saved:

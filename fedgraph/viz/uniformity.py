@@ -75,6 +75,7 @@ def plot_uniformity(embeddings: Mapping[str, Tensor], method: str = 'pca',
                    cmap='GnBu')
         top.add_artist(_circle())
         top.set_title(f'{name}\nuniformity {value:.3f}', fontsize=10)
+        top.set_xlabel(f'{method.upper()} to 2-D, on the unit circle', fontsize=8)
         top.set_xticks([-1, 0, 1])
         top.set_yticks([-1, 0, 1])
         top.set_aspect('equal')
@@ -89,8 +90,6 @@ def plot_uniformity(embeddings: Mapping[str, Tensor], method: str = 'pca',
         bottom.set_xlabel('angle')
         if column == 0:
             bottom.set_ylabel('density')
-    figure.suptitle(f'Uniformity of embeddings ({method.upper()} to 2-D, normalized)',
-                    fontsize=11)
     return figure
 
 
