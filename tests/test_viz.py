@@ -98,6 +98,15 @@ def test_plot_runs_and_the_cli_write_png_files(tmp_path, capsys):
     main(['plot', str(run), '--out', str(tmp_path / 'cli')])
     assert sorted(p.name for p in (tmp_path / 'cli').iterdir()) == sorted(p.name for p in written)
     assert capsys.readouterr().out.count('.png') == 3
+    # with two graph-model runs, their embeddings are also shown side by side
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'metrics.json').write_text(json.dumps(_metrics(0.1)))
+    torch.save({'user_final': _embeddings(40, seed=2), 'item_final': _embeddings(50, seed=3)},
+               other / 'embeddings.pt')
+    names = [p.name for p in plot_runs([run, other], tmp_path / 'both')]
+    assert names == ['curves.png', 'uniformity.png', 'run-uniformity.png', 'run-clusters.png',
+                     'other-uniformity.png']
 
 
 def test_train_plot_needs_an_output_folder():
