@@ -277,15 +277,25 @@ def test_scores_are_the_weighted_levels(trained):
         items = torch.tensor(items)
         scores = engine.scores(users, items)
         scale = 1.0 / 3  # K = 2
+        logits = torch.zeros(3, *items.shape, dtype=torch.float64)  # [level, user, item]
         for row, user in enumerate(users.tolist()):
             u = model.head.user[user].detach() * scale + model.user_context[user]
             cluster = int(engine.assignment[user])
             for column, item in enumerate(items[row].tolist()):
                 local = stored.get(user * NUM_ITEMS + item, engine.engine.broadcast[item])
                 levels = [model.item[item].detach(), engine.cluster_tables[cluster, item], local]
-                expected = sum(w * float(u @ (rows * scale + model.item_context[item]))
-                               for w, rows in zip((0.5, 0.3, 0.2), levels))
-                assert float(scores[row, column]) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+                for level, rows in enumerate(levels):
+                    logits[level, row, column] = float(
+                        u @ (rows * scale + model.item_context[item]))
+        # Each level is standardized per user over the scored items, then weighted.
+        standardized = (logits - logits.mean(2, keepdim=True)) / logits.std(2, keepdim=True)
+        expected = sum(w * standardized[level] for level, w in enumerate((0.5, 0.3, 0.2)))
+        torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-4)
+        # A single level is its raw logits.
+        engine.level_weights = (0.0, 0.0, 1.0)
+        torch.testing.assert_close(engine.scores(users, items).double(), logits[2],
+                                   rtol=1e-4, atol=1e-4)
+        engine.level_weights = (0.5, 0.3, 0.2)
         # The fine-tuned rows differ from the broadcast table.
         for user in owners[:4]:
             key = min(k for k in stored if k // NUM_ITEMS == user)
@@ -552,3 +562,15 @@ def test_cli_parses_graph_flags():
         build_parser().parse_args(['train', '--dual-personalization', 'maybe'])
     with pytest.raises(SystemExit):
         build_parser().parse_args(['train', '--level-weights', '1', '0'])
+
+
+def test_reclustering_carries_cluster_tables_over(trained):
+    engine, _, _, _ = trained
+    old_assignment, old_tables = engine.assignment.clone(), engine.cluster_tables.clone()
+    engine.recluster()
+    for cluster in range(engine.num_clusters):
+        members = engine.assignment == cluster
+        if members.any():
+            # a new cluster's table is the mean of its members' previous cluster tables
+            expected = old_tables[old_assignment[members]].mean(0)
+            torch.testing.assert_close(engine.cluster_tables[cluster], expected)

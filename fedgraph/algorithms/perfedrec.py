@@ -189,13 +189,26 @@ class GraphFederatedEngine:
 
     def recluster(self) -> None:
         """FAISS k-means on the clients' representations propagated over the server's graph
-        (from the embeddings they uploaded); cluster tables restart from the global table and
-        selection becomes cluster-aware."""
+        (from the embeddings they uploaded); selection becomes cluster-aware. The first
+        cluster tables are copies of the global table; later, a cluster's table starts as the
+        mean of its members' previous cluster tables, so reclustering keeps what the clusters
+        learned."""
         with torch.no_grad():
             users, _ = self.gnn(self.server_users, self.model.item.detach(), self.graph)
-        self.assignment = kmeans(users, self.num_clusters, seed=self.seed + self.rounds_done)
-        self.cluster_tables = self.model.item.detach().unsqueeze(0).repeat(
-            self.num_clusters, 1, 1)
+        assignment = kmeans(users, self.num_clusters, seed=self.seed + self.rounds_done)
+        if self.cluster_tables is None:
+            self.cluster_tables = self.model.item.detach().unsqueeze(0).repeat(
+                self.num_clusters, 1, 1)
+        else:  # a new cluster starts from the mean of its members' previous cluster tables
+            overlap = torch.zeros(self.num_clusters, self.num_clusters, dtype=torch.float64)
+            overlap.index_put_((assignment, self.assignment),
+                               torch.ones(assignment.numel(), dtype=torch.float64),
+                               accumulate=True)
+            overlap /= overlap.sum(1, keepdim=True).clamp_min(1)
+            tables = self.cluster_tables.reshape(self.num_clusters, -1)
+            self.cluster_tables = (overlap.to(tables.dtype) @ tables).view_as(
+                self.cluster_tables)
+        self.assignment = assignment
         self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
 
     def _update_cluster_tables(self) -> None:
@@ -228,17 +241,30 @@ class GraphFederatedEngine:
             rows['local'] = self.engine.personal_rows(users, items)
         return rows
 
+    def _combine(self, levels: Dict[str, Tensor]) -> Tensor:
+        """The weighted sum of the levels' ``[U, k]`` logits. With more than one level, each
+        level's logits are first standardized per user (zero mean, unit deviation over the
+        scored items), so that equal weights give the levels equal say: the local level's
+        fine-tuned rows otherwise give logits an order of magnitude larger than the global
+        and cluster levels', and it would rank alone."""
+        active = {level: value for level, value in levels.items()
+                  if self.level_weights[LEVELS.index(level)]}
+        if len(active) > 1:
+            active = {level: (value - value.mean(1, keepdim=True))
+                      / value.std(1, keepdim=True).clamp_min(1e-12)
+                      for level, value in active.items()}
+        return sum(self.level_weights[LEVELS.index(level)] * value
+                   for level, value in active.items())
+
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
-        """``[U, k]``: the weighted sum of the global, cluster and local models' logits."""
+        """``[U, k]``: the weighted global, cluster and local models' logits (see
+        :meth:`_combine`)."""
         params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
                   for name, value in self.model.client_params(users).items()}
-        total = torch.zeros(items.shape, dtype=self.model.item.dtype)
-        for level, rows in self._level_rows(users, items).items():
-            weight = self.level_weights[LEVELS.index(level)]
-            if weight:
-                total += weight * self.model.head.logits(params, self.model.item_input(rows, items))
-        return total
+        return self._combine({
+            level: self.model.head.logits(params, self.model.item_input(rows, items))
+            for level, rows in self._level_rows(users, items).items()})
 
     @torch.no_grad()
     def scores_all(self, users: Tensor) -> Tensor:
@@ -247,23 +273,19 @@ class GraphFederatedEngine:
         corrected at each user's fine-tuned rows."""
         model, head = self.model, self.model.head
         params = model.client_params(users)
-        weights = dict(zip(LEVELS, self.level_weights))
-        total = weights['global'] * head.logits_all(
-            params, model.item_table_input(model.item.detach()))
-        if weights['cluster']:
-            if self.cluster_tables is None:
-                total += weights['cluster'] * head.logits_all(
-                    params, model.item_table_input(model.item.detach()))
-            else:
+        levels = {'global': head.logits_all(params, model.item_table_input(model.item.detach()))}
+        if self.level_weights[1]:
+            levels['cluster'] = levels['global'].clone()
+            if self.cluster_tables is not None:
                 cluster = self.assignment[users]
                 for k in torch.unique(cluster).tolist():
                     members = torch.nonzero(cluster == k).view(-1)
                     table = model.item_table_input(self.cluster_tables[k])
-                    total[members] += weights['cluster'] * head.logits_all(
+                    levels['cluster'][members] = head.logits_all(
                         {name: value[members] for name, value in params.items()}, table)
-        if weights['local']:
-            total += weights['local'] * self.engine.personal_scores_all(users, params)
-        return total
+        if self.level_weights[2]:
+            levels['local'] = self.engine.personal_scores_all(users, params)
+        return self._combine(levels)
 
     # ------------------------------------------------------------------ reporting and state
     def uniformity(self, max_points: int = 1000) -> Dict[str, float]:
