@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fedgraph.algorithms import build_engine
 from fedgraph.config import TrainConfig

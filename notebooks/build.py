@@ -53,12 +53,10 @@ QUICKSTART = [
     %matplotlib inline
     import os
     import time
-    import warnings
 
     import torch
 
     {SMALL_FLAG}
-    warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto, no ipywidgets
     ROUNDS = 3 if SMALL else 30   # federated rounds (the paper trains 100)
     SEED = 0
     print(f'SMALL={{SMALL}}: {{ROUNDS}} rounds')
@@ -229,13 +227,11 @@ STEP_BY_STEP = [
     code(f'''
     %matplotlib inline
     import os
-    import warnings
 
     import matplotlib.pyplot as plt
     import torch
 
     {SMALL_FLAG}
-    warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto, no ipywidgets
     PRETRAIN_ROUNDS = 2 if SMALL else 20
     ROUNDS = 3 if SMALL else 42         # not a multiple of CLUSTER_EVERY, see section 6
     CLUSTER_EVERY = 2 if SMALL else 5
@@ -462,12 +458,13 @@ STEP_BY_STEP = [
     md('''
     The local level scores with the rows a user fine-tuned in its last round, at the graph
     models' large item learning rate (1 × 1682 × 1, times (K + 1)² = 9); these rows move
-    far from the global table and give logits an order of magnitude larger. With equal
-    weights the sum of the three logits is therefore ranked almost as the local level
-    alone, and in this short run the local level ranks worse than the global one. The
-    cluster level, which averages the tables of fewer, more similar clients, is about as
-    good as the global one or slightly better. The README compares full runs (100 rounds,
-    50 pre-training rounds, three seeds) with FedLightGCN, a global model trained without
+    far from the global table and give logits an order of magnitude larger than the other
+    levels'. Summed as they are, the local level would decide the ranking alone; this is
+    why the engine standardizes each level's scores per user before weighting them
+    (`GraphFederatedEngine._combine`), so that equal weights give the three levels equal
+    say. The table above shows each level alone and their combinations on this short run;
+    the README compares full runs (100 rounds, 50 pre-training rounds, three seeds) with
+    FedLightGCN, a global model trained without
     pre-training, clusters or local rows.
     '''),
 ]
@@ -495,13 +492,11 @@ UNIFORMITY = [
     import os
     import shutil
     import tempfile
-    import warnings
     from pathlib import Path
 
     import torch
 
     {SMALL_FLAG}
-    warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto, no ipywidgets
     PRETRAIN_ROUNDS = 2 if SMALL else 20
     ROUNDS = 3 if SMALL else 40
     PFEDREC_ROUNDS = 2 if SMALL else 30
@@ -638,7 +633,6 @@ BRING_YOUR_OWN = [
     %matplotlib inline
     import os
     import time
-    import warnings
 
     import matplotlib.pyplot as plt
     import torch
@@ -646,7 +640,6 @@ BRING_YOUR_OWN = [
     from torch import nn
 
     {SMALL_FLAG}
-    warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm.auto, no ipywidgets
     STEPS = 5 if SMALL else 200        # Adam steps
     BATCH = 2048                       # (user, positive, negative) triples a step
     MAX_POINTS = 200 if SMALL else 1000

@@ -6,11 +6,9 @@ left as it is; the kernel inherits ``FEDGRAPH_NOTEBOOK_SMALL=1`` from this proce
 import shutil
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip('nbformat')
-nbclient = pytest.importorskip('nbclient')
-pytest.importorskip('ipykernel')
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / 'notebooks'
 PATHS = sorted(NOTEBOOKS.glob('*.ipynb'))

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fedgraph.clustering import ClusterSelector, kmeans
 from fedgraph.config import TrainConfig

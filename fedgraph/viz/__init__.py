@@ -1,7 +1,8 @@
 """Figures (matplotlib): uniformity, personalized item views, training curves, clusters.
 
-Each function returns a :class:`matplotlib.figure.Figure` (shown inline in a notebook) and
-does not touch pyplot's global state.
+Each function returns a :class:`matplotlib.figure.Figure` and does not touch pyplot's global
+state; in Jupyter, with the inline backend (``%matplotlib inline``), a figure left as a
+cell's last expression is drawn below the cell.
 """
 from fedgraph.viz.clusters import plot_clusters
 from fedgraph.viz.curves import plot_training_curves
