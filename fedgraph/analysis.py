@@ -32,3 +32,35 @@ def convergence_row(run: Union[str, Path], metric: str, fraction: float = 0.95) 
         row['uniformity_end'] = history[-1]['uniformity']
         row['uniformity_start'] = metrics.get('pretraining', {}).get('uniformity')
     return row
+
+
+#: The level weightings :func:`level_table` compares: each level alone, global + cluster,
+#: and all three.
+LEVEL_SETTINGS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0),
+                  (1.0, 1.0, 1.0))
+
+
+def level_table(run: Union[str, Path], settings=LEVEL_SETTINGS) -> List[Dict]:
+    """Validation and test metrics of a finished graph-model run's final checkpoint, scored
+    with each level weighting of ``settings`` (global, cluster, local)."""
+    import torch
+
+    from fedgraph.algorithms import build_engine
+    from fedgraph.config import TrainConfig
+    from fedgraph.data import ClientPartition
+    from fedgraph.federated.evaluation import evaluate
+    from fedgraph.training import CHECKPOINT, prepare_split
+
+    run = Path(run)
+    config = TrainConfig.load(run / 'config.json')
+    split = prepare_split(config)
+    engine = build_engine(config, ClientPartition.from_data(split.train),
+                          torch.Generator().manual_seed(config.seed), split.known_items())
+    state = torch.load(run / CHECKPOINT, map_location=config.device, weights_only=False)
+    engine.load_state_dict(state['engine'])
+    rows = []
+    for weights in settings:
+        engine.level_weights = tuple(weights)
+        rows.append({'weights': tuple(weights), 'round': state['round'],
+                     **evaluate(engine, split)})
+    return rows

@@ -3,6 +3,7 @@
 * ``train``    -- train an algorithm and write ``config.json`` and ``metrics.json``;
 * ``summarize`` -- the best rounds of several runs (e.g. seeds) as a table, with mean ± std;
 * ``convergence`` -- rounds to reach 95% of the best validation metric, and uniformity;
+* ``levels``   -- a PerFedRec++ run's final model with each personalization level alone;
 * ``plot``     -- figures of finished runs as PNG files;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
@@ -152,6 +153,18 @@ def _plot(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _levels(args: argparse.Namespace) -> None:
+    from fedgraph.analysis import level_table
+
+    for run in args.runs:
+        rows = level_table(run)
+        metric = 'hr@10' if 'hr@10' in rows[0]['val'] else 'recall@20'
+        print(f'{run} (round {rows[0]["round"]}): | (w_global, w_cluster, w_local) | '
+              f'val {metric} | test {metric} |')
+        for row in rows:
+            print(f"| {row['weights']} | {row['val'][metric]:.4f} | {row['test'][metric]:.4f} |")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from fedgraph import bench
 
@@ -197,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     convergence_parser.add_argument('--metric', default='ndcg@20')
     convergence_parser.add_argument('--fraction', type=float, default=0.95)
     convergence_parser.set_defaults(run=_convergence)
+
+    levels_parser = commands.add_parser(
+        'levels', help="a graph-model run's final model scored with each level alone and "
+                       "combined (global, cluster, local)")
+    levels_parser.add_argument('runs', nargs='+')
+    levels_parser.set_defaults(run=_levels)
 
     plot_parser = commands.add_parser(
         'plot', help='training curves, uniformity, clusters and personalized views of runs, '

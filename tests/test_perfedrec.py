@@ -574,3 +574,23 @@ def test_reclustering_carries_cluster_tables_over(trained):
             # a new cluster's table is the mean of its members' previous cluster tables
             expected = old_tables[old_assignment[members]].mean(0)
             torch.testing.assert_close(engine.cluster_tables[cluster], expected)
+
+
+def test_level_table_scores_the_final_model_with_each_weighting(tmp_path, split,
+                                                                monkeypatch):
+    import fedgraph.training
+    from fedgraph.analysis import LEVEL_SETTINGS, level_table
+
+    config = TrainConfig(algorithm='perfedrec++', dim=8, rounds=4, pretrain_rounds=1,
+                         clients_per_round=20, cluster_every=2, num_clusters=3)
+    train(config, tmp_path / 'run', split=split, progress=False)
+    # level_table rebuilds the split from the config; hand it the same split
+    monkeypatch.setattr(fedgraph.training, 'prepare_split', lambda config: split)
+    rows = level_table(tmp_path / 'run')
+    assert [row['weights'] for row in rows] == list(LEVEL_SETTINGS)
+    assert all(row['round'] == 4 for row in rows)
+    # the all-three row is what training reported for its last round
+    last = json.loads((tmp_path / 'run' / 'metrics.json').read_text())['rounds'][-1]
+    assert rows[-1]['test'] == pytest.approx(last['test'])
+    # one level alone differs from the mix
+    assert rows[2]['test'] != rows[-1]['test']
