@@ -165,12 +165,14 @@ class FederatedEngine:
         local = base[plan.row_item].clone()
         private = {name: tensor.detach()[plan.clients].clone()
                    for name, tensor in self.model.private_parameters().items()}
-        loss_sum = torch.zeros(plan.clients.numel(), dtype=base.dtype, device=base.device)
+        sample_loss = torch.empty(plan.item.numel(), dtype=base.dtype, device=base.device)
         step_ptr = plan.step_ptr.tolist()
         for start, end in zip(step_ptr[:-1], step_ptr[1:]):
             owner, row = plan.owner[start:end], plan.row[start:end]
             label, weight = plan.label[start:end], plan.weight[start:end]
-            client, item = plan.clients[owner], plan.item[start:end]
+            item = plan.item[start:end]
+            # Each sample's client id; only a graph model's context needs it.
+            client = plan.clients[owner] if model.user_context is not None else None
 
             def client_losses(params, rows):
                 gathered = {name: value.index_select(0, owner) for name, value in params.items()}
@@ -194,8 +196,8 @@ class FederatedEngine:
                 private = {name: value.detach() - cfg.lr * grad
                            for (name, value), grad in zip(params.items(), grads)}
             local.index_add_(0, row, row_grad.mul_(-cfg.item_lr))  # alpha= is slower on CPU
-            loss_sum += scatter(losses.detach(), owner, dim_size=loss_sum.numel(),
-                                reduce='sum')
+            sample_loss[start:end] = losses.detach()
+        loss_sum = scatter(sample_loss, plan.owner, dim_size=plan.clients.numel(), reduce='sum')
         num_samples = plan.num_samples.to(loss_sum.dtype) * cfg.local_epochs
         return local, {k: v.detach() for k, v in private.items()}, loss_sum / num_samples
 
