@@ -8,7 +8,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from fedgraph.viz.uniformity import project_2d
+from fedgraph.viz.uniformity import METHOD_NAMES, project_2d
 
 
 def plot_clusters(embeddings: Tensor, assignment: Tensor, method: str = 'pca', seed: int = 0,
@@ -29,7 +29,8 @@ def plot_clusters(embeddings: Tensor, assignment: Tensor, method: str = 'pca', s
         ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.7,
                    color=colours[cluster % len(colours)],
                    label=f'cluster {cluster} ({int(mask.sum())})')
-    ax.set_title(f'Client clusters ({method.upper()} of client representations)', fontsize=10)
+    ax.set_title(f'Client clusters ({METHOD_NAMES[method]} of client representations)',
+                 fontsize=10)
     ax.set_xlabel('component 1')
     ax.set_ylabel('component 2')
     ax.legend(fontsize=8, markerscale=2, loc='best')

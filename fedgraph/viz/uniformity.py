@@ -18,6 +18,9 @@ from torch import Tensor
 from fedgraph.metrics.representation import uniformity
 
 
+METHOD_NAMES = {'pca': 'PCA', 'tsne': 't-SNE'}
+
+
 def project_2d(x: Tensor, method: str = 'pca', seed: int = 0) -> np.ndarray:
     """``[N, 2]`` projection of ``x`` ``[N, d]``: ``'pca'`` (top two principal components)
     or ``'tsne'`` (scikit-learn's t-SNE, PCA-initialized, seeded)."""
@@ -75,7 +78,7 @@ def plot_uniformity(embeddings: Mapping[str, Tensor], method: str = 'pca',
                    cmap='GnBu')
         top.add_artist(_circle())
         top.set_title(f'{name}\nuniformity {value:.3f}', fontsize=10)
-        top.set_xlabel(f'{method.upper()} to 2-D, on the unit circle', fontsize=8)
+        top.set_xlabel(f'{METHOD_NAMES[method]} to 2-D, on the unit circle', fontsize=8)
         top.set_xticks([-1, 0, 1])
         top.set_yticks([-1, 0, 1])
         top.set_aspect('equal')
