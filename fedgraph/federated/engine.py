@@ -129,8 +129,9 @@ class FederatedEngine:
         plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
                           cfg.local_epochs, generator, self.known)
         base = self.model.item.detach().clone()
-        local, private, loss = self.train_clients(plan, base)
-        update = cfg.upload(local - base[plan.row_item], generator)
+        initial = base.index_select(0, plan.row_item)
+        local, private, loss = self.train_clients(plan, initial)
+        update = cfg.upload(local - initial, generator)
         self.last_upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update)
         weight = plan.num_samples if cfg.weighted_aggregation else None
         with torch.no_grad():
@@ -151,8 +152,9 @@ class FederatedEngine:
             download_bytes=float(base.numel() * base.element_size()),
             epsilon=cfg.upload.epsilon)
 
-    def train_clients(self, plan: RoundPlan, base: Tensor):
-        """Runs every selected client's local steps side by side.
+    def train_clients(self, plan: RoundPlan, initial: Tensor):
+        """Runs every selected client's local steps side by side, starting from the local item
+        rows ``initial`` ``[R, d]`` (the broadcast rows of ``plan.row_item``).
 
         Returns:
             ``(local, private, loss)``: the trained local item rows ``[R, d]`` (row ``r`` is
@@ -162,10 +164,10 @@ class FederatedEngine:
         """
         cfg = self.training
         model, head = self.model, self.model.head
-        local = base[plan.row_item].clone()
+        local = initial.clone()
         private = {name: tensor.detach()[plan.clients].clone()
                    for name, tensor in self.model.private_parameters().items()}
-        sample_loss = torch.empty(plan.item.numel(), dtype=base.dtype, device=base.device)
+        sample_loss = torch.empty(plan.item.numel(), dtype=local.dtype, device=local.device)
         step_ptr = plan.step_ptr.tolist()
         for start, end in zip(step_ptr[:-1], step_ptr[1:]):
             owner, row = plan.owner[start:end], plan.row[start:end]

@@ -65,8 +65,7 @@ class ReferenceEngine:
         plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
                           cfg.local_epochs, generator, self.known)
         global_items = self.model.item.detach().clone()
-        tables, weights, losses, rows = [], [], [], []
-        uploads = []
+        tables, weights, losses, uploads = [], [], [], []
         for position, client in enumerate(plan.clients.tolist()):
             table, private, loss = self._train_client(plan, position, client, global_items)
             with torch.no_grad():
@@ -84,7 +83,6 @@ class ReferenceEngine:
             tables.append(global_items + update)
             weights.append(float(plan.num_samples[position]) if cfg.weighted_aggregation else 1.0)
             losses.append(loss)
-            rows.append(int(touched.sum()))
         weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
         self.broadcast = global_items
         self.participation[plan.clients] += 1
@@ -93,7 +91,8 @@ class ReferenceEngine:
             self.model.item.copy_((torch.stack(tables) * weight).sum(0) / weight.sum())
         row_bytes = self.model.dim * global_items.element_size() + BYTES_PER_INDEX
         return RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
-                          upload_bytes=sum(rows) / len(rows) * row_bytes,
+                          upload_bytes=self.last_upload.row_owner.numel() / len(tables)
+                          * row_bytes,
                           download_bytes=float(global_items.numel() * global_items.element_size()),
                           epsilon=cfg.upload.epsilon)
 

@@ -7,13 +7,11 @@ from typing import List, Sequence, Union
 import torch
 
 from fedgraph.federated.personal import PersonalItemRows
+from fedgraph.training import CHECKPOINT, EMBEDDINGS
 from fedgraph.viz.clusters import plot_clusters
 from fedgraph.viz.curves import plot_training_curves
 from fedgraph.viz.personal import plot_personalized_views
 from fedgraph.viz.uniformity import plot_uniformity
-
-EMBEDDINGS = 'embeddings.pt'
-CHECKPOINT = 'checkpoint.pt'
 
 
 def personalized_views(run: Union[str, Path], num_users: int = 4):
