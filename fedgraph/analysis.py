@@ -45,17 +45,14 @@ def level_table(run: Union[str, Path], settings=LEVEL_SETTINGS) -> List[Dict]:
     with each level weighting of ``settings`` (global, cluster, local)."""
     import torch
 
-    from fedgraph.algorithms import build_engine
     from fedgraph.config import TrainConfig
-    from fedgraph.data import ClientPartition
     from fedgraph.federated.evaluation import evaluate
-    from fedgraph.training import CHECKPOINT, prepare_split
+    from fedgraph.training import CHECKPOINT, build_run, prepare_split
 
     run = Path(run)
     config = TrainConfig.load(run / 'config.json')
     split = prepare_split(config)
-    engine = build_engine(config, ClientPartition.from_data(split.train),
-                          torch.Generator().manual_seed(config.seed), split.known_items())
+    engine, _ = build_run(config, split)
     state = torch.load(run / CHECKPOINT, map_location=config.device, weights_only=False)
     engine.load_state_dict(state['engine'])
     rows = []

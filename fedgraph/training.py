@@ -36,6 +36,15 @@ def prepare_split(config: TrainConfig):
     return ratio_split(data, config.split_ratios, mode=config.split_mode, seed=config.seed)
 
 
+def build_run(config: TrainConfig, split):
+    """The engine of a run and its random generator, seeded by ``config.seed`` (the engine's
+    initialization draws from it first)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    engine = build_engine(config, ClientPartition.from_data(split.train), generator,
+                          split.known_items())
+    return engine, generator
+
+
 def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
     """The evaluated round with the highest validation ``select_by``; a later round wins a
     tie (the PFedRec code's ``>=``)."""
@@ -78,9 +87,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / 'config.json')
     split = split if split is not None else prepare_split(config)
-    partition = ClientPartition.from_data(split.train)
-    generator = torch.Generator().manual_seed(config.seed)
-    engine = build_engine(config, partition, generator, split.known_items())
+    engine, generator = build_run(config, split)
 
     history: List[Dict] = []
     pretraining = None
