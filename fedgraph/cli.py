@@ -54,7 +54,10 @@ _HELP = {
     'checkpoint_every': 'save a checkpoint every N rounds',
     'device': 'cpu or cuda',
     'engine': "'vectorized' or 'reference' (one model per client, for checking)",
+    'client_streams': 'on/off: each client draws its randomness from its own stream, as on '
+                      'devices (the Flower apps do)',
 }
+
 def _on_off(text: str) -> bool:
     if text.lower() in ('on', 'true', 'yes', '1'):
         return True
@@ -65,7 +68,8 @@ def _on_off(text: str) -> bool:
 
 _OPTIONAL_TYPES = {'data_root': str, 'client_ratio': float, 'clients_per_round': int,
                    'clip': float, 'lr': float, 'item_lr_eta': float, 'ldp_scale': float,
-                   'dual_personalization': _on_off, 'pretrain_rounds': int, 'num_clusters': int}
+                   'dual_personalization': _on_off, 'pretrain_rounds': int, 'num_clusters': int,
+                   'client_streams': _on_off}
 _TRIPLES = ('split_ratios', 'level_weights')
 
 

@@ -76,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 10
     device: str = 'cpu'
     engine: str = 'vectorized'
+    client_streams: bool = False
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:

@@ -96,6 +96,12 @@ class ClientPartition:
     def items_of(self, client: int) -> Tensor:
         return self.col[self.ptr[client]:self.ptr[client + 1]]
 
+    def select(self, clients: Tensor) -> 'ClientPartition':
+        """The partition of ``clients`` alone: row ``i`` is client ``clients[i]``'s data (what
+        a device holding these users has)."""
+        batch = self.batch(clients)
+        return ClientPartition(batch.ptr, batch.item, self.num_items)
+
     def to(self, device) -> 'ClientPartition':
         return ClientPartition(self.ptr.to(device), self.col.to(device), self.num_items)
 

@@ -27,6 +27,7 @@ from fedgraph.federated.aggregation import aggregate_rows
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
+from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
 
@@ -84,6 +85,15 @@ class RowUpload:
     update: Tensor
 
 
+@dataclass
+class ClientRound:
+    """What the clients of a round hand the server: their row updates, their samples per
+    epoch (the weights of weighted FedAvg) and their mean training losses ``[B]``."""
+    upload: RowUpload
+    num_samples: Tensor
+    loss: Tensor
+
+
 def bce(logits: Tensor, label: Tensor) -> Tensor:
     """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`.
 
@@ -106,16 +116,21 @@ class FederatedEngine:
         selector: which clients take part in a round.
         known: the items each client never draws as a negative (default: its training
             items; PFedRec excludes its validation and test items too).
+        streams: draw each client's randomness from its own stream
+            (:class:`~fedgraph.federated.streams.ClientStreams`) rather than from one
+            generator shared by the round, as clients on their own devices do.
     """
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,
-                 known: Optional[ClientPartition] = None):
+                 known: Optional[ClientPartition] = None,
+                 streams: Optional[ClientStreams] = None):
         self.model = model
         self.partition = partition.to(model.item.device)
         self.known = known.to(model.item.device) if known is not None else None
         self.training = training
         self.selector = selector
+        self.streams = streams
         self.broadcast = model.item.detach().clone()
         self.last_upload: Optional[RowUpload] = None
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
@@ -125,32 +140,60 @@ class FederatedEngine:
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
         clients = self.selector(generator)
-        cfg = self.training
-        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator, self.known)
+        round_seed = draw_round_seed(generator) if self.streams is not None else None
         base = self.model.item.detach().clone()
-        initial = base.index_select(0, plan.row_item)
+        result = self.local_round(clients, generator, round_seed)
+        upload = result.upload
+        weight = result.num_samples if self.training.weighted_aggregation else None
+        with torch.no_grad():
+            self.model.item.copy_(aggregate_rows(base, upload.row_item, upload.row_owner,
+                                                 upload.update, upload.clients.numel(), weight))
+        self.participation[upload.clients.cpu()] += 1
+        self.broadcast = base
+        rows_per_client = torch.bincount(upload.row_owner, minlength=upload.clients.numel())
+        return RoundStats(
+            loss=float(result.loss.mean()), num_clients=upload.clients.numel(),
+            upload_bytes=float(rows_per_client.double().mean()) * self.row_bytes,
+            download_bytes=float(base.numel() * base.element_size()),
+            epsilon=self.training.upload.epsilon)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one uploaded row update: its values and its item index."""
+        return self.model.dim * self.model.item.element_size() + BYTES_PER_INDEX
+
+    def local_round(self, clients: Tensor, generator: Optional[torch.Generator] = None,
+                    round_seed: Optional[int] = None) -> ClientRound:
+        """The client half of a round: ``clients`` train on the current item table, keep
+        their private parameters and fine-tuned rows, and return what they upload.
+
+        Randomness comes from ``generator`` shared by all clients, or, with
+        :attr:`streams`, from each client's own stream of the round ``round_seed``.
+        """
+        cfg = self.training
+        clients = torch.sort(clients).values
+        if self.streams is None:
+            plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                              cfg.local_epochs, generator, self.known)
+        else:
+            generators = self.streams.generators(round_seed, clients)
+            plan = self.streams.plan(self.partition, clients, cfg.num_negatives,
+                                     cfg.batch_size, cfg.local_epochs, generators, self.known)
+        initial = self.model.item.detach().index_select(0, plan.row_item)
         local, private, loss = self.train_clients(plan, initial)
-        update = cfg.upload(local - initial, generator)
+        if self.streams is None:
+            update = cfg.upload(local - initial, generator)
+        else:
+            update = self.streams.transform(cfg.upload, local - initial, plan.row_owner,
+                                            generators)
         self.last_upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update)
-        weight = plan.num_samples if cfg.weighted_aggregation else None
         with torch.no_grad():
             for name, tensor in self.model.private_parameters().items():
                 tensor[plan.clients] = private[name]
-            self.model.item.copy_(aggregate_rows(base, plan.row_item, plan.row_owner,
-                                                 update, plan.clients.numel(), weight))
-        self.participation[plan.clients.cpu()] += 1
-        self.broadcast = base
         if cfg.personalize_items:
             self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
                                   local)
-        rows_per_client = torch.bincount(plan.row_owner, minlength=plan.clients.numel())
-        row_bytes = self.model.dim * base.element_size() + BYTES_PER_INDEX
-        return RoundStats(
-            loss=float(loss.mean()), num_clients=plan.clients.numel(),
-            upload_bytes=float(rows_per_client.double().mean()) * row_bytes,
-            download_bytes=float(base.numel() * base.element_size()),
-            epsilon=cfg.upload.epsilon)
+        return ClientRound(self.last_upload, plan.num_samples, loss)
 
     def train_clients(self, plan: RoundPlan, initial: Tensor):
         """Runs every selected client's local steps side by side, starting from the local item

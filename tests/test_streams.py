@@ -1,0 +1,103 @@
+"""Per-client random streams: clients planned alone or together draw the same."""
+import pytest
+import torch
+
+from fedgraph.federated import ClientSelector, FederatedEngine, UploadTransform
+from fedgraph.federated.aggregation import aggregate_rows
+from fedgraph.federated.plan import plan_round
+from fedgraph.federated.streams import ClientStreams, client_seed, draw_round_seed, merge_plans
+from helpers import engine_data, local_training, make_model
+
+
+def test_client_seeds_differ_by_round_and_key_and_repeat():
+    seeds = {client_seed(r, k) for r in (0, 1, 2) for k in range(50)}
+    assert len(seeds) == 150
+    assert client_seed(7, 3) == client_seed(7, 3)
+    assert all(0 <= s < 1 << 63 for s in seeds)
+
+
+def test_merged_plan_holds_each_clients_own_plan():
+    _, partition, known = engine_data(12, 300, 9, seed=1)
+    clients = torch.tensor([1, 4, 5, 9])
+    single = [plan_round(partition, c.view(1), 4, 8, 2, torch.Generator().manual_seed(int(c)),
+                         known) for c in clients]
+    merged = merge_plans(single)
+    assert torch.equal(merged.clients, clients)
+    assert merged.num_steps == max(p.num_steps for p in single)
+    step = torch.repeat_interleave(torch.arange(merged.num_steps), merged.step_ptr.diff())
+    for position, plan in enumerate(single):
+        mine = merged.owner == position
+        assert torch.equal(merged.item[mine], plan.item)
+        assert torch.equal(merged.label[mine], plan.label)
+        assert torch.equal(merged.weight[mine], plan.weight)
+        own_step = torch.repeat_interleave(torch.arange(plan.num_steps), plan.step_ptr.diff())
+        assert torch.equal(step[mine], own_step)
+    # Samples are ordered by step, then client; every sample points at its own local row.
+    key = step * clients.numel() + merged.owner
+    assert bool((key[1:] >= key[:-1]).all())
+    assert torch.equal(merged.row_item[merged.row], merged.item)
+    assert torch.equal(merged.row_owner[merged.row], merged.owner)
+
+
+def _device_engine(population, users, partition, known, training, keys):
+    """An engine holding only ``users`` of ``population``'s engine, with their state."""
+    model = make_model('linear', users.numel(), partition.num_items, 8)
+    with torch.no_grad():
+        model.item.copy_(population.model.item)
+        for name, tensor in model.private_parameters().items():
+            tensor.copy_(population.model.private_parameters()[name][users])
+    return FederatedEngine(model, partition.select(users), training,
+                           ClientSelector(users.numel()), known.select(users),
+                           ClientStreams(keys))
+
+
+@pytest.mark.parametrize('laplace', [0.0, 0.05])
+def test_devices_with_their_own_streams_match_the_population_engine(float64, laplace):
+    _, partition, known = engine_data(16, 300, 8, seed=3)
+    training = local_training('pfedrec', partition.num_items, clip=0.5)
+    training.upload = UploadTransform(0.5, laplace)
+    model = make_model('linear', partition.num_clients, partition.num_items, 8)
+    population = FederatedEngine(model, partition, training,
+                                 ClientSelector(partition.num_clients), known, ClientStreams())
+    halves = [torch.arange(0, 16, 2), torch.arange(1, 16, 2)]
+    devices = [_device_engine(population, users, partition, known, training, users)
+               for users in halves]
+    base = population.model.item.detach().clone()
+
+    generator = torch.Generator().manual_seed(11)
+    round_seed = draw_round_seed(torch.Generator().manual_seed(11))  # full participation
+    population.run_round(generator)
+    results = [device.local_round(torch.arange(users.numel()), round_seed=round_seed)
+               for device, users in zip(devices, halves)]
+
+    for device, users, result in zip(devices, halves, results):
+        for name, tensor in device.model.private_parameters().items():
+            torch.testing.assert_close(tensor, population.model.private_parameters()[name][users])
+        mine = torch.isin(population.last_upload.clients[population.last_upload.row_owner], users)
+        torch.testing.assert_close(result.upload.update, population.last_upload.update[mine])
+        assert torch.equal(result.upload.row_item, population.last_upload.row_item[mine])
+        scores = device.scores(torch.arange(users.numel()), torch.arange(300).repeat(8, 1))
+        torch.testing.assert_close(scores, population.scores(users, torch.arange(300).repeat(8, 1)))
+    # The server's mean over the devices' uploads is the population engine's new table.
+    offset = torch.tensor([0, halves[0].numel()])
+    table = aggregate_rows(base, torch.cat([r.upload.row_item for r in results]),
+                           torch.cat([r.upload.row_owner + o for r, o in zip(results, offset)]),
+                           torch.cat([r.upload.update for r in results]), 16)
+    torch.testing.assert_close(table, population.model.item.detach())
+
+
+def test_streams_change_only_where_randomness_comes_from():
+    data = engine_data(20, 300, 10, seed=2)
+    _, partition, known = data
+    runs = {}
+    for name, streams in (('shared', None), ('streams', ClientStreams())):
+        model = make_model('linear', partition.num_clients, partition.num_items, 8)
+        engine = FederatedEngine(model, partition, local_training('pfedrec', 300),
+                                 ClientSelector(20, ratio=0.5), known, streams)
+        stats = engine.run_round(torch.Generator().manual_seed(0))
+        runs[name] = (engine, stats)
+    shared, streams = runs['shared'][0], runs['streams'][0]
+    # Same clients (selection comes first, from the server's generator), other negatives.
+    assert torch.equal(shared.last_upload.clients, streams.last_upload.clients)
+    assert not torch.equal(shared.model.item, streams.model.item)
+    assert runs['shared'][1].num_clients == runs['streams'][1].num_clients == 10
