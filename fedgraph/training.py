@@ -57,7 +57,8 @@ def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
     return {'round': best['round'], 'val': best['val'], 'test': best['test']}
 
 
-def _summary(record: Dict, select_by: str) -> str:
+def summary_line(record: Dict, select_by: str) -> str:
+    """One round's record as the line the progress output prints."""
     text = f"round {record['round']:>3}  loss {record['train_loss']:.4f}"
     if 'val' in record:
         metric = select_by
@@ -123,17 +124,17 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         record['seconds'] = time.perf_counter() - began
         history.append(record)
         if progress:
-            bar.write(_summary(record, config.select_by))
+            bar.write(summary_line(record, config.select_by))
         last = round_index + 1 == config.rounds
         if out is not None and ((round_index + 1) % config.checkpoint_every == 0 or last):
             torch.save({'engine': engine.state_dict(), 'generator': generator.get_state(),
                         'history': history, 'round': round_index + 1,
                         'pretraining': pretraining}, out / CHECKPOINT)
-            _write_metrics(out, _metrics(history, pretraining, config))
+            write_metrics(out, metrics_of(history, pretraining, config))
     bar.close()
     if out is not None and hasattr(engine, 'export'):
         torch.save(engine.export(), out / EMBEDDINGS)
-    return _metrics(history, pretraining, config)
+    return metrics_of(history, pretraining, config)
 
 
 def _budget_spent(engine, stats) -> Optional[float]:
@@ -144,12 +145,14 @@ def _budget_spent(engine, stats) -> Optional[float]:
     return stats.epsilon * int(engine.participation.max())
 
 
-def _metrics(history: List[Dict], pretraining: Optional[Dict], config: TrainConfig) -> Dict:
+def metrics_of(history: List[Dict], pretraining: Optional[Dict],
+               config: TrainConfig) -> Dict:
+    """The content of ``metrics.json``: every round's record and the best round."""
     metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
     if pretraining is not None:
         metrics['pretraining'] = pretraining
     return metrics
 
 
-def _write_metrics(out: Path, metrics: Dict) -> None:
+def write_metrics(out: Path, metrics: Dict) -> None:
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')

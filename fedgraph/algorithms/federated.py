@@ -55,6 +55,14 @@ def local_training(config: TrainConfig, num_items: int) -> LocalTraining:
         personalize_items=config.dual_personalization)
 
 
+def build_selector(config: TrainConfig, num_clients: int) -> ClientSelector:
+    """The clients of a round: ``config.clients_per_round`` (at most all) or
+    ``config.client_ratio`` of them."""
+    count = (None if config.clients_per_round is None
+             else min(config.clients_per_round, num_clients))
+    return ClientSelector(num_clients, config.client_ratio, count)
+
+
 def build_federated(config: TrainConfig, partition: ClientPartition,
                     generator: torch.Generator, known: Optional[ClientPartition] = None):
     """The engine of a federated algorithm.
@@ -72,9 +80,7 @@ def build_federated(config: TrainConfig, partition: ClientPartition,
     """
     num_clients, num_items = partition.num_clients, partition.num_items
     model = build_model(config, num_clients, num_items, generator)
-    count = (None if config.clients_per_round is None
-             else min(config.clients_per_round, num_clients))
-    selector = ClientSelector(num_clients, config.client_ratio, count)
+    selector = build_selector(config, num_clients)
     training = local_training(config, num_items)
     if config.engine == 'vectorized':
         streams = ClientStreams() if config.client_streams else None
