@@ -215,7 +215,8 @@ class RowServer:
 
 
 def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = None,
-                    timeout: float = 120.0, min_nodes: int = 1) -> ServerApp:
+                    timeout: float = 120.0, min_nodes: int = 1,
+                    progress: bool = True) -> ServerApp:
     """The ``ServerApp``. Its configuration is the run configuration's over ``config``; the
     run configuration may also set ``out`` (folder of ``metrics.json``), ``timeout`` and
     ``min-nodes``."""
@@ -228,7 +229,8 @@ def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = 
         folder = run_config.get('out', out)
         server = RowServer(grid, run_config_to_config(run_config),
                            timeout=float(run_config.get('timeout', timeout)),
-                           min_nodes=int(run_config.get('min-nodes', min_nodes)))
+                           min_nodes=int(run_config.get('min-nodes', min_nodes)),
+                           progress=progress)
         server.run(Path(folder) if folder else None)
 
     return app

@@ -1,0 +1,259 @@
+"""A real Flower deployment on this machine: a SuperLink and SuperNodes as separate processes.
+
+:class:`LocalDeployment` starts ``flower-superlink`` and one ``flower-supernode`` per
+partition of the users, all on ``127.0.0.1``, each SuperNode talking to the SuperLink
+through a :class:`ByteCounter` (a TCP relay that counts what crosses it, so the bytes on the
+wire are measured, not estimated), and submits the run with ``flwr run``. Across machines
+the same commands run with the SuperLink's address in place of ``127.0.0.1`` (see
+``docs/flower.md``).
+
+Flower 1.41's Fleet API, which SuperNodes use, is HTTP (earlier releases spoke gRPC):
+``--insecure`` here, TLS certificates in a real deployment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from fedgraph.config import TrainConfig
+from fedgraph.flower.records import config_to_run_config
+
+LINK_NAME = 'fedgraph-local'
+
+
+def write_app(directory: Path, config: TrainConfig, **settings) -> Path:
+    """Writes a Flower App (its ``pyproject.toml``) that runs ``config`` with fedgraph's
+    apps; ``settings`` are the apps' own run settings (``out``, ``timeout``, ``min-nodes``).
+    ``flwr run DIRECTORY SUPERLINK`` submits it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    run_config = {**config_to_run_config(config), **settings}
+    lines = ['[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"',
+             '', '[project]', 'name = "fedgraph-flower"', 'version = "1.0.0"',
+             'description = "fedgraph on Flower"', 'license = "MIT"', 'dependencies = []', '',
+             '[tool.flwr.app]', 'publisher = "fedgraph"', '',
+             '[tool.flwr.app.components]', 'serverapp = "fedgraph.flower.apps:serverapp"',
+             'clientapp = "fedgraph.flower.apps:clientapp"', '', '[tool.flwr.app.config]']
+    lines += [f'{key} = {json.dumps(value)}' for key, value in run_config.items()]
+    path = directory / 'pyproject.toml'
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class ByteCounter:
+    """A TCP relay from ``127.0.0.1:port`` to ``target`` that counts the bytes sent each way:
+    :attr:`up` from the connecting side (a SuperNode), :attr:`down` to it."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.up = 0
+        self.down = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(('127.0.0.1', 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(('127.0.0.1', self.target_port))
+            except OSError:  # the SuperLink is gone
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, 'up'),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, 'down'),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
+        try:
+            while True:
+                data = source.recv(1 << 16)
+                if not data:
+                    break
+                sink.sendall(data)
+                with self._lock:
+                    setattr(self, direction, getattr(self, direction) + len(data))
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def snapshot(self) -> Dict[str, int]:
+        with self._lock:
+            return {'up': self.up, 'down': self.down}
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _executable(name: str) -> str:
+    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                      os.environ.get('PATH', '')]))
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: pip install 'fedgraph-rec[flower]'")
+    return found
+
+
+class LocalDeployment:
+    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, each a separate process.
+
+    Node ``p`` holds users ``p, p + num_nodes, ...`` (its ``node-config`` partition). Logs,
+    the Flower App and ``FLWR_HOME`` go to ``workdir``.
+    """
+
+    def __init__(self, workdir: Path, num_nodes: int):
+        self.workdir = Path(workdir).resolve()
+        self.num_nodes = num_nodes
+        self.link_port = free_port()
+        self.home = self.workdir / 'flwr-home'
+        self.logs = self.workdir / 'logs'
+        self.link: Optional[subprocess.Popen] = None
+        self.nodes: List[Optional[subprocess.Popen]] = []
+        self.counters: List[ByteCounter] = []
+
+    def _spawn(self, command: List[str], log_name: str) -> subprocess.Popen:
+        log = open(self.logs / log_name, 'w')
+        # Own process group: stopping a SuperNode also stops the ClientApp it spawned.
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                env=self._env(), start_new_session=True)
+
+    def _env(self) -> Dict[str, str]:
+        env = dict(os.environ, FLWR_HOME=str(self.home))
+        env.setdefault('OMP_NUM_THREADS', '1')
+        return env
+
+    def start(self, startup_timeout: float = 60.0) -> 'LocalDeployment':
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / 'config.toml').write_text(
+            f'[superlink]\ndefault = "{LINK_NAME}"\n\n[superlink.{LINK_NAME}]\n'
+            f'address = "127.0.0.1:{self.link_port}"\ninsecure = true\n')
+        self.link = self._spawn([_executable('flower-superlink'), '--insecure',
+                                 '--port', str(self.link_port),
+                                 '--disable-runtime-dependency-installation'], 'superlink.log')
+        _wait_for_port(self.link_port, startup_timeout)
+        for partition in range(self.num_nodes):
+            counter = ByteCounter(self.link_port)
+            self.counters.append(counter)
+            self.nodes.append(self._spawn([
+                _executable('flower-supernode'), '--insecure',
+                '--superlink', f'127.0.0.1:{counter.port}', '--port', str(free_port()),
+                '--node-config', f'partition-id={partition} num-partitions={self.num_nodes}'],
+                f'supernode-{partition}.log'))
+        return self
+
+    def submit(self, app: Path) -> subprocess.Popen:
+        """``flwr run APP`` on this deployment's SuperLink, streaming the run's logs."""
+        log = open(self.logs / 'run.log', 'w')
+        return subprocess.Popen([_executable('flwr'), 'run', str(app), LINK_NAME, '--stream'],
+                                stdout=log, stderr=subprocess.STDOUT, env=self._env())
+
+    def kill_node(self, partition: int) -> None:
+        """Kills SuperNode ``partition`` and its ClientApp at once (SIGKILL, no goodbye)."""
+        node = self.nodes[partition]
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+
+    def stop(self) -> None:
+        for process in [*self.nodes, self.link]:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in [*self.nodes, self.link]:
+            if process is not None:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+        for counter in self.counters:
+            counter.close()
+
+    def __enter__(self) -> 'LocalDeployment':
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f'nothing listens on 127.0.0.1:{port} after {timeout:.0f} s')
+
+
+def _rounds_done(metrics_path: Path) -> int:
+    try:
+        return len(json.loads(metrics_path.read_text())['rounds'])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 60.0,
+           kill_after_round: Optional[int] = None, kill_partition: int = 0,
+           run_timeout: float = 900.0) -> Dict:
+    """Runs ``config`` on a :class:`LocalDeployment` of ``num_nodes`` SuperNodes.
+
+    Args:
+        timeout: seconds the server waits for a round's replies.
+        kill_after_round: kill SuperNode ``kill_partition`` as soon as this many rounds are
+            done (a fault in the middle of the run).
+        run_timeout: seconds the whole run may take.
+
+    Returns:
+        ``{'metrics': metrics.json, 'wire': [{'up', 'down'} per node, over the run],
+        'idle': the same over the seconds before the run, 'idle_seconds', 'seconds'}``.
+    """
+    workdir = Path(workdir).resolve()
+    out = workdir / 'run'
+    app = workdir / 'app'
+    write_app(app, config, out=str(out), timeout=timeout, **{'min-nodes': num_nodes})
+    with LocalDeployment(workdir, num_nodes) as deployment:
+        idle_began = time.monotonic()
+        time.sleep(5)  # the SuperNodes connect and poll: what an idle node costs
+        idle = [counter.snapshot() for counter in deployment.counters]
+        idle_seconds = time.monotonic() - idle_began
+        began = time.monotonic()
+        run = deployment.submit(app)
+        killed = kill_after_round is None
+        while run.poll() is None:
+            if time.monotonic() - began > run_timeout:
+                run.kill()
+                raise TimeoutError(f'the run took over {run_timeout:.0f} s; logs in {workdir}')
+            if not killed and _rounds_done(out / 'metrics.json') >= kill_after_round:
+                deployment.kill_node(kill_partition)
+                killed = True
+            time.sleep(0.2)
+        seconds = time.monotonic() - began
+        wire = [{key: counter.snapshot()[key] - before[key] for key in ('up', 'down')}
+                for counter, before in zip(deployment.counters, idle)]
+    if not (out / 'metrics.json').exists() or _rounds_done(out / 'metrics.json') < config.rounds:
+        raise RuntimeError(f'the run did not finish; logs in {workdir / "logs"}')
+    return {'metrics': json.loads((out / 'metrics.json').read_text()), 'wire': wire,
+            'idle': idle, 'idle_seconds': idle_seconds, 'seconds': seconds}
