@@ -6,6 +6,7 @@
 * ``levels``   -- a PerFedRec++ run's final model with each personalization level alone;
 * ``plot``     -- figures of finished runs as PNG files;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
+* ``flower``   -- the same algorithms on Flower: local deployment, simulation, benchmark;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ _OPTIONAL_TYPES = {'data_root': str, 'client_ratio': float, 'clients_per_round':
 _TRIPLES = ('split_ratios', 'level_weights')
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every :class:`TrainConfig` field (``--client-ratio`` for ``client_ratio``)."""
     for field in dataclasses.fields(TrainConfig):
         flag = '--' + field.name.replace('_', '-')
         kind = _OPTIONAL_TYPES.get(field.name, type(field.default))
@@ -86,6 +88,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                             help=_HELP.get(field.name, field.name.replace('_', ' ')))
 
 
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of the flags :func:`add_config_flags` added."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**values, **overrides})
+
+
 def _train(args: argparse.Namespace) -> None:
     from fedgraph.training import train
 
@@ -96,8 +104,7 @@ def _train(args: argparse.Namespace) -> None:
         config = TrainConfig.load(out / 'config.json')
         metrics = train(config, out, resume=True, progress=not args.quiet)
     else:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**values)
+        config = config_from_args(args)
         metrics = train(config, args.out, progress=not args.quiet)
         out = args.out
     if args.plot:
@@ -169,6 +176,14 @@ def _levels(args: argparse.Namespace) -> None:
             print(f"| {row['weights']} | {row['val'][metric]:.4f} | {row['test'][metric]:.4f} |")
 
 
+def _flower(argv: List[str]) -> None:
+    try:
+        from fedgraph.flower.cli import main as flower_main
+    except ImportError as error:
+        raise SystemExit(str(error)) from error
+    flower_main(argv)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from fedgraph import bench
 
@@ -182,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser('train', help='train an algorithm',
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_config_flags(train_parser)
+    add_config_flags(train_parser)
     train_parser.add_argument('--out', type=Path, default=None,
                               help='output folder for config.json, metrics.json, checkpoints')
     train_parser.add_argument('--resume', default=None, metavar='RUN',
@@ -230,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                              help='2-D projection of embeddings')
     plot_parser.set_defaults(run=_plot)
 
+    flower_parser = commands.add_parser(
+        'flower', help="run on Flower: a local deployment, Ray simulation, benchmark, app "
+                       "folder (pip install 'fedgraph-rec[flower]')")
+    flower_parser.add_argument('action', nargs=argparse.REMAINDER,
+                               help='deploy, simulate, bench or app (fedgraph flower -h)')
+
     from fedgraph.bench import add_arguments
     bench_parser = commands.add_parser('bench', help='speed and memory benchmarks')
     add_arguments(bench_parser)
@@ -241,5 +262,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
                         stream=sys.stderr)
     logging.getLogger('faiss').setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['flower']:  # its own parser: its flags need Flower installed
+        _flower(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     args.run(args)

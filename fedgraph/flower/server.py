@@ -73,9 +73,12 @@ class RowServer:
     # ------------------------------------------------------------------ messages
     def _send(self, contents: Dict[int, RecordDict], message_type: str,
               group: str) -> Dict[int, Message]:
-        """Sends ``contents[node]`` to each node; the replies without error, by node."""
+        """Sends ``contents[node]`` to each node the SuperLink sees online; the replies
+        without error, by node."""
+        online = set(self.grid.get_node_ids())
         messages = [Message(content=content, dst_node_id=node, message_type=message_type,
-                            group_id=group) for node, content in contents.items()]
+                            group_id=group) for node, content in contents.items()
+                    if node in online]
         replies = self.grid.send_and_receive(messages, timeout=self.timeout)
         answered = {}
         for reply in replies:

@@ -1,0 +1,156 @@
+"""``python -m fedgraph flower <action>``: fedgraph's algorithms on Flower.
+
+* ``deploy``   -- a SuperLink and SuperNodes as processes on this machine; the run's metrics
+  against the in-process engine with the same seed, and the bytes each node put on the wire;
+* ``simulate`` -- Flower's simulation engine (Ray), one virtual SuperNode per user by default;
+* ``bench``    -- seconds per round of the Ray simulation against the vectorized engine;
+* ``app``      -- write a Flower App folder to ``flwr run`` on a SuperLink of your own.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from fedgraph.cli import add_config_flags, config_from_args
+from fedgraph.config import TrainConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='fedgraph flower', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest='action', required=True)
+    deploy = actions.add_parser('deploy', help='SuperLink + SuperNodes on 127.0.0.1')
+    deploy.add_argument('--nodes', type=int, default=3, help='SuperNodes (user partitions)')
+    deploy.add_argument('--workdir', type=Path, default=Path('runs/flower-deploy'),
+                        help='logs, the Flower App, FLWR_HOME and run/metrics.json')
+    deploy.add_argument('--timeout', type=float, default=60.0,
+                        help="seconds the server waits for a round's replies")
+    deploy.add_argument('--kill-after-round', type=int, default=None,
+                        help='kill SuperNode --kill-partition once this many rounds are done')
+    deploy.add_argument('--kill-partition', type=int, default=0)
+    deploy.add_argument('--no-compare', action='store_true',
+                        help='skip the in-process run with the same seed')
+    simulate = actions.add_parser('simulate', help="Flower's Ray simulation engine")
+    simulate.add_argument('--nodes', type=int, default=None,
+                          help='virtual SuperNodes (default: one per user)')
+    simulate.add_argument('--out', type=Path, default=None, help='folder of metrics.json')
+    bench = actions.add_parser('bench', help='Ray simulation vs the vectorized engine')
+    bench.add_argument('--nodes', type=int, default=None,
+                       help='virtual SuperNodes (default: one per user)')
+    app = actions.add_parser('app', help='write a Flower App folder')
+    app.add_argument('folder', type=Path)
+    app.add_argument('--out', default='runs/flower', help="the ServerApp's metrics folder")
+    app.add_argument('--timeout', type=float, default=600.0)
+    app.add_argument('--min-nodes', type=int, default=1)
+    for sub, rounds in ((deploy, 3), (simulate, 3), (bench, 3), (app, 100)):
+        add_config_flags(sub)
+        sub.set_defaults(rounds=rounds)
+    return parser
+
+
+def _num_users(config: TrainConfig) -> int:
+    from fedgraph.training import prepare_split
+
+    return prepare_split(config).val_item.numel()
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from fedgraph.flower.deploy import deploy
+    from fedgraph.training import train
+
+    config = config_from_args(args, client_streams=True)
+    result = deploy(config, args.nodes, args.workdir, timeout=args.timeout,
+                    kill_after_round=args.kill_after_round, kill_partition=args.kill_partition)
+    rounds = result['metrics']['rounds']
+    print(f"{len(rounds)} rounds on {args.nodes} SuperNodes in {result['seconds']:.1f} s "
+          f"(logs: {args.workdir / 'logs'})")
+    reference = None if args.no_compare else train(config, progress=False)['rounds']
+    print(_comparison(rounds, reference))
+    print(_wire_table(result, rounds))
+
+
+def _comparison(rounds: List[Dict], reference: Optional[List[Dict]]) -> str:
+    lines = ['| round | clients | train loss | val HR@10 | test HR@10 | test NDCG@10 | '
+             'max abs difference to in-process |', '|---|---|---|---|---|---|---|']
+    for index, record in enumerate(rounds):
+        values = [record['train_loss'], record['val']['hr@10'], record['test']['hr@10'],
+                  record['test']['ndcg@10']]
+        difference = '(not run)'
+        if reference is not None:
+            other = reference[index]
+            theirs = [other['train_loss'], other['val']['hr@10'], other['test']['hr@10'],
+                      other['test']['ndcg@10']]
+            difference = f'{max(abs(a - b) for a, b in zip(values, theirs)):.1e}'
+        lines.append(f"| {record['round']} | {record['clients']} | "
+                     + ' | '.join(f'{v:.4f}' for v in values) + f' | {difference} |')
+    return '\n'.join(lines)
+
+
+def _wire_table(result: Dict, rounds: List[Dict]) -> str:
+    """Bytes per client per round: on the wire (all SuperNodes' traffic during the run,
+    enrollment and evaluation included), as the messages' payload, and as metrics.json's
+    model count (rows x (d floats + an index))."""
+    clients = sum(r['clients'] for r in rounds)
+    wire_up = sum(node['up'] for node in result['wire']) / clients
+    wire_down = sum(node['down'] for node in result['wire']) / clients
+    payload = sum(r['payload_upload_bytes_per_client'] * r['clients'] for r in rounds) / clients
+    counted = sum(r['upload_bytes_per_client'] * r['clients'] for r in rounds) / clients
+    idle = sum(node['up'] + node['down'] for node in result['idle']) / len(result['idle'])
+    return '\n'.join([
+        '| bytes per client per round | up | down |', '|---|---|---|',
+        f'| on the wire (measured, whole run) | {wire_up:,.0f} | {wire_down:,.0f} |',
+        f'| message payload (Flower count_bytes) | {payload:,.0f} | |',
+        f"| metrics.json upload_bytes_per_client | {counted:,.0f} | "
+        f"{rounds[0]['download_bytes_per_client']:,.0f} per node and message |",
+        f"| an idle SuperNode's polling, {result['idle_seconds']:.0f} s | {idle:,.0f} in all | |"])
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from fedgraph.flower.simulation import simulate
+
+    config = config_from_args(args, client_streams=True)
+    nodes = args.nodes or _num_users(config)
+    result = simulate(config, nodes, args.out)
+    print(f"{config.rounds} rounds on {nodes} virtual SuperNodes in {result['seconds']:.1f} s")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    """Times training rounds (evaluation only after the last) of the Ray simulation and of
+    the vectorized engine, with shared and with per-client random streams."""
+    from fedgraph.flower.simulation import simulate
+    from fedgraph.training import train
+
+    config = config_from_args(args, client_streams=True, eval_every=args.rounds)
+    nodes = args.nodes or _num_users(config)
+    rows = []
+    flower = simulate(config, nodes, progress=False)['metrics']['rounds']
+    rows.append((f'Flower simulation (Ray), {nodes} virtual SuperNodes', flower))
+    for streams in (False, True):
+        in_process = train(dataclasses.replace(config, client_streams=streams),
+                           progress=False)['rounds']
+        label = 'per-client streams' if streams else 'shared generator'
+        rows.append((f'fedgraph vectorized engine, {label}', in_process))
+    print(f'| engine ({config.algorithm}, {config.dataset}, {config.rounds} rounds) | '
+          's/round (training rounds) | s (last round, with evaluation) | test HR@10 |')
+    print('|---|---|---|---|')
+    for label, history in rows:
+        training = [r['seconds'] for r in history[:-1]] or [history[-1]['seconds']]
+        print(f"| {label} | {statistics.median(training):.3f} | {history[-1]['seconds']:.3f} | "
+              f"{history[-1]['test']['hr@10']:.4f} |")
+
+
+def _app(args: argparse.Namespace) -> None:
+    from fedgraph.flower.deploy import write_app
+
+    config = config_from_args(args, client_streams=True)
+    path = write_app(args.folder, config, out=str(Path(args.out).resolve()),
+                     timeout=args.timeout, **{'min-nodes': args.min_nodes})
+    print(f'wrote {path}; submit it with: flwr run {args.folder} <superlink>')
+
+
+def main(argv: List[str]) -> None:
+    args = _parser().parse_args(argv)
+    {'deploy': _deploy, 'simulate': _simulate, 'bench': _bench, 'app': _app}[args.action](args)
