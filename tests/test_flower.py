@@ -4,18 +4,16 @@ import math
 
 import pytest
 import torch
+from flwr.app import RecordDict
 
-pytest.importorskip('flwr', reason="needs the flower extra: pip install 'fedgraph-rec[flower]'")
-
-from flwr.app import RecordDict  # noqa: E402
-
-from fedgraph.config import TrainConfig  # noqa: E402
-from fedgraph.flower.client import Device  # noqa: E402
-from fedgraph.flower.deploy import deploy, write_app  # noqa: E402
-from fedgraph.flower.records import (config_to_run_config, from_record,  # noqa: E402
-                                     run_config_to_config, to_record)
-from fedgraph.flower.simulation import simulate  # noqa: E402
-from fedgraph.training import prepare_split, train  # noqa: E402
+from fedgraph.config import TrainConfig
+from fedgraph.data import ClientPartition
+from fedgraph.flower.client import Device
+from fedgraph.flower.deploy import deploy, write_app
+from fedgraph.flower.records import (config_to_run_config, from_record, run_config_to_config,
+                                     to_record)
+from fedgraph.flower.simulation import simulate
+from fedgraph.training import prepare_split, train
 
 # A small synthetic population (1,000 users, 2,000 items) and client streams: the in-process
 # engine then makes exactly the draws the devices make.
@@ -57,7 +55,8 @@ def test_tensors_survive_a_record():
 def test_devices_partition_the_users_and_survive_their_state():
     config = TrainConfig(**CONFIG)
     split = prepare_split(config)
-    devices = [Device.from_split(config, split, p, 3) for p in range(3)]
+    population = (split, ClientPartition.from_data(split.train), split.known_items())
+    devices = [Device.from_split(config, *population, p, 3) for p in range(3)]
     users = torch.sort(torch.cat([d.users for d in devices])).values
     assert torch.equal(users, torch.arange(split.val_item.numel()))
     device = devices[1]
@@ -71,12 +70,14 @@ def test_devices_partition_the_users_and_survive_their_state():
     assert torch.equal(back.known.ptr, device.known.ptr)
     assert torch.equal(back.private['weight'], device.private['weight'])
     with pytest.raises(ValueError, match='partition 3 of 3'):
-        Device.from_split(config, split, 3, 3)
+        Device.from_split(config, *population, 3, 3)
 
 
 def test_a_device_rejects_users_it_does_not_hold():
     config = TrainConfig(**CONFIG)
-    device = Device.from_split(config, prepare_split(config), 0, 4)
+    split = prepare_split(config)
+    device = Device.from_split(config, split, ClientPartition.from_data(split.train),
+                               split.known_items(), 0, 4)
     device.private = {'weight': torch.zeros(device.users.numel(), 32),
                       'bias': torch.zeros(device.users.numel())}
     with pytest.raises(ValueError, match='does not hold'):
@@ -124,11 +125,11 @@ def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp
 
 
 def test_a_killed_supernode_does_not_stop_the_run(tmp_path):
-    config = TrainConfig(rounds=3, **CONFIG)
+    config = TrainConfig(rounds=2, **CONFIG)
     result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=20,
                     kill_after_round=1, kill_partition=0)
     rounds = result['metrics']['rounds']
-    assert len(rounds) == 3
+    assert len(rounds) == 2
     assert rounds[0]['clients'] == 1000 and not rounds[0]['nodes_failed']
     # Partition 0 held users 0, 3, ..., 999: 334 of them.
     assert rounds[-1]['clients'] == 1000 - 334 and len(rounds[-1]['nodes_failed']) == 1

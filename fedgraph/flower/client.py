@@ -17,8 +17,9 @@ number of users: one user per node, as on phones).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -35,6 +36,7 @@ from fedgraph.federated.streams import ClientStreams
 from fedgraph.flower.records import (config_to_run_config, from_record, run_config_to_config,
                                      to_record)
 from fedgraph.metrics.sampled import sampled_metrics
+from fedgraph.training import prepare_split
 
 DATA, PRIVATE = 'device-data', 'device-private'
 
@@ -61,9 +63,10 @@ class Device:
     personal: Optional[Dict[str, Tensor]] = None
 
     @classmethod
-    def from_split(cls, config: TrainConfig, split: SampledSplit, partition_id: int,
-                   num_partitions: int) -> 'Device':
-        """The users ``partition_id::num_partitions`` of a sampled-protocol split."""
+    def from_split(cls, config: TrainConfig, split: SampledSplit, train: ClientPartition,
+                   known: ClientPartition, partition_id: int, num_partitions: int) -> 'Device':
+        """The users ``partition_id::num_partitions`` of a sampled-protocol split, whose
+        training and known items are ``train`` and ``known``."""
         num_users = split.val_item.numel()
         if not 0 <= partition_id < num_partitions <= num_users:
             raise ValueError(f'partition {partition_id} of {num_partitions} does not exist '
@@ -72,8 +75,7 @@ class Device:
         candidates = {
             'val': torch.cat([split.val_item.unsqueeze(1), split.val_negatives], 1)[users],
             'test': torch.cat([split.test_item.unsqueeze(1), split.test_negatives], 1)[users]}
-        return cls(config, users, ClientPartition.from_data(split.train).select(users),
-                   split.known_items().select(users), candidates)
+        return cls(config, users, train.select(users), known.select(users), candidates)
 
     @property
     def num_items(self) -> int:
@@ -159,20 +161,26 @@ class Device:
         return out
 
 
-def _split(config: TrainConfig) -> SampledSplit:
-    from fedgraph.training import prepare_split
-
-    if config.protocol != 'sampled':
-        raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
-    return prepare_split(config)
+@functools.lru_cache(maxsize=4)
+def _population(dataset: str, data_root: Optional[str], seed: int,
+                eval_negatives: int) -> Tuple[SampledSplit, ClientPartition, ClientPartition]:
+    """The split every node takes its users from, with its training and known-item
+    partitions; cached, so that a process serving many virtual nodes (Ray simulation) builds
+    them once."""
+    split = prepare_split(TrainConfig(dataset=dataset, data_root=data_root, seed=seed,
+                                      eval_negatives=eval_negatives))
+    return split, ClientPartition.from_data(split.train), split.known_items()
 
 
 def _device(config: TrainConfig, context: Context) -> Device:
     if DATA in context.state:
         return Device.from_state(config, context.state)
+    if config.protocol != 'sampled':
+        raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
     node = context.node_config
-    return Device.from_split(config, _split(config), int(node['partition-id']),
-                             int(node['num-partitions']))
+    return Device.from_split(config, *_population(config.dataset, config.data_root,
+                                                  config.seed, config.eval_negatives),
+                             int(node['partition-id']), int(node['num-partitions']))
 
 
 def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:

@@ -141,7 +141,10 @@ class LocalDeployment:
                                 env=self._env(), start_new_session=True)
 
     def _env(self) -> Dict[str, str]:
-        env = dict(os.environ, FLWR_HOME=str(self.home))
+        # The SuperLink and SuperNodes start flwr-serverapp and flwr-clientapp from PATH:
+        # put this interpreter's scripts first, activated environment or not.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])
+        env = dict(os.environ, FLWR_HOME=str(self.home), PATH=path)
         env.setdefault('OMP_NUM_THREADS', '1')
         return env
 
