@@ -19,7 +19,7 @@ PerFedRec++ adds, on top of FedLightGCN:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ from fedgraph.clustering import ClusterSelector, kmeans
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import FederatedEngine, RoundStats
+from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.upload import UploadTransform
 from fedgraph.metrics.representation import uniformity
 from fedgraph.nn.augment import ClientDropout, Compose, PseudoItems, SimGCLNoise
@@ -36,6 +37,15 @@ from fedgraph.nn.contrastive import info_nce
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 
 LEVELS = ('global', 'cluster', 'local')
+
+
+def user_upload(upload: UploadTransform, change: Tensor,
+                randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> Tensor:
+    """What clients upload of the change ``[B, d]`` of their user embeddings: ``upload``
+    with one shared generator, or row ``b`` with client ``b``'s own stream."""
+    if isinstance(randomness, torch.Generator):
+        return upload(change, randomness)
+    return ClientStreams.transform(upload, change, torch.arange(change.size(0)), randomness)
 
 
 class GraphFederatedEngine:
@@ -83,16 +93,29 @@ class GraphFederatedEngine:
     def from_config(cls, config: TrainConfig, engine: FederatedEngine,
                     partition: ClientPartition, generator: torch.Generator):
         """The server's collaborative graph is the clients' training items plus their
-        pseudo-items, uploaded once when they enroll, with a first noised user embedding."""
+        pseudo-items, uploaded once when they enroll, with a first noised user embedding.
+        With per-client streams (``engine.streams``) each client draws its pseudo-items and
+        its noise from its own stream of an enrollment seed the server draws."""
+        pseudo = PseudoItems(config.pseudo_ratio)
         graph = CollaborativeGraph(partition.edge_index(), partition.num_clients,
                                    partition.num_items)
-        graph = PseudoItems(config.pseudo_ratio)(graph, generator)
+        clients = torch.arange(partition.num_clients)
+        if engine.streams is None:
+            graph, randomness = pseudo(graph, generator), generator
+        else:
+            randomness = engine.streams.generators(draw_round_seed(generator), clients)
+            edges = [torch.stack([torch.full_like(items, client), items]) for client, items in
+                     enumerate(pseudo.client_items(partition.items_of(client),
+                                                   partition.num_items, stream)
+                               for client, stream in enumerate(randomness))]
+            graph = CollaborativeGraph(torch.cat(edges, dim=1), partition.num_clients,
+                                       partition.num_items)
         augmentation = Compose([ClientDropout(config.client_dropout),
                                 PseudoItems(config.pseudo_ratio)])
         out = cls(engine, FederatedGNN(config.num_layers), graph, config.level_weights,
                   config.num_clusters, config.cluster_every, augmentation, config.simgcl_eps,
                   config.cl_weight, config.cl_temperature, config.pretrain_lr, config.seed)
-        out.upload_users(torch.arange(partition.num_clients), generator)
+        out.upload_users(clients, randomness)
         engine.participation += 1  # the enrollment upload
         return out
 
@@ -110,12 +133,14 @@ class GraphFederatedEngine:
         return self.engine.participation
 
     # ------------------------------------------------------------------ server state
-    def upload_users(self, clients: Tensor, generator: torch.Generator) -> None:
+    def upload_users(self, clients: Tensor,
+                     randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> None:
         """``clients`` upload the change of their user embedding since their last upload,
-        through the same clipping and noise as their item rows."""
-        user = self.user_table.detach()
-        change = self.training.upload(user[clients] - self.server_users[clients], generator)
-        self.server_users[clients] += change
+        through the same clipping and noise as their item rows (noise from one shared
+        generator, or from each client's own stream), and the server adds it to its view."""
+        self.server_users[clients] += user_upload(
+            self.training.upload, self.user_table.detach()[clients] - self.server_users[clients],
+            randomness)
 
     def refresh_context(self) -> None:
         """Propagates the server's graph and sets every client's context."""
@@ -178,14 +203,19 @@ class GraphFederatedEngine:
     def run_round(self, generator: torch.Generator) -> RoundStats:
         self.refresh_context()
         stats = self.engine.run_round(generator)
-        upload = self.engine.last_upload
-        self.upload_users(upload.clients, generator)
+        streams = self.engine.last_generators if self.engine.streams is not None else None
+        self.upload_users(self.engine.last_upload.clients, streams or generator)
+        self.finish_round()
+        return stats
+
+    def finish_round(self) -> None:
+        """The server's steps after a round's uploads: the cluster tables take the round's
+        row updates, and every ``cluster_every`` rounds the clients are clustered again."""
         if self.cluster_tables is not None:
             self._update_cluster_tables()
         self.rounds_done += 1
         if self.num_clusters and self.rounds_done % self.cluster_every == 0:
             self.recluster()
-        return stats
 
     def recluster(self) -> None:
         """FAISS k-means on the clients' representations propagated over the server's graph

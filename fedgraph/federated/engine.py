@@ -15,7 +15,7 @@ model, and a client's personalized item rows are stored only for the rows it tou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,7 @@ class FederatedEngine:
         self.streams = streams
         self.broadcast = model.item.detach().clone()
         self.last_upload: Optional[RowUpload] = None
+        self.last_generators: Optional[List[torch.Generator]] = None
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
@@ -168,7 +169,9 @@ class FederatedEngine:
         their private parameters and fine-tuned rows, and return what they upload.
 
         Randomness comes from ``generator`` shared by all clients, or, with
-        :attr:`streams`, from each client's own stream of the round ``round_seed``.
+        :attr:`streams`, from each client's own stream of the round ``round_seed``; the
+        streams, positioned after the upload noise, stay in :attr:`last_generators` for what
+        the clients upload next (a graph model's user embeddings).
         """
         cfg = self.training
         clients = torch.sort(clients).values
@@ -186,6 +189,7 @@ class FederatedEngine:
         else:
             update = self.streams.transform(cfg.upload, local - initial, plan.row_owner,
                                             generators)
+            self.last_generators = generators
         self.last_upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update)
         with torch.no_grad():
             for name, tensor in self.model.private_parameters().items():

@@ -43,7 +43,11 @@ class ClientModel(nn.Module):
 
 
 class ReferenceEngine:
-    """Loop-per-client implementation of :class:`~fedgraph.federated.engine.FederatedEngine`."""
+    """Loop-per-client implementation of :class:`~fedgraph.federated.engine.FederatedEngine`.
+    Its clients draw from the round's shared generator (no per-client streams)."""
+
+    streams = None
+    last_generators = None
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,

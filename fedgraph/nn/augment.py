@@ -72,6 +72,13 @@ class PseudoItems:
                 edges.append(torch.stack([group.repeat_interleave(size), pseudo.reshape(-1)]))
         return CollaborativeGraph(torch.cat(edges, dim=1), graph.num_users, graph.num_items)
 
+    def client_items(self, items: Tensor, num_items: int,
+                     generator: torch.Generator) -> Tensor:
+        """One client's item set followed by its pseudo-items, drawn on its own (what a
+        device uploads when it enrolls)."""
+        graph = CollaborativeGraph(torch.stack([torch.zeros_like(items), items]), 1, num_items)
+        return self(graph, generator).edge_index[1]
+
 
 class SimGCLNoise:
     """SimGCL's perturbation (Yu et al., SIGIR 2022) of propagated embeddings:
