@@ -143,8 +143,12 @@ class FederatedEngine:
         clients = self.selector(generator)
         round_seed = draw_round_seed(generator) if self.streams is not None else None
         base = self.model.item.detach().clone()
-        result = self.local_round(clients, generator, round_seed)
-        upload = result.upload
+        return self.aggregate(base, self.local_round(clients, generator, round_seed))
+
+    def aggregate(self, base: Tensor, result: ClientRound) -> RoundStats:
+        """The server half of a round: the clients' row updates into the shared table
+        (``base`` is the table they trained from), their participation counted."""
+        upload = self.last_upload = result.upload
         weight = result.num_samples if self.training.weighted_aggregation else None
         with torch.no_grad():
             self.model.item.copy_(aggregate_rows(base, upload.row_item, upload.row_owner,

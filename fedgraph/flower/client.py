@@ -26,7 +26,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
 
-from fedgraph.algorithms.federated import build_model, local_training
+from fedgraph.algorithms.federated import GRAPH_ALGORITHMS, build_model, local_training
+from fedgraph.algorithms.perfedrec import GraphFederatedEngine, user_upload
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
@@ -36,6 +37,9 @@ from fedgraph.federated.streams import ClientStreams
 from fedgraph.flower.records import (config_to_run_config, from_record, run_config_to_config,
                                      to_record)
 from fedgraph.metrics.sampled import sampled_metrics
+from fedgraph.nn.augment import PseudoItems
+from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+from fedgraph.nn.heads import DotProductHead
 from fedgraph.training import prepare_split
 
 DATA, PRIVATE = 'device-data', 'device-private'
@@ -53,6 +57,8 @@ class Device:
         candidates: ``{'val': [n, 1 + k], 'test': [n, 1 + k]}`` held-out item, then negatives.
         private: ``{name: [n, ...]}`` the private parameters of the model's head.
         personal: the fine-tuned item rows (``PersonalItemRows`` state, local user indices).
+        uploaded: ``[n, d]`` graph models: the sum of the user-embedding changes each user
+            uploaded, i.e. the server's view of its embedding.
     """
     config: TrainConfig
     users: Tensor
@@ -61,6 +67,7 @@ class Device:
     candidates: Dict[str, Tensor]
     private: Optional[Dict[str, Tensor]] = None
     personal: Optional[Dict[str, Tensor]] = None
+    uploaded: Optional[Tensor] = None
 
     @classmethod
     def from_split(cls, config: TrainConfig, split: SampledSplit, train: ClientPartition,
@@ -81,6 +88,10 @@ class Device:
     def num_items(self) -> int:
         return self.train.num_items
 
+    @property
+    def is_graph(self) -> bool:
+        return self.config.algorithm in GRAPH_ALGORITHMS
+
     # ------------------------------------------------------------------ state
     def to_state(self, state: RecordDict) -> None:
         """Stores the device in a SuperNode's ``context.state``."""
@@ -92,6 +103,8 @@ class Device:
         if self.private is not None:
             tensors = {f'head.{k}': v for k, v in self.private.items()}
             tensors.update({f'personal.{k}': v for k, v in (self.personal or {}).items()})
+            if self.uploaded is not None:
+                tensors['uploaded'] = self.uploaded
             state[PRIVATE] = to_record(tensors)
 
     @classmethod
@@ -106,11 +119,15 @@ class Device:
             tensors = from_record(state[PRIVATE])
             device.private = {k[5:]: v for k, v in tensors.items() if k.startswith('head.')}
             device.personal = {k[9:]: v for k, v in tensors.items() if k.startswith('personal.')}
+            device.uploaded = tensors.get('uploaded')
         return device
 
     # ------------------------------------------------------------------ work
-    def engine(self, items: Tensor) -> FederatedEngine:
-        """An engine over this device's users, on the item table ``items``."""
+    def engine(self, items: Tensor, broadcast: Optional[Tensor] = None,
+               context: Optional[Dict[str, Tensor]] = None) -> FederatedEngine:
+        """An engine over this device's users on the global item table ``items``, their
+        fine-tuned rows over ``broadcast`` (default: ``items``), and a graph model's context
+        (``{'user': [n, d], 'item': [I, d]}``)."""
         if self.private is None:
             raise RuntimeError('the device has no initial model yet (no enrollment)')
         config = self.config
@@ -120,42 +137,96 @@ class Device:
             model.item.copy_(items)
             for name, tensor in model.private_parameters().items():
                 tensor.copy_(self.private[name])
+        if context is not None:
+            model.set_context(config.num_layers, context['user'], context['item'])
         engine = FederatedEngine(model, self.train, local_training(config, self.num_items),
                                  ClientSelector(self.users.numel()), self.known,
                                  ClientStreams(self.users))
-        engine.broadcast = items.clone()
+        engine.broadcast = (items if broadcast is None else broadcast).clone()
         if self.personal:
             engine.personal.load_state_dict(self.personal)
         return engine
 
-    def train_round(self, items: Tensor, users: Tensor, round_seed: int) -> Dict[str, Tensor]:
-        """Trains ``users`` (population ids, held here) for one round from ``items``; keeps
+    def _user_vectors(self) -> Tensor:
+        """``[n, d]`` the users' private embeddings (graph models have FedMF's head)."""
+        return self.private[DotProductHead.user_vector]
+
+    def enroll(self, private: Dict[str, Tensor], enroll_seed: int) -> Dict[str, Tensor]:
+        """Stores the users' initial private parameters. A graph model's users also upload
+        their item sets with pseudo-items and their first noised user embedding, drawn from
+        their streams of ``enroll_seed``: ``edge-user``, ``edge-item``, and ``users`` with
+        their ``user-update``."""
+        self.private = private
+        if not self.is_graph:
+            return {}
+        streams = ClientStreams(self.users).generators(enroll_seed,
+                                                       torch.arange(self.users.numel()))
+        pseudo = PseudoItems(self.config.pseudo_ratio)
+        items = [pseudo.client_items(self.train.items_of(i), self.num_items, stream)
+                 for i, stream in enumerate(streams)]
+        change = user_upload(local_training(self.config, self.num_items).upload,
+                             self._user_vectors(), streams)
+        self.uploaded = change.clone()
+        return {'edge-user': torch.cat([torch.full_like(row, int(user))
+                                        for user, row in zip(self.users, items)]),
+                'edge-item': torch.cat(items), 'users': self.users, 'user-update': change}
+
+    def train_round(self, items: Tensor, users: Tensor, round_seed: int,
+                    context: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """Trains ``users`` (population ids, held here) for one round from ``items`` (with a
+        graph model's context of those users, ``{'user': [B, d], 'item': [I, d]}``); keeps
         their new private state and returns the upload: ``row-user``, ``row-item``,
-        ``update`` (rows), and ``users``, ``num-samples``, ``loss`` (per user)."""
+        ``update`` (rows), ``users``, ``num-samples``, ``loss`` and, for a graph model,
+        ``user-update`` (per user)."""
         position = torch.searchsorted(self.users, users)
         if not torch.equal(self.users[position.clamp_max(self.users.numel() - 1)], users):
             raise ValueError('the server selected users this device does not hold')
-        engine = self.engine(items)
+        if context is not None:
+            user_context = torch.zeros(self.users.numel(), context['user'].size(1),
+                                       dtype=context['user'].dtype)
+            user_context[position] = context['user']
+            context = {'user': user_context, 'item': context['item']}
+        engine = self.engine(items, context=context)
         result = engine.local_round(position, round_seed=round_seed)
         self.private = {k: v.detach().clone() for k, v in
                         engine.model.private_parameters().items()}
         self.personal = engine.personal.state_dict()
         upload = result.upload
-        return {'row-user': self.users[upload.clients[upload.row_owner]],
-                'row-item': upload.row_item, 'update': upload.update,
-                'users': self.users[upload.clients], 'num-samples': result.num_samples,
-                'loss': result.loss}
+        out = {'row-user': self.users[upload.clients[upload.row_owner]],
+               'row-item': upload.row_item, 'update': upload.update,
+               'users': self.users[upload.clients], 'num-samples': result.num_samples,
+               'loss': result.loss}
+        if self.is_graph:
+            change = user_upload(engine.training.upload,
+                                 self._user_vectors()[position] - self.uploaded[position],
+                                 engine.last_generators)
+            self.uploaded[position] += change
+            out['user-update'] = change
+        return out
 
     @torch.no_grad()
-    def evaluate(self, items: Tensor) -> Dict[str, float]:
+    def evaluate(self, items: Tensor, broadcast: Optional[Tensor] = None,
+                 context: Optional[Dict[str, Tensor]] = None,
+                 clusters: Optional[Dict[str, Tensor]] = None) -> Dict[str, float]:
         """Sampled-protocol HR@10 and NDCG@10 of every user here, each scored with its own
-        model over ``items`` (the table the in-process engine would score with), as sums
-        over the users, with ``num-users``."""
-        engine = self.engine(items)
+        model as the in-process engine scores it: over the global table ``items``, its
+        fine-tuned rows over ``broadcast``, and for a graph model its context and the
+        levels (``clusters``: ``{'assignment': [n], 'tables': [k, I, d]}``). Sums over the
+        users, with ``num-users``."""
+        engine = self.engine(items, broadcast, context)
+        scorer = engine
+        if self.is_graph:
+            config = self.config
+            empty = CollaborativeGraph(torch.empty(2, 0, dtype=torch.long),
+                                       self.users.numel(), self.num_items)
+            scorer = GraphFederatedEngine(engine, FederatedGNN(config.num_layers), empty,
+                                          config.level_weights, config.num_clusters)
+            if clusters is not None:
+                scorer.assignment, scorer.cluster_tables = clusters['assignment'], clusters['tables']
         local = torch.arange(self.users.numel())
         out = {'num-users': self.users.numel()}
         for name, candidates in self.candidates.items():
-            scores = engine.scores(local, candidates)
+            scores = scorer.scores(local, candidates)
             for metric, value in sampled_metrics(scores[:, 0], scores[:, 1:], k=10).items():
                 out[f'{name}-{metric}'] = value * self.users.numel()
         return out
@@ -183,6 +254,20 @@ def _device(config: TrainConfig, context: Context) -> Device:
                              int(node['partition-id']), int(node['num-partitions']))
 
 
+def _tensor(content: RecordDict, record: str) -> Tensor:
+    """The tensor a message carries as the only array of ``record``."""
+    (value,) = from_record(content[record]).values()
+    return value
+
+
+def _optional(content: RecordDict, record: str, name: Optional[str] = None):
+    """The tensors of ``record`` (only ``name`` if given), ``None`` if the message has none."""
+    if record not in content.array_records:
+        return None
+    tensors = from_record(content[record])
+    return tensors[name] if name is not None else tensors
+
+
 def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     """The ``ClientApp``. Its configuration is the run configuration's (``context.run_config``)
     over ``config`` (default: :class:`TrainConfig`'s defaults).
@@ -190,8 +275,10 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     Messages it answers:
 
     * ``query`` ``enroll`` -- loads the node's users and answers their ids;
-    * ``query`` ``init`` -- stores the users' initial private parameters;
-    * ``train`` -- trains the selected users from the sent item table, uploads row updates;
+    * ``query`` ``init`` -- stores the users' initial private parameters (graph models:
+      answers the enrollment upload, :meth:`Device.enroll`);
+    * ``train`` -- trains the selected users from the sent item table (and context), uploads
+      row updates (and user-embedding changes);
     * ``evaluate`` -- sums of the users' HR@10 and NDCG@10.
     """
     app = ClientApp()
@@ -209,8 +296,9 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
             reply = RecordDict({'users': to_record({'users': device.users}),
                                 'meta': ConfigRecord({'num-items': device.num_items})})
         elif step == 'init':
-            device.private = from_record(message.content['private'])
-            reply = RecordDict({'meta': ConfigRecord({'stored': True})})
+            enrollment = device.enroll(from_record(message.content['private']),
+                                       int(message.content['config']['enroll-seed']))
+            reply = RecordDict({'enrollment': to_record(enrollment)})
         else:
             raise ValueError(f'unknown query step {step!r}')
         device.to_state(context.state)
@@ -219,17 +307,20 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         device = _device(configured(context), context)
-        round_config = message.content['config']
-        users = from_record(message.content['selected'])['users']
-        items = from_record(message.content['items'])['items']
-        upload = device.train_round(items, users, int(round_config['round-seed']))
+        content = message.content
+        upload = device.train_round(_tensor(content, 'items'), _tensor(content, 'selected'),
+                                    int(content['config']['round-seed']),
+                                    _optional(content, 'context'))
         device.to_state(context.state)
         return Message(content=RecordDict({'upload': to_record(upload)}), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         device = _device(configured(context), context)
-        metrics = device.evaluate(from_record(message.content['items'])['items'])
+        content = message.content
+        metrics = device.evaluate(_tensor(content, 'items'),
+                                  _optional(content, 'broadcast', 'items'),
+                                  _optional(content, 'context'), _optional(content, 'clusters'))
         return Message(content=RecordDict({'metrics': MetricRecord(metrics)}),
                        reply_to=message)
 

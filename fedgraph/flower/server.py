@@ -20,6 +20,7 @@ in later rounds. ``metrics.json`` has the in-process format plus what the messag
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -31,12 +32,16 @@ from flwr.serverapp import Grid, ServerApp
 from torch import Tensor
 from tqdm import tqdm
 
-from fedgraph.algorithms.federated import build_model, build_selector
+from fedgraph.algorithms.federated import (GRAPH_ALGORITHMS, build_model, build_selector,
+                                           local_training)
+from fedgraph.algorithms.perfedrec import GraphFederatedEngine
 from fedgraph.config import TrainConfig
-from fedgraph.federated.aggregation import aggregate_rows
-from fedgraph.federated.engine import BYTES_PER_INDEX
-from fedgraph.federated.streams import draw_round_seed
-from fedgraph.flower.records import config_to_run_config, from_record, run_config_to_config, to_record
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.engine import ClientRound, FederatedEngine, RowUpload
+from fedgraph.federated.streams import ClientStreams, draw_round_seed
+from fedgraph.flower.records import (config_to_run_config, from_record, run_config_to_config,
+                                     to_record)
+from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 from fedgraph.training import metrics_of, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,14 @@ def _record_bytes(content: RecordDict) -> int:
 class RowServer:
     """Row-wise FedAvg of a federated recommender over a Flower ``Grid``.
 
+    The server holds a :class:`~fedgraph.federated.engine.FederatedEngine` without any
+    interactions: its item table is the global one and it runs the server half of a round
+    (:meth:`~fedgraph.federated.engine.FederatedEngine.aggregate`); the heads in its model
+    stay at the initial values it handed out. For FedLightGCN and PerFedRec++ it also holds
+    the :class:`~fedgraph.algorithms.perfedrec.GraphFederatedEngine` built from the
+    enrollment uploads, which computes each round's context, the clusters and the cluster
+    tables exactly as in-process.
+
     Args:
         grid: the ``Grid`` of the ``ServerApp``.
         config: the run's configuration (``client_streams`` is implied).
@@ -60,15 +73,22 @@ class RowServer:
 
     def __init__(self, grid: Grid, config: TrainConfig, timeout: float = 120.0,
                  min_nodes: int = 1, progress: bool = True):
-        if config.algorithm not in ('pfedrec', 'fedmf'):
-            raise ValueError(f'the Flower apps run pfedrec and fedmf, not {config.algorithm!r}')
+        if config.protocol != 'sampled':
+            raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
+        if config.algorithm == 'mf':
+            raise ValueError('mf is centralized: nothing to federate')
+        if config.pretrain_rounds:
+            raise ValueError('contrastive pre-training runs in-process only: '
+                             'set pretrain_rounds to 0 on Flower')
         self.grid = grid
-        self.config = config
+        self.config = dataclasses.replace(config, client_streams=True)
         self.timeout = timeout
         self.min_nodes = min_nodes
         self.progress = progress
         self.generator = torch.Generator().manual_seed(config.seed)
         self.node_users: Dict[int, Tensor] = {}
+        self.engine: Optional[FederatedEngine] = None
+        self.graph: Optional[GraphFederatedEngine] = None
 
     # ------------------------------------------------------------------ messages
     def _send(self, contents: Dict[int, RecordDict], message_type: str,
@@ -101,7 +121,8 @@ class RowServer:
 
     # ------------------------------------------------------------------ enrollment
     def enroll(self) -> None:
-        """Learns which node holds which users and hands out the initial model."""
+        """Learns which node holds which users, hands out the initial model and, for graph
+        models, builds the collaborative graph from the enrollment uploads."""
         nodes = self._wait_for_nodes()
         query = {node: RecordDict({'config': ConfigRecord({'step': 'enroll'})})
                  for node in nodes}
@@ -113,80 +134,122 @@ class RowServer:
         num_items = {int(reply.content['meta']['num-items']) for reply in replies.values()}
         if len(num_items) != 1:
             raise ValueError(f'nodes disagree on the number of items: {sorted(num_items)}')
-        users = torch.cat(list(self.node_users.values()))
-        self.users = torch.sort(users).values
-        if not torch.equal(self.users, torch.arange(users.numel())):
+        users = torch.sort(torch.cat(list(self.node_users.values()))).values
+        if not torch.equal(users, torch.arange(users.numel())):
             raise ValueError('the nodes must hold users 0..U-1, each exactly once '
                              f'(got {users.numel()} ids up to {int(users.max())})')
-        self.num_items = num_items.pop()
-        model = build_model(self.config, users.numel(), self.num_items, self.generator)
-        self.items = model.item.detach().clone()
-        self.broadcast = self.items
-        self.selector = build_selector(self.config, users.numel())
-        self.participation = torch.zeros(users.numel(), dtype=torch.long)
+        num_users, num_items = users.numel(), num_items.pop()
+        config = self.config
+        model = build_model(config, num_users, num_items, self.generator)
+        nothing = ClientPartition(torch.zeros(num_users + 1, dtype=torch.long),
+                                  torch.empty(0, dtype=torch.long), num_items)
+        self.engine = FederatedEngine(model, nothing, local_training(config, num_items),
+                                      build_selector(config, num_users), None, ClientStreams())
+        enroll_seed = draw_round_seed(self.generator) if self.is_graph else 0
         init = {node: RecordDict({
-            'config': ConfigRecord({'step': 'init'}),
+            'config': ConfigRecord({'step': 'init', 'enroll-seed': enroll_seed}),
             'private': to_record({name: value.detach()[held]
                                   for name, value in model.private_parameters().items()})})
             for node, held in self.node_users.items()}
-        self._send(init, MessageType.QUERY, 'init')
-        log.info('enrolled %d users on %d nodes, %d items', users.numel(),
-                 len(self.node_users), self.num_items)
+        replies = self._send(init, MessageType.QUERY, 'init')
+        if self.is_graph:
+            self._build_graph([from_record(reply.content['enrollment'])
+                               for reply in replies.values()])
+        self.engine.participation[torch.cat([self.node_users[n] for n in replies])] += 1
+        log.info('enrolled %d users on %d nodes, %d items', num_users, len(self.node_users),
+                 num_items)
+
+    @property
+    def is_graph(self) -> bool:
+        return self.config.algorithm in GRAPH_ALGORITHMS
+
+    def _build_graph(self, enrollments: List[Dict[str, Tensor]]) -> None:
+        config, engine = self.config, self.engine
+        edges = torch.stack([torch.cat([e['edge-user'] for e in enrollments]),
+                             torch.cat([e['edge-item'] for e in enrollments])])
+        graph = CollaborativeGraph(edges, engine.model.num_clients, engine.model.num_items)
+        self.graph = GraphFederatedEngine(engine, FederatedGNN(config.num_layers), graph,
+                                          config.level_weights, config.num_clusters,
+                                          config.cluster_every, seed=config.seed)
+        for enrollment in enrollments:
+            self.graph.server_users[enrollment['users']] = enrollment['user-update'].to(
+                self.graph.server_users.dtype)
 
     # ------------------------------------------------------------------ one round
     def run_round(self, round_index: int) -> Dict[str, object]:
         """One round; returns its ``metrics.json`` record (without evaluation)."""
-        selected = self.selector(self.generator)
+        engine, model = self.engine, self.engine.model
+        if self.graph is not None:
+            self.graph.refresh_context()
+        selected = engine.selector(self.generator)
         round_seed = draw_round_seed(self.generator)
-        items = to_record({'items': self.items})
+        base = model.item.detach().clone()
+        items = to_record({'items': base})
         contents = {}
         for node, held in self.node_users.items():
-            mine = held[torch.isin(held, selected)]
+            mine = torch.sort(held[torch.isin(held, selected)]).values
             if mine.numel():
-                contents[node] = RecordDict({
-                    'items': items, 'selected': to_record({'users': torch.sort(mine).values}),
+                content = RecordDict({
+                    'items': items, 'selected': to_record({'users': mine}),
                     'config': ConfigRecord({'round': round_index, 'round-seed': round_seed})})
+                if self.graph is not None:
+                    content['context'] = to_record({'user': model.user_context[mine],
+                                                    'item': model.item_context})
+                contents[node] = content
         replies = self._send(contents, MessageType.TRAIN, str(round_index))
-        uploads = [from_record(reply.content['upload']) for reply in replies.values()]
-        if not uploads:
+        if not replies:
             raise RuntimeError(f'no node answered in round {round_index}')
+        uploads = [from_record(reply.content['upload']) for reply in replies.values()]
         users = torch.cat([u['users'] for u in uploads])
         order = torch.sort(users).indices
         users = users[order]
-        num_samples = torch.cat([u['num-samples'] for u in uploads])[order]
-        loss = torch.cat([u['loss'] for u in uploads])[order]
         row_user = torch.cat([u['row-user'] for u in uploads])
-        row_item = torch.cat([u['row-item'] for u in uploads])
-        update = torch.cat([u['update'] for u in uploads]).to(self.items.dtype)
-        weight = num_samples if self.config.aggregation == 'weighted' else None
-        self.broadcast = self.items
-        self.items = aggregate_rows(self.items, row_item, torch.searchsorted(users, row_user),
-                                    update, users.numel(), weight)
-        self.participation[users] += 1
-        row_bytes = self.items.size(1) * self.items.element_size() + BYTES_PER_INDEX
-        epsilon = (None if not self.config.ldp_scale
-                   else 2 * self.config.clip / self.config.ldp_scale)
+        result = ClientRound(
+            RowUpload(users, torch.searchsorted(users, row_user),
+                      torch.cat([u['row-item'] for u in uploads]),
+                      torch.cat([u['update'] for u in uploads]).to(base.dtype)),
+            torch.cat([u['num-samples'] for u in uploads])[order],
+            torch.cat([u['loss'] for u in uploads])[order])
+        stats = engine.aggregate(base, result)
+        if self.graph is not None:
+            change = torch.cat([u['user-update'] for u in uploads])[order]
+            self.graph.server_users[users] += change.to(base.dtype)
+            self.graph.finish_round()
+        epsilon = stats.epsilon
         return {
-            'round': round_index, 'train_loss': float(loss.mean()), 'clients': users.numel(),
+            'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
             'clients_selected': selected.numel(),
             'nodes_failed': sorted(set(contents) - set(replies)),
-            'upload_bytes_per_client': row_user.numel() / users.numel() * row_bytes,
-            'download_bytes_per_client': float(self.items.numel() * self.items.element_size()),
+            'upload_bytes_per_client': stats.upload_bytes,
+            'download_bytes_per_client': stats.download_bytes,
             'payload_upload_bytes_per_client':
                 sum(_record_bytes(r.content) for r in replies.values()) / users.numel(),
             'payload_download_bytes_per_node':
                 sum(_record_bytes(contents[node]) for node in replies) / len(replies),
             'epsilon': epsilon,
-            'epsilon_spent': None if epsilon is None else epsilon * int(self.participation.max())}
+            'epsilon_spent': (None if epsilon is None
+                              else epsilon * int(engine.participation.max()))}
 
     def evaluate(self, round_index: int) -> Dict[str, Dict[str, float]]:
-        """Mean HR@10 and NDCG@10 over the users of the nodes that answered, scored as
-        in-process: with dual personalization over the table broadcast in the latest round
-        (each user's fine-tuned rows on top), otherwise with the current global table."""
-        table = self.broadcast if self.config.dual_personalization else self.items
-        content = RecordDict({'items': to_record({'items': table})})
-        replies = self._send({node: content for node in self.node_users}, MessageType.EVALUATE,
-                             f'eval-{round_index}')
+        """Mean HR@10 and NDCG@10 over the users of the nodes that answered, each node
+        sent what the in-process engine scores its users with: the global table, the
+        table broadcast in the latest round (under the users' fine-tuned rows), and for
+        graph models the users' context, clusters and cluster tables."""
+        engine, model = self.engine, self.engine.model
+        shared = RecordDict({'items': to_record({'items': model.item.detach()})})
+        if self.config.dual_personalization:
+            shared['broadcast'] = to_record({'items': engine.broadcast})
+        contents = {}
+        for node, held in self.node_users.items():
+            content = RecordDict(dict(shared.items()))
+            if self.graph is not None:
+                content['context'] = to_record({'user': model.user_context[held],
+                                                'item': model.item_context})
+                if self.graph.cluster_tables is not None and self.config.level_weights[1]:
+                    content['clusters'] = to_record({'assignment': self.graph.assignment[held],
+                                                     'tables': self.graph.cluster_tables})
+            contents[node] = content
+        replies = self._send(contents, MessageType.EVALUATE, f'eval-{round_index}')
         metrics = [reply.content['metrics'] for reply in replies.values()]
         total = sum(m['num-users'] for m in metrics)
         return {split: {metric: sum(m[f'{split}-{metric}'] for m in metrics) / total
