@@ -84,11 +84,15 @@ def test_a_device_rejects_users_it_does_not_hold():
         device.train_round(torch.zeros(2000, 32), torch.tensor([1]), round_seed=0)
 
 
-def test_the_server_app_refuses_graph_algorithms():
+@pytest.mark.parametrize('settings, message', [
+    (dict(algorithm='perfedrec++'), 'pre-training runs in-process only'),
+    (dict(protocol='full'), 'sampled protocol only'),
+    (dict(algorithm='mf'), 'centralized')])
+def test_the_server_app_refuses_what_it_cannot_run(settings, message):
     from fedgraph.flower.server import RowServer
 
-    with pytest.raises(ValueError, match='pfedrec and fedmf'):
-        RowServer(None, TrainConfig(algorithm='perfedrec++'))
+    with pytest.raises(ValueError, match=message):
+        RowServer(None, TrainConfig(**settings))
 
 
 def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):
@@ -102,11 +106,17 @@ def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):
     assert app['config']['out'] == '/runs/x'
 
 
-@pytest.mark.parametrize('algorithm', ['pfedrec', 'fedmf'])
-def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm):
-    config = TrainConfig(algorithm=algorithm, rounds=2, **CONFIG)
+@pytest.mark.parametrize('algorithm, settings', [
+    ('pfedrec', {}), ('fedmf', {}), ('fedlightgcn', {}),
+    # Clusters from the first round on, so that cluster tables and levels are exercised.
+    ('perfedrec++', dict(pretrain_rounds=0, num_clusters=3, cluster_every=1))])
+def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm, settings):
+    config = TrainConfig(algorithm=algorithm, rounds=2, **CONFIG, **settings)
     flower = simulate(config, num_nodes=4, out=tmp_path, progress=False)
-    _rounds_match(flower['metrics'], train(config, progress=False), rounds=2)
+    in_process = train(config, progress=False)
+    _rounds_match(flower['metrics'], in_process, rounds=2)
+    for ours, theirs in zip(flower['metrics']['rounds'], in_process['rounds']):
+        assert ours['epsilon_spent'] == theirs['epsilon_spent']
 
 
 def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp_path):
