@@ -69,7 +69,7 @@ def _deploy(args: argparse.Namespace) -> None:
           f"(logs: {args.workdir / 'logs'})")
     reference = None if args.no_compare else train(config, progress=False)['rounds']
     print(_comparison(rounds, reference))
-    print(_wire_table(result, rounds))
+    print(_wire_table(result, rounds, args.nodes))
 
 
 def _comparison(rounds: List[Dict], reference: Optional[List[Dict]]) -> str:
@@ -89,23 +89,32 @@ def _comparison(rounds: List[Dict], reference: Optional[List[Dict]]) -> str:
     return '\n'.join(lines)
 
 
-def _wire_table(result: Dict, rounds: List[Dict]) -> str:
-    """Bytes per client per round: on the wire (all SuperNodes' traffic during the run,
-    enrollment and evaluation included), as the messages' payload, and as metrics.json's
-    model count (rows x (d floats + an index))."""
-    clients = sum(r['clients'] for r in rounds)
-    wire_up = sum(node['up'] for node in result['wire']) / clients
-    wire_down = sum(node['down'] for node in result['wire']) / clients
-    payload = sum(r['payload_upload_bytes_per_client'] * r['clients'] for r in rounds) / clients
-    counted = sum(r['upload_bytes_per_client'] * r['clients'] for r in rounds) / clients
+def _wire_table(result: Dict, rounds: List[Dict], num_nodes: int) -> str:
+    """Bytes per round: on the wire (the SuperNodes' whole traffic during the run, enrollment
+    and evaluation included, divided by the rounds), as the messages' arrays, and as
+    metrics.json's model count (an upload is rows x (d floats + an index), a download the
+    item table)."""
+    clients = sum(r['clients'] for r in rounds) / len(rounds)
+    wire_up = sum(node['up'] for node in result['wire']) / len(rounds)
+    wire_down = sum(node['down'] for node in result['wire']) / len(rounds)
+    payload_up = sum(r['payload_upload_bytes_per_client'] * r['clients'] for r in rounds)
+    counted_up = sum(r['upload_bytes_per_client'] * r['clients'] for r in rounds)
+    payload_down = sum(r['payload_download_bytes_per_node']
+                       + r.get('payload_evaluate_download_bytes_per_node', 0) for r in rounds)
     idle = sum(node['up'] + node['down'] for node in result['idle']) / len(result['idle'])
-    return '\n'.join([
-        '| bytes per client per round | up | down |', '|---|---|---|',
-        f'| on the wire (measured, whole run) | {wire_up:,.0f} | {wire_down:,.0f} |',
-        f'| message payload (Flower count_bytes) | {payload:,.0f} | |',
-        f"| metrics.json upload_bytes_per_client | {counted:,.0f} | "
-        f"{rounds[0]['download_bytes_per_client']:,.0f} per node and message |",
-        f"| an idle SuperNode's polling, {result['idle_seconds']:.0f} s | {idle:,.0f} in all | |"])
+    rows = [('on the wire (measured)', wire_up, wire_down),
+            ('message arrays (train + evaluate)', payload_up / len(rounds),
+             payload_down * num_nodes / len(rounds)),
+            ('metrics.json (upload_bytes_per_client, download_bytes_per_client)',
+             counted_up / len(rounds), rounds[0]['download_bytes_per_client'] * num_nodes)]
+    lines = [f'| bytes per round ({clients:.0f} clients on {num_nodes} nodes) | up, per client '
+             '| up, per node | down, per node |', '|---|---|---|---|']
+    for label, up, down in rows:
+        lines.append(f'| {label} | {up / clients:,.0f} | {up / num_nodes:,.0f} | '
+                     f'{down / num_nodes:,.0f} |')
+    lines.append(f"\nAn idle SuperNode's polling: {idle:,.0f} bytes in "
+                 f"{result['idle_seconds']:.0f} s.")
+    return '\n'.join(lines)
 
 
 def _simulate(args: argparse.Namespace) -> None:

@@ -205,15 +205,16 @@ class Device:
         return out
 
     @torch.no_grad()
-    def evaluate(self, items: Tensor, broadcast: Optional[Tensor] = None,
+    def evaluate(self, items: Optional[Tensor], broadcast: Optional[Tensor] = None,
                  context: Optional[Dict[str, Tensor]] = None,
                  clusters: Optional[Dict[str, Tensor]] = None) -> Dict[str, float]:
         """Sampled-protocol HR@10 and NDCG@10 of every user here, each scored with its own
         model as the in-process engine scores it: over the global table ``items``, its
         fine-tuned rows over ``broadcast``, and for a graph model its context and the
-        levels (``clusters``: ``{'assignment': [n], 'tables': [k, I, d]}``). Sums over the
-        users, with ``num-users``."""
-        engine = self.engine(items, broadcast, context)
+        levels (``clusters``: ``{'assignment': [n], 'tables': [k, I, d]}``); a model that
+        scores with its fine-tuned rows alone is sent no global table. Sums over the users,
+        with ``num-users``."""
+        engine = self.engine(broadcast if items is None else items, broadcast, context)
         scorer = engine
         if self.is_graph:
             config = self.config
@@ -318,7 +319,7 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     def evaluate(message: Message, context: Context) -> Message:
         device = _device(configured(context), context)
         content = message.content
-        metrics = device.evaluate(_tensor(content, 'items'),
+        metrics = device.evaluate(_optional(content, 'items', 'items'),
                                   _optional(content, 'broadcast', 'items'),
                                   _optional(content, 'context'), _optional(content, 'clusters'))
         return Message(content=RecordDict({'metrics': MetricRecord(metrics)}),

@@ -230,13 +230,17 @@ class RowServer:
             'epsilon_spent': (None if epsilon is None
                               else epsilon * int(engine.participation.max()))}
 
-    def evaluate(self, round_index: int) -> Dict[str, Dict[str, float]]:
-        """Mean HR@10 and NDCG@10 over the users of the nodes that answered, each node
-        sent what the in-process engine scores its users with: the global table, the
-        table broadcast in the latest round (under the users' fine-tuned rows), and for
-        graph models the users' context, clusters and cluster tables."""
+    def evaluate(self, round_index: int) -> Dict[str, object]:
+        """Mean HR@10 and NDCG@10 over the users of the nodes that answered (``val``,
+        ``test``), and the mean bytes of the arrays sent to a node. Each node is sent what
+        the in-process engine scores its users with: the table broadcast in the latest round
+        under their fine-tuned rows (dual personalization), the global table (without it, and
+        for a graph model's global level), a graph model's context, clusters and cluster
+        tables."""
         engine, model = self.engine, self.engine.model
-        shared = RecordDict({'items': to_record({'items': model.item.detach()})})
+        shared = RecordDict()
+        if self.is_graph or not self.config.dual_personalization:
+            shared['items'] = to_record({'items': model.item.detach()})
         if self.config.dual_personalization:
             shared['broadcast'] = to_record({'items': engine.broadcast})
         contents = {}
@@ -252,9 +256,12 @@ class RowServer:
         replies = self._send(contents, MessageType.EVALUATE, f'eval-{round_index}')
         metrics = [reply.content['metrics'] for reply in replies.values()]
         total = sum(m['num-users'] for m in metrics)
-        return {split: {metric: sum(m[f'{split}-{metric}'] for m in metrics) / total
-                        for metric in ('hr@10', 'ndcg@10')}
-                for split in ('val', 'test')}
+        out = {split: {metric: sum(m[f'{split}-{metric}'] for m in metrics) / total
+                       for metric in ('hr@10', 'ndcg@10')}
+               for split in ('val', 'test')}
+        out['payload_evaluate_download_bytes_per_node'] = (
+            sum(_record_bytes(contents[node]) for node in replies) / len(replies))
+        return out
 
     def run(self, out: Optional[Path] = None) -> Dict:
         """Enrollment and ``config.rounds`` rounds; writes ``out/metrics.json`` if given."""
