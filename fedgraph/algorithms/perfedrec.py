@@ -104,10 +104,11 @@ class GraphFederatedEngine:
             graph, randomness = pseudo(graph, generator), generator
         else:
             randomness = engine.streams.generators(draw_round_seed(generator), clients)
-            edges = [torch.stack([torch.full_like(items, client), items]) for client, items in
-                     enumerate(pseudo.client_items(partition.items_of(client),
-                                                   partition.num_items, stream)
-                               for client, stream in enumerate(randomness))]
+            edges = []
+            for client, stream in enumerate(randomness):
+                items = pseudo.client_items(partition.items_of(client), partition.num_items,
+                                            stream)
+                edges.append(torch.stack([torch.full_like(items, client), items]))
             graph = CollaborativeGraph(torch.cat(edges, dim=1), partition.num_clients,
                                        partition.num_items)
         augmentation = Compose([ClientDropout(config.client_dropout),
@@ -203,8 +204,8 @@ class GraphFederatedEngine:
     def run_round(self, generator: torch.Generator) -> RoundStats:
         self.refresh_context()
         stats = self.engine.run_round(generator)
-        streams = self.engine.last_generators if self.engine.streams is not None else None
-        self.upload_users(self.engine.last_upload.clients, streams or generator)
+        randomness = generator if self.engine.streams is None else self.engine.last_generators
+        self.upload_users(self.engine.last_upload.clients, randomness)
         self.finish_round()
         return stats
 
