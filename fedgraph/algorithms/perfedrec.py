@@ -19,7 +19,7 @@ PerFedRec++ adds, on top of FedLightGCN:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -46,6 +46,17 @@ def user_upload(upload: UploadTransform, change: Tensor,
     if isinstance(randomness, torch.Generator):
         return upload(change, randomness)
     return ClientStreams.transform(upload, change, torch.arange(change.size(0)), randomness)
+
+
+def view_offsets(upload: UploadTransform, users: Tensor,
+                 generators: Sequence[torch.Generator]) -> Tensor:
+    """``[2, B, d]``: the noise each of ``B`` clients adds to the two uploads of its
+    embedding (``users`` ``[B, d]``) that enter a pre-training round's views, drawn from its
+    own stream."""
+    num, dim = users.shape
+    zeros = users.new_zeros(2 * num, dim)
+    owner = torch.arange(num).repeat_interleave(2)
+    return ClientStreams.transform(upload, zeros, owner, generators).view(num, 2, dim).transpose(0, 1)
 
 
 class GraphFederatedEngine:
@@ -168,24 +179,29 @@ class GraphFederatedEngine:
         an upload adds (not clipped: clipping a whole embedding, rather than a change, would
         shrink it every round); each selected client receives the gradient of its embedding
         and applies it, and the other clients' embeddings are restored after the step. Adam's
-        moments are per row, i.e. per client; a client not selected sees its moments decay
-        as with a zero gradient.
+        moments are per row, i.e. per client; a client not selected updates its moments with
+        its gradient but keeps its embedding. With per-client streams each client draws its
+        views' noise from its own stream of a seed the server draws each round.
         """
         user, item = self.user_table, self.model.item
         optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
         noise = SimGCLNoise(self.simgcl_eps, generator)
+        streams = self.engine.streams
+        everyone = torch.arange(self.model.num_clients)
         losses = []
         for _ in tqdm(range(rounds), desc='pre-training', unit='round', disable=not progress):
-            clients = self.engine.selector(generator)
-            items = torch.randperm(self.model.num_items, generator=generator)[:clients.numel()]
-            views = []
-            for _ in range(2):
-                graph = self.augmentation(self.graph, generator)
-                offset = self.training.upload(torch.zeros_like(user.detach()), generator)
-                views.append(self.gnn(user + offset, item, graph, perturb=noise))
-            loss = self.cl_weight * (
-                info_nce(views[0][0][clients], views[1][0][clients], self.cl_temperature)
-                + info_nce(views[0][1][items], views[1][1][items], self.cl_temperature))
+            clients, items = self.pretrain_batch(generator)
+            if streams is None:
+                def view_input(view: int) -> Tensor:
+                    return user + self.training.upload(torch.zeros_like(user.detach()),
+                                                       generator)
+            else:
+                offsets = view_offsets(self.training.upload, user.detach(), streams.generators(
+                    draw_round_seed(generator), everyone))
+
+                def view_input(view: int) -> Tensor:
+                    return user + offsets[view]
+            loss = self.contrastive_loss(view_input, clients, items, generator, noise)
             others = torch.ones(self.model.num_clients, dtype=torch.bool)
             others[clients] = False
             kept = user.detach()[others].clone()
@@ -196,9 +212,31 @@ class GraphFederatedEngine:
                 user[others] = kept
             self.engine.participation[clients] += 1
             losses.append(loss.item())
-        self.upload_users(torch.arange(self.model.num_clients), generator)
+        randomness = (generator if streams is None
+                      else streams.generators(draw_round_seed(generator), everyone))
+        self.upload_users(everyone, randomness)
         self.engine.participation += 1
         return {'rounds': rounds, 'loss': losses}
+
+    def pretrain_batch(self, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """A pre-training round's clients (the selector's) and as many random items."""
+        clients = self.engine.selector(generator)
+        items = torch.randperm(self.model.num_items, generator=generator)[:clients.numel()]
+        return clients, items
+
+    def contrastive_loss(self, view_input: Callable[[int], Tensor], clients: Tensor,
+                         items: Tensor, generator: torch.Generator,
+                         noise: SimGCLNoise) -> Tensor:
+        """``cl_weight * (InfoNCE(users) + InfoNCE(items))`` between two views: view ``v``
+        propagates the user vectors ``view_input(v)`` and the item table over an augmented
+        graph, with SimGCL ``noise`` on every layer."""
+        views = []
+        for view in range(2):
+            graph = self.augmentation(self.graph, generator)
+            views.append(self.gnn(view_input(view), self.model.item, graph, perturb=noise))
+        return self.cl_weight * (
+            info_nce(views[0][0][clients], views[1][0][clients], self.cl_temperature)
+            + info_nce(views[0][1][items], views[1][1][items], self.cl_temperature))
 
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
