@@ -85,7 +85,6 @@ def test_a_device_rejects_users_it_does_not_hold():
 
 
 @pytest.mark.parametrize('settings, message', [
-    (dict(algorithm='perfedrec++'), 'pre-training runs in-process only'),
     (dict(protocol='full'), 'sampled protocol only'),
     (dict(algorithm='mf'), 'centralized')])
 def test_the_server_app_refuses_what_it_cannot_run(settings, message):
@@ -108,8 +107,9 @@ def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):
 
 @pytest.mark.parametrize('algorithm, settings', [
     ('pfedrec', {}), ('fedmf', {}), ('fedlightgcn', {}),
-    # Clusters from the first round on, so that cluster tables and levels are exercised.
-    ('perfedrec++', dict(pretrain_rounds=0, num_clusters=3, cluster_every=1))])
+    # Pre-training, and clusters from the first round on, so that cluster tables and levels
+    # are exercised.
+    ('perfedrec++', dict(pretrain_rounds=2, num_clusters=3, cluster_every=1))])
 def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm, settings):
     config = TrainConfig(algorithm=algorithm, rounds=2, **CONFIG, **settings)
     flower = simulate(config, num_nodes=4, out=tmp_path, progress=False)
@@ -117,6 +117,9 @@ def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm, se
     _rounds_match(flower['metrics'], in_process, rounds=2)
     for ours, theirs in zip(flower['metrics']['rounds'], in_process['rounds']):
         assert ours['epsilon_spent'] == theirs['epsilon_spent']
+    if 'pretraining' in in_process:
+        assert flower['metrics']['pretraining']['loss'] == pytest.approx(
+            in_process['pretraining']['loss'], rel=1e-5)
 
 
 def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp_path):

@@ -101,6 +101,16 @@ class GraphFederatedEngine:
         self.cluster_tables: Optional[Tensor] = None
 
     @classmethod
+    def configured(cls, config: TrainConfig, engine: FederatedEngine,
+                   graph: CollaborativeGraph) -> 'GraphFederatedEngine':
+        """The engine of ``config`` over the server's ``graph``."""
+        augmentation = Compose([ClientDropout(config.client_dropout),
+                                PseudoItems(config.pseudo_ratio)])
+        return cls(engine, FederatedGNN(config.num_layers), graph, config.level_weights,
+                   config.num_clusters, config.cluster_every, augmentation, config.simgcl_eps,
+                   config.cl_weight, config.cl_temperature, config.pretrain_lr, config.seed)
+
+    @classmethod
     def from_config(cls, config: TrainConfig, engine: FederatedEngine,
                     partition: ClientPartition, generator: torch.Generator):
         """The server's collaborative graph is the clients' training items plus their
@@ -122,11 +132,7 @@ class GraphFederatedEngine:
                 edges.append(torch.stack([torch.full_like(items, client), items]))
             graph = CollaborativeGraph(torch.cat(edges, dim=1), partition.num_clients,
                                        partition.num_items)
-        augmentation = Compose([ClientDropout(config.client_dropout),
-                                PseudoItems(config.pseudo_ratio)])
-        out = cls(engine, FederatedGNN(config.num_layers), graph, config.level_weights,
-                  config.num_clusters, config.cluster_every, augmentation, config.simgcl_eps,
-                  config.cl_weight, config.cl_temperature, config.pretrain_lr, config.seed)
+        out = cls.configured(config, engine, graph)
         out.upload_users(clients, randomness)
         engine.participation += 1  # the enrollment upload
         return out

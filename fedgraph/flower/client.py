@@ -27,7 +27,7 @@ from flwr.clientapp import ClientApp
 from torch import Tensor
 
 from fedgraph.algorithms.federated import GRAPH_ALGORITHMS, build_model, local_training
-from fedgraph.algorithms.perfedrec import GraphFederatedEngine, user_upload
+from fedgraph.algorithms.perfedrec import GraphFederatedEngine, user_upload, view_offsets
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
@@ -59,6 +59,8 @@ class Device:
         personal: the fine-tuned item rows (``PersonalItemRows`` state, local user indices).
         uploaded: ``[n, d]`` graph models: the sum of the user-embedding changes each user
             uploaded, i.e. the server's view of its embedding.
+        adam: PerFedRec++ pre-training: the users' Adam state (``step``, ``exp_avg``,
+            ``exp_avg_sq``).
     """
     config: TrainConfig
     users: Tensor
@@ -68,6 +70,7 @@ class Device:
     private: Optional[Dict[str, Tensor]] = None
     personal: Optional[Dict[str, Tensor]] = None
     uploaded: Optional[Tensor] = None
+    adam: Optional[Dict[str, Tensor]] = None
 
     @classmethod
     def from_split(cls, config: TrainConfig, split: SampledSplit, train: ClientPartition,
@@ -105,6 +108,7 @@ class Device:
             tensors.update({f'personal.{k}': v for k, v in (self.personal or {}).items()})
             if self.uploaded is not None:
                 tensors['uploaded'] = self.uploaded
+            tensors.update({f'adam.{k}': v for k, v in (self.adam or {}).items()})
             state[PRIVATE] = to_record(tensors)
 
     @classmethod
@@ -120,6 +124,7 @@ class Device:
             device.private = {k[5:]: v for k, v in tensors.items() if k.startswith('head.')}
             device.personal = {k[9:]: v for k, v in tensors.items() if k.startswith('personal.')}
             device.uploaded = tensors.get('uploaded')
+            device.adam = {k[5:]: v for k, v in tensors.items() if k.startswith('adam.')} or None
         return device
 
     # ------------------------------------------------------------------ work
@@ -170,6 +175,39 @@ class Device:
         return {'edge-user': torch.cat([torch.full_like(row, int(user))
                                         for user, row in zip(self.users, items)]),
                 'edge-item': torch.cat(items), 'users': self.users, 'user-update': change}
+
+    def upload_user_change(self, seed: int) -> Dict[str, Tensor]:
+        """Every user here uploads the change of its embedding since its last upload, noised
+        from its stream of ``seed`` (PerFedRec++, after pre-training)."""
+        streams = ClientStreams(self.users).generators(seed, torch.arange(self.users.numel()))
+        change = user_upload(local_training(self.config, self.num_items).upload,
+                             self._user_vectors() - self.uploaded, streams)
+        self.uploaded += change
+        return {'users': self.users, 'user-update': change}
+
+    def pretrain_views(self, seed: int) -> Dict[str, Tensor]:
+        """The users' embeddings as they enter a pre-training round's two views: each with
+        the Laplace noise of an upload, from its stream of ``seed`` (``views``
+        ``[n, 2, d]``)."""
+        streams = ClientStreams(self.users).generators(seed, torch.arange(self.users.numel()))
+        user = self._user_vectors()
+        offsets = view_offsets(local_training(self.config, self.num_items).upload, user,
+                               streams)
+        return {'users': self.users, 'views': (user + offsets).transpose(0, 1).contiguous()}
+
+    def pretrain_step(self, grad: Tensor, selected: Tensor) -> None:
+        """One Adam step of the users' embeddings on the server's gradient ``[n, d]``;
+        the users not ``selected`` this round keep their embedding (their moments move)."""
+        user = self._user_vectors()
+        param = torch.nn.Parameter(user.clone())
+        optimizer = torch.optim.Adam([param], lr=self.config.pretrain_lr)
+        if self.adam is not None:
+            optimizer.state[param] = dict(self.adam)
+        param.grad = grad.to(param.dtype)
+        optimizer.step()
+        self.adam = {k: v.clone() for k, v in optimizer.state[param].items()}
+        self.private[DotProductHead.user_vector] = torch.where(selected.unsqueeze(1),
+                                                               param.detach(), user)
 
     def train_round(self, items: Tensor, users: Tensor, round_seed: int,
                     context: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
@@ -278,6 +316,8 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     * ``query`` ``enroll`` -- loads the node's users and answers their ids;
     * ``query`` ``init`` -- stores the users' initial private parameters (graph models:
       answers the enrollment upload, :meth:`Device.enroll`);
+    * ``query`` ``pretrain-views``, ``pretrain-step``, ``upload-users`` -- PerFedRec++'s
+      contrastive pre-training on the devices' side;
     * ``train`` -- trains the selected users from the sent item table (and context), uploads
       row updates (and user-embedding changes);
     * ``evaluate`` -- sums of the users' HR@10 and NDCG@10.
@@ -300,6 +340,16 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
             enrollment = device.enroll(from_record(message.content['private']),
                                        int(message.content['config']['enroll-seed']))
             reply = RecordDict({'enrollment': to_record(enrollment)})
+        elif step == 'pretrain-views':
+            views = device.pretrain_views(int(message.content['config']['seed']))
+            reply = RecordDict({'views': to_record(views)})
+        elif step == 'pretrain-step':
+            step_content = from_record(message.content['gradient'])
+            device.pretrain_step(step_content['gradient'], step_content['selected'])
+            reply = RecordDict({'meta': ConfigRecord({'stepped': True})})
+        elif step == 'upload-users':
+            change = device.upload_user_change(int(message.content['config']['seed']))
+            reply = RecordDict({'users': to_record(change)})
         else:
             raise ValueError(f'unknown query step {step!r}')
         device.to_state(context.state)

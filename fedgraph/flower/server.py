@@ -41,7 +41,8 @@ from fedgraph.federated.engine import ClientRound, FederatedEngine, RowUpload
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.flower.records import (config_to_run_config, from_record, run_config_to_config,
                                      to_record)
-from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+from fedgraph.nn.augment import SimGCLNoise
+from fedgraph.nn.gnn import CollaborativeGraph
 from fedgraph.training import metrics_of, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,6 @@ class RowServer:
             raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
         if config.algorithm == 'mf':
             raise ValueError('mf is centralized: nothing to federate')
-        if config.pretrain_rounds:
-            raise ValueError('contrastive pre-training runs in-process only: '
-                             'set pretrain_rounds to 0 on Flower')
         self.grid = grid
         self.config = dataclasses.replace(config, client_streams=True)
         self.timeout = timeout
@@ -168,12 +166,65 @@ class RowServer:
         edges = torch.stack([torch.cat([e['edge-user'] for e in enrollments]),
                              torch.cat([e['edge-item'] for e in enrollments])])
         graph = CollaborativeGraph(edges, engine.model.num_clients, engine.model.num_items)
-        self.graph = GraphFederatedEngine(engine, FederatedGNN(config.num_layers), graph,
-                                          config.level_weights, config.num_clusters,
-                                          config.cluster_every, seed=config.seed)
+        self.graph = GraphFederatedEngine.configured(config, engine, graph)
         for enrollment in enrollments:
             self.graph.server_users[enrollment['users']] = enrollment['user-update'].to(
                 self.graph.server_users.dtype)
+
+    def _query_all(self, step: str, **values) -> Dict[int, RecordDict]:
+        return {node: RecordDict({'config': ConfigRecord({'step': step, **values})})
+                for node in self.node_users}
+
+    # ------------------------------------------------------------------ pre-training
+    def pretrain(self) -> Dict[str, object]:
+        """PerFedRec++'s contrastive pre-training over messages
+        (:meth:`~fedgraph.algorithms.perfedrec.GraphFederatedEngine.pretrain` in-process).
+
+        Each round every node uploads its users' embeddings with the Laplace noise of the two
+        views (from their streams of the round's seed); the server builds the two views,
+        takes the InfoNCE loss on the round's clients and items, steps the item table (Adam)
+        and sends every user the gradient of its embedding and whether it was selected; the
+        devices take the Adam step of their rows. At the end every user uploads the change
+        of its embedding, as in-process."""
+        config, engine, graph = self.config, self.engine, self.graph
+        item = engine.model.item
+        optimizer = torch.optim.Adam([item], lr=config.pretrain_lr)
+        noise = SimGCLNoise(config.simgcl_eps, self.generator)
+        num_users = engine.model.num_clients
+        losses = []
+        for round_index in tqdm(range(config.pretrain_rounds), desc='pre-training',
+                                unit='round', disable=not self.progress):
+            clients, items = graph.pretrain_batch(self.generator)
+            seed = draw_round_seed(self.generator)
+            replies = self._send(self._query_all('pretrain-views', seed=seed),
+                                 MessageType.QUERY, f'pretrain-{round_index}')
+            views = torch.zeros(2, num_users, item.size(1), dtype=item.dtype)
+            for reply in replies.values():
+                uploaded = from_record(reply.content['views'])
+                views[:, uploaded['users']] = uploaded['views'].transpose(0, 1).to(item.dtype)
+            views.requires_grad_()
+            loss = graph.contrastive_loss(lambda view: views[view], clients, items,
+                                          self.generator, noise)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            gradient = views.grad.sum(0)
+            selected = torch.zeros(num_users, dtype=torch.bool)
+            selected[clients] = True
+            steps = {node: RecordDict({
+                'config': ConfigRecord({'step': 'pretrain-step'}),
+                'gradient': to_record({'gradient': gradient[held], 'selected': selected[held]})})
+                for node, held in self.node_users.items()}
+            self._send(steps, MessageType.QUERY, f'pretrain-step-{round_index}')
+            engine.participation[clients] += 1
+            losses.append(loss.item())
+        replies = self._send(self._query_all('upload-users', seed=draw_round_seed(self.generator)),
+                             MessageType.QUERY, 'pretrain-upload')
+        for reply in replies.values():
+            uploaded = from_record(reply.content['users'])
+            graph.server_users[uploaded['users']] += uploaded['user-update'].to(item.dtype)
+        engine.participation += 1
+        return {'rounds': config.pretrain_rounds, 'loss': losses}
 
     # ------------------------------------------------------------------ one round
     def run_round(self, round_index: int) -> Dict[str, object]:
@@ -270,6 +321,10 @@ class RowServer:
             out.mkdir(parents=True, exist_ok=True)
             config.save(out / 'config.json')
         self.enroll()
+        pretraining = None
+        if self.graph is not None:
+            pretraining = (self.pretrain() if config.pretrain_rounds
+                           else {'rounds': 0, 'loss': []})
         history = []
         bar = tqdm(range(config.rounds), desc=f'{config.algorithm} on flower', unit='round',
                    disable=not self.progress)
@@ -283,8 +338,8 @@ class RowServer:
             if self.progress:
                 bar.write(summary_line(record, config.select_by))
             if out is not None:
-                write_metrics(out, metrics_of(history, None, config))
-        return metrics_of(history, None, config)
+                write_metrics(out, metrics_of(history, pretraining, config))
+        return metrics_of(history, pretraining, config)
 
 
 def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = None,
