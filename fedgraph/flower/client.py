@@ -4,9 +4,12 @@ A :class:`Device` is what stays on a SuperNode between rounds: its users' traini
 the items they never take as negatives, their evaluation candidates, their private
 parameters (score head or user embedding) and their fine-tuned item rows. Each round it
 rebuilds a :class:`~fedgraph.federated.engine.FederatedEngine` over its own users from that
-state and the item table the server sent, runs the client half of the round
+state and what the server sent (the item table; for graph models the users' and items'
+context), runs the client half of the round
 (:meth:`~fedgraph.federated.engine.FederatedEngine.local_round`) and uploads the touched
-rows' updates, clipped and noised by the same :class:`~fedgraph.federated.upload.UploadTransform`.
+rows' updates, clipped and noised by the same :class:`~fedgraph.federated.upload.UploadTransform`;
+graph models also upload the change of each user embedding, enroll with their item sets
+blurred by pseudo-items, and take part in PerFedRec++'s contrastive pre-training.
 Its users draw from their own random streams (:mod:`fedgraph.federated.streams`), keyed by
 their ids in the whole population, so that a deployment makes the same draws as the
 in-process engine run with ``client_streams=True``.

@@ -6,13 +6,18 @@
 1. **enrollment** -- every SuperNode answers the ids of the users it holds; the server draws
    the initial model from the run's seed exactly as the in-process engine does
    (:func:`~fedgraph.algorithms.federated.build_model`: heads, then the item table), keeps
-   the item table and sends each node its users' initial heads, which never come back;
-2. **rounds** -- select users (the same selector and generator as in-process), draw the
+   the item table and sends each node its users' initial heads, which never come back.
+   Graph models answer with their item sets blurred by pseudo-items and a first noised
+   user embedding, from which the server builds its collaborative graph;
+2. **pre-training** (PerFedRec++) -- see :meth:`RowServer.pretrain`;
+3. **rounds** -- select users (the same selector and generator as in-process), draw the
    round seed of their random streams, send each node holding a selected user the item
-   table and its selected users; aggregate the uploaded rows with
-   :func:`~fedgraph.federated.aggregation.aggregate_rows`, the mean over the users that
-   answered (weighted by samples with ``aggregation='weighted'``);
-3. **evaluation** -- every node scores its users with their own models and answers sums.
+   table (graph models: and the context) and its selected users; aggregate the uploaded
+   rows with :func:`~fedgraph.federated.aggregation.aggregate_rows`, the mean over the users
+   that answered (weighted by samples with ``aggregation='weighted'``); graph models: add
+   the users' embedding changes to the server's view of them, update the cluster tables and
+   recluster (:meth:`~fedgraph.algorithms.perfedrec.GraphFederatedEngine.finish_round`);
+4. **evaluation** -- every node scores its users with their own models and answers sums.
 
 A node that does not answer within ``timeout`` seconds (crashed, disconnected) is left out of
 that round: the round completes with the users that answered, and the node is asked again
