@@ -88,10 +88,10 @@ def test_a_device_rejects_users_it_does_not_hold():
     (dict(protocol='full'), 'sampled protocol only'),
     (dict(algorithm='mf'), 'centralized')])
 def test_the_server_app_refuses_what_it_cannot_run(settings, message):
-    from fedgraph.flower.server import RowServer
+    from fedgraph.flower.server import RowFedAvg
 
     with pytest.raises(ValueError, match=message):
-        RowServer(None, TrainConfig(**settings))
+        RowFedAvg(TrainConfig(**settings))
 
 
 def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):

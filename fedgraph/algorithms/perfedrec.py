@@ -56,7 +56,8 @@ def view_offsets(upload: UploadTransform, users: Tensor,
     num, dim = users.shape
     zeros = users.new_zeros(2 * num, dim)
     owner = torch.arange(num).repeat_interleave(2)
-    return ClientStreams.transform(upload, zeros, owner, generators).view(num, 2, dim).transpose(0, 1)
+    offsets = ClientStreams.transform(upload, zeros, owner, generators)
+    return offsets.view(num, 2, dim).transpose(0, 1)
 
 
 class GraphFederatedEngine:

@@ -264,7 +264,8 @@ class Device:
             scorer = GraphFederatedEngine(engine, FederatedGNN(config.num_layers), empty,
                                           config.level_weights, config.num_clusters)
             if clusters is not None:
-                scorer.assignment, scorer.cluster_tables = clusters['assignment'], clusters['tables']
+                scorer.assignment = clusters['assignment']
+                scorer.cluster_tables = clusters['tables']
         local = torch.arange(self.users.numel())
         out = {'num-users': self.users.numel()}
         for name, candidates in self.candidates.items():

@@ -1,6 +1,6 @@
 """The server side: the ``ServerApp`` of a federated recommender on Flower.
 
-:class:`RowServer` runs the server half of
+:class:`RowFedAvg`, a Flower ``Strategy``, runs the server half of
 :meth:`~fedgraph.federated.engine.FederatedEngine.run_round` over messages:
 
 1. **enrollment** -- every SuperNode answers the ids of the users it holds; the server draws
@@ -9,7 +9,7 @@
    the item table and sends each node its users' initial heads, which never come back.
    Graph models answer with their item sets blurred by pseudo-items and a first noised
    user embedding, from which the server builds its collaborative graph;
-2. **pre-training** (PerFedRec++) -- see :meth:`RowServer.pretrain`;
+2. **pre-training** (PerFedRec++) -- see :meth:`RowFedAvg.pretrain`;
 3. **rounds** -- select users (the same selector and generator as in-process), draw the
    round seed of their random streams, send each node holding a selected user the item
    table (graph models: and the context) and its selected users; aggregate the uploaded
@@ -29,11 +29,13 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord,
+                      RecordDict)
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 from tqdm import tqdm
 
@@ -58,8 +60,8 @@ def _record_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.array_records.values())
 
 
-class RowServer:
-    """Row-wise FedAvg of a federated recommender over a Flower ``Grid``.
+class RowFedAvg(Strategy):
+    """Row-wise FedAvg of a federated recommender: a Flower ``Strategy``.
 
     The server holds a :class:`~fedgraph.federated.engine.FederatedEngine` without any
     interactions: its item table is the global one and it runs the server half of a round
@@ -69,21 +71,24 @@ class RowServer:
     enrollment uploads, which computes each round's context, the clusters and the cluster
     tables exactly as in-process.
 
+    The global arrays Flower's ``start`` loop passes around are the item table
+    (``{'items': [I, d]}``). :meth:`run` enrolls the nodes, pre-trains (PerFedRec++) and
+    then hands the rounds to :meth:`Strategy.start`.
+
     Args:
-        grid: the ``Grid`` of the ``ServerApp``.
         config: the run's configuration (``client_streams`` is implied).
         timeout: seconds to wait for a round's replies; later replies are dropped.
         min_nodes: nodes to wait for before enrolling.
-        progress: show a progress bar and a line per round.
+        progress: log a line per round.
     """
 
-    def __init__(self, grid: Grid, config: TrainConfig, timeout: float = 120.0,
-                 min_nodes: int = 1, progress: bool = True):
+    def __init__(self, config: TrainConfig, timeout: float = 120.0, min_nodes: int = 1,
+                 progress: bool = True):
         if config.protocol != 'sampled':
             raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
         if config.algorithm == 'mf':
             raise ValueError('mf is centralized: nothing to federate')
-        self.grid = grid
+        self.grid: Optional[Grid] = None
         self.config = dataclasses.replace(config, client_streams=True)
         self.timeout = timeout
         self.min_nodes = min_nodes
@@ -92,17 +97,21 @@ class RowServer:
         self.node_users: Dict[int, Tensor] = {}
         self.engine: Optional[FederatedEngine] = None
         self.graph: Optional[GraphFederatedEngine] = None
+        self.pretraining: Optional[Dict[str, object]] = None
+        self.history: List[Dict[str, object]] = []
+        self.out: Optional[Path] = None
 
     # ------------------------------------------------------------------ messages
-    def _send(self, contents: Dict[int, RecordDict], message_type: str,
-              group: str) -> Dict[int, Message]:
-        """Sends ``contents[node]`` to each node the SuperLink sees online; the replies
-        without error, by node."""
+    def _messages(self, contents: Dict[int, RecordDict], message_type: str,
+                  group: str) -> List[Message]:
+        """A message of ``contents[node]`` to each node the SuperLink sees online."""
         online = set(self.grid.get_node_ids())
-        messages = [Message(content=content, dst_node_id=node, message_type=message_type,
-                            group_id=group) for node, content in contents.items()
-                    if node in online]
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        return [Message(content=content, dst_node_id=node, message_type=message_type,
+                        group_id=group) for node, content in contents.items() if node in online]
+
+    @staticmethod
+    def _answered(replies: Iterable[Message]) -> Dict[int, Message]:
+        """The replies without error, by node."""
         answered = {}
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -111,6 +120,12 @@ class RowServer:
             else:
                 answered[node] = reply
         return answered
+
+    def _send(self, contents: Dict[int, RecordDict], message_type: str,
+              group: str) -> Dict[int, Message]:
+        """Sends ``contents[node]`` to each online node; the replies without error."""
+        return self._answered(self.grid.send_and_receive(
+            self._messages(contents, message_type, group), timeout=self.timeout))
 
     def _wait_for_nodes(self) -> List[int]:
         deadline = time.monotonic() + self.timeout
@@ -123,9 +138,10 @@ class RowServer:
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ enrollment
-    def enroll(self) -> None:
+    def enroll(self, grid: Grid) -> None:
         """Learns which node holds which users, hands out the initial model and, for graph
         models, builds the collaborative graph from the enrollment uploads."""
+        self.grid = grid
         nodes = self._wait_for_nodes()
         query = {node: RecordDict({'config': ConfigRecord({'step': 'enroll'})})
                  for node in nodes}
@@ -231,31 +247,46 @@ class RowServer:
         engine.participation += 1
         return {'rounds': config.pretrain_rounds, 'loss': losses}
 
-    # ------------------------------------------------------------------ one round
-    def run_round(self, round_index: int) -> Dict[str, object]:
-        """One round; returns its ``metrics.json`` record (without evaluation)."""
+    # ------------------------------------------------------------------ rounds (Strategy)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Selects the round's users, draws the seed of their streams and builds a message
+        for each online node holding one: the item table, its selected users (graph models:
+        their context and the items')."""
+        self._began = time.perf_counter()
         engine, model = self.engine, self.engine.model
         if self.graph is not None:
             self.graph.refresh_context()
         selected = engine.selector(self.generator)
         round_seed = draw_round_seed(self.generator)
-        base = model.item.detach().clone()
-        items = to_record({'items': base})
+        self._base = model.item.detach().clone()
+        self._selected = selected.numel()
+        items = to_record({'items': self._base})
         contents = {}
         for node, held in self.node_users.items():
             mine = torch.sort(held[torch.isin(held, selected)]).values
             if mine.numel():
                 content = RecordDict({
                     'items': items, 'selected': to_record({'users': mine}),
-                    'config': ConfigRecord({'round': round_index, 'round-seed': round_seed})})
+                    'config': ConfigRecord({'round': server_round, 'round-seed': round_seed})})
                 if self.graph is not None:
                     content['context'] = to_record({'user': model.user_context[mine],
                                                     'item': model.item_context})
                 contents[node] = content
-        replies = self._send(contents, MessageType.TRAIN, str(round_index))
-        if not replies:
-            raise RuntimeError(f'no node answered in round {round_index}')
-        uploads = [from_record(reply.content['upload']) for reply in replies.values()]
+        self._contents = contents
+        return self._messages(contents, MessageType.TRAIN, str(server_round))
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        """Row-wise FedAvg of the uploads of the users that answered
+        (:meth:`~fedgraph.federated.engine.FederatedEngine.aggregate`); graph models: their
+        embedding changes, cluster tables and reclustering
+        (:meth:`~fedgraph.algorithms.perfedrec.GraphFederatedEngine.finish_round`)."""
+        answered = self._answered(replies)
+        if not answered:
+            raise RuntimeError(f'no node answered in round {server_round}')
+        base, engine = self._base, self.engine
+        uploads = [from_record(reply.content['upload']) for reply in answered.values()]
         users = torch.cat([u['users'] for u in uploads])
         order = torch.sort(users).indices
         users = users[order]
@@ -272,27 +303,33 @@ class RowServer:
             self.graph.server_users[users] += change.to(base.dtype)
             self.graph.finish_round()
         epsilon = stats.epsilon
-        return {
-            'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
-            'clients_selected': selected.numel(),
-            'nodes_failed': sorted(set(contents) - set(replies)),
+        self._record = {
+            'round': server_round - 1, 'train_loss': stats.loss, 'clients': stats.num_clients,
+            'clients_selected': self._selected,
+            'nodes_failed': sorted(set(self._contents) - set(answered)),
             'upload_bytes_per_client': stats.upload_bytes,
             'download_bytes_per_client': stats.download_bytes,
             'payload_upload_bytes_per_client':
-                sum(_record_bytes(r.content) for r in replies.values()) / users.numel(),
+                sum(_record_bytes(r.content) for r in answered.values()) / users.numel(),
             'payload_download_bytes_per_node':
-                sum(_record_bytes(contents[node]) for node in replies) / len(replies),
+                sum(_record_bytes(self._contents[node]) for node in answered) / len(answered),
             'epsilon': epsilon,
             'epsilon_spent': (None if epsilon is None
                               else epsilon * int(engine.participation.max()))}
+        metrics = MetricRecord({'train_loss': stats.loss, 'clients': stats.num_clients})
+        return to_record({'items': engine.model.item}), metrics
 
-    def evaluate(self, round_index: int) -> Dict[str, object]:
-        """Mean HR@10 and NDCG@10 over the users of the nodes that answered (``val``,
-        ``test``), and the mean bytes of the arrays sent to a node. Each node is sent what
-        the in-process engine scores its users with: the table broadcast in the latest round
-        under their fine-tuned rows (dual personalization), the global table (without it, and
-        for a graph model's global level), a graph model's context, clusters and cluster
-        tables."""
+    def _evaluates(self, server_round: int) -> bool:
+        return server_round % self.config.eval_every == 0 or server_round == self.config.rounds
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """In evaluation rounds, a message to every online node with what the in-process
+        engine scores its users with: the table broadcast in the latest round under their
+        fine-tuned rows (dual personalization), the global table (without it, and for a graph
+        model's global level), a graph model's context, clusters and cluster tables."""
+        if not self._evaluates(server_round):
+            return []
         engine, model = self.engine, self.engine.model
         shared = RecordDict()
         if self.is_graph or not self.config.dual_personalization:
@@ -309,42 +346,59 @@ class RowServer:
                     content['clusters'] = to_record({'assignment': self.graph.assignment[held],
                                                      'tables': self.graph.cluster_tables})
             contents[node] = content
-        replies = self._send(contents, MessageType.EVALUATE, f'eval-{round_index}')
-        metrics = [reply.content['metrics'] for reply in replies.values()]
-        total = sum(m['num-users'] for m in metrics)
-        out = {split: {metric: sum(m[f'{split}-{metric}'] for m in metrics) / total
-                       for metric in ('hr@10', 'ndcg@10')}
-               for split in ('val', 'test')}
-        out['payload_evaluate_download_bytes_per_node'] = (
-            sum(_record_bytes(contents[node]) for node in replies) / len(replies))
-        return out
+        self._contents = contents
+        return self._messages(contents, MessageType.EVALUATE, f'eval-{server_round}')
 
-    def run(self, out: Optional[Path] = None) -> Dict:
-        """Enrollment and ``config.rounds`` rounds; writes ``out/metrics.json`` if given."""
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> Optional[MetricRecord]:
+        """Mean HR@10 and NDCG@10 over the users of the nodes that answered; closes the
+        round's ``metrics.json`` record."""
+        record = self._record
+        metrics = None
+        answered = self._answered(replies)
+        if answered:
+            sums = [reply.content['metrics'] for reply in answered.values()]
+            total = sum(m['num-users'] for m in sums)
+            for split in ('val', 'test'):
+                record[split] = {metric: sum(m[f'{split}-{metric}'] for m in sums) / total
+                                 for metric in ('hr@10', 'ndcg@10')}
+            record['payload_evaluate_download_bytes_per_node'] = (
+                sum(_record_bytes(self._contents[node]) for node in answered) / len(answered))
+            metrics = MetricRecord({f'{split}-{metric}': value
+                                    for split in ('val', 'test')
+                                    for metric, value in record[split].items()})
+        record['seconds'] = time.perf_counter() - self._began
+        self.history.append(record)
+        if self.progress:
+            log.info(summary_line(record, self.config.select_by))
+        if self.out is not None:
+            write_metrics(self.out, self.metrics())
+        return metrics
+
+    def summary(self) -> None:
+        log.info('%s: row-wise FedAvg of the item table over %d users on %d nodes',
+                 self.config.algorithm, self.engine.model.num_clients, len(self.node_users))
+
+    # ------------------------------------------------------------------ a whole run
+    def metrics(self) -> Dict:
+        """The run's ``metrics.json`` so far (the in-process format)."""
+        return metrics_of(self.history, self.pretraining, self.config)
+
+    def run(self, grid: Grid, out: Optional[Path] = None) -> Dict:
+        """Enrollment, pre-training (PerFedRec++) and ``config.rounds`` rounds through
+        :meth:`Strategy.start`; writes ``out/config.json`` and ``out/metrics.json``."""
         config = self.config
+        self.out = out
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             config.save(out / 'config.json')
-        self.enroll()
-        pretraining = None
+        self.enroll(grid)
         if self.graph is not None:
-            pretraining = (self.pretrain() if config.pretrain_rounds
-                           else {'rounds': 0, 'loss': []})
-        history = []
-        bar = tqdm(range(config.rounds), desc=f'{config.algorithm} on flower', unit='round',
-                   disable=not self.progress)
-        for round_index in bar:
-            began = time.perf_counter()
-            record = self.run_round(round_index)
-            if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-                record.update(self.evaluate(round_index))
-            record['seconds'] = time.perf_counter() - began
-            history.append(record)
-            if self.progress:
-                bar.write(summary_line(record, config.select_by))
-            if out is not None:
-                write_metrics(out, metrics_of(history, pretraining, config))
-        return metrics_of(history, pretraining, config)
+            self.pretraining = (self.pretrain() if config.pretrain_rounds
+                                else {'rounds': 0, 'loss': []})
+        self.start(grid, to_record({'items': self.engine.model.item}), config.rounds,
+                   timeout=self.timeout)
+        return self.metrics()
 
 
 def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = None,
@@ -360,10 +414,10 @@ def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = 
     def main(grid: Grid, context: Context) -> None:
         run_config = {**defaults, **context.run_config}
         folder = run_config.get('out', out)
-        server = RowServer(grid, run_config_to_config(run_config),
-                           timeout=float(run_config.get('timeout', timeout)),
-                           min_nodes=int(run_config.get('min-nodes', min_nodes)),
-                           progress=progress)
-        server.run(Path(folder) if folder else None)
+        strategy = RowFedAvg(run_config_to_config(run_config),
+                             timeout=float(run_config.get('timeout', timeout)),
+                             min_nodes=int(run_config.get('min-nodes', min_nodes)),
+                             progress=progress)
+        strategy.run(grid, Path(folder) if folder else None)
 
     return app
