@@ -186,6 +186,8 @@ class RowFedAvg(Strategy):
         config, engine = self.config, self.engine
         edges = torch.stack([torch.cat([e['edge-user'] for e in enrollments]),
                              torch.cat([e['edge-item'] for e in enrollments])])
+        # Edges by user, as the in-process engine holds them: propagation sums in edge order.
+        edges = edges[:, torch.sort(edges[0], stable=True).indices]
         graph = CollaborativeGraph(edges, engine.model.num_clients, engine.model.num_items)
         self.graph = GraphFederatedEngine.configured(config, engine, graph)
         for enrollment in enrollments:
@@ -290,11 +292,14 @@ class RowFedAvg(Strategy):
         users = torch.cat([u['users'] for u in uploads])
         order = torch.sort(users).indices
         users = users[order]
+        # Rows by user, as in-process: the aggregate sums them in this order, whatever the
+        # order the replies arrived in.
         row_user = torch.cat([u['row-user'] for u in uploads])
+        rows = torch.sort(row_user, stable=True).indices
         result = ClientRound(
-            RowUpload(users, torch.searchsorted(users, row_user),
-                      torch.cat([u['row-item'] for u in uploads]),
-                      torch.cat([u['update'] for u in uploads]).to(base.dtype)),
+            RowUpload(users, torch.searchsorted(users, row_user[rows]),
+                      torch.cat([u['row-item'] for u in uploads])[rows],
+                      torch.cat([u['update'] for u in uploads])[rows].to(base.dtype)),
             torch.cat([u['num-samples'] for u in uploads])[order],
             torch.cat([u['loss'] for u in uploads])[order])
         stats = engine.aggregate(base, result)
