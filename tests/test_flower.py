@@ -124,7 +124,7 @@ def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm, se
 
 def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp_path):
     config = TrainConfig(rounds=2, **CONFIG)
-    result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=120)
+    result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=120, run_timeout=600)
     metrics = result['metrics']
     _rounds_match(metrics, train(config, progress=False), rounds=2)
     # What crossed the wire covers what the messages carried, with a bounded overhead.
@@ -140,7 +140,7 @@ def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp
 def test_a_killed_supernode_does_not_stop_the_run(tmp_path):
     config = TrainConfig(rounds=2, **CONFIG)
     result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=20,
-                    kill_after_round=1, kill_partition=0)
+                    kill_after_round=1, kill_partition=0, run_timeout=600)
     rounds = result['metrics']['rounds']
     assert len(rounds) == 2
     assert rounds[0]['clients'] == 1000 and not rounds[0]['nodes_failed']

@@ -220,14 +220,14 @@ def _rounds_done(metrics_path: Path) -> int:
 
 def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 60.0,
            kill_after_round: Optional[int] = None, kill_partition: int = 0,
-           run_timeout: float = 900.0) -> Dict:
+           run_timeout: Optional[float] = None) -> Dict:
     """Runs ``config`` on a :class:`LocalDeployment` of ``num_nodes`` SuperNodes.
 
     Args:
         timeout: seconds the server waits for a round's replies.
         kill_after_round: kill SuperNode ``kill_partition`` as soon as this many rounds are
             done (a fault in the middle of the run).
-        run_timeout: seconds the whole run may take.
+        run_timeout: seconds the whole run may take (``None``: no limit).
 
     Returns:
         ``{'metrics': metrics.json, 'wire': [{'up', 'down'} per node, over the run],
@@ -246,7 +246,7 @@ def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 
         run = deployment.submit(app)
         killed = kill_after_round is None
         while run.poll() is None:
-            if time.monotonic() - began > run_timeout:
+            if run_timeout is not None and time.monotonic() - began > run_timeout:
                 run.kill()
                 raise TimeoutError(f'the run took over {run_timeout:.0f} s; logs in {workdir}')
             if not killed and _rounds_done(out / 'metrics.json') >= kill_after_round:
