@@ -149,3 +149,33 @@ def test_a_killed_supernode_does_not_stop_the_run(tmp_path):
     assert rounds[-1]['clients_selected'] == 1000
     assert math.isfinite(rounds[-1]['train_loss'])
     assert 0 < rounds[-1]['test']['hr@10'] <= 1
+
+
+def test_the_app_command_writes_a_flower_app_with_client_streams(tmp_path, capsys):
+    import tomllib
+
+    from fedgraph.cli import main
+
+    main(['flower', 'app', str(tmp_path / 'app'), '--algorithm', 'fedmf', '--rounds', '4',
+          '--out', str(tmp_path / 'runs'), '--min-nodes', '5'])
+    config = tomllib.loads((tmp_path / 'app' / 'pyproject.toml').read_text())
+    config = config['tool']['flwr']['app']['config']
+    assert config['algorithm'] == 'fedmf' and config['rounds'] == 4
+    assert config['client-streams'] is True and config['min-nodes'] == 5
+    assert config['out'] == str((tmp_path / 'runs').resolve())
+    assert 'flwr run' in capsys.readouterr().out
+
+
+def test_the_deploy_comparison_shows_the_largest_difference_per_round():
+    from fedgraph.flower.cli import _comparison
+
+    def record(round_index, loss, evaluated=True):
+        out = {'round': round_index, 'clients': 3, 'train_loss': loss}
+        if evaluated:
+            out.update(val={'hr@10': 0.5}, test={'hr@10': 0.25, 'ndcg@10': 0.125})
+        return out
+
+    table = _comparison([record(0, 0.5), record(1, 0.25, False)],
+                        [record(0, 0.5 + 1e-3), record(1, 0.25)]).splitlines()
+    assert table[2].endswith('| 1.0e-03 |') and '0.1250' in table[2]
+    assert table[3].endswith('| 0.0e+00 |')

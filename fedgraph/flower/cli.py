@@ -77,17 +77,23 @@ def _comparison(rounds: List[Dict], reference: Optional[List[Dict]]) -> str:
     lines = ['| round | clients | train loss | val HR@10 | test HR@10 | test NDCG@10 | '
              'max abs difference to in-process |', '|---|---|---|---|---|---|---|']
     for index, record in enumerate(rounds):
-        values = [record['train_loss'], record['val']['hr@10'], record['test']['hr@10'],
-                  record['test']['ndcg@10']]
+        values = _compared(record)
         difference = '(not run)'
         if reference is not None:
-            other = reference[index]
-            theirs = [other['train_loss'], other['val']['hr@10'], other['test']['hr@10'],
-                      other['test']['ndcg@10']]
+            theirs = _compared(reference[index])
             difference = f'{max(abs(a - b) for a, b in zip(values, theirs)):.1e}'
-        lines.append(f"| {record['round']} | {record['clients']} | "
-                     + ' | '.join(f'{v:.4f}' for v in values) + f' | {difference} |')
+        cells = [f'{v:.4f}' for v in values] + [''] * (4 - len(values))
+        lines.append(f"| {record['round']} | {record['clients']} | " + ' | '.join(cells)
+                     + f' | {difference} |')
     return '\n'.join(lines)
+
+
+def _compared(record: Dict) -> List[float]:
+    """Train loss, and val HR@10, test HR@10 and test NDCG@10 in evaluated rounds."""
+    values = [record['train_loss']]
+    if 'val' in record:
+        values += [record['val']['hr@10'], record['test']['hr@10'], record['test']['ndcg@10']]
+    return values
 
 
 def _wire_table(result: Dict, rounds: List[Dict], num_nodes: int) -> str:
