@@ -139,7 +139,7 @@ def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp
 
 def test_a_killed_supernode_does_not_stop_the_run(tmp_path):
     config = TrainConfig(rounds=2, **CONFIG)
-    result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=20,
+    result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=45,
                     kill_after_round=1, kill_partition=0, run_timeout=600)
     rounds = result['metrics']['rounds']
     assert len(rounds) == 2
