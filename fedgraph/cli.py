@@ -59,6 +59,7 @@ _HELP = {
                       'devices (the Flower apps do)',
 }
 
+
 def _on_off(text: str) -> bool:
     if text.lower() in ('on', 'true', 'yes', '1'):
         return True

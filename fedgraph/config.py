@@ -95,6 +95,11 @@ class TrainConfig:
         if self.level_weights is not None:
             self.level_weights = tuple(self.level_weights)
 
+    def evaluates_after(self, rounds_done: int) -> bool:
+        """Whether a run evaluates once ``rounds_done`` rounds are done: every
+        ``eval_every`` rounds and after the last."""
+        return rounds_done % self.eval_every == 0 or rounds_done == self.rounds
+
     def item_lr(self, num_items: int) -> float:
         """PFedRec's item learning rate, ``lr * num_items * eta``."""
         return self.lr * num_items * self.item_lr_eta

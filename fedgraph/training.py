@@ -113,13 +113,10 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     for round_index in bar:
         began = time.perf_counter()
         stats = engine.run_round(generator)
-        record = {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
-                  'upload_bytes_per_client': stats.upload_bytes,
-                  'download_bytes_per_client': stats.download_bytes,
-                  'epsilon': stats.epsilon, 'epsilon_spent': _budget_spent(engine, stats)}
+        record = round_record(round_index, stats, engine)
         if hasattr(engine, 'uniformity'):
             record['uniformity'] = engine.uniformity()
-        if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
+        if config.evaluates_after(round_index + 1):
             record.update(evaluate(engine, split))
         record['seconds'] = time.perf_counter() - began
         history.append(record)
@@ -137,12 +134,16 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     return metrics_of(history, pretraining, config)
 
 
-def _budget_spent(engine, stats) -> Optional[float]:
-    """The LDP budget spent so far by the client that uploaded most often (sequential
-    composition over its uploads; every upload spends ``stats.epsilon`` per coordinate)."""
-    if stats.epsilon is None:
-        return None
-    return stats.epsilon * int(engine.participation.max())
+def round_record(round_index: int, stats, engine) -> Dict:
+    """A round's ``metrics.json`` record before evaluation: its loss, clients, bytes and LDP
+    budget. ``epsilon_spent`` is the budget spent so far by the client that uploaded most
+    often (``engine.participation`` counts each client's uploads; sequential composition,
+    every upload spending ``stats.epsilon`` per coordinate)."""
+    spent = None if stats.epsilon is None else stats.epsilon * int(engine.participation.max())
+    return {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
+            'upload_bytes_per_client': stats.upload_bytes,
+            'download_bytes_per_client': stats.download_bytes,
+            'epsilon': stats.epsilon, 'epsilon_spent': spent}
 
 
 def metrics_of(history: List[Dict], pretraining: Optional[Dict],

@@ -70,7 +70,8 @@ class ClientStreams:
     @staticmethod
     def transform(upload: UploadTransform, update: Tensor, row_owner: Tensor,
                   generators: Sequence[torch.Generator]) -> Tensor:
-        """Each client's row updates through ``upload`` with that client's generator."""
+        """Each client's row updates through ``upload`` with that client's generator; the
+        rows are grouped by client in the order of ``generators`` (as a round plan's are)."""
         out = torch.empty_like(update)
         count = torch.bincount(row_owner, minlength=len(generators)).tolist()
         start = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -159,6 +159,18 @@ class Device:
         """``[n, d]`` the users' private embeddings (graph models have FedMF's head)."""
         return self.private[DotProductHead.user_vector]
 
+    def _streams(self, seed: int) -> List[torch.Generator]:
+        """Every user's stream of ``seed``."""
+        return ClientStreams(self.users).generators(seed, torch.arange(self.users.numel()))
+
+    def _upload_users(self, position: Tensor, streams: Sequence[torch.Generator]) -> Tensor:
+        """Users ``position`` upload the change of their embedding since their last upload,
+        clipped and noised from ``streams``; returns the uploaded change."""
+        change = user_upload(local_training(self.config, self.num_items).upload,
+                             self._user_vectors()[position] - self.uploaded[position], streams)
+        self.uploaded[position] += change
+        return change
+
     def enroll(self, private: Dict[str, Tensor], enroll_seed: int) -> Dict[str, Tensor]:
         """Stores the users' initial private parameters. A graph model's users also upload
         their item sets with pseudo-items and their first noised user embedding, drawn from
@@ -167,14 +179,12 @@ class Device:
         self.private = private
         if not self.is_graph:
             return {}
-        streams = ClientStreams(self.users).generators(enroll_seed,
-                                                       torch.arange(self.users.numel()))
+        streams = self._streams(enroll_seed)
         pseudo = PseudoItems(self.config.pseudo_ratio)
         items = [pseudo.client_items(self.train.items_of(i), self.num_items, stream)
                  for i, stream in enumerate(streams)]
-        change = user_upload(local_training(self.config, self.num_items).upload,
-                             self._user_vectors(), streams)
-        self.uploaded = change.clone()
+        self.uploaded = torch.zeros_like(self._user_vectors())
+        change = self._upload_users(torch.arange(self.users.numel()), streams)
         return {'edge-user': torch.cat([torch.full_like(row, int(user))
                                         for user, row in zip(self.users, items)]),
                 'edge-item': torch.cat(items), 'users': self.users, 'user-update': change}
@@ -182,20 +192,16 @@ class Device:
     def upload_user_change(self, seed: int) -> Dict[str, Tensor]:
         """Every user here uploads the change of its embedding since its last upload, noised
         from its stream of ``seed`` (PerFedRec++, after pre-training)."""
-        streams = ClientStreams(self.users).generators(seed, torch.arange(self.users.numel()))
-        change = user_upload(local_training(self.config, self.num_items).upload,
-                             self._user_vectors() - self.uploaded, streams)
-        self.uploaded += change
+        change = self._upload_users(torch.arange(self.users.numel()), self._streams(seed))
         return {'users': self.users, 'user-update': change}
 
     def pretrain_views(self, seed: int) -> Dict[str, Tensor]:
         """The users' embeddings as they enter a pre-training round's two views: each with
         the Laplace noise of an upload, from its stream of ``seed`` (``views``
         ``[n, 2, d]``)."""
-        streams = ClientStreams(self.users).generators(seed, torch.arange(self.users.numel()))
         user = self._user_vectors()
         offsets = view_offsets(local_training(self.config, self.num_items).upload, user,
-                               streams)
+                               self._streams(seed))
         return {'users': self.users, 'views': (user + offsets).transpose(0, 1).contiguous()}
 
     def pretrain_step(self, grad: Tensor, selected: Tensor) -> None:
@@ -238,11 +244,7 @@ class Device:
                'users': self.users[upload.clients], 'num-samples': result.num_samples,
                'loss': result.loss}
         if self.is_graph:
-            change = user_upload(engine.training.upload,
-                                 self._user_vectors()[position] - self.uploaded[position],
-                                 engine.last_generators)
-            self.uploaded[position] += change
-            out['user-update'] = change
+            out['user-update'] = self._upload_users(position, engine.last_generators)
         return out
 
     @torch.no_grad()

@@ -50,7 +50,7 @@ from fedgraph.flower.records import (config_to_run_config, from_record, run_conf
                                      to_record)
 from fedgraph.nn.augment import SimGCLNoise
 from fedgraph.nn.gnn import CollaborativeGraph
-from fedgraph.training import metrics_of, summary_line, write_metrics
+from fedgraph.training import metrics_of, round_record, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -307,25 +307,16 @@ class RowFedAvg(Strategy):
             change = torch.cat([u['user-update'] for u in uploads])[order]
             self.graph.server_users[users] += change.to(base.dtype)
             self.graph.finish_round()
-        epsilon = stats.epsilon
         self._record = {
-            'round': server_round - 1, 'train_loss': stats.loss, 'clients': stats.num_clients,
+            **round_record(server_round - 1, stats, engine),
             'clients_selected': self._selected,
             'nodes_failed': sorted(set(self._contents) - set(answered)),
-            'upload_bytes_per_client': stats.upload_bytes,
-            'download_bytes_per_client': stats.download_bytes,
             'payload_upload_bytes_per_client':
                 sum(_record_bytes(r.content) for r in answered.values()) / users.numel(),
             'payload_download_bytes_per_node':
-                sum(_record_bytes(self._contents[node]) for node in answered) / len(answered),
-            'epsilon': epsilon,
-            'epsilon_spent': (None if epsilon is None
-                              else epsilon * int(engine.participation.max()))}
+                sum(_record_bytes(self._contents[node]) for node in answered) / len(answered)}
         metrics = MetricRecord({'train_loss': stats.loss, 'clients': stats.num_clients})
         return to_record({'items': engine.model.item}), metrics
-
-    def _evaluates(self, server_round: int) -> bool:
-        return server_round % self.config.eval_every == 0 or server_round == self.config.rounds
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -333,7 +324,7 @@ class RowFedAvg(Strategy):
         engine scores its users with: the table broadcast in the latest round under their
         fine-tuned rows (dual personalization), the global table (without it, and for a graph
         model's global level), a graph model's context, clusters and cluster tables."""
-        if not self._evaluates(server_round):
+        if not self.config.evaluates_after(server_round):
             return []
         engine, model = self.engine, self.engine.model
         shared = RecordDict()
