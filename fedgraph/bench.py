@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from fedgraph.algorithms import build_engine
+from fedgraph.algorithms import algorithm_names, build_engine
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, synthetic_interactions
 from fedgraph.federated.evaluation import evaluate
@@ -91,7 +91,7 @@ def _engines(args: argparse.Namespace) -> List[Dict]:
     rows = []
     for engine in ('vectorized', 'reference'):
         config = dict(algorithm=args.algorithm, dataset=args.dataset, seed=args.seed,
-                      device=args.device, engine=engine, pretrain_rounds=0)
+                      device=args.device, engine=engine)
         if args.clients_per_round:
             config['clients_per_round'] = args.clients_per_round
         result = _run_worker({'config': config, 'rounds': args.rounds})
@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest='kind', required=True)
     engines = kinds.add_parser('engines', help='vectorized vs reference engine')
     engines.add_argument('--dataset', default='ml-100k')
-    engines.add_argument('--algorithm', default='pfedrec')
+    engines.add_argument('--algorithm', default='pfedrec', choices=algorithm_names())
     engines.add_argument('--clients-per-round', type=int, default=None,
                          help="default: the algorithm's (pfedrec: all; perfedrec++: 256)")
     engines.add_argument('--rounds', type=int, default=3, help='timed rounds (after 1 warm-up)')

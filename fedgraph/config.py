@@ -1,117 +1,207 @@
-"""The configuration of a training run: every hyperparameter, with the papers' defaults."""
+"""The configuration of a training run: the settings every algorithm shares, in four sections
+(data, federation, privacy, run), and the chosen algorithm's own section
+(:attr:`~fedgraph.algorithms.base.Algorithm.Settings`)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+log = logging.getLogger(__name__)
 
-ALGORITHMS = ('pfedrec', 'fedmf', 'mf', 'fedlightgcn', 'perfedrec++')
-
-_GRAPH_DEFAULTS = dict(lr=1.0, item_lr_eta=1.0, clients_per_round=256, clip=0.5,
-                       ldp_scale=0.1)
-#: The values that fields left at ``None`` take, per algorithm. PFedRec's are its paper's;
-#: FedMF's learning rates were picked by validation HR@10 on MovieLens-100K (README);
-#: FedLightGCN and PerFedRec++ follow the PerFedRec++ paper (256 clients a round, clipping
-#: 0.5, Laplace scale 0.1, k = 5 clusters, equal level weights).
-ALGORITHM_DEFAULTS = {
-    'pfedrec': dict(lr=0.1, item_lr_eta=80.0, clip=0.0, ldp_scale=0.0, pretrain_rounds=0,
-                    dual_personalization=True),
-    'fedmf': dict(lr=1.0, item_lr_eta=1.0, clip=0.0, ldp_scale=0.0, pretrain_rounds=0,
-                  dual_personalization=False),
-    'mf': dict(lr=0.0, item_lr_eta=0.0, clip=0.0, ldp_scale=0.0, pretrain_rounds=0,
-               dual_personalization=False),
-    'fedlightgcn': dict(_GRAPH_DEFAULTS, pretrain_rounds=0, num_clusters=0,
-                        level_weights=(1.0, 0.0, 0.0), dual_personalization=False),
-    'perfedrec++': dict(_GRAPH_DEFAULTS, pretrain_rounds=50, num_clusters=5,
-                        level_weights=(1.0, 1.0, 1.0), dual_personalization=True),
+#: The shared settings by section (the order of ``--help``).
+SECTIONS = {
+    'data': ('dataset', 'data_root', 'protocol', 'split_ratios', 'split_mode',
+             'eval_negatives'),
+    'federation': ('rounds', 'seed', 'dim', 'batch_size', 'local_epochs', 'num_negatives',
+                   'client_ratio', 'clients_per_round', 'aggregation'),
+    'privacy': ('clip', 'ldp_scale'),
+    'run': ('eval_every', 'checkpoint_every', 'device', 'engine', 'client_streams'),
 }
 
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its ``--help`` line (the CLI's flags are generated from these)."""
+    return dataclasses.field(default=default, metadata={'help': help})
 
-@dataclass
+
+_CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': ('mean', 'weighted'),
+            'engine': ('vectorized', 'reference'), 'split_mode': ('random', 'temporal')}
+
+
+@dataclass(init=False)
 class TrainConfig:
     """Everything a run depends on; saved as ``config.json`` next to its ``metrics.json``.
 
-    Defaults are PFedRec's on MovieLens-100K: d = 32, all users every round, 1 local epoch,
-    batch 256, head lr 0.1, item lr 0.1 x num_items x 80, 4 negatives, 100 rounds. Fields
-    left at ``None`` take the algorithm's default (:data:`ALGORITHM_DEFAULTS`); ``clip = 0``
-    means no clipping.
+    The shared settings default to PFedRec's on MovieLens-100K (d = 32, all users every
+    round, 1 local epoch, batch 256, 4 negatives, 100 rounds); a shared setting left at
+    ``None`` takes the algorithm's default (``shared_defaults``: the graph models clip at
+    0.5, add Laplace noise of scale 0.1 and take 256 clients a round), else none. The
+    algorithm's own settings are passed by name or as ``settings``::
+
+        TrainConfig(algorithm='perfedrec++', rounds=20, pretrain_rounds=5)
+
+    A name that is neither a shared setting nor one of the algorithm's, or a shared setting
+    the algorithm does not use (``unused_settings``), is an error that names it.
+    ``config.num_layers`` reads the algorithm's ``config.settings.num_layers``.
     """
     algorithm: str = 'pfedrec'
-    dataset: str = 'ml-100k'
-    data_root: Optional[str] = None
-    protocol: str = 'sampled'
-    split_ratios: Tuple[float, float, float] = (0.8, 0.1, 0.1)
-    split_mode: str = 'random'
-    eval_negatives: int = 99
-    rounds: int = 100
-    seed: int = 0
-    dim: int = 32
-    lr: Optional[float] = None
-    central_lr: float = 1e-3
-    item_lr_eta: Optional[float] = None
-    batch_size: int = 256
-    local_epochs: int = 1
-    num_negatives: int = 4
-    client_ratio: Optional[float] = None
-    clients_per_round: Optional[int] = None
-    aggregation: str = 'mean'
-    clip: Optional[float] = None
-    ldp_scale: Optional[float] = None
-    dual_personalization: Optional[bool] = None
-    num_layers: int = 2
-    pretrain_rounds: Optional[int] = None
-    pretrain_lr: float = 0.05
-    cl_weight: float = 1.0
-    cl_temperature: float = 0.2
-    simgcl_eps: float = 0.1
-    client_dropout: float = 0.1
-    pseudo_ratio: float = 0.1
-    num_clusters: Optional[int] = None
-    cluster_every: int = 5
-    level_weights: Optional[Tuple[float, float, float]] = None
-    eval_every: int = 1
-    checkpoint_every: int = 10
-    device: str = 'cpu'
-    engine: str = 'vectorized'
-    client_streams: bool = False
+    # data
+    dataset: str = setting('ml-100k',
+        'data set: a name or file format of fedgraph.data.load_dataset')
+    data_root: Optional[str] = setting(None,
+        'folder of the raw data files (default: datasets/)')
+    protocol: str = setting('sampled',
+        "'sampled' (leave-one-out, sampled negatives) or 'full' (ratio split, all items)")
+    split_ratios: Tuple[float, float, float] = setting((0.8, 0.1, 0.1),
+        'train/val/test ratios of the full-ranking protocol')
+    split_mode: str = setting('random',
+        "'random' or 'temporal' ratio split")
+    eval_negatives: int = setting(99,
+        'sampled negatives per held-out item (sampled protocol)')
+    # federation
+    rounds: int = setting(100,
+        'federated rounds (centralized: epochs)')
+    seed: int = setting(0,
+        'seed of the initial model, the selection and every sample')
+    dim: int = setting(32,
+        'embedding size d')
+    batch_size: int = setting(256,
+        'local mini-batch size')
+    local_epochs: int = setting(1,
+        'passes over the local data per round')
+    num_negatives: int = setting(4,
+        'training negatives per positive, redrawn every round')
+    client_ratio: Optional[float] = setting(None,
+        'fraction of clients per round (default: all)')
+    clients_per_round: Optional[int] = setting(None,
+        'number of clients per round (instead of --client-ratio)')
+    aggregation: str = setting('mean',
+        "'mean' (unweighted FedAvg) or 'weighted' (by sample count)")
+    # privacy
+    clip: Optional[float] = setting(None,
+        'L2 bound of each uploaded update (0: none)')
+    ldp_scale: Optional[float] = setting(None,
+        'Laplace noise scale on uploads (needs --clip)')
+    # run
+    eval_every: int = setting(1,
+        'evaluate every N rounds')
+    checkpoint_every: int = setting(10,
+        'save a checkpoint every N rounds')
+    device: str = setting('cpu',
+        'cpu or cuda')
+    engine: str = setting('vectorized',
+        "'vectorized' or 'reference' (one model per client, for checking)")
+    client_streams: bool = setting(False,
+        'each client draws its randomness from its own stream, as on devices '
+        '(the Flower apps do)')
+    # the algorithm's own section
+    settings: Any = None
 
-    def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}')
-        choices = {'protocol': ('sampled', 'full'), 'aggregation': ('mean', 'weighted'),
-                   'engine': ('vectorized', 'reference'), 'split_mode': ('random', 'temporal')}
-        for name, allowed in choices.items():
+    def __init__(self, algorithm: str = 'pfedrec', settings: Any = None, **values: Any):
+        from fedgraph.algorithms.registry import resolve
+
+        cls = resolve(algorithm)
+        self.algorithm = algorithm
+        shared = shared_fields()
+        # An algorithm setting given as None takes the algorithm's default.
+        own = {name: value for name, value in values.items()
+               if name not in shared and value is not None}
+        unknown = set(own) - set(cls.Settings.names())
+        if unknown:
+            raise ValueError(
+                f'{algorithm} has no setting {", ".join(sorted(unknown))}; its own settings: '
+                f'{", ".join(cls.Settings.names()) or "none"}')
+        for name, field in shared.items():
+            value = values.get(name, field.default)
+            if name in cls.unused_settings and value != field.default:
+                raise ValueError(f'{algorithm} does not use {name} (set to {value!r}); '
+                                 f'leave it at {field.default!r}')
+            if value is None and name not in cls.unused_settings:
+                value = cls.shared_defaults.get(name)
+            setattr(self, name, value)
+        if settings is None:
+            settings = cls.Settings(**own)
+        elif isinstance(settings, dict):
+            settings = cls.Settings(**{**settings, **own})
+        elif own:
+            settings = dataclasses.replace(settings, **own)
+        if not isinstance(settings, cls.Settings):
+            raise TypeError(f'settings of {algorithm} must be {cls.Settings.__name__}, '
+                            f'got {type(settings).__name__}')
+        settings.validate()
+        self.settings = settings
+        self._validate()
+
+    def _validate(self) -> None:
+        for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
         if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
+        if min(self.dim, self.batch_size, self.local_epochs) < 1 or self.num_negatives < 0:
+            raise ValueError('dim, batch_size and local_epochs must be >= 1, num_negatives >= 0')
         self.split_ratios = tuple(self.split_ratios)
-        for name, value in ALGORITHM_DEFAULTS[self.algorithm].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if self.level_weights is not None:
-            self.level_weights = tuple(self.level_weights)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names that are not attributes: the algorithm's own settings.
+        settings = self.__dict__.get('settings')
+        if settings is not None and name in type(settings).names():
+            return getattr(settings, name)
+        raise AttributeError(f'{type(self).__name__} of {self.__dict__.get("algorithm")!r} '
+                             f'has no setting {name!r}')
+
+    def build_algorithm(self):
+        """The :class:`~fedgraph.algorithms.base.Algorithm` of this configuration."""
+        from fedgraph.algorithms.registry import resolve
+
+        return resolve(self.algorithm)(self)
 
     def evaluates_after(self, rounds_done: int) -> bool:
         """Whether a run evaluates once ``rounds_done`` rounds are done: every
         ``eval_every`` rounds and after the last."""
         return rounds_done % self.eval_every == 0 or rounds_done == self.rounds
 
-    def item_lr(self, num_items: int) -> float:
-        """PFedRec's item learning rate, ``lr * num_items * eta``."""
-        return self.lr * num_items * self.item_lr_eta
-
     @property
     def select_by(self) -> str:
         """The validation metric that picks the best round."""
         return 'hr@10' if self.protocol == 'sampled' else 'recall@20'
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The shared settings, then ``settings``: the algorithm's section."""
+        out = {name: getattr(self, name) for name in shared_fields()}
+        return {'algorithm': self.algorithm, **out,
+                'settings': dataclasses.asdict(self.settings)}
+
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + '\n')
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + '\n')
 
     @classmethod
     def load(cls, path: Path) -> 'TrainConfig':
-        return cls(**json.loads(Path(path).read_text()))
+        """The configuration saved in ``path``. A flat file of an earlier version (every
+        setting at the top level) loads too: the settings its algorithm no longer has are
+        logged and left out."""
+        values = json.loads(Path(path).read_text())
+        if 'settings' in values:
+            return cls(**values)
+        from fedgraph.algorithms.registry import resolve
+
+        algorithm = values.get('algorithm', 'pfedrec')
+        if algorithm == 'mf' and 'central_lr' in values:
+            values['lr'] = values.pop('central_lr')
+        algorithm_class = resolve(algorithm)
+        known = (set(shared_fields()) - set(algorithm_class.unused_settings)
+                 | set(algorithm_class.Settings.names()) | {'algorithm'})
+        dropped = sorted(set(values) - known)
+        if dropped:
+            log.warning('%s: settings %s belong to no section of %s; left out', path,
+                        ', '.join(dropped), algorithm)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def shared_fields() -> Dict[str, dataclasses.Field]:
+    """The shared settings' fields by name, in section order."""
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    return {name: fields[name] for section in SECTIONS.values() for name in section}

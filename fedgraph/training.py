@@ -21,6 +21,7 @@ from fedgraph.algorithms import build_engine
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, load_dataset, ratio_split
 from fedgraph.federated.evaluation import evaluate
+from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +44,6 @@ def build_run(config: TrainConfig, split):
     engine = build_engine(config, ClientPartition.from_data(split.train), generator,
                           split.known_items())
     return engine, generator
-
-
-def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
-    """The evaluated round with the highest validation ``select_by``; a later round wins a
-    tie (the PFedRec code's ``>=``)."""
-    best = None
-    for record in history:
-        if 'val' in record and (best is None or record['val'][select_by] >= best['val'][select_by]):
-            best = record
-    if best is None:
-        return None
-    return {'round': best['round'], 'val': best['val'], 'test': best['test']}
-
-
-def summary_line(record: Dict, select_by: str) -> str:
-    """One round's record as the line the progress output prints."""
-    text = f"round {record['round']:>3}  loss {record['train_loss']:.4f}"
-    if 'val' in record:
-        metric = select_by
-        other = 'ndcg@10' if select_by == 'hr@10' else 'ndcg@20'
-        text += (f"  val {metric} {record['val'][metric]:.4f} {other} {record['val'][other]:.4f}"
-                 f"  test {metric} {record['test'][metric]:.4f} {other} {record['test'][other]:.4f}")
-    return text + f"  {record['seconds']:.2f}s"
 
 
 def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,
@@ -102,10 +80,8 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         history, start_round = state['history'], state['round']
         pretraining = state['pretraining']
         log.info('resuming %s at round %d', out, start_round)
-    elif hasattr(engine, 'pretrain'):
-        pretraining = (engine.pretrain(config.pretrain_rounds, generator, progress)
-                       if config.pretrain_rounds else {'rounds': 0, 'loss': []})
-        pretraining['uniformity'] = engine.uniformity()
+    else:
+        pretraining = engine.pretrain(generator, progress)
 
     rounds = range(start_round, config.rounds)
     bar = tqdm(rounds, desc=config.algorithm, unit='round', disable=not progress,
@@ -114,8 +90,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         began = time.perf_counter()
         stats = engine.run_round(generator)
         record = round_record(round_index, stats, engine)
-        if hasattr(engine, 'uniformity'):
-            record['uniformity'] = engine.uniformity()
+        record.update(engine.round_report())
         if config.evaluates_after(round_index + 1):
             record.update(evaluate(engine, split))
         record['seconds'] = time.perf_counter() - began
@@ -129,31 +104,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
                         'pretraining': pretraining}, out / CHECKPOINT)
             write_metrics(out, metrics_of(history, pretraining, config))
     bar.close()
-    if out is not None and hasattr(engine, 'export'):
-        torch.save(engine.export(), out / EMBEDDINGS)
+    exported = engine.export() if out is not None else None
+    if exported is not None:
+        torch.save(exported, out / EMBEDDINGS)
     return metrics_of(history, pretraining, config)
-
-
-def round_record(round_index: int, stats, engine) -> Dict:
-    """A round's ``metrics.json`` record before evaluation: its loss, clients, bytes and LDP
-    budget. ``epsilon_spent`` is the budget spent so far by the client that uploaded most
-    often (``engine.participation`` counts each client's uploads; sequential composition,
-    every upload spending ``stats.epsilon`` per coordinate)."""
-    spent = None if stats.epsilon is None else stats.epsilon * int(engine.participation.max())
-    return {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
-            'upload_bytes_per_client': stats.upload_bytes,
-            'download_bytes_per_client': stats.download_bytes,
-            'epsilon': stats.epsilon, 'epsilon_spent': spent}
-
-
-def metrics_of(history: List[Dict], pretraining: Optional[Dict],
-               config: TrainConfig) -> Dict:
-    """The content of ``metrics.json``: every round's record and the best round."""
-    metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
-    if pretraining is not None:
-        metrics['pretraining'] = pretraining
-    return metrics
-
-
-def write_metrics(out: Path, metrics: Dict) -> None:
-    (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')

@@ -8,10 +8,10 @@ from flwr.app import RecordDict
 
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
-from fedgraph.flower.client import Device
+from fedgraph.federated.device import Device
 from fedgraph.flower.deploy import deploy, write_app
-from fedgraph.flower.records import (config_to_run_config, from_record, run_config_to_config,
-                                     to_record)
+from fedgraph.flower.records import (config_to_run_config, from_record, load,
+                                     run_config_to_config, store, to_record)
 from fedgraph.flower.simulation import simulate
 from fedgraph.training import prepare_split, train
 
@@ -63,8 +63,8 @@ def test_devices_partition_the_users_and_survive_their_state():
     assert torch.equal(device.candidates['test'][:, 0], split.test_item[device.users])
     device.private = {'weight': torch.randn(device.users.numel(), 32)}
     state = RecordDict()
-    device.to_state(state)
-    back = Device.from_state(config, state)
+    store(state, device.to_state(), 'device-')
+    back = Device.from_state(config, load(state, 'device-'))
     assert torch.equal(back.users, device.users)
     assert torch.equal(back.train.col, device.train.col)
     assert torch.equal(back.known.ptr, device.known.ptr)
@@ -81,7 +81,8 @@ def test_a_device_rejects_users_it_does_not_hold():
     device.private = {'weight': torch.zeros(device.users.numel(), 32),
                       'bias': torch.zeros(device.users.numel())}
     with pytest.raises(ValueError, match='does not hold'):
-        device.train_round(torch.zeros(2000, 32), torch.tensor([1]), round_seed=0)
+        device.handle('train', {'items': torch.zeros(2000, 32), 'users': torch.tensor([1]),
+                                'round-seed': 0})
 
 
 @pytest.mark.parametrize('settings, message', [

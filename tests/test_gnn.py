@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch_geometric.nn import LightGCN
 
-from fedgraph.algorithms.perfedrec import GraphFederatedEngine
+from fedgraph.federated.graph import GraphFederatedEngine
 from fedgraph.federated import FederatedEngine, ReferenceEngine
 from fedgraph.nn import CollaborativeGraph, FederatedGNN, FederatedRecommender
 from helpers import HEADS, candidates, engine_data, make_engine, make_model
@@ -221,7 +221,8 @@ def test_zero_layer_graph_engine_is_fedmf_and_pfedrec(data, algorithm):
     ``upload_users``, which goes through the same ``UploadTransform``; without clipping and
     noise that transform draws nothing, so the same seed drives both engines identically
     (checked below by comparing the generators' final states). The constructor is used
-    directly, not ``from_config``, which draws pseudo-items and a first noised user upload.
+    directly, not through the algorithm, whose enrollment draws pseudo-items and a first
+    noised user upload.
 
     Level: FedMF is scored with the global table, level weights (1, 0, 0); PFedRec with
     dual personalization scores each user with its own fine-tuned rows, which is the local

@@ -2,7 +2,6 @@
 engine (server graph, contrastive pre-training, cluster tables, three-level scores, state),
 their configuration, training runs and the command line."""
 import copy
-import dataclasses
 import json
 import math
 from collections import Counter
@@ -10,12 +9,14 @@ from collections import Counter
 import pytest
 import torch
 
-from fedgraph.algorithms import GraphFederatedEngine, build_engine
+from fedgraph.algorithms import build_engine
 from fedgraph.cli import build_parser, main
 from fedgraph.clustering import ClusterSelector, kmeans
-from fedgraph.config import ALGORITHM_DEFAULTS, TrainConfig
+from fedgraph.cli.flags import config_from_args
+from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split, synthetic_interactions
 from fedgraph.federated import ClientSelector
+from fedgraph.federated.graph import GraphFederatedEngine
 from fedgraph.training import CHECKPOINT, EMBEDDINGS, train
 from helpers import candidates, read_metrics, train_interrupted, without_seconds
 
@@ -169,7 +170,7 @@ def test_pretraining_changes_only_selected_clients(split):
     item_before = engine.model.item.detach().clone()
     server_before = engine.server_users.clone()
     participation_before = engine.participation.clone()
-    result = engine.pretrain(2, generator, progress=False)
+    result = engine.pretrain(generator, progress=False)
     engine.engine.selector = recorder.inner
 
     assert result['rounds'] == 2 and len(result['loss']) == 2
@@ -194,10 +195,19 @@ def test_pretraining_changes_only_selected_clients(split):
 @pytest.fixture(scope='module')
 def trained(split):
     """An engine after 2 pre-training and 3 training rounds (clustered after round 2), with
-    what was observed along the way."""
+    what was observed along the way (``last``: what the clients handed the server in the
+    last round)."""
     engine, generator, partition = _build(split)
-    engine.pretrain(2, generator, progress=False)
+    engine.pretrain(generator, progress=False)
     observed = {}
+    train_round = engine.engine.train_round
+
+    def recorded(generator):
+        stats, result = train_round(generator)
+        observed['last'] = result
+        return stats, result
+
+    engine.engine.train_round = recorded
     for round_index in range(3):
         if round_index == 2:
             observed['tables_before'] = engine.cluster_tables.clone()
@@ -225,7 +235,7 @@ def test_clustering_after_cluster_every_rounds(trained):
     assert torch.equal(observed['tables_after_2'],
                        observed['global_after_2'].unsqueeze(0).expand(3, -1, -1))
     # Round 3 selected by cluster quotas.
-    clients = engine.engine.last_upload.clients
+    clients = observed['last'].upload.clients
     per_cluster = Counter(engine.assignment[clients].tolist())
     sizes = torch.bincount(engine.assignment, minlength=3).tolist()
     assert clients.numel() == 20
@@ -235,7 +245,7 @@ def test_clustering_after_cluster_every_rounds(trained):
 
 def test_cluster_table_is_fedavg_of_its_members(trained):
     engine, _, _, observed = trained
-    upload, base = engine.engine.last_upload, engine.engine.broadcast
+    upload, base = observed['last'].upload, engine.engine.broadcast
     assert torch.equal(base, observed['global_after_2'])
     weighted_change = torch.zeros_like(base)
     for cluster in range(3):
@@ -329,8 +339,8 @@ def test_export_and_uniformity(trained):
 
 
 def test_state_dict_round_trip(split):
-    engine, generator, _ = _build(split)
-    engine.pretrain(1, generator, progress=False)
+    engine, generator, _ = _build(split, pretrain_rounds=1)
+    engine.pretrain(generator, progress=False)
     for _ in range(3):
         engine.run_round(generator)
     state = copy.deepcopy(engine.state_dict())
@@ -338,7 +348,7 @@ def test_state_dict_round_trip(split):
     expected = engine.run_round(generator)
 
     # Another generator: another graph, model and server state before loading.
-    other, _, _ = _build(split, generator_seed=1)
+    other, _, _ = _build(split, generator_seed=1, pretrain_rounds=1)
     assert not torch.equal(other.model.item, engine.model.item)
     other.load_state_dict(state)
     assert isinstance(other.selector, ClusterSelector)
@@ -359,11 +369,11 @@ def test_loaded_engine_scores_as_the_saved_one(split):
     saved engine does (e.g. to evaluate a checkpoint). The clients' scores use the GNN
     context of the latest round (``model.set_context``), which ``state_dict`` does not
     hold, so the loaded engine scores with bare ego embeddings until its next round."""
-    engine, generator, _ = _build(split)
-    engine.pretrain(1, generator, progress=False)
+    engine, generator, _ = _build(split, pretrain_rounds=1)
+    engine.pretrain(generator, progress=False)
     for _ in range(2):
         engine.run_round(generator)
-    other, _, _ = _build(split, generator_seed=1)
+    other, _, _ = _build(split, generator_seed=1, pretrain_rounds=1)
     other.load_state_dict(copy.deepcopy(engine.state_dict()))
     users = torch.arange(NUM_USERS)
     torch.testing.assert_close(other.scores_all(users), engine.scores_all(users))
@@ -375,8 +385,8 @@ def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
     random numbers."""
     engines = []
     for kind in ('vectorized', 'reference'):
-        engine, generator, _ = _build(split, engine=kind, ldp_scale=0.0)
-        engine.pretrain(1, generator, progress=False)
+        engine, generator, _ = _build(split, engine=kind, ldp_scale=0.0, pretrain_rounds=1)
+        engine.pretrain(generator, progress=False)
         stats = [engine.run_round(generator) for _ in range(3)]
         engines.append((engine, stats))
     (fast, fast_stats), (slow, slow_stats) = engines
@@ -400,8 +410,8 @@ def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize('algorithm,expected', [
     pytest.param('fedlightgcn',
-                 dict(pretrain_rounds=0, num_clusters=0, level_weights=(1.0, 0.0, 0.0),
-                      dual_personalization=False, lr=1.0, item_lr_eta=1.0),
+                 dict(level_weights=(1.0, 0.0, 0.0), dual_personalization=False, lr=1.0,
+                      item_lr_eta=1.0),
                  id='fedlightgcn'),
     pytest.param('perfedrec++',
                  dict(pretrain_rounds=50, num_clusters=5, level_weights=(1.0, 1.0, 1.0),
@@ -415,6 +425,8 @@ def test_graph_algorithm_defaults(algorithm, expected):
     for name, value in expected.items():
         actual = getattr(config, name)
         assert (actual is value) if isinstance(value, bool) else (actual == value), name
+    # FedLightGCN has neither pre-training nor clusters among its settings.
+    assert ('pretrain_rounds' in config.settings.names()) == (algorithm == 'perfedrec++')
 
 
 def test_explicit_values_win_over_graph_defaults():
@@ -423,19 +435,24 @@ def test_explicit_values_win_over_graph_defaults():
                          clients_per_round=10)
     assert config.level_weights == (1, 0, 0) and config.num_clusters == 0
     assert config.clients_per_round == 10
-    # The other algorithms keep PFedRec's full participation.
+    # The other algorithms keep PFedRec's full participation and have no levels.
     for algorithm in ('pfedrec', 'fedmf'):
         assert TrainConfig(algorithm=algorithm).clients_per_round is None
-        assert 'level_weights' not in ALGORITHM_DEFAULTS[algorithm]
+        with pytest.raises(AttributeError, match='level_weights'):
+            TrainConfig(algorithm=algorithm).level_weights
+        with pytest.raises(ValueError, match=f'{algorithm} has no setting level_weights'):
+            TrainConfig(algorithm=algorithm, level_weights=(1, 0, 0))
 
 
 @pytest.mark.parametrize('algorithm,weights', [('perfedrec++', None),
                                                ('fedlightgcn', (1.0, 0.0, 0.5))])
 def test_local_level_needs_dual_personalization(split, algorithm, weights):
+    base = GRAPH if algorithm == 'perfedrec++' else dict(dim=8, clients_per_round=20)
     with pytest.raises(ValueError, match='dual personalization'):
-        _build(split, algorithm=algorithm, dual_personalization=False, level_weights=weights)
+        _build(split, base=base, algorithm=algorithm, dual_personalization=False,
+               level_weights=weights)
     # Without the local level it builds.
-    engine, _, _ = _build(split, algorithm=algorithm, dual_personalization=False,
+    engine, _, _ = _build(split, base=base, algorithm=algorithm, dual_personalization=False,
                           level_weights=(1.0, 1.0, 0.0))
     assert engine.training.personalize_items is False
 
@@ -532,8 +549,9 @@ def test_cli_trains_perfedrec_plus_plus(tmp_path, capsys):
           '--pretrain-rounds', '1', '--dim', '8', '--out', str(out), '--quiet'])
     printed = json.loads(capsys.readouterr().out)
     config = json.loads((out / 'config.json').read_text())
-    assert config['algorithm'] == 'perfedrec++' and config['pretrain_rounds'] == 1
-    assert config['level_weights'] == [1.0, 1.0, 1.0] and config['clients_per_round'] == 256
+    assert config['algorithm'] == 'perfedrec++' and config['settings']['pretrain_rounds'] == 1
+    assert config['settings']['level_weights'] == [1.0, 1.0, 1.0]
+    assert config['clients_per_round'] == 256
     metrics = read_metrics(out)
     assert len(metrics['rounds']) == 2 and len(metrics['pretraining']['loss']) == 1
     assert all(r['clients'] == 256 for r in metrics['rounds'])
@@ -544,8 +562,7 @@ def test_cli_trains_perfedrec_plus_plus(tmp_path, capsys):
 
 def _parsed_config(argv):
     """The config ``fedgraph train`` builds from ``argv`` (as ``cli._train`` does)."""
-    args = build_parser().parse_args(['train'] + argv)
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return config_from_args(build_parser().parse_args(['train'] + argv))
 
 
 def test_cli_parses_graph_flags():
@@ -555,9 +572,12 @@ def test_cli_parses_graph_flags():
     assert config.level_weights == (1.0, 0.0, 0.0)
     assert config.num_clusters == 5 and config.pretrain_rounds == 50  # defaults kept
     config = _parsed_config(['--algorithm', 'fedlightgcn', '--dual-personalization', 'on',
-                             '--num-layers', '3', '--num-clusters', '2'])
+                             '--num-layers', '3'])
     assert config.dual_personalization is True and config.num_layers == 3
-    assert config.num_clusters == 2 and config.level_weights == (1.0, 0.0, 0.0)
+    assert config.level_weights == (1.0, 0.0, 0.0)
+    # A setting of another algorithm is an error that names it.
+    with pytest.raises(SystemExit, match='fedlightgcn has no setting num_clusters'):
+        _parsed_config(['--algorithm', 'fedlightgcn', '--num-clusters', '2'])
     with pytest.raises(SystemExit):
         build_parser().parse_args(['train', '--dual-personalization', 'maybe'])
     with pytest.raises(SystemExit):

@@ -66,16 +66,16 @@ def test_devices_with_their_own_streams_match_the_population_engine(float64, lap
 
     generator = torch.Generator().manual_seed(11)
     round_seed = draw_round_seed(torch.Generator().manual_seed(11))  # full participation
-    population.run_round(generator)
+    _, whole = population.train_round(generator)
     results = [device.local_round(torch.arange(users.numel()), round_seed=round_seed)
                for device, users in zip(devices, halves)]
 
     for device, users, result in zip(devices, halves, results):
         for name, tensor in device.model.private_parameters().items():
             torch.testing.assert_close(tensor, population.model.private_parameters()[name][users])
-        mine = torch.isin(population.last_upload.clients[population.last_upload.row_owner], users)
-        torch.testing.assert_close(result.upload.update, population.last_upload.update[mine])
-        assert torch.equal(result.upload.row_item, population.last_upload.row_item[mine])
+        mine = torch.isin(whole.upload.clients[whole.upload.row_owner], users)
+        torch.testing.assert_close(result.upload.update, whole.upload.update[mine])
+        assert torch.equal(result.upload.row_item, whole.upload.row_item[mine])
         scores = device.scores(torch.arange(users.numel()), torch.arange(300).repeat(8, 1))
         torch.testing.assert_close(scores, population.scores(users, torch.arange(300).repeat(8, 1)))
     # The server's mean over the devices' uploads is the population engine's new table.
@@ -94,10 +94,10 @@ def test_streams_change_only_where_randomness_comes_from():
         model = make_model('linear', partition.num_clients, partition.num_items, 8)
         engine = FederatedEngine(model, partition, local_training('pfedrec', 300),
                                  ClientSelector(20, ratio=0.5), known, streams)
-        stats = engine.run_round(torch.Generator().manual_seed(0))
-        runs[name] = (engine, stats)
+        stats, result = engine.train_round(torch.Generator().manual_seed(0))
+        runs[name] = (engine, stats, result)
     shared, streams = runs['shared'][0], runs['streams'][0]
     # Same clients (selection comes first, from the server's generator), other negatives.
-    assert torch.equal(shared.last_upload.clients, streams.last_upload.clients)
+    assert torch.equal(runs['shared'][2].upload.clients, runs['streams'][2].upload.clients)
     assert not torch.equal(shared.model.item, streams.model.item)
     assert runs['shared'][1].num_clients == runs['streams'][1].num_clients == 10

@@ -8,7 +8,8 @@ import pytest
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, ratio_split, synthetic_interactions
-from fedgraph.training import CHECKPOINT, best_round, train
+from fedgraph.records import best_round
+from fedgraph.training import CHECKPOINT, train
 from helpers import train_interrupted, read_metrics, without_seconds
 
 ROUND_KEYS = {'round', 'train_loss', 'clients', 'upload_bytes_per_client',
@@ -191,7 +192,7 @@ def test_full_ranking_protocol(tmp_path, ranking_split, algorithm):
 def test_centralized_mf_loss_decreases():
     split = leave_one_out_split(
         synthetic_interactions(num_users=100, num_items=500, mean_degree=20, seed=2))
-    metrics = train(TrainConfig(algorithm='mf', rounds=5, dim=8, central_lr=0.01,
+    metrics = train(TrainConfig(algorithm='mf', rounds=5, dim=8, lr=0.01,
                                 batch_size=64), progress=False, split=split)
     losses = [r['train_loss'] for r in metrics['rounds']]
     assert all(b < a for a, b in zip(losses[:-1], losses[1:])), losses
@@ -254,18 +255,24 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert read_metrics(out) == metrics
 
 
-@pytest.mark.parametrize('argv,error', [
-    (['train', '--protocol', 'bogus'], ValueError),
-    (['train', '--algorithm', 'fedavg'], ValueError),
-    (['train', '--rounds', 'two'], SystemExit),
-    (['train', '--no-such-flag'], SystemExit),
-    (['no-such-command'], SystemExit),
+@pytest.mark.parametrize('argv,message', [
+    (['train', '--protocol', 'bogus'], "protocol must be one of"),
+    (['train', '--algorithm', 'fedavg'], None),
+    (['train', '--rounds', 'two'], None),
+    (['train', '--no-such-flag'], None),
+    (['train', '--algorithm', 'pfedrec', '--num-layers', '2'], 'pfedrec has no setting num_layers'),
+    (['train', '--algorithm', 'mf', '--ldp-scale', '0.1'], 'mf does not use ldp_scale'),
+    (['no-such-command'], None),
 ])
-def test_cli_rejects_invalid_flags(tmp_path, argv, error):
+def test_cli_rejects_invalid_flags(tmp_path, capsys, argv, message):
     out = tmp_path / 'run'
-    with pytest.raises(error):
+    with pytest.raises(SystemExit) as raised:
         main(argv + ['--dataset', 'synthetic', '--rounds', '1', '--out', str(out), '--quiet']
              if argv[0] == 'train' else argv)
+    if message is None:  # argparse's own error
+        assert raised.value.code == 2 and 'error:' in capsys.readouterr().err
+    else:
+        assert message in str(raised.value)
     assert not (out / 'metrics.json').exists()
 
 

@@ -1,28 +1,22 @@
-"""The algorithms, each a configuration of the shared model classes and engine."""
+"""The algorithms: one module each, registered by name (:mod:`fedgraph.algorithms.registry`),
+all written against one contract (:class:`~fedgraph.algorithms.base.Algorithm`)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 
-from fedgraph.algorithms.centralized import CentralizedMF
-from fedgraph.algorithms.federated import build_federated
-from fedgraph.algorithms.perfedrec import GraphFederatedEngine
-from fedgraph.config import ALGORITHMS, TrainConfig
+from fedgraph.algorithms.base import Algorithm, AlgorithmSettings, SGDSettings
+from fedgraph.algorithms.registry import algorithm_names, register, resolve
 from fedgraph.data.partition import ClientPartition
 
 
-
-def build_engine(config: TrainConfig, partition: ClientPartition, generator: torch.Generator,
+def build_engine(config, partition: ClientPartition, generator: torch.Generator,
                  known: Optional[ClientPartition] = None):
-    """The engine that trains ``config.algorithm`` on ``partition``; ``known`` holds the
-    items each user never draws as a negative (default: its training items)."""
-    if config.algorithm == 'mf':
-        return CentralizedMF(config, partition, generator, known)
-    if config.algorithm in ALGORITHMS:
-        return build_federated(config, partition, generator, known)
-    raise ValueError(f'unknown algorithm {config.algorithm!r}; choose one of {ALGORITHMS}')
+    """The in-process engine that trains ``config.algorithm`` on ``partition``; ``known``
+    holds the items each user never draws as a negative (default: its training items)."""
+    return config.build_algorithm().build_engine(partition, generator, known)
 
 
-__all__ = ['ALGORITHMS', 'build_engine', 'build_federated', 'CentralizedMF',
-           'GraphFederatedEngine']
+__all__ = ['Algorithm', 'AlgorithmSettings', 'SGDSettings', 'algorithm_names', 'build_engine',
+           'register', 'resolve']

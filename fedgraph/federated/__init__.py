@@ -1,6 +1,9 @@
-"""The federated simulation engine: selection, local training, uploads, aggregation."""
-from fedgraph.federated.aggregation import aggregate_rows
-from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundStats
+"""The federated engine: selection, local training, uploads, aggregation. The graph models'
+engine (:mod:`fedgraph.federated.graph`) and the two halves of a deployment
+(:mod:`fedgraph.federated.device`, :mod:`fedgraph.federated.server`) are imported from their
+modules."""
+from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
+from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine, RoundStats
 from fedgraph.federated.evaluation import evaluate
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
@@ -8,6 +11,6 @@ from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.upload import UploadTransform
 
-__all__ = ['aggregate_rows', 'FederatedEngine', 'LocalTraining', 'RoundStats', 'evaluate',
-           'PersonalItemRows', 'RoundPlan', 'plan_round', 'ReferenceEngine', 'ClientSelector',
-           'UploadTransform']
+__all__ = ['aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
+           'RoundEngine', 'RoundStats', 'evaluate', 'PersonalItemRows', 'RoundPlan',
+           'plan_round', 'ReferenceEngine', 'ClientSelector', 'UploadTransform']

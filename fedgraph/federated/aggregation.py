@@ -1,4 +1,4 @@
-"""Server-side aggregation of row updates into a shared table."""
+"""Server-side aggregation: row updates into a shared table, dense updates by FedAvg."""
 from __future__ import annotations
 
 from typing import Optional
@@ -28,3 +28,12 @@ def aggregate_rows(table: Tensor, row_item: Tensor, row_owner: Tensor, update: T
     weighted = update * client_weight[row_owner].unsqueeze(-1).to(update.dtype)
     total = torch.zeros_like(table).index_add_(0, row_item, weighted)
     return table + total / client_weight.sum().to(table.dtype)
+
+
+def aggregate_dense(update: Tensor, client_weight: Optional[Tensor] = None) -> Tensor:
+    """The FedAvg change of a dense shared parameter: the (weighted) mean over clients of
+    their changes ``update`` ``[B, ...]``, :math:`\\sum_c w_c \\Delta_c / \\sum_c w_c`."""
+    if client_weight is None:
+        return update.mean(0)
+    weight = client_weight.to(update.dtype).view(-1, *([1] * (update.dim() - 1)))
+    return (update * weight).sum(0) / weight.sum()

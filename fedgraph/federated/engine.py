@@ -11,19 +11,25 @@ client's parameters is that client's gradient alone.
 Private state is compact: score heads are stacked ``[num_clients, ...]`` tensors inside the
 model, and a client's personalized item rows are stored only for the rows it touched
 (:class:`~fedgraph.federated.personal.PersonalItemRows`).
+
+The engine is generic over the shared parameters the model declares: the item table is a
+row table (clients upload the rows they touched, averaged row by row), and the head's dense
+shared parameters (:meth:`~fedgraph.nn.heads.ScoreHead.shared_parameters`, e.g. FedNCF's MLP)
+are trained as a local copy per client, ``[B, ...]`` side by side, uploaded whole and
+averaged by plain FedAvg.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_scatter import scatter
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.aggregation import aggregate_rows
+from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
+from fedgraph.federated.local import SGD, BCELoss, LocalLoss, LocalOptimizer
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
@@ -45,12 +51,14 @@ class LocalTraining:
         batch_size: the local mini-batch size.
         local_epochs: passes over the local data per round.
         num_negatives: negatives per positive, redrawn every round.
-        alternating: PFedRec's two SGD steps per mini-batch -- first the head, then, after a
+        alternating: PFedRec's two steps per mini-batch -- first the head, then, after a
             fresh forward pass, the item rows -- instead of one joint step.
         personalize_items: evaluate each client with its locally fine-tuned item rows (dual
             personalization) rather than the global table.
         weighted_aggregation: weight clients by their sample count in FedAvg.
         upload: the transform applied to uploaded row updates.
+        loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
+        optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
     """
     lr: float = 0.1
     item_lr: float = 0.1 * 80
@@ -61,6 +69,8 @@ class LocalTraining:
     personalize_items: bool = True
     weighted_aggregation: bool = False
     upload: UploadTransform = field(default_factory=UploadTransform)
+    loss: LocalLoss = field(default_factory=BCELoss)
+    optimizer: LocalOptimizer = field(default_factory=SGD)
 
 
 @dataclass
@@ -78,34 +88,89 @@ class RoundStats:
 @dataclass
 class RowUpload:
     """What the clients of the latest round uploaded: row ``r`` of ``update`` is client
-    ``clients[row_owner[r]]``'s (transformed) change of item ``row_item[r]``."""
+    ``clients[row_owner[r]]``'s (transformed) change of item ``row_item[r]``; ``dense[name]``
+    ``[B, ...]`` holds each client's (transformed) change of a dense shared parameter."""
     clients: Tensor
     row_owner: Tensor
     row_item: Tensor
     update: Tensor
+    dense: Dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class ClientRound:
     """What the clients of a round hand the server: their row updates, their samples per
-    epoch (the weights of weighted FedAvg) and their mean training losses ``[B]``."""
+    epoch (the weights of weighted FedAvg) and their mean training losses ``[B]``. With
+    per-client streams, ``generators`` are the clients' streams positioned after their
+    upload noise, for what they upload next (a graph model's user embeddings)."""
     upload: RowUpload
     num_samples: Tensor
     loss: Tensor
+    generators: Optional[List[torch.Generator]] = None
 
 
-def bce(logits: Tensor, label: Tensor) -> Tensor:
-    """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`.
+def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
+                    randomness: Union[torch.Generator, Sequence[torch.Generator]]
+                    ) -> Dict[str, Tensor]:
+    """Each client's change of the dense shared parameters, ``{name: [B, ...]}``, through
+    ``upload`` as one row per client (all its dense parameters flattened together), with
+    the round's shared generator or each client's own stream."""
+    if not dense:
+        return {}
+    flat = torch.cat([value.flatten(1) for value in dense.values()], dim=1)
+    if isinstance(randomness, torch.Generator):
+        flat = upload(flat, randomness)
+    else:
+        out = torch.empty_like(flat)
+        for position, generator in enumerate(randomness):
+            out[position:position + 1] = upload(flat[position:position + 1], generator)
+        flat = out
+    sizes = [value[0].numel() for value in dense.values()]
+    return {name: part.view_as(value) for (name, value), part
+            in zip(dense.items(), flat.split(sizes, dim=1))}
 
-    Computed as ``BCELoss(sigmoid(s))``, as in the PFedRec code, not with the fused
-    ``binary_cross_entropy_with_logits``: the two differ once the sigmoid saturates in float32
-    (``BCELoss`` clamps the log at -100 and its gradient vanishes with ``sigmoid'``), and
-    PFedRec's large item learning rate drives many scores there.
-    """
-    return F.binary_cross_entropy(torch.sigmoid(logits), label, reduction='none')
+
+class RoundEngine:
+    """What a run asks of an engine besides rounds, scores and state: optional steps with
+    defaults that do nothing, and the server's halves of a round over messages
+    (:class:`~fedgraph.federated.server.Server`). The graph models' engine overrides them."""
+
+    def pretrain(self, generator: torch.Generator,
+                 progress: bool = True) -> Optional[Dict[str, object]]:
+        """Pre-training before round 0; its record for ``metrics.json`` (``None``: none)."""
+        return None
+
+    def round_report(self) -> Dict[str, object]:
+        """Extra entries of a round's ``metrics.json`` record (e.g. uniformity)."""
+        return {}
+
+    def export(self) -> Optional[Dict[str, Tensor]]:
+        """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
+        return None
+
+    def pretrain_remote(self, transport, generator: torch.Generator,
+                        progress: bool = True) -> Optional[Dict[str, object]]:
+        """:meth:`pretrain` with the clients on devices behind ``transport``."""
+        return None
+
+    def before_round(self) -> None:
+        """The server's work before it sends a round's messages."""
+
+    def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a device needs besides the shared parameters to train ``users``."""
+        return {}
+
+    def after_aggregate(self, result: 'ClientRound', replies: Dict[str, Tensor]) -> None:
+        """The server's work once a round's uploads are aggregated; ``replies`` holds the
+        other per-user tensors the devices uploaded, in the order of
+        ``result.upload.clients``."""
+
+    def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a device needs to score ``users``."""
+        raise NotImplementedError
 
 
-class FederatedEngine:
+class FederatedEngine(RoundEngine):
     """Simulates federated training of a :class:`FederatedRecommender`, vectorized.
 
     Args:
@@ -132,35 +197,47 @@ class FederatedEngine:
         self.selector = selector
         self.streams = streams
         self.broadcast = model.item.detach().clone()
-        self.last_upload: Optional[RowUpload] = None
-        self.last_generators: Optional[List[torch.Generator]] = None
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
 
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
+        return self.train_round(generator)[0]
+
+    def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
+        """One round: both halves; also returns what the clients handed the server."""
         clients = self.selector(generator)
         round_seed = draw_round_seed(generator) if self.streams is not None else None
         base = self.model.item.detach().clone()
-        return self.aggregate(base, self.local_round(clients, generator, round_seed))
+        result = self.local_round(clients, generator, round_seed)
+        return self.aggregate(base, result), result
 
     def aggregate(self, base: Tensor, result: ClientRound) -> RoundStats:
         """The server half of a round: the clients' row updates into the shared table
-        (``base`` is the table they trained from), their participation counted."""
-        upload = self.last_upload = result.upload
+        (``base`` is the table they trained from) and their dense updates into the dense
+        shared parameters, their participation counted."""
+        upload = result.upload
+        num_clients = upload.clients.numel()
         weight = result.num_samples if self.training.weighted_aggregation else None
         with torch.no_grad():
             self.model.item.copy_(aggregate_rows(base, upload.row_item, upload.row_owner,
-                                                 upload.update, upload.clients.numel(), weight))
+                                                 upload.update, num_clients, weight))
+            for name, value in self.model.shared_dense().items():
+                value.add_(aggregate_dense(upload.dense[name], weight))
         self.participation[upload.clients.cpu()] += 1
         self.broadcast = base
-        rows_per_client = torch.bincount(upload.row_owner, minlength=upload.clients.numel())
+        rows_per_client = torch.bincount(upload.row_owner, minlength=num_clients)
         return RoundStats(
-            loss=float(result.loss.mean()), num_clients=upload.clients.numel(),
-            upload_bytes=float(rows_per_client.double().mean()) * self.row_bytes,
-            download_bytes=float(base.numel() * base.element_size()),
+            loss=float(result.loss.mean()), num_clients=num_clients,
+            upload_bytes=float(rows_per_client.double().mean()) * self.row_bytes
+            + self.model.dense_bytes(),
+            download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes(),
             epsilon=self.training.upload.epsilon)
+
+    def count_participation(self, clients: Tensor) -> None:
+        """Counts an upload of ``clients`` outside a round (enrollment, pre-training)."""
+        self.participation[clients.cpu()] += 1
 
     @property
     def row_bytes(self) -> int:
@@ -174,34 +251,39 @@ class FederatedEngine:
 
         Randomness comes from ``generator`` shared by all clients, or, with
         :attr:`streams`, from each client's own stream of the round ``round_seed``; the
-        streams, positioned after the upload noise, stay in :attr:`last_generators` for what
-        the clients upload next (a graph model's user embeddings).
+        streams, positioned after the upload noise, come back in the result for what the
+        clients upload next (a graph model's user embeddings).
         """
         cfg = self.training
         clients = torch.sort(clients).values
         if self.streams is None:
             plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                              cfg.local_epochs, generator, self.known)
+                              cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
         else:
             generators = self.streams.generators(round_seed, clients)
             plan = self.streams.plan(self.partition, clients, cfg.num_negatives,
-                                     cfg.batch_size, cfg.local_epochs, generators, self.known)
+                                     cfg.batch_size, cfg.local_epochs, generators, self.known,
+                                     cfg.loss.keeps_groups)
         initial = self.model.item.detach().index_select(0, plan.row_item)
         local, private, loss = self.train_clients(plan, initial)
+        shared_dense = self.model.shared_dense()
+        dense = {name: private.pop(name) - value.detach() for name, value in shared_dense.items()}
         if self.streams is None:
+            generators = None
             update = cfg.upload(local - initial, generator)
+            dense = dense_transform(cfg.upload, dense, generator)
         else:
             update = self.streams.transform(cfg.upload, local - initial, plan.row_owner,
                                             generators)
-            self.last_generators = generators
-        self.last_upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update)
+            dense = dense_transform(cfg.upload, dense, generators)
+        upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update, dense)
         with torch.no_grad():
             for name, tensor in self.model.private_parameters().items():
                 tensor[plan.clients] = private[name]
         if cfg.personalize_items:
             self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
                                   local)
-        return ClientRound(self.last_upload, plan.num_samples, loss)
+        return ClientRound(upload, plan.num_samples, loss, generators)
 
     def train_clients(self, plan: RoundPlan, initial: Tensor):
         """Runs every selected client's local steps side by side, starting from the local item
@@ -210,15 +292,20 @@ class FederatedEngine:
         Returns:
             ``(local, private, loss)``: the trained local item rows ``[R, d]`` (row ``r`` is
             client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), the trained
-            private parameters ``{name: [B, ...]}``, and each client's mean training loss
-            ``[B]``.
+            private parameters and local copies of the dense shared parameters
+            ``{name: [B, ...]}``, and each client's mean training loss ``[B]``.
         """
         cfg = self.training
-        model, head = self.model, self.model.head
+        model = self.model
         local = initial.clone()
         private = {name: tensor.detach()[plan.clients].clone()
                    for name, tensor in self.model.private_parameters().items()}
+        private.update({name: tensor.detach().expand(plan.clients.numel(), *tensor.shape).clone()
+                        for name, tensor in self.model.shared_dense().items()})
         sample_loss = torch.empty(plan.item.numel(), dtype=local.dtype, device=local.device)
+        optimizer, group = cfg.optimizer, 1 + cfg.num_negatives
+        private_state = {name: optimizer.state(value) for name, value in private.items()}
+        row_state = optimizer.state(local)
         step_ptr = plan.step_ptr.tolist()
         for start, end in zip(step_ptr[:-1], step_ptr[1:]):
             owner, row = plan.owner[start:end], plan.row[start:end]
@@ -226,33 +313,49 @@ class FederatedEngine:
             item = plan.item[start:end]
             # Each sample's client id; only a graph model's context needs it.
             client = plan.clients[owner] if model.user_context is not None else None
+            # The clients that take this step (have a mini-batch in it), and their rows.
+            active = torch.zeros(plan.clients.numel(), dtype=torch.bool,
+                                 device=owner.device).index_fill_(0, owner, True)
 
             def client_losses(params, rows):
-                gathered = {name: value.index_select(0, owner) for name, value in params.items()}
-                logits = head.logits(model.user_input(gathered, client),
-                                     model.item_input(rows, item))
-                return bce(logits, label)
+                return cfg.loss(model.sample_logits(params, owner, client,
+                                                    model.item_input(rows, item)), label, group)
+
+            def stepped(params, grads):
+                return {name: optimizer.step(value.detach(), grad, cfg.lr, private_state[name],
+                                             active)
+                        for (name, value), grad in zip(params.items(), grads)}
 
             params = {name: value.requires_grad_() for name, value in private.items()}
             rows = local.index_select(0, row).requires_grad_()
             if cfg.alternating:
                 losses = client_losses(params, rows.detach())
-                grads = torch.autograd.grad((losses * weight).sum(), list(params.values()))
-                private = {name: value.detach() - cfg.lr * grad
-                           for (name, value), grad in zip(params.items(), grads)}
+                private = stepped(params, torch.autograd.grad((losses * weight).sum(),
+                                                              list(params.values())))
                 losses = client_losses(private, rows)
                 (row_grad,) = torch.autograd.grad((losses * weight).sum(), [rows])
             else:
                 losses = client_losses(params, rows)
                 *grads, row_grad = torch.autograd.grad((losses * weight).sum(),
                                                        list(params.values()) + [rows])
-                private = {name: value.detach() - cfg.lr * grad
-                           for (name, value), grad in zip(params.items(), grads)}
-            local.index_add_(0, row, row_grad.mul_(-cfg.item_lr))  # alpha= is slower on CPU
+                private = stepped(params, grads)
+            local = optimizer.step_rows(local, row, row_grad, cfg.item_lr, row_state,
+                                        active[plan.row_owner])
             sample_loss[start:end] = losses.detach()
         loss_sum = scatter(sample_loss, plan.owner, dim_size=plan.clients.numel(), reduce='sum')
         num_samples = plan.num_samples.to(loss_sum.dtype) * cfg.local_epochs
         return local, {k: v.detach() for k, v in private.items()}, loss_sum / num_samples
+
+    def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """The tables a device scores its users with: the table broadcast in the latest
+        round, under their fine-tuned rows (dual personalization), or the global table; and
+        the dense shared parameters."""
+        if self.training.personalize_items:
+            tables = {'broadcast': self.broadcast}
+        else:
+            tables = {'items': self.model.item.detach()}
+        return {**tables, **{f'dense/{name}': value.detach()
+                             for name, value in self.model.shared_dense().items()}}
 
     # ------------------------------------------------------------------ scoring
     def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:

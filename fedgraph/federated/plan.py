@@ -54,7 +54,7 @@ class RoundPlan:
 
 def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
                batch_size: int, local_epochs: int, generator: torch.Generator,
-               known: Optional[ClientPartition] = None) -> RoundPlan:
+               known: Optional[ClientPartition] = None, keep_groups: bool = False) -> RoundPlan:
     """Draws the samples and mini-batches of one round.
 
     * Every training item of a client is a positive; each positive gets ``num_negatives``
@@ -63,6 +63,9 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     * Each epoch shuffles a client's samples and cuts them into mini-batches of
       ``batch_size`` (``DataLoader(shuffle=True)``); epoch ``e``'s batch ``j`` is local step
       ``e * batches + j``. Clients with more data take more steps.
+    * With ``keep_groups`` (a pairwise loss), each epoch shuffles a client's positives
+      instead, each followed by its negatives, and a mini-batch holds ``batch_size``
+      positives with their negatives.
     """
     clients = torch.sort(clients.to(partition.ptr.device)).values
     num_clients = clients.numel()
@@ -78,6 +81,8 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     label = torch.zeros(owner.numel(), dtype=dtype, device=device)
     label[::group] = 1
     num_samples = batch.ptr.diff() * group
+    if keep_groups:
+        batch_size *= group
     start = torch.cumsum(num_samples, 0) - num_samples
     batches = (num_samples + batch_size - 1) // batch_size
 
@@ -100,7 +105,11 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
 
     # Every epoch shuffles each client's samples: sort by (client, random key); the rank in
     # that order picks the batch and the place in it.
-    noise = torch.randint(1 << 31, (local_epochs, owner.numel()), generator=generator)
+    if keep_groups:  # one key per positive and its negatives: a stable sort keeps them
+        noise = torch.randint(1 << 31, (local_epochs, owner.numel() // group),
+                              generator=generator).repeat_interleave(group, dim=1)
+    else:
+        noise = torch.randint(1 << 31, (local_epochs, owner.numel()), generator=generator)
     key = owner.cpu() * (1 << 31)
     # One 1-D sort per epoch: sorting rows of a 2-D tensor is several times slower.
     order = torch.stack([torch.sort(key + epoch_noise, stable=True).indices

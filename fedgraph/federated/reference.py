@@ -1,48 +1,56 @@
 """The reference engine: the same algorithm written the obvious way.
 
-One small model per client (a full copy of the item table and its own head), a Python loop
-over clients and over each client's mini-batches, ``torch.optim.SGD`` optimizers, and
-FedAvg over full tables -- the structure of the PFedRec reference code. It consumes the same
+One small model per client (a full copy of the item table, its own head and its own copy of
+the dense shared parameters), a Python loop over clients and over each client's mini-batches,
+the ``torch.optim`` twin of the local optimizer, and FedAvg over full tables and whole dense
+parameters -- the structure of the PFedRec reference code. It consumes the same
 :class:`~fedgraph.federated.plan.RoundPlan` as :class:`~fedgraph.federated.engine.FederatedEngine`
 and is the oracle of its tests and the baseline of its speed benchmark. Its memory grows
 with ``clients x items``: use it on small data only.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import BYTES_PER_INDEX, LocalTraining, RoundStats, RowUpload
+from fedgraph.federated.engine import (BYTES_PER_INDEX, ClientRound, LocalTraining, RoundEngine,
+                                       RoundStats, RowUpload, dense_transform)
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.recommender import FederatedRecommender
 
 
 class ClientModel(nn.Module):
-    """One client's on-device model: a full item table and its own head parameters, scored
-    through the shared model's context (a no-op without a graph)."""
+    """One client's on-device model: a full item table and its own head parameters (its
+    private ones and its copy of the dense shared ones), scored through the shared model's
+    context (a no-op without a graph)."""
 
     def __init__(self, client: int, items: Tensor, private: Dict[str, Tensor],
                  model: FederatedRecommender):
         super().__init__()
         self.client = client
         self.item = nn.Embedding.from_pretrained(items.clone(), freeze=False)
-        self.private = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in private.items()})
+        self.names = list(private)  # may hold dots ('layers.0.weight'): a list, not a dict
+        self.private = nn.ParameterList(nn.Parameter(v.clone()) for v in private.values())
         self.model = [model]  # a list: the shared model is not a submodule of the client's
 
+    def parameters_by_name(self) -> Dict[str, Tensor]:
+        return dict(zip(self.names, self.private))
+
     def forward(self, items: Tensor) -> Tensor:
+        """``[N]`` logits of ``items``."""
         model = self.model[0]
         clients = torch.full_like(items, self.client)
-        params = {k: v.expand(items.numel(), *v.shape) for k, v in self.private.items()}
-        logits = model.head.logits(model.user_input(params, clients),
-                                   model.item_input(self.item(items), items))
-        return torch.sigmoid(logits)
+        params = {k: v.expand(items.numel(), *v.shape)
+                  for k, v in self.parameters_by_name().items()}
+        return model.head.logits(model.user_input(params, clients),
+                                 model.item_input(self.item(items), items))
 
 
-class ReferenceEngine:
+class ReferenceEngine(RoundEngine):
     """Loop-per-client implementation of :class:`~fedgraph.federated.engine.FederatedEngine`.
     Its clients draw from the round's shared generator (no per-client streams)."""
 
@@ -59,17 +67,21 @@ class ReferenceEngine:
         self.selector = selector
         self.broadcast = model.item.detach().clone()
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
-        self.last_upload: Optional[RowUpload] = None
         self.local_tables: Dict[int, Tensor] = {}
         self.touched_rows: Dict[int, Tensor] = {}
 
     def run_round(self, generator: torch.Generator) -> RoundStats:
+        return self.train_round(generator)[0]
+
+    def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
+        """One round, client after client; also returns what the clients uploaded."""
         cfg = self.training
         clients = self.selector(generator)
         plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator, self.known)
+                          cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
         global_items = self.model.item.detach().clone()
-        tables, weights, losses, uploads = [], [], [], []
+        shared_dense = self.model.shared_dense()
+        tables, weights, losses, uploads, dense_updates = [], [], [], [], []
         for position, client in enumerate(plan.clients.tolist()):
             table, private, loss = self._train_client(plan, position, client, global_items)
             with torch.no_grad():
@@ -82,6 +94,9 @@ class ReferenceEngine:
                 self.local_tables[client] = table.clone()
                 self.touched_rows[client] = touched
             update[touched] = cfg.upload(update[touched], generator)
+            dense_updates.append(dense_transform(
+                cfg.upload, {name: (private[name] - value.detach()).unsqueeze(0)
+                             for name, value in shared_dense.items()}, generator))
             uploads.append((torch.full((int(touched.sum()),), position),
                             torch.nonzero(touched).view(-1), update[touched]))
             tables.append(global_items + update)
@@ -90,26 +105,42 @@ class ReferenceEngine:
         weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
         self.broadcast = global_items
         self.participation[plan.clients] += 1
-        self.last_upload = RowUpload(plan.clients, *(torch.cat(parts) for parts in zip(*uploads)))
+        dense = {name: torch.cat([d[name] for d in dense_updates]) for name in shared_dense}
+        upload = RowUpload(plan.clients, *(torch.cat(parts) for parts in zip(*uploads)), dense)
         with torch.no_grad():
             self.model.item.copy_((torch.stack(tables) * weight).sum(0) / weight.sum())
+            for name, value in shared_dense.items():
+                copies = dense[name] + value.detach()
+                value.copy_((copies * weight.view(-1, *[1] * value.dim())).sum(0) / weight.sum())
         row_bytes = self.model.dim * global_items.element_size() + BYTES_PER_INDEX
-        return RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
-                          upload_bytes=self.last_upload.row_owner.numel() / len(tables)
-                          * row_bytes,
-                          download_bytes=float(global_items.numel() * global_items.element_size()),
-                          epsilon=cfg.upload.epsilon)
+        dense_bytes = self.model.dense_bytes()
+        stats = RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
+                           upload_bytes=upload.row_owner.numel() / len(tables) * row_bytes
+                           + dense_bytes,
+                           download_bytes=float(global_items.numel()
+                                                * global_items.element_size()) + dense_bytes,
+                           epsilon=cfg.upload.epsilon)
+        return stats, ClientRound(upload, plan.num_samples, torch.tensor(losses))
+
+    def count_participation(self, clients: Tensor) -> None:
+        self.participation[clients] += 1
 
     def _train_client(self, plan: RoundPlan, position: int, client: int, global_items: Tensor):
         cfg = self.training
         private = {k: v.detach()[client] for k, v in self.model.private_parameters().items()}
+        private.update({k: v.detach() for k, v in self.model.shared_dense().items()})
         model = ClientModel(client, global_items, private, self.model)
-        head_optimizer = torch.optim.SGD(model.private.parameters(), lr=cfg.lr)
-        item_optimizer = torch.optim.SGD(model.item.parameters(), lr=cfg.item_lr)
-        joint_optimizer = torch.optim.SGD([
+        rule = cfg.optimizer
+        head_optimizer = rule.torch_optimizer(model.private.parameters(), cfg.lr)
+        item_optimizer = rule.torch_optimizer(model.item.parameters(), cfg.item_lr)
+        joint_optimizer = rule.torch_optimizer([
             {'params': model.private.parameters(), 'lr': cfg.lr},
-            {'params': model.item.parameters(), 'lr': cfg.item_lr}])
-        criterion = nn.BCELoss()
+            {'params': model.item.parameters(), 'lr': cfg.item_lr}], cfg.lr)
+        group = 1 + cfg.num_negatives
+
+        def criterion(logits: Tensor, labels: Tensor) -> Tensor:
+            return cfg.loss(logits, labels, group).mean()
+
         mine = plan.owner == position
         total, count = 0.0, 0
         for step in range(plan.num_steps):
@@ -134,7 +165,7 @@ class ReferenceEngine:
                 joint_optimizer.step()
             total += loss.item() * items.numel()
             count += items.numel()
-        private = {k: v.detach() for k, v in model.private.items()}
+        private = {k: v.detach() for k, v in model.parameters_by_name().items()}
         return model.item.weight.detach(), private, total / count
 
     @torch.no_grad()
@@ -183,7 +214,7 @@ class ReferenceEngine:
                 else self.model.item.detach()[items])
         out = []
         for user, user_items, user_rows in zip(users.tolist(), items, rows):
-            params = {k: v[user].expand(user_items.numel(), *v.shape[1:])
+            params = {k: v.detach()[user].expand(user_items.numel(), *v.shape[1:])
                       for k, v in self.model.private_parameters().items()}
             clients = torch.full_like(user_items, user)
             out.append(self.model.head.logits(self.model.user_input(params, clients),

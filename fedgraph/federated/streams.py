@@ -59,12 +59,12 @@ class ClientStreams:
 
     def plan(self, partition: ClientPartition, clients: Tensor, num_negatives: int,
              batch_size: int, local_epochs: int, generators: Sequence[torch.Generator],
-             known: Optional[ClientPartition] = None) -> RoundPlan:
+             known: Optional[ClientPartition] = None, keep_groups: bool = False) -> RoundPlan:
         """The round plan of ``clients`` (ascending), each planned alone with its generator
         (:func:`~fedgraph.federated.plan.plan_round`), merged into one plan."""
         return merge_plans([
             plan_round(partition, client.view(1), num_negatives, batch_size, local_epochs,
-                       generator, known)
+                       generator, known, keep_groups)
             for client, generator in zip(clients, generators)])
 
     @staticmethod

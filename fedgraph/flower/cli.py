@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fedgraph.cli import add_config_flags, config_from_args
+from fedgraph.cli.flags import add_config_flags, config_from_args
 from fedgraph.config import TrainConfig
 
 

@@ -27,14 +27,29 @@ class ScoreHead(nn.Module):
         self.num_clients = num_clients
         self.dim = dim
 
+    def shared_parameters(self) -> Dict[str, Tensor]:
+        """The head's dense parameters shared by all clients and averaged by FedAvg (not
+        stacked; none by default)."""
+        return {}
+
     def private_parameters(self) -> Dict[str, Tensor]:
         """The stacked private tensors, each ``[num_clients, ...]``, by name."""
-        return dict(self.named_parameters())
+        shared = self.shared_parameters()
+        return {name: value for name, value in self.named_parameters() if name not in shared}
 
     def logits(self, params: Dict[str, Tensor], item: Tensor) -> Tensor:
         """``[N]`` logits of items ``item`` ``[N, d]`` under per-sample parameters ``params``
-        (each ``[N, ...]``, gathered from the stacked tensors)."""
+        (each ``[N, ...]``, gathered from the stacked tensors); a shared parameter missing
+        from ``params`` is the head's own (global) one."""
         raise NotImplementedError
+
+    def grouped_logits(self, params: Dict[str, Tensor], owner: Tensor, item: Tensor) -> Tensor:
+        """``[N]`` logits of samples ``item`` ``[N, d]`` whose client is ``owner[n]``, a
+        position in the stacked parameters ``params`` (each ``[B, ...]``: a round's clients'
+        private parameters and local copies of the shared ones). By default, gathers each
+        sample's parameters and calls :meth:`logits`."""
+        return self.logits({name: value.index_select(0, owner) for name, value in params.items()},
+                           item)
 
     def logits_all(self, params: Dict[str, Tensor], items: Tensor) -> Tensor:
         """``[B, I]`` logits of every item ``items`` ``[I, d]`` for ``B`` clients' ``params``."""
@@ -97,3 +112,95 @@ class DotProductHead(ScoreHead):
 
     def logits_all(self, params: Dict[str, Tensor], items: Tensor) -> Tensor:
         return params['user'] @ items.t()
+
+
+class NCFHead(ScoreHead):
+    """NCF's MLP score function (He et al., WWW 2017), federated as the FedNCF baseline of
+    the PFedRec paper: a private user embedding :math:`u_c` and an MLP shared by all clients,
+
+    .. math::
+        s_{ci} = w^\\top \\phi_L\\big(\\cdots \\phi_1([u_c ; e_i])\\big) + b, \\qquad
+        \\phi_l(x) = \\mathrm{ReLU}(W_l x + b_l).
+
+    The MLP's parameters (:meth:`shared_parameters`) are dense shared parameters: each
+    client trains its own copy in a round and the server averages the copies (FedAvg).
+    The user embedding is drawn :math:`\\mathcal{N}(0, \\sigma^2)`, each linear layer as
+    ``nn.Linear`` draws it, :math:`\\mathcal{U}(-1/\\sqrt{n_{in}}, 1/\\sqrt{n_{in}})`.
+
+    Args:
+        num_clients: the number of clients.
+        dim: the embedding size :math:`d` (the MLP's input is :math:`2d`).
+        hidden: the widths of the hidden layers :math:`\\phi_1, \\dots, \\phi_L`.
+        std: :math:`\\sigma`.
+    """
+
+    user_vector = 'user'
+
+    def __init__(self, num_clients: int, dim: int, hidden=(32, 16, 8), std: float = 1.0,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(num_clients, dim)
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f'hidden layer widths must be >= 1, got {tuple(hidden)}')
+        self.std = std
+        self.user = nn.Parameter(torch.empty(num_clients, dim))
+        widths = [2 * dim, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.output = nn.Linear(widths[-1], 1)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        self.user.copy_(torch.randn(self.num_clients, self.dim, generator=generator) * self.std)
+        for layer in [*self.layers, self.output]:
+            bound = 1.0 / math.sqrt(layer.in_features)
+            for value in (layer.weight, layer.bias):
+                value.copy_(torch.rand(value.shape, generator=generator) * 2 * bound - bound)
+
+    def shared_parameters(self) -> Dict[str, Tensor]:
+        return {name: value for name, value in self.named_parameters() if name != 'user'}
+
+    def _layer_names(self):
+        """The MLP's layers in order, as parameter name prefixes."""
+        return [f'layers.{i}' for i in range(len(self.layers))] + ['output']
+
+    def _mlp(self, params: Dict[str, Tensor], x: Tensor) -> Tensor:
+        """The MLP on ``x`` ``[..., 2d]``, each weight either the global ``[out, in]`` or
+        per sample ``[..., out, in]``."""
+        params = {**self.shared_parameters(), **params}
+        for name in self._layer_names():
+            weight, bias = params[f'{name}.weight'], params[f'{name}.bias']
+            if weight.dim() == 2:
+                x = nn.functional.linear(x, weight, bias)
+            else:
+                x = (weight @ x.unsqueeze(-1)).squeeze(-1) + bias
+            if name != 'output':
+                x = torch.relu(x)
+        return x.squeeze(-1)
+
+    def logits(self, params: Dict[str, Tensor], item: Tensor) -> Tensor:
+        return self._mlp(params, torch.cat([params['user'], item], dim=-1))
+
+    def logits_all(self, params: Dict[str, Tensor], items: Tensor) -> Tensor:
+        user = params['user'].unsqueeze(1).expand(-1, items.size(0), -1)
+        pairs = torch.cat([user, items.unsqueeze(0).expand(user.size(0), -1, -1)], dim=-1)
+        return self._mlp({k: v for k, v in params.items() if k != 'user'}, pairs)
+
+    def grouped_logits(self, params: Dict[str, Tensor], owner: Tensor, item: Tensor) -> Tensor:
+        """The samples of each client padded into one row of a ``[B, L, 2d]`` batch, so that
+        every client's own MLP copy applies as one batched matrix product (no per-sample
+        copy of the weights)."""
+        num = params['user'].size(0)
+        order = torch.sort(owner, stable=True).indices
+        sorted_owner = owner[order]
+        count = torch.bincount(owner, minlength=num)
+        position = torch.arange(owner.numel(), device=owner.device) - (
+            torch.cumsum(count, 0) - count)[sorted_owner]
+        pairs = torch.cat([params['user'][sorted_owner], item[order]], dim=-1)
+        x = pairs.new_zeros(num, int(count.max()), pairs.size(1)).index_put(
+            (sorted_owner, position), pairs)
+        for name in self._layer_names():
+            weight, bias = params[f'{name}.weight'], params[f'{name}.bias']
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            if name != 'output':
+                x = torch.relu(x)
+        return x.new_empty(owner.numel()).index_put((order,), x[sorted_owner, position, 0])

@@ -33,10 +33,11 @@ class FederatedRecommender(nn.Module):
     :meth:`~fedgraph.nn.gnn.FederatedGNN.context`). Without context (``K = 0``) the vectors
     are the embeddings themselves: PFedRec and FedMF exactly.
 
-    The model *declares* which parameters are shared (:meth:`shared_tables`, row tables that
-    clients fine-tune locally and the server aggregates row by row) and which are private
-    (:meth:`private_parameters`, stacked over clients, never uploaded); the engine reads these
-    declarations and hard-codes neither.
+    The model *declares* which parameters are shared and which are private: the item table is
+    a row table that clients fine-tune locally and the server aggregates row by row; the
+    head's dense shared parameters (:meth:`shared_dense`, e.g. an MLP) are averaged whole;
+    the head's private parameters (:meth:`private_parameters`, stacked over clients) are
+    never uploaded. The engine reads these declarations and hard-codes none of them.
 
     Args:
         num_items: the item catalogue size :math:`I`.
@@ -67,9 +68,13 @@ class FederatedRecommender(nn.Module):
     def num_clients(self) -> int:
         return self.head.num_clients
 
-    def shared_tables(self) -> Dict[str, Tensor]:
-        """The shared row tables (``{'item': [I, d]}``)."""
-        return {'item': self.item}
+    def shared_dense(self) -> Dict[str, Tensor]:
+        """The dense shared parameters (the head's), averaged by FedAvg."""
+        return self.head.shared_parameters()
+
+    def dense_bytes(self) -> int:
+        """Bytes of one client's copy of the dense shared parameters."""
+        return sum(value.numel() * value.element_size() for value in self.shared_dense().values())
 
     def private_parameters(self) -> Dict[str, Tensor]:
         """The private per-client tensors, each ``[num_clients, ...]``."""
@@ -90,6 +95,16 @@ class FederatedRecommender(nn.Module):
         params = dict(params)
         params[name] = params[name] / (self.num_layers + 1) + self.user_context[clients]
         return params
+
+    def sample_logits(self, params: Dict[str, Tensor], owner: Tensor, clients: Optional[Tensor],
+                      item: Tensor) -> Tensor:
+        """``[N]`` logits of the item vectors ``item`` ``[N, d]`` of samples whose parameters
+        are at position ``owner[n]`` of the stacked ``params`` (``[B, ...]``) and whose client
+        is ``clients[n]`` (needed with a context only)."""
+        if self.user_context is None:
+            return self.head.grouped_logits(params, owner, item)
+        gathered = {name: value.index_select(0, owner) for name, value in params.items()}
+        return self.head.logits(self.user_input(gathered, clients), item)
 
     def client_params(self, clients: Tensor) -> Dict[str, Tensor]:
         """The private parameters of ``clients`` as the score sees them (with context)."""

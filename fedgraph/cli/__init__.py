@@ -20,80 +20,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from fedgraph.cli.flags import add_config_flags, config_from_args
 from fedgraph.config import TrainConfig
-from fedgraph.data import DATASETS, leave_one_out_split, load_dataset
-
-_HELP = {
-    'algorithm': 'pfedrec, fedmf, mf (centralized), fedlightgcn or perfedrec++',
-    'dataset': f'one of {", ".join(DATASETS)}',
-    'data_root': 'folder of the raw data files (default: datasets/)',
-    'protocol': "'sampled' (leave-one-out, 99 negatives) or 'full' (ratio split, all items)",
-    'split_ratios': 'train/val/test ratios of the full-ranking protocol',
-    'split_mode': "'random' or 'temporal' ratio split",
-    'eval_negatives': 'sampled negatives per held-out item',
-    'item_lr_eta': 'item learning rate = lr x num_items x eta (pfedrec: 80, fedmf: 1)',
-    'lr': 'learning rate of the private head or user embedding (pfedrec: 0.1, fedmf: 1)',
-    'central_lr': 'Adam learning rate of centralized MF',
-    'client_ratio': 'fraction of clients per round (default: all)',
-    'clients_per_round': 'number of clients per round (instead of --client-ratio)',
-    'aggregation': "'mean' (unweighted FedAvg) or 'weighted' (by sample count)",
-    'clip': 'L2 bound of each uploaded update (0: none; graph algorithms: 0.5)',
-    'ldp_scale': 'Laplace noise scale on uploads (needs --clip; graph algorithms: 0.1)',
-    'dual_personalization': "on/off: clients keep and score with their fine-tuned item rows",
-    'num_layers': 'federated GNN layers (fedlightgcn, perfedrec++)',
-    'pretrain_rounds': 'contrastive pre-training rounds (perfedrec++: 50)',
-    'pretrain_lr': 'Adam learning rate of contrastive pre-training',
-    'cl_weight': 'weight lambda of the InfoNCE loss',
-    'cl_temperature': 'InfoNCE temperature',
-    'simgcl_eps': 'SimGCL noise magnitude in contrastive views',
-    'client_dropout': 'fraction of clients absent from a contrastive view',
-    'pseudo_ratio': 'pseudo-items a client adds, as a fraction of its items',
-    'num_clusters': 'k of FAISS k-means over clients (perfedrec++: 5; 0: none)',
-    'cluster_every': 'rounds between two clusterings',
-    'level_weights': 'weights of the global, cluster and local scores (perfedrec++: 1 1 1)',
-    'eval_every': 'evaluate every N rounds',
-    'checkpoint_every': 'save a checkpoint every N rounds',
-    'device': 'cpu or cuda',
-    'engine': "'vectorized' or 'reference' (one model per client, for checking)",
-    'client_streams': 'on/off: each client draws its randomness from its own stream, as on '
-                      'devices (the Flower apps do)',
-}
-
-
-def _on_off(text: str) -> bool:
-    if text.lower() in ('on', 'true', 'yes', '1'):
-        return True
-    if text.lower() in ('off', 'false', 'no', '0'):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-
-
-_OPTIONAL_TYPES = {'data_root': str, 'client_ratio': float, 'clients_per_round': int,
-                   'clip': float, 'lr': float, 'item_lr_eta': float, 'ldp_scale': float,
-                   'dual_personalization': _on_off, 'pretrain_rounds': int, 'num_clusters': int,
-                   'client_streams': _on_off}
-_TRIPLES = ('split_ratios', 'level_weights')
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """A flag for every :class:`TrainConfig` field (``--client-ratio`` for ``client_ratio``)."""
-    for field in dataclasses.fields(TrainConfig):
-        flag = '--' + field.name.replace('_', '-')
-        kind = _OPTIONAL_TYPES.get(field.name, type(field.default))
-        if field.name in _TRIPLES:
-            default = None if field.default is None else list(field.default)
-            parser.add_argument(flag, type=float, nargs=3, default=default,
-                                help=_HELP[field.name])
-            continue
-        parser.add_argument(flag, type=kind, default=field.default,
-                            help=_HELP.get(field.name, field.name.replace('_', ' ')))
-
-
-def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """The :class:`TrainConfig` of the flags :func:`add_config_flags` added."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{**values, **overrides})
-
+from fedgraph.data import leave_one_out_split, load_dataset
 
 def _train(args: argparse.Namespace) -> None:
     from fedgraph.training import train
@@ -118,10 +47,10 @@ def _train(args: argparse.Namespace) -> None:
 def _describe(args: argparse.Namespace) -> None:
     from fedgraph.describe import describe, describe_split
 
-    data = load_dataset(args.dataset, root=args.root)
+    data = load_dataset(args.dataset, root=args.data_root)
     summary = describe(data)
     summary['leave_one_out'] = describe_split(
-        leave_one_out_split(data, num_negatives=args.num_negatives, seed=args.seed))
+        leave_one_out_split(data, num_negatives=args.eval_negatives, seed=args.seed))
     print(json.dumps(summary, indent=2))
 
 
@@ -210,10 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     describe_parser = commands.add_parser(
         'describe', help='load a data set and print its counts, sparsity and split sizes')
-    describe_parser.add_argument('--dataset', default='ml-100k', choices=DATASETS)
-    describe_parser.add_argument('--root', default=None, help='data root (default: datasets/)')
-    describe_parser.add_argument('--num-negatives', type=int, default=99)
-    describe_parser.add_argument('--seed', type=int, default=0)
+    add_config_flags(describe_parser, sections=('data',), algorithms=False)
+    describe_parser.add_argument('--seed', type=int, default=0,
+                                 help='seed of the sampled negatives')
     describe_parser.set_defaults(run=_describe)
 
     summarize_parser = commands.add_parser(

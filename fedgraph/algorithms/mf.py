@@ -1,25 +1,53 @@
 """Centralized matrix factorization: the non-federated reference point of the baselines."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
-from fedgraph.config import TrainConfig
+from fedgraph.algorithms.base import Algorithm, AlgorithmSettings
+from fedgraph.algorithms.registry import register
+from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import RoundStats, bce
+from fedgraph.federated.engine import RoundEngine, RoundStats
+from fedgraph.federated.local import bce
 from fedgraph.nn.heads import DotProductHead
 from fedgraph.nn.recommender import FederatedRecommender
 
 
-class CentralizedMF:
+@dataclass
+class MFSettings(AlgorithmSettings):
+    """Centralized MF's optimizer."""
+    lr: float = setting(1e-3, "Adam's learning rate")
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError('lr must be > 0')
+
+
+@register
+class MF(Algorithm):
+    name = 'mf'
+    summary = 'centralized MF on the pooled data (Adam): the ceiling of FedMF'
+    Settings = MFSettings
+    federated = False
+    unused_settings = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'ldp_scale',
+                       'engine', 'client_streams')
+
+    def build_engine(self, partition: ClientPartition, generator: torch.Generator,
+                     known: Optional[ClientPartition] = None) -> 'CentralizedMF':
+        return CentralizedMF(self.config, partition, generator, known)
+
+
+class CentralizedMF(RoundEngine):
     """MF trained on the pooled interactions of all users, with the same model class,
     loss (BCE, ``num_negatives`` fresh negatives per positive) and evaluation as the
     federated algorithms. One "round" is one epoch of Adam over shuffled mini-batches of
-    ``batch_size`` (default learning rate ``central_lr``)."""
+    ``batch_size`` (learning rate: :class:`MFSettings`' ``lr``)."""
 
-    def __init__(self, config: TrainConfig, partition: ClientPartition,
+    def __init__(self, config, partition: ClientPartition,
                  generator: torch.Generator, known: Optional[ClientPartition] = None):
         self.config = config
         self.partition = partition.to(config.device)
@@ -29,7 +57,7 @@ class CentralizedMF:
         self.model = FederatedRecommender(partition.num_items, head,
                                           init_std=config.dim ** -0.5,
                                           generator=generator).to(config.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.central_lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.settings.lr)
 
     def run_round(self, generator: torch.Generator) -> RoundStats:
         cfg, part = self.config, self.partition

@@ -1,0 +1,187 @@
+"""The algorithm contract: what an algorithm states, and what the engines and Flower ask of it.
+
+An algorithm is one class in one module, registered by name
+(:func:`~fedgraph.algorithms.registry.register`). It states
+
+* **its own settings** -- a dataclass (:attr:`Algorithm.Settings`), the algorithm's section of
+  :class:`~fedgraph.config.TrainConfig`; the defaults it gives the shared settings
+  (:attr:`Algorithm.shared_defaults`, e.g. clipping for the graph models) and the shared
+  settings that mean nothing for it (:attr:`Algorithm.unused_settings`, an error when set);
+* **its model** (:meth:`Algorithm.build_model`) -- a
+  :class:`~fedgraph.nn.recommender.FederatedRecommender` whose parameters declare
+  themselves shared or private: the item table is a *row table* (clients upload the rows
+  they touched, the server averages each row over the clients that uploaded it), the
+  head's :meth:`~fedgraph.nn.heads.ScoreHead.shared_parameters` are *dense* (uploaded
+  whole, plain FedAvg), and its :meth:`~fedgraph.nn.heads.ScoreHead.private_parameters`
+  never leave the client;
+* **its local step** (:meth:`Algorithm.local_training`) -- learning rates, mini-batches,
+  negatives, one joint SGD step or PFedRec's alternating steps, what an upload goes
+  through, whether a client keeps its fine-tuned item rows (dual personalization);
+* **optional hooks** -- :meth:`Algorithm.extend` (in-process) and
+  :meth:`Algorithm.extend_remote` (a deployment's server) wrap the engine with server-side
+  work (enrollment, pre-training, after-round clustering, scoring levels, uniformity,
+  export: the graph models' :class:`~fedgraph.federated.graph.GraphFederatedEngine`), and
+  :meth:`Algorithm.device_hooks` gives the device halves of those steps
+  (:class:`~fedgraph.federated.device.DeviceHooks`).
+
+Every two-sided step is written once, as a client half and a server half
+(:meth:`~fedgraph.federated.engine.FederatedEngine.local_round` and
+:meth:`~fedgraph.federated.engine.FederatedEngine.aggregate`; the graph models' enrollment,
+pre-training and user uploads): the in-process engine calls both halves, the Flower apps call
+the client half on the device and the server half in the strategy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, ClassVar, List, Mapping, Optional, Tuple, Type
+
+import torch
+
+from fedgraph.config import setting
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.device import DeviceHooks, Payload
+from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
+from fedgraph.federated.reference import ReferenceEngine
+from fedgraph.federated.selection import ClientSelector
+from fedgraph.federated.streams import ClientStreams
+from fedgraph.federated.upload import UploadTransform
+from fedgraph.nn.recommender import FederatedRecommender
+
+
+@dataclass
+class AlgorithmSettings:
+    """An algorithm's own section of the configuration (a dataclass of its settings, with
+    the paper's defaults). :meth:`validate` raises ``ValueError`` for values out of range."""
+
+    def validate(self) -> None:
+        """Checks the values (the base class has none to check)."""
+
+    @classmethod
+    def names(cls) -> Tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+
+@dataclass
+class SGDSettings(AlgorithmSettings):
+    """The settings of a client that trains with SGD on BCE over sampled negatives."""
+    lr: float = setting(0.1, 'SGD learning rate of the private parameters (and of dense '
+                             'shared ones)')
+    item_lr_eta: float = setting(80.0, "item rows' learning rate = lr x num_items x eta")
+    dual_personalization: bool = setting(
+        False, 'clients keep their fine-tuned item rows and score with them')
+
+    def validate(self) -> None:
+        if self.lr < 0 or self.item_lr_eta < 0:
+            raise ValueError('lr and item_lr_eta must be >= 0')
+
+    def item_lr(self, num_items: int) -> float:
+        """The item rows' learning rate, ``lr * num_items * eta``."""
+        return self.lr * num_items * self.item_lr_eta
+
+
+class Algorithm:
+    """Base class of an algorithm (see the module docstring for the contract).
+
+    Subclasses set :attr:`name`, :attr:`summary` and :attr:`Settings`, and implement
+    :meth:`build_model` and :meth:`local_training`; the rest has defaults that serve a
+    federated model trained by the vectorized engine.
+
+    Args:
+        config: the run's configuration; ``config.settings`` is an instance of
+            :attr:`Settings`.
+    """
+
+    #: The name it is registered and chosen under (``--algorithm NAME``).
+    name: ClassVar[str] = ''
+    #: One line for ``--help``.
+    summary: ClassVar[str] = ''
+    #: Its own settings.
+    Settings: ClassVar[Type[AlgorithmSettings]] = AlgorithmSettings
+    #: Defaults it gives shared settings whose own default is ``None``.
+    shared_defaults: ClassVar[Mapping[str, object]] = {}
+    #: Shared settings that mean nothing for it: setting one is an error.
+    unused_settings: ClassVar[Tuple[str, ...]] = ()
+    #: Whether clients train it on their devices (``False``: a centralized baseline).
+    federated: ClassVar[bool] = True
+
+    def __init__(self, config):
+        self.config = config
+        self.settings = config.settings
+
+    # ------------------------------------------------------------------ the model
+    def build_model(self, num_clients: int, num_items: int,
+                    generator: torch.Generator) -> FederatedRecommender:
+        """The initial model: shared parameters and every client's private state, drawn
+        from ``generator``."""
+        raise NotImplementedError
+
+    def local_training(self, num_items: int) -> LocalTraining:
+        """How a client trains in a round."""
+        raise NotImplementedError
+
+    def sgd_training(self, num_items: int, alternating: bool = False,
+                     lr_scale: float = 1.0) -> LocalTraining:
+        """The local training of :class:`SGDSettings`: the settings' learning rates (times
+        ``lr_scale``), the shared batch size, epochs and negatives, FedAvg weighting and
+        upload transform; ``alternating``: PFedRec's two SGD steps per mini-batch."""
+        settings, config = self.settings, self.config
+        return LocalTraining(
+            lr=settings.lr * lr_scale, item_lr=settings.item_lr(num_items) * lr_scale,
+            batch_size=config.batch_size, local_epochs=config.local_epochs,
+            num_negatives=config.num_negatives,
+            weighted_aggregation=config.aggregation == 'weighted',
+            upload=self.upload_transform(), alternating=alternating,
+            personalize_items=settings.dual_personalization)
+
+    def upload_transform(self) -> UploadTransform:
+        """What an upload goes through: L2 clipping at ``config.clip`` (0: none) and
+        Laplace noise of scale ``config.ldp_scale``."""
+        return UploadTransform(self.config.clip or None, self.config.ldp_scale or 0.0)
+
+    def build_selector(self, num_clients: int) -> ClientSelector:
+        """The clients of a round: ``clients_per_round`` (at most all) or ``client_ratio``
+        of them (default: all)."""
+        count = self.config.clients_per_round
+        return ClientSelector(num_clients, self.config.client_ratio,
+                              None if count is None else min(count, num_clients))
+
+    # ------------------------------------------------------------------ the engine
+    def build_engine(self, partition: ClientPartition, generator: torch.Generator,
+                     known: Optional[ClientPartition] = None) -> RoundEngine:
+        """The in-process engine over ``partition`` (``known``: the items each client never
+        draws as a negative): the model drawn from ``generator``, the vectorized engine
+        (or the reference engine, ``config.engine='reference'``), then :meth:`extend`."""
+        config = self.config
+        model = self.build_model(partition.num_clients, partition.num_items,
+                                 generator).to(config.device)
+        training = self.local_training(partition.num_items)
+        selector = self.build_selector(partition.num_clients)
+        if config.engine == 'vectorized':
+            streams = ClientStreams() if config.client_streams else None
+            engine = FederatedEngine(model, partition, training, selector, known, streams)
+        elif config.client_streams:
+            raise ValueError('client streams need the vectorized engine')
+        else:
+            engine = ReferenceEngine(model, partition, training, selector, known)
+        return self.extend(engine, partition, generator)
+
+    def extend(self, engine: FederatedEngine, partition: ClientPartition,
+               generator: torch.Generator) -> RoundEngine:
+        """Hook: the engine with the algorithm's server-side work around it (enrollment,
+        pre-training, after-round steps, scoring levels). Default: the engine itself."""
+        return engine
+
+    def extend_remote(self, engine: FederatedEngine, generator: torch.Generator,
+                      enroll: Callable[[int], List[Payload]]) -> RoundEngine:
+        """Hook: :meth:`extend` for a deployment, whose server holds ``engine`` without any
+        interactions: ``enroll(seed)`` hands the devices their initial private parameters and
+        returns what they upload when they enroll (:meth:`DeviceHooks.enroll
+        <fedgraph.federated.device.DeviceHooks.enroll>` with their streams of ``seed``).
+        Default: enroll with seed 0 (no draws), the engine itself."""
+        enroll(0)
+        return engine
+
+    def device_hooks(self) -> DeviceHooks:
+        """The device halves of its steps beyond local training (default: none)."""
+        return DeviceHooks()

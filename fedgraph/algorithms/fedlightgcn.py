@@ -1,0 +1,101 @@
+"""FedLightGCN: FedMF's model with LightGCN propagation over the clients' collaborative graph
+(the federated GNN baseline of the PerFedRec++ paper, Luo et al., ACM TIST 2024).
+
+When clients enroll they upload their item sets blurred with pseudo-items and a first
+clipped, noised user embedding; from these the server builds its collaborative graph. Each
+round it propagates the graph with :class:`~fedgraph.nn.gnn.FederatedGNN` and hands every
+selected client its context; the clients train their ego embeddings (learning rates scaled
+by :math:`(K+1)^2`, see :meth:`FedLightGCN.local_training`) and upload their item rows and
+the change of their user embedding, through clipping and Laplace noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import torch
+
+from fedgraph.algorithms.fedmf import FedMF, FedMFSettings
+from fedgraph.algorithms.registry import register
+from fedgraph.config import setting
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.engine import FederatedEngine, LocalTraining
+from fedgraph.federated.device import Payload
+from fedgraph.federated.graph import GraphDeviceHooks, GraphFederatedEngine, enrollment_graph
+from fedgraph.federated.streams import draw_round_seed
+from fedgraph.nn.augment import PseudoItems
+from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+
+
+@dataclass
+class FedLightGCNSettings(FedMFSettings):
+    """FedMF's settings and the graph's."""
+    num_layers: int = setting(2, 'federated GNN layers K')
+    pseudo_ratio: float = setting(0.1, 'pseudo-items a client adds, as a fraction of its items')
+    level_weights: Tuple[float, float, float] = setting(
+        (1.0, 0.0, 0.0), 'weights of the global, cluster and local scores')
+
+    def validate(self) -> None:
+        super().validate()
+        self.level_weights = tuple(float(w) for w in self.level_weights)
+        if len(self.level_weights) != 3 or min(self.level_weights) < 0:
+            raise ValueError('level_weights are three weights >= 0 (global, cluster, local)')
+        if self.level_weights[2] and not self.dual_personalization:
+            raise ValueError('the local level (level_weights[2]) needs dual personalization '
+                             '(dual_personalization=True)')
+        if self.num_layers < 0 or not 0 <= self.pseudo_ratio < 1:
+            raise ValueError('num_layers must be >= 0 and pseudo_ratio in [0, 1)')
+
+
+@register
+class FedLightGCN(FedMF):
+    name = 'fedlightgcn'
+    summary = 'FedLightGCN: FedMF over the clients\' collaborative graph (LDP uploads)'
+    Settings = FedLightGCNSettings
+    shared_defaults = dict(clients_per_round=256, clip=0.5, ldp_scale=0.1)
+
+    def local_training(self, num_items: int) -> LocalTraining:
+        """With K GNN layers the ego embeddings enter each side of the score divided by
+        K + 1, so their gradients shrink by (K + 1)^2; scaling the learning rates back keeps
+        one setting of lr meaningful for every K (K = 0: unchanged)."""
+        return self.sgd_training(num_items, lr_scale=(self.settings.num_layers + 1) ** 2)
+
+    def extend(self, engine: FederatedEngine, partition: ClientPartition,
+               generator: torch.Generator) -> GraphFederatedEngine:
+        """Enrollment: every client uploads its items with pseudo-items and a first noised
+        user embedding (from one generator, or from each client's stream); the server's
+        graph engine over them."""
+        randomness = GraphFederatedEngine.randomness_for_all(engine, generator)
+        graph = enrollment_graph(partition, PseudoItems(self.settings.pseudo_ratio), randomness)
+        out = self.graph_engine(engine, graph)
+        out.enroll(randomness)
+        return out
+
+    def extend_remote(self, engine: FederatedEngine, generator: torch.Generator,
+                      enroll: Callable[[int], List[Payload]]) -> GraphFederatedEngine:
+        """The server half of enrollment over messages: the devices' items with pseudo-items
+        and first noised user embeddings, from their streams of a seed drawn from
+        ``generator``, become the server's graph and its view of the users."""
+        uploads = enroll(draw_round_seed(generator))
+        edges = torch.stack([torch.cat([upload['edge-user'] for upload in uploads]),
+                             torch.cat([upload['edge-item'] for upload in uploads])])
+        # Edges by user, as in-process: propagation sums in edge order.
+        edges = edges[:, torch.sort(edges[0], stable=True).indices]
+        model = engine.model
+        out = self.graph_engine(engine, CollaborativeGraph(edges, model.num_clients,
+                                                           model.num_items))
+        for upload in uploads:
+            out.absorb_user_updates(upload['users'], upload['user-update'])
+        return out
+
+    def device_hooks(self) -> GraphDeviceHooks:
+        settings = self.settings
+        return GraphDeviceHooks(settings.num_layers, settings.pseudo_ratio,
+                                settings.level_weights)
+
+    def graph_engine(self, engine: FederatedEngine,
+                     graph: CollaborativeGraph) -> GraphFederatedEngine:
+        """The server's graph engine over ``graph``."""
+        settings = self.settings
+        return GraphFederatedEngine(engine, FederatedGNN(settings.num_layers), graph,
+                                    settings.level_weights, seed=self.config.seed)

@@ -1,0 +1,59 @@
+"""The algorithms by name: ``resolve('pfedrec')`` is the :class:`~fedgraph.algorithms.base.Algorithm`
+class registered under that name (in the spirit of PyG's resolvers).
+
+An algorithm registers itself with :func:`register` in its own module; the modules of
+``fedgraph.algorithms`` are imported on the first look-up, and so are those a user names in
+``FEDGRAPH_ALGORITHMS`` (``module`` or ``module:another``): an algorithm written outside the
+package becomes available to the CLI and the Flower apps by its name alone.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Dict, List, Type, TypeVar
+
+_REGISTRY: Dict[str, type] = {}
+_BUILT_IN = ('pfedrec', 'fedmf', 'fedncf', 'mf', 'fedlightgcn', 'perfedrec')
+_loaded = False
+
+A = TypeVar('A', bound=type)
+
+
+def register(cls: A) -> A:
+    """Class decorator: makes ``cls`` (an :class:`~fedgraph.algorithms.base.Algorithm`)
+    available under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f'{cls.__name__} has no name')
+    known = _REGISTRY.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(f'algorithm {cls.name!r} is registered twice: {known.__module__}.'
+                         f'{known.__qualname__} and {cls.__module__}.{cls.__qualname__}')
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILT_IN:
+        importlib.import_module(f'fedgraph.algorithms.{module}')
+    for module in filter(None, os.environ.get('FEDGRAPH_ALGORITHMS', '').split(':')):
+        importlib.import_module(module)
+
+
+def algorithm_names() -> List[str]:
+    """The registered names, built-in ones first."""
+    _load()
+    return list(_REGISTRY)
+
+
+def resolve(name: str) -> Type:
+    """The algorithm class registered as ``name``."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f'unknown algorithm {name!r}; choose one of '
+                         f'{", ".join(_REGISTRY)}') from None

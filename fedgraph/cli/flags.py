@@ -1,0 +1,102 @@
+"""Command-line flags generated once from the configuration: a flag for every shared setting
+(grouped by section) and for every registered algorithm's own settings, for ``train``,
+``describe`` and the ``flower`` commands alike (``--client-ratio`` for ``client_ratio``)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Dict, List, Sequence, Tuple
+
+from fedgraph.algorithms.registry import algorithm_names, resolve
+from fedgraph.config import SECTIONS, TrainConfig, shared_fields
+
+
+def on_off(text: str) -> bool:
+    """``on``/``off`` (also true/false, yes/no, 1/0) as a bool."""
+    if text.lower() in ('on', 'true', 'yes', '1'):
+        return True
+    if text.lower() in ('off', 'false', 'no', '0'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected on or off, got {text!r}')
+
+
+_SCALARS = {'float': float, 'int': int, 'str': str, 'bool': on_off}
+
+
+def _argument(field: dataclasses.Field) -> Dict[str, object]:
+    """``add_argument`` keywords of a setting, from its annotation: a scalar, ``Optional``
+    of one, or a tuple (``Tuple[float, float, float]``: three values; ``Tuple[int, ...]``:
+    one or more)."""
+    kind = str(field.type).replace('Optional[', '').rstrip(']') if str(field.type).startswith(
+        'Optional[') else str(field.type)
+    if kind.startswith('Tuple['):
+        parts = [part.strip() for part in kind[len('Tuple['):].rstrip(']').split(',')]
+        nargs = '+' if parts[-1] == '...' else len(parts)
+        return {'type': _SCALARS[parts[0]], 'nargs': nargs,
+                'metavar': parts[0].upper()}
+    return {'type': _SCALARS[kind]}
+
+
+def algorithm_settings() -> Dict[str, Tuple[dataclasses.Field, List[str]]]:
+    """Every algorithm setting's field (the first one with help) and the algorithms that
+    have it."""
+    out: Dict[str, Tuple[dataclasses.Field, List[str]]] = {}
+    for name in algorithm_names():
+        for field in dataclasses.fields(resolve(name).Settings):
+            known, owners = out.get(field.name, (field, []))
+            if 'help' not in known.metadata and 'help' in field.metadata:
+                known = field
+            out[field.name] = (known, owners + [name])
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser,
+                     sections: Sequence[str] = tuple(SECTIONS), algorithms: bool = True) -> None:
+    """Adds ``--algorithm``, the shared settings of ``sections`` and (``algorithms``) every
+    algorithm's own settings to ``parser``."""
+    shared = shared_fields()
+    if algorithms:
+        summaries = '; '.join(f'{name}: {resolve(name).summary}' for name in algorithm_names())
+        parser.add_argument('--algorithm', default='pfedrec', choices=algorithm_names(),
+                            help=summaries)
+    for section in sections:
+        group = parser.add_argument_group(f'{section} settings')
+        for name in SECTIONS[section]:
+            field = shared[name]
+            default = field.default
+            if isinstance(default, tuple):
+                default = list(default)
+            group.add_argument('--' + name.replace('_', '-'), default=default,
+                               help=field.metadata.get('help', ''), **_argument(field))
+    if not algorithms:
+        return
+    group = parser.add_argument_group(
+        'algorithm settings', "each belongs to the algorithms its help names; default: the "
+                              "algorithm's; another algorithm's setting is an error")
+    for name, (field, owners) in algorithm_settings().items():
+        defaults = ', '.join(
+            f'{owner} {_shown(getattr(resolve(owner).Settings(), name))}' for owner in owners)
+        group.add_argument('--' + name.replace('_', '-'), default=None,
+                           help=f"{field.metadata.get('help', '')} ({defaults})",
+                           **_argument(field))
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    if isinstance(value, tuple):
+        return ' '.join(str(v) for v in value)
+    return str(value)
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of the flags :func:`add_config_flags` added: the shared
+    settings, and the algorithm settings given on the command line."""
+    values = {name: getattr(args, name) for name in shared_fields()}
+    values.update({name: getattr(args, name) for name in algorithm_settings()
+                   if getattr(args, name, None) is not None})
+    values.update(overrides)
+    try:
+        return TrainConfig(**{'algorithm': args.algorithm, **values})
+    except ValueError as error:
+        raise SystemExit(f'error: {error}') from None

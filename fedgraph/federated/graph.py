@@ -1,0 +1,593 @@
+"""The federated engine of graph models: FedLightGCN and PerFedRec++ (Luo et al., ACM TIST
+2024); :mod:`fedgraph.algorithms.fedlightgcn` and :mod:`fedgraph.algorithms.perfedrec`
+configure it.
+
+The server holds a collaborative graph built only from what clients upload -- their item
+sets blurred with pseudo-items, and their user embeddings through clipping and Laplace
+noise. Each round it propagates that graph with the federated GNN layer and hands every
+client its context (:meth:`~fedgraph.nn.gnn.FederatedGNN.context`), then the selected clients
+train their ego embeddings locally with :class:`~fedgraph.federated.engine.FederatedEngine`.
+
+PerFedRec++ adds, on top of FedLightGCN:
+
+* **federated contrastive pre-training** -- two views of the collaborative graph drawn from
+  the privacy mechanisms (client dropout, pseudo-items, LDP noise, SimGCL noise), InfoNCE
+  between the two views of each user and item;
+* **clustering** -- FAISS k-means on the clients' propagated representations every
+  ``cluster_every`` rounds, cluster-aware client selection, and a cluster-level item table
+  per cluster, the FedAvg of that cluster's clients;
+* **three-level personalization** -- a user's score is a weighted sum of the global model's,
+  its cluster model's and its own fine-tuned model's (its private item rows) scores.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from fedgraph.clustering import ClusterSelector, kmeans
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.device import Device, DeviceHooks, Payload, group
+from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundEngine, RoundStats
+from fedgraph.federated.streams import ClientStreams, draw_round_seed
+from fedgraph.federated.upload import UploadTransform
+from fedgraph.metrics.representation import uniformity
+from fedgraph.nn.augment import Compose, PseudoItems, SimGCLNoise
+from fedgraph.nn.contrastive import info_nce
+from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+
+if TYPE_CHECKING:
+    from fedgraph.federated.server import Transport
+
+LEVELS = ('global', 'cluster', 'local')
+
+
+def user_upload(upload: UploadTransform, change: Tensor,
+                randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> Tensor:
+    """What clients upload of the change ``[B, d]`` of their user embeddings: ``upload``
+    with one shared generator, or row ``b`` with client ``b``'s own stream."""
+    if isinstance(randomness, torch.Generator):
+        return upload(change, randomness)
+    return ClientStreams.transform(upload, change, torch.arange(change.size(0)), randomness)
+
+
+def view_offsets(upload: UploadTransform, users: Tensor,
+                 generators: Sequence[torch.Generator]) -> Tensor:
+    """``[2, B, d]``: the noise each of ``B`` clients adds to the two uploads of its
+    embedding (``users`` ``[B, d]``) that enter a pre-training round's views, drawn from its
+    own stream."""
+    num, dim = users.shape
+    zeros = users.new_zeros(2 * num, dim)
+    owner = torch.arange(num).repeat_interleave(2)
+    offsets = ClientStreams.transform(upload, zeros, owner, generators)
+    return offsets.view(num, 2, dim).transpose(0, 1)
+
+
+def enrollment_graph(partition: ClientPartition, pseudo: PseudoItems,
+                     randomness: Union[torch.Generator, Sequence[torch.Generator]]
+                     ) -> CollaborativeGraph:
+    """The server's collaborative graph from what the clients of ``partition`` upload when
+    they enroll: their training items plus pseudo-items, drawn from one shared generator or
+    from each client's own stream (client ``c`` draws from ``randomness[c]``)."""
+    graph = CollaborativeGraph(partition.edge_index(), partition.num_clients,
+                               partition.num_items)
+    if isinstance(randomness, torch.Generator):
+        return pseudo(graph, randomness)
+    edges = []
+    for client, stream in enumerate(randomness):
+        items = pseudo.client_items(partition.items_of(client), partition.num_items, stream)
+        edges.append(torch.stack([torch.full_like(items, client), items]))
+    return CollaborativeGraph(torch.cat(edges, dim=1), partition.num_clients,
+                              partition.num_items)
+
+
+class GraphFederatedEngine(RoundEngine):
+    """A federated engine whose model propagates over the clients' collaborative graph.
+
+    Args:
+        engine: the engine that runs local training and aggregation.
+        gnn: the federated GNN layer.
+        graph: the server's collaborative graph (already blurred with pseudo-items).
+        level_weights: weights of the global, cluster and local scores.
+        num_clusters: k of the k-means (0: no clustering).
+        cluster_every: rounds between two clusterings.
+        augmentation: the graph augmentation of a contrastive view.
+        simgcl_eps, cl_weight, cl_temperature, pretrain_lr: contrastive pre-training.
+        pretrain_rounds: rounds of contrastive pre-training before round 0.
+        seed: the seed of FAISS k-means.
+    """
+
+    def __init__(self, engine: FederatedEngine, gnn: FederatedGNN, graph: CollaborativeGraph,
+                 level_weights: Sequence[float] = (1.0, 0.0, 0.0), num_clusters: int = 0,
+                 cluster_every: int = 5, augmentation: Optional[Compose] = None,
+                 simgcl_eps: float = 0.1, cl_weight: float = 1.0, cl_temperature: float = 0.2,
+                 pretrain_lr: float = 0.05, pretrain_rounds: int = 0, seed: int = 0):
+        if level_weights[2] and not engine.training.personalize_items:
+            raise ValueError('the local level needs dual personalization (private item rows)')
+        self.engine = engine
+        self.model = engine.model
+        self.training = engine.training
+        self.gnn = gnn
+        self.graph = graph
+        self.level_weights = tuple(level_weights)
+        self.num_clusters = num_clusters
+        self.cluster_every = cluster_every
+        self.augmentation = augmentation
+        self.simgcl_eps = simgcl_eps
+        self.cl_weight = cl_weight
+        self.cl_temperature = cl_temperature
+        self.pretrain_lr = pretrain_lr
+        self.pretrain_rounds = pretrain_rounds
+        self.seed = seed
+        self.rounds_done = 0
+        self.server_users = torch.zeros_like(self.user_table.detach())
+        self.assignment: Optional[Tensor] = None
+        self.cluster_tables: Optional[Tensor] = None
+
+    def enroll(self, randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> None:
+        """Every client uploads a first noised user embedding when it enrolls (the graph
+        came with its items), drawn from one shared generator or from each client's stream
+        (the streams its pseudo-items came from, see :meth:`randomness_for_all`)."""
+        clients = torch.arange(self.model.num_clients)
+        self.upload_users(clients, randomness)
+        self.engine.count_participation(clients)
+
+    @staticmethod
+    def randomness_for_all(engine: FederatedEngine, generator: torch.Generator
+                              ) -> Union[torch.Generator, Sequence[torch.Generator]]:
+        """Where enrolling clients draw their pseudo-items and first noise: ``generator``,
+        or with per-client streams every client's stream of a seed drawn from it."""
+        if engine.streams is None:
+            return generator
+        return engine.streams.generators(draw_round_seed(generator),
+                                         torch.arange(engine.model.num_clients))
+
+    @property
+    def user_table(self) -> Tensor:
+        """The clients' private user vectors (the head's ``user_vector``), stacked."""
+        return getattr(self.model.head, self.model.head.user_vector)
+
+    @property
+    def selector(self):
+        """Which clients take part in a round (the engine's; cluster-aware once clustered)."""
+        return self.engine.selector
+
+    @property
+    def participation(self) -> Tensor:
+        """Each client's number of uploads so far."""
+        return self.engine.participation
+
+    # ------------------------------------------------------------------ server state
+    def upload_users(self, clients: Tensor,
+                     randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> None:
+        """``clients`` upload the change of their user embedding since their last upload,
+        through the same clipping and noise as their item rows (noise from one shared
+        generator, or from each client's own stream), and the server adds it to its view."""
+        self.absorb_user_updates(clients, user_upload(
+            self.training.upload, self.user_table.detach()[clients] - self.server_users[clients],
+            randomness))
+
+    def absorb_user_updates(self, clients: Tensor, change: Tensor) -> None:
+        """The server's view of ``clients``' embeddings takes their uploaded changes."""
+        self.server_users[clients] += change.to(self.server_users.dtype)
+
+    def refresh_context(self) -> None:
+        """Propagates the server's graph and sets every client's context."""
+        user_context, item_context = self.gnn.context(self.server_users,
+                                                      self.model.item.detach(), self.graph)
+        self.model.set_context(self.gnn.num_layers, user_context, item_context)
+
+    def propagated(self) -> Tuple[Tensor, Tensor]:
+        """The global model's final user and item vectors (the clients' own embeddings over
+        the server's graph)."""
+        with torch.no_grad():
+            return self.gnn(self.user_table.detach(), self.model.item.detach(), self.graph)
+
+    # ------------------------------------------------------------------ pre-training
+    def pretrain(self, generator: torch.Generator,
+                 progress: bool = True) -> Dict[str, object]:
+        """Federated contrastive pre-training (PerFedRec++, Sec. 4.2).
+
+        Each round draws two views of the collaborative graph -- client dropout and
+        pseudo-items on the graph, Laplace noise on the uploaded user embeddings, SimGCL
+        noise on every propagated layer -- and takes one Adam step on
+        ``cl_weight * (InfoNCE(users) + InfoNCE(items))`` over the round's selected clients
+        and as many random items. The user embeddings enter the views with the Laplace noise
+        an upload adds (not clipped: clipping a whole embedding, rather than a change, would
+        shrink it every round); each selected client receives the gradient of its embedding
+        and applies it, and the other clients' embeddings are restored after the step. Adam's
+        moments are per row, i.e. per client; a client not selected updates its moments with
+        its gradient but keeps its embedding. With per-client streams each client draws its
+        views' noise from its own stream of a seed the server draws each round. Runs
+        :attr:`pretrain_rounds` rounds (none: only the record, with the uniformity of the
+        initial embeddings).
+        """
+        rounds = self.pretrain_rounds
+        user, item = self.user_table, self.model.item
+        optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
+        noise = SimGCLNoise(self.simgcl_eps, generator)
+        streams = self.engine.streams
+        everyone = torch.arange(self.model.num_clients)
+        losses = []
+        for _ in tqdm(range(rounds), desc='pre-training', unit='round', disable=not progress):
+            clients, items = self.pretrain_batch(generator)
+            if streams is None:
+                def view_input(view: int) -> Tensor:
+                    return user + self.training.upload(torch.zeros_like(user.detach()),
+                                                       generator)
+            else:
+                offsets = view_offsets(self.training.upload, user.detach(), streams.generators(
+                    draw_round_seed(generator), everyone))
+
+                def view_input(view: int) -> Tensor:
+                    return user + offsets[view]
+            loss = self.contrastive_loss(view_input, clients, items, generator, noise)
+            others = torch.ones(self.model.num_clients, dtype=torch.bool)
+            others[clients] = False
+            kept = user.detach()[others].clone()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                user[others] = kept
+            self.engine.count_participation(clients)
+            losses.append(loss.item())
+        if rounds:
+            self.upload_users(everyone, self.randomness_for_all(self.engine, generator))
+            self.engine.count_participation(everyone)
+        return {'rounds': rounds, 'loss': losses, 'uniformity': self.uniformity()}
+
+    def pretrain_batch(self, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """A pre-training round's clients (the selector's) and as many random items."""
+        clients = self.engine.selector(generator)
+        items = torch.randperm(self.model.num_items, generator=generator)[:clients.numel()]
+        return clients, items
+
+    def contrastive_loss(self, view_input: Callable[[int], Tensor], clients: Tensor,
+                         items: Tensor, generator: torch.Generator,
+                         noise: SimGCLNoise) -> Tensor:
+        """``cl_weight * (InfoNCE(users) + InfoNCE(items))`` between two views: view ``v``
+        propagates the user vectors ``view_input(v)`` and the item table over an augmented
+        graph, with SimGCL ``noise`` on every layer."""
+        views = []
+        for view in range(2):
+            graph = self.augmentation(self.graph, generator)
+            views.append(self.gnn(view_input(view), self.model.item, graph, perturb=noise))
+        return self.cl_weight * (
+            info_nce(views[0][0][clients], views[1][0][clients], self.cl_temperature)
+            + info_nce(views[0][1][items], views[1][1][items], self.cl_temperature))
+
+    def pretrain_remote(self, transport: 'Transport', generator: torch.Generator,
+                        progress: bool = True) -> Dict[str, object]:
+        """The server half of :meth:`pretrain` over messages, the devices holding the user
+        embeddings (:meth:`GraphDeviceHooks.step`).
+
+        Each round every device uploads its users' embeddings with the Laplace noise of the
+        two views (from their streams of the round's seed); the server builds the two views,
+        takes the InfoNCE loss on the round's clients and items, steps the item table (Adam)
+        and sends every user the gradient of its embedding and whether it was selected; the
+        devices take the Adam step of their rows. At the end every user uploads the change
+        of its embedding, as in-process."""
+        item = self.model.item
+        optimizer = torch.optim.Adam([item], lr=self.pretrain_lr)
+        noise = SimGCLNoise(self.simgcl_eps, generator)
+        num_users = self.model.num_clients
+        losses = []
+        for _ in tqdm(range(self.pretrain_rounds), desc='pre-training', unit='round',
+                      disable=not progress):
+            clients, items = self.pretrain_batch(generator)
+            seed = draw_round_seed(generator)
+            replies = transport.send('pretrain-views',
+                                     {node: {'seed': seed} for node in transport.nodes})
+            views = torch.zeros(2, num_users, item.size(1), dtype=item.dtype)
+            for reply in replies.values():
+                views[:, reply['users']] = reply['views'].transpose(0, 1).to(item.dtype)
+            views.requires_grad_()
+            loss = self.contrastive_loss(lambda view: views[view], clients, items, generator,
+                                         noise)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            gradient = views.grad.sum(0)
+            selected = torch.zeros(num_users, dtype=torch.bool)
+            selected[clients] = True
+            transport.send('pretrain-step', {
+                node: {'gradient': gradient[held], 'selected': selected[held]}
+                for node, held in transport.nodes.items()})
+            self.engine.count_participation(clients)
+            losses.append(loss.item())
+        if self.pretrain_rounds:
+            seed = draw_round_seed(generator)
+            replies = transport.send('upload-users',
+                                     {node: {'seed': seed} for node in transport.nodes})
+            for reply in replies.values():
+                self.absorb_user_updates(reply['users'], reply['user-update'])
+            self.engine.count_participation(torch.arange(num_users))
+        return {'rounds': self.pretrain_rounds, 'loss': losses}
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        self.before_round()
+        stats, result = self.engine.train_round(generator)
+        randomness = generator if result.generators is None else result.generators
+        self.upload_users(result.upload.clients, randomness)
+        self.finish_round(result)
+        return stats
+
+    # The server's halves of a round over messages (see fedgraph.federated.server.Server).
+    def before_round(self) -> None:
+        """Propagates the graph: the round's context."""
+        self.refresh_context()
+
+    def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a device needs besides the tables to train ``users``: their context and
+        the items'."""
+        return {'context/user': self.model.user_context[users],
+                'context/item': self.model.item_context}
+
+    def after_aggregate(self, result: ClientRound, replies: Dict[str, Tensor]) -> None:
+        """The users' uploaded embedding changes (``user-update``, in the order of
+        ``result.upload.clients``), then :meth:`finish_round`."""
+        self.absorb_user_updates(result.upload.clients, replies['user-update'])
+        self.finish_round(result)
+
+    def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a device needs to score ``users`` as :meth:`scores` does: the global table
+        (and the broadcast one under fine-tuned rows), their context, and with a cluster
+        level the clusters and their tables."""
+        out = {**self.engine.evaluation_payload(users), 'items': self.model.item.detach(),
+               **self.round_payload(users)}
+        if self.cluster_tables is not None and self.level_weights[1]:
+            out.update({'clusters/assignment': self.assignment[users],
+                        'clusters/tables': self.cluster_tables})
+        return out
+
+    def finish_round(self, result: ClientRound) -> None:
+        """The server's steps after a round's uploads ``result``: the cluster tables take
+        the round's row updates, and every ``cluster_every`` rounds the clients are
+        clustered again."""
+        if self.cluster_tables is not None:
+            self._update_cluster_tables(result)
+        self.rounds_done += 1
+        if self.num_clusters and self.rounds_done % self.cluster_every == 0:
+            self.recluster()
+
+    def recluster(self) -> None:
+        """FAISS k-means on the clients' representations propagated over the server's graph
+        (from the embeddings they uploaded); selection becomes cluster-aware. The first
+        cluster tables are copies of the global table; later, a cluster's table starts as the
+        mean of its members' previous cluster tables, so reclustering keeps what the clusters
+        learned."""
+        with torch.no_grad():
+            users, _ = self.gnn(self.server_users, self.model.item.detach(), self.graph)
+        assignment = kmeans(users, self.num_clusters, seed=self.seed + self.rounds_done)
+        if self.cluster_tables is None:
+            self.cluster_tables = self.model.item.detach().unsqueeze(0).repeat(
+                self.num_clusters, 1, 1)
+        else:  # a new cluster starts from the mean of its members' previous cluster tables
+            overlap = torch.zeros(self.num_clusters, self.num_clusters, dtype=torch.float64)
+            overlap.index_put_((assignment, self.assignment),
+                               torch.ones(assignment.numel(), dtype=torch.float64),
+                               accumulate=True)
+            overlap /= overlap.sum(1, keepdim=True).clamp_min(1)
+            tables = self.cluster_tables.reshape(self.num_clusters, -1)
+            self.cluster_tables = (overlap.to(tables.dtype) @ tables).view_as(
+                self.cluster_tables)
+        self.assignment = assignment
+        self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
+
+    def _update_cluster_tables(self, result: ClientRound) -> None:
+        """Each cluster's table becomes the mean of its clients' tables this round (the
+        broadcast table plus their uploaded row changes); clusters without a client this
+        round keep theirs."""
+        upload, base = result.upload, self.engine.broadcast
+        num_items = self.model.num_items
+        cluster = self.assignment[upload.clients]
+        members = torch.bincount(cluster, minlength=self.num_clusters)
+        key = cluster[upload.row_owner] * num_items + upload.row_item
+        total = torch.zeros(self.num_clusters * num_items, base.size(1), dtype=base.dtype)
+        total.index_add_(0, key, upload.update)
+        active = members > 0
+        mean = total.view(self.num_clusters, num_items, -1)[active]
+        self.cluster_tables[active] = base + mean / members[active].view(-1, 1, 1)
+
+    # ------------------------------------------------------------------ scoring
+    def _level_rows(self, users: Tensor, items: Tensor):
+        """The item rows ``[..., d]`` each level scores ``items`` with, for ``users``."""
+        model = self.model
+        rows = {'global': model.item.detach()[items]}
+        if self.level_weights[1]:
+            if self.cluster_tables is None:
+                rows['cluster'] = rows['global']
+            else:
+                cluster = self.assignment[users].view(-1, *([1] * (items.dim() - 1)))
+                rows['cluster'] = self.cluster_tables[cluster, items]
+        if self.level_weights[2]:
+            rows['local'] = self.engine.personal_rows(users, items)
+        return rows
+
+    def _combine(self, levels: Dict[str, Tensor]) -> Tensor:
+        """The weighted sum of the levels' ``[U, k]`` logits. With more than one level, each
+        level's logits are first standardized per user (zero mean, unit deviation over the
+        scored items), so that equal weights give the levels equal say: the local level's
+        fine-tuned rows otherwise give logits an order of magnitude larger than the global
+        and cluster levels', and it would rank alone."""
+        active = {level: value for level, value in levels.items()
+                  if self.level_weights[LEVELS.index(level)]}
+        if len(active) > 1:
+            active = {level: (value - value.mean(1, keepdim=True))
+                      / value.std(1, keepdim=True).clamp_min(1e-12)
+                      for level, value in active.items()}
+        return sum(self.level_weights[LEVELS.index(level)] * value
+                   for level, value in active.items())
+
+    @torch.no_grad()
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k]``: the weighted global, cluster and local models' logits (see
+        :meth:`_combine`)."""
+        params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
+                  for name, value in self.model.client_params(users).items()}
+        return self._combine({
+            level: self.model.head.logits(params, self.model.item_input(rows, items))
+            for level, rows in self._level_rows(users, items).items()})
+
+    @torch.no_grad()
+    def scores_all(self, users: Tensor) -> Tensor:
+        """``[U, I]`` scores of every item (see :meth:`scores`), as matrix products: one for
+        the global table, one per cluster, and the local level as the broadcast table
+        corrected at each user's fine-tuned rows."""
+        model, head = self.model, self.model.head
+        params = model.client_params(users)
+        levels = {'global': head.logits_all(params, model.item_table_input(model.item.detach()))}
+        if self.level_weights[1]:
+            levels['cluster'] = levels['global'].clone()
+            if self.cluster_tables is not None:
+                cluster = self.assignment[users]
+                for k in torch.unique(cluster).tolist():
+                    members = torch.nonzero(cluster == k).view(-1)
+                    table = model.item_table_input(self.cluster_tables[k])
+                    levels['cluster'][members] = head.logits_all(
+                        {name: value[members] for name, value in params.items()}, table)
+        if self.level_weights[2]:
+            levels['local'] = self.engine.personal_scores_all(users, params)
+        return self._combine(levels)
+
+    # ------------------------------------------------------------------ reporting and state
+    def round_report(self) -> Dict[str, object]:
+        return {'uniformity': self.uniformity()}
+
+    def uniformity(self, max_points: int = 1000) -> Dict[str, float]:
+        """Uniformity of the global model's final user and item vectors."""
+        users, items = self.propagated()
+        generator = torch.Generator().manual_seed(0)
+        return {'user': uniformity(users, max_points=max_points, generator=generator),
+                'item': uniformity(items, max_points=max_points, generator=generator)}
+
+    def export(self) -> Dict[str, Tensor]:
+        """Embeddings and cluster assignment for plotting."""
+        users, items = self.propagated()
+        out = {'user_embedding': self.user_table.detach(), 'item_embedding':
+               self.model.item.detach(), 'user_final': users, 'item_final': items}
+        if self.assignment is not None:
+            out['cluster'] = self.assignment
+        return out
+
+    def state_dict(self) -> Dict[str, object]:
+        return {'engine': self.engine.state_dict(), 'server_users': self.server_users,
+                'assignment': self.assignment, 'cluster_tables': self.cluster_tables,
+                'rounds_done': self.rounds_done, 'graph': self.graph.edge_index,
+                'context': (self.model.user_context, self.model.item_context)}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.engine.load_state_dict(state['engine'])
+        self.server_users = state['server_users']
+        self.assignment = state['assignment']
+        self.cluster_tables = state['cluster_tables']
+        self.rounds_done = state['rounds_done']
+        self.model.set_context(self.gnn.num_layers, *state['context'])
+        self.graph = CollaborativeGraph(state['graph'], self.graph.num_users,
+                                        self.graph.num_items)
+        if self.assignment is not None:
+            self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
+
+
+class GraphDeviceHooks(DeviceHooks):
+    """The device halves of the graph models' steps: the enrollment upload (items with
+    pseudo-items, a first noised user embedding), the user-embedding upload after each
+    round, the context and levels to score with, and PerFedRec++'s pre-training (the two
+    views' inputs, the Adam step on the server's gradient). A device keeps the sum of the
+    embedding changes its users uploaded (``extra['uploaded']``: the server's view of their
+    embeddings) and their pre-training Adam state (``extra['adam/*']``).
+
+    Args:
+        num_layers, pseudo_ratio, level_weights, num_clusters, pretrain_lr: the algorithm's
+            settings.
+        user_vector: the name of the head's private user vector.
+    """
+
+    def __init__(self, num_layers: int, pseudo_ratio: float, level_weights: Sequence[float],
+                 num_clusters: int = 0, pretrain_lr: float = 0.05, user_vector: str = 'user'):
+        self.num_layers = num_layers
+        self.pseudo_ratio = pseudo_ratio
+        self.level_weights = tuple(level_weights)
+        self.num_clusters = num_clusters
+        self.pretrain_lr = pretrain_lr
+        self.user_vector = user_vector
+
+    def _upload_users(self, device: Device, position: Tensor,
+                      streams: Sequence[torch.Generator]) -> Tensor:
+        """Users ``position`` upload the change of their embedding since their last upload,
+        clipped and noised from ``streams``; returns the uploaded change."""
+        uploaded = device.extra['uploaded']
+        change = user_upload(device.algorithm.upload_transform(),
+                             device.private[self.user_vector][position] - uploaded[position],
+                             streams)
+        uploaded[position] += change
+        return change
+
+    def enroll(self, device: Device, seed: int) -> Payload:
+        """The users' item sets with pseudo-items (``edge-user``, ``edge-item``) and their
+        first noised embedding (``users``, ``user-update``), from their streams of ``seed``."""
+        streams = device.streams(seed)
+        graph = enrollment_graph(device.train, PseudoItems(self.pseudo_ratio), streams)
+        device.extra['uploaded'] = torch.zeros_like(device.private[self.user_vector])
+        change = self._upload_users(device, torch.arange(device.users.numel()), streams)
+        return {'edge-user': device.users[graph.edge_index[0]], 'edge-item': graph.edge_index[1],
+                'users': device.users, 'user-update': change}
+
+    def configure(self, device: Device, engine: FederatedEngine, payload: Payload,
+                  position: Tensor) -> None:
+        """The context the server sent for the users at ``position`` and for the items."""
+        context = group(payload, 'context')
+        if not context:
+            return
+        user_context = torch.zeros(device.users.numel(), context['user'].size(1),
+                                   dtype=context['user'].dtype)
+        user_context[position] = context['user']
+        engine.model.set_context(self.num_layers, user_context, context['item'])
+
+    def after_train(self, device: Device, position: Tensor, result: ClientRound) -> Payload:
+        return {'user-update': self._upload_users(device, position, result.generators)}
+
+    def scorer(self, device: Device, engine: FederatedEngine, payload: Payload):
+        """The levels' scores, with the clusters the server sent (``clusters/*``)."""
+        empty = CollaborativeGraph(torch.empty(2, 0, dtype=torch.long), device.users.numel(),
+                                   device.num_items)
+        scorer = GraphFederatedEngine(engine, FederatedGNN(self.num_layers), empty,
+                                      self.level_weights, self.num_clusters)
+        clusters = group(payload, 'clusters')
+        if clusters:
+            scorer.assignment, scorer.cluster_tables = clusters['assignment'], clusters['tables']
+        return scorer
+
+    def step(self, device: Device, step: str, payload: Payload) -> Payload:
+        """``pretrain-views`` (the users' embeddings with the Laplace noise of the two views,
+        ``views`` ``[n, 2, d]``), ``pretrain-step`` (one Adam step on the server's
+        ``gradient``; users not ``selected`` keep their embedding, their moments move) and
+        ``upload-users`` (every user uploads its embedding's change), each from the users'
+        streams of the payload's ``seed``."""
+        user = device.private[self.user_vector]
+        everyone = torch.arange(device.users.numel())
+        if step == 'pretrain-views':
+            offsets = view_offsets(device.algorithm.upload_transform(), user,
+                                   device.streams(int(payload['seed'])))
+            return {'users': device.users,
+                    'views': (user + offsets).transpose(0, 1).contiguous()}
+        if step == 'pretrain-step':
+            param = torch.nn.Parameter(user.clone())
+            optimizer = torch.optim.Adam([param], lr=self.pretrain_lr)
+            adam = group(device.extra, 'adam')
+            if adam:
+                optimizer.state[param] = dict(adam)
+            param.grad = payload['gradient'].to(param.dtype)
+            optimizer.step()
+            device.extra.update({f'adam/{k}': v.clone() for k, v in optimizer.state[param].items()})
+            device.private[self.user_vector] = torch.where(payload['selected'].unsqueeze(1),
+                                                           param.detach(), user)
+            return {}
+        if step == 'upload-users':
+            change = self._upload_users(device, everyone, device.streams(int(payload['seed'])))
+            return {'users': device.users, 'user-update': change}
+        return super().step(device, step, payload)

@@ -1,0 +1,146 @@
+"""What a client optimizes in a round, and how: its loss over the round's samples and its
+local optimizer, each written once for all clients of a round side by side.
+
+A round plan gives every training positive ``num_negatives`` sampled negatives; a sample is
+one (client, item, label). A :class:`LocalLoss` maps a mini-batch's logits to one loss per
+sample (a client's loss is the mean over its mini-batch); a pairwise loss keeps each
+positive with its negatives in one mini-batch (:attr:`LocalLoss.keeps_groups`) and sees
+them as rows of ``[groups, 1 + num_negatives]``. A :class:`LocalOptimizer` updates stacked
+per-client tensors (private parameters ``[B, ...]``, local item rows ``[R, d]``) from their
+gradients, each client with its own state, and knows its ``torch.optim`` twin for the
+reference engine.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bce(logits: Tensor, label: Tensor) -> Tensor:
+    """Per-sample binary cross-entropy :math:`-y \\log \\sigma(s) - (1-y) \\log(1-\\sigma(s))`.
+
+    Computed as ``BCELoss(sigmoid(s))``, as in the PFedRec code, not with the fused
+    ``binary_cross_entropy_with_logits``: the two differ once the sigmoid saturates in float32
+    (``BCELoss`` clamps the log at -100 and its gradient vanishes with ``sigmoid'``), and
+    PFedRec's large item learning rate drives many scores there.
+    """
+    return F.binary_cross_entropy(torch.sigmoid(logits), label, reduction='none')
+
+
+class LocalLoss:
+    """A client's loss: ``loss(logits, label, group)`` is ``[N]``, one value per sample;
+    ``group`` is ``1 + num_negatives``."""
+
+    #: A positive and its negatives stay together, in this order, in one mini-batch.
+    keeps_groups: bool = False
+
+    def __call__(self, logits: Tensor, label: Tensor, group: int) -> Tensor:
+        raise NotImplementedError
+
+
+class BCELoss(LocalLoss):
+    """Pointwise binary cross-entropy on every sample (PFedRec, FedMF, NCF): :func:`bce`."""
+
+    def __call__(self, logits: Tensor, label: Tensor, group: int) -> Tensor:
+        return bce(logits, label)
+
+
+class BPRLoss(LocalLoss):
+    """Bayesian personalized ranking (Rendle et al., UAI 2009), LightGCN's loss: for a
+    positive :math:`i` and its negatives :math:`j`,
+
+    .. math::
+        \\ell = \\frac{1}{|J|} \\sum_{j} -\\log \\sigma(s_{ui} - s_{uj}),
+
+    carried by each of the group's samples, so that a mini-batch's mean over samples is the
+    mean over its groups."""
+
+    keeps_groups = True
+
+    def __call__(self, logits: Tensor, label: Tensor, group: int) -> Tensor:
+        scores = logits.view(-1, group)
+        loss = -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean(1)
+        return loss.repeat_interleave(group)
+
+
+class LocalOptimizer:
+    """An update rule applied to many clients' tensors at once. :meth:`step` updates
+    ``value`` from ``grad`` where ``active`` (a boolean mask over the first dimension: the
+    rows of the clients that took this step) with state from :meth:`state`; the base class
+    defines no rule."""
+
+    def state(self, value: Tensor) -> Dict[str, Tensor]:
+        """The initial per-element state of ``value`` (per round: clients start afresh)."""
+        return {}
+
+    def step(self, value: Tensor, grad: Tensor, lr: float, state: Dict[str, Tensor],
+             active: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def step_rows(self, local: Tensor, row: Tensor, sample_grad: Tensor, lr: float,
+                  state: Dict[str, Tensor], active: Tensor) -> Tensor:
+        """Updates the local item rows ``local`` ``[R, d]`` from the gradients of the
+        samples ``sample_grad`` ``[N, d]`` of rows ``row`` ``[N]``."""
+        grad = torch.zeros_like(local).index_add_(0, row, sample_grad)
+        return self.step(local, grad, lr, state, active)
+
+    def torch_optimizer(self, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+        """The same rule as a ``torch.optim`` optimizer (the reference engine's)."""
+        raise NotImplementedError
+
+
+class SGD(LocalOptimizer):
+    """Plain SGD, :math:`\\theta \\leftarrow \\theta - \\eta g` (PFedRec's ``optim.SGD``). A
+    client without samples in a step has a zero gradient, so every row is stepped."""
+
+    def step(self, value: Tensor, grad: Tensor, lr: float, state: Dict[str, Tensor],
+             active: Tensor) -> Tensor:
+        return value - lr * grad
+
+    def step_rows(self, local: Tensor, row: Tensor, sample_grad: Tensor, lr: float,
+                  state: Dict[str, Tensor], active: Tensor) -> Tensor:
+        return local.index_add_(0, row, sample_grad.mul_(-lr))  # alpha= is slower on CPU
+
+    def torch_optimizer(self, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr)
+
+
+class Adam(LocalOptimizer):
+    """Adam (Kingma & Ba, 2015) as ``torch.optim.Adam`` computes it, per client: each client
+    counts its own steps for the bias corrections, and a step moves all of a client's rows
+    (a row without gradient in that step follows its momentum, as in a local model with a
+    dense table).
+
+    Args:
+        betas, eps: Adam's :math:`\\beta_1, \\beta_2, \\epsilon`.
+    """
+
+    def __init__(self, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.betas = tuple(betas)
+        self.eps = eps
+
+    def state(self, value: Tensor) -> Dict[str, Tensor]:
+        return {'exp_avg': torch.zeros_like(value), 'exp_avg_sq': torch.zeros_like(value),
+                'step': torch.zeros(value.size(0), dtype=value.dtype, device=value.device)}
+
+    def step(self, value: Tensor, grad: Tensor, lr: float, state: Dict[str, Tensor],
+             active: Tensor) -> Tensor:
+        beta1, beta2 = self.betas
+        shape = (-1,) + (1,) * (value.dim() - 1)
+        mask = active.view(shape)
+        state['step'] = state['step'] + active.to(value.dtype)
+        step = state['step'].clamp_min(1).view(shape)
+        exp_avg = torch.where(mask, beta1 * state['exp_avg'] + (1 - beta1) * grad,
+                              state['exp_avg'])
+        exp_avg_sq = torch.where(mask, beta2 * state['exp_avg_sq'] + (1 - beta2) * grad * grad,
+                                 state['exp_avg_sq'])
+        state['exp_avg'], state['exp_avg_sq'] = exp_avg, exp_avg_sq
+        correction1 = 1 - beta1 ** step
+        denominator = (exp_avg_sq.sqrt() / (1 - beta2 ** step).sqrt()) + self.eps
+        return torch.where(mask, value - lr * exp_avg / correction1 / denominator, value)
+
+    def torch_optimizer(self, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr, betas=self.betas, eps=self.eps)

@@ -1,0 +1,261 @@
+"""The server side of a deployment: the server half of every two-sided step, whatever carries
+the messages (Flower's strategy in :mod:`fedgraph.flower.server`, or :class:`LocalTransport`
+in one process).
+
+1. **enrollment** -- every device answers the ids of the users it holds; the server draws the
+   initial model from the run's seed exactly as the in-process engine does (the algorithm's
+   ``build_model``), keeps the shared parameters and sends each device its users' initial
+   private parameters, which never come back; the algorithm's
+   :meth:`~fedgraph.algorithms.base.Algorithm.extend_remote` builds what it needs from the
+   enrollment uploads (a graph model: its collaborative graph);
+2. **pre-training** -- the engine's :meth:`~fedgraph.federated.engine.RoundEngine.pretrain_remote`;
+3. **rounds** -- :meth:`Server.configure_round` selects users (the selector and generator of
+   the in-process run), draws the round seed of their streams and builds a payload for each
+   device holding one; :meth:`Server.aggregate_round` aggregates the uploads of the users
+   that answered with :meth:`~fedgraph.federated.engine.FederatedEngine.aggregate`, the
+   in-process engine's server half, then the engine's ``after_aggregate``;
+4. **evaluation** -- every device scores its users with their own models and answers sums.
+
+A device that does not answer is left out of that round; ``metrics.json`` has the in-process
+format plus what the messages carried.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.device import Device, Payload, grouped
+from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundStats, RowUpload
+from fedgraph.federated.streams import ClientStreams, draw_round_seed
+from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
+
+log = logging.getLogger(__name__)
+
+#: The upload keys every device sends after a round; any other per-user tensor goes to the
+#: engine's ``after_aggregate``.
+_ROW_KEYS = ('row-user', 'row-item', 'update', 'users', 'num-samples', 'loss')
+
+
+def payload_bytes(payload: Mapping[str, object]) -> int:
+    """Bytes of the tensors of a payload."""
+    return sum(value.numel() * value.element_size() for value in payload.values()
+               if isinstance(value, Tensor))
+
+
+class Transport:
+    """Carries payloads to devices and their answers back. ``nodes`` maps each device to the
+    users it holds (known after enrollment)."""
+
+    def __init__(self):
+        self.nodes: Dict[int, Tensor] = {}
+
+    def node_ids(self) -> List[int]:
+        """The devices that can be reached now."""
+        raise NotImplementedError
+
+    def send(self, step: str, payloads: Mapping[int, Payload]) -> Dict[int, Payload]:
+        """Sends ``payloads[node]`` as step ``step``; the answers of the devices that
+        answered, by node."""
+        raise NotImplementedError
+
+
+class LocalTransport(Transport):
+    """Devices in this process, called directly (for tests and notebooks)."""
+
+    def __init__(self, devices: Mapping[int, Device]):
+        super().__init__()
+        self.devices = dict(devices)
+
+    def node_ids(self) -> List[int]:
+        return sorted(self.devices)
+
+    def send(self, step: str, payloads: Mapping[int, Payload]) -> Dict[int, Payload]:
+        return {node: self.devices[node].handle(step, dict(payload))
+                for node, payload in payloads.items()}
+
+
+class Server:
+    """The server of a deployment (see the module docstring).
+
+    Args:
+        config: the run's configuration (``client_streams`` is implied).
+        progress: log a line per round.
+    """
+
+    def __init__(self, config, progress: bool = True):
+        algorithm = config.build_algorithm()
+        if not algorithm.federated:
+            raise ValueError(f'{config.algorithm} is centralized: nothing to federate')
+        if config.protocol != 'sampled':
+            raise ValueError('deployments evaluate on devices under the sampled protocol only')
+        self.config = dataclasses.replace(config, client_streams=True)
+        self.algorithm = self.config.build_algorithm()
+        self.progress = progress
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.node_users: Dict[int, Tensor] = {}
+        self.federated: Optional[FederatedEngine] = None
+        self.engine = None
+        self.pretraining: Optional[Dict[str, object]] = None
+        self.history: List[Dict[str, object]] = []
+        self.out: Optional[Path] = None
+        self._sent: Dict[int, Payload] = {}
+
+    # ------------------------------------------------------------------ enrollment
+    def enroll(self, transport: Transport, nodes: List[int]) -> None:
+        """Learns which device holds which users, hands out the initial model and lets the
+        algorithm build its server state from the enrollment uploads."""
+        replies = transport.send('enroll', {node: {} for node in nodes})
+        if not replies:
+            raise RuntimeError(f'none of the {len(nodes)} nodes answered the enrollment')
+        self.node_users = {node: reply['users'] for node, reply in sorted(replies.items())}
+        num_items = {int(reply['num-items']) for reply in replies.values()}
+        if len(num_items) != 1:
+            raise ValueError(f'nodes disagree on the number of items: {sorted(num_items)}')
+        users = torch.sort(torch.cat(list(self.node_users.values()))).values
+        if not torch.equal(users, torch.arange(users.numel())):
+            raise ValueError('the nodes must hold users 0..U-1, each exactly once '
+                             f'(got {users.numel()} ids up to {int(users.max())})')
+        num_users, num_items = users.numel(), num_items.pop()
+        algorithm = self.algorithm
+        model = algorithm.build_model(num_users, num_items, self.generator)
+        nothing = ClientPartition(torch.zeros(num_users + 1, dtype=torch.long),
+                                  torch.empty(0, dtype=torch.long), num_items)
+        self.federated = FederatedEngine(model, nothing, algorithm.local_training(num_items),
+                                         algorithm.build_selector(num_users), None,
+                                         ClientStreams())
+        transport.nodes = self.node_users
+
+        def enroll_devices(seed: int) -> List[Payload]:
+            payloads = {node: {'enroll-seed': seed, **grouped('private', {
+                name: value.detach()[held] for name, value in model.private_parameters().items()})}
+                for node, held in self.node_users.items()}
+            answers = transport.send('init', payloads)
+            self.federated.count_participation(torch.cat([self.node_users[n] for n in answers]))
+            return list(answers.values())
+
+        self.engine = algorithm.extend_remote(self.federated, self.generator, enroll_devices)
+        log.info('enrolled %d users on %d nodes, %d items', num_users, len(self.node_users),
+                 num_items)
+
+    def pretrain(self, transport: Transport) -> None:
+        """The algorithm's pre-training over messages, if it has one."""
+        self.pretraining = self.engine.pretrain_remote(transport, self.generator, self.progress)
+
+    # ------------------------------------------------------------------ rounds
+    def configure_round(self) -> Dict[int, Payload]:
+        """Selects the round's users, draws the seed of their streams and builds a payload
+        for each device holding one: the shared parameters, its selected ``users`` and what
+        the engine adds (a graph model: their context)."""
+        self._began = time.perf_counter()
+        model = self.federated.model
+        self.engine.before_round()
+        selected = self.federated.selector(self.generator)
+        round_seed = draw_round_seed(self.generator)
+        self._base = model.item.detach().clone()
+        self._selected = selected.numel()
+        shared = {'items': self._base, **grouped('dense', {
+            name: value.detach() for name, value in model.shared_dense().items()})}
+        payloads = {}
+        for node, held in self.node_users.items():
+            mine = torch.sort(held[torch.isin(held, selected)]).values
+            if mine.numel():
+                payloads[node] = {**shared, 'users': mine, 'round-seed': round_seed,
+                                  **self.engine.round_payload(mine)}
+        self._sent = payloads
+        return payloads
+
+    def aggregate_round(self, round_index: int, replies: Mapping[int, Payload]) -> RoundStats:
+        """The uploads of the users that answered, in user order whatever the order the
+        replies arrived in (the aggregate sums rows in this order, as in-process), into the
+        shared parameters; opens the round's ``metrics.json`` record."""
+        if not replies:
+            raise RuntimeError(f'no node answered in round {round_index}')
+        uploads = list(replies.values())
+        dtype = self._base.dtype
+
+        def joined(key: str) -> Tensor:
+            return torch.cat([upload[key] for upload in uploads])
+
+        users = joined('users')
+        order = torch.sort(users).indices
+        users = users[order]
+        row_user = joined('row-user')
+        rows = torch.sort(row_user, stable=True).indices
+        dense = {name: joined(f'dense/{name}')[order].to(dtype)
+                 for name in self.federated.model.shared_dense()}
+        result = ClientRound(
+            RowUpload(users, torch.searchsorted(users, row_user[rows]), joined('row-item')[rows],
+                      joined('update')[rows].to(dtype), dense),
+            joined('num-samples')[order], joined('loss')[order])
+        stats = self.federated.aggregate(self._base, result)
+        others = {key: joined(key)[order] for key in uploads[0]
+                  if key not in _ROW_KEYS and not key.startswith('dense/')}
+        self.engine.after_aggregate(result, others)
+        self._record = {
+            **round_record(round_index, stats, self.federated),
+            'clients_selected': self._selected,
+            'nodes_failed': sorted(set(self._sent) - set(replies)),
+            'payload_upload_bytes_per_client':
+                sum(payload_bytes(reply) for reply in uploads) / users.numel(),
+            'payload_download_bytes_per_node':
+                sum(payload_bytes(self._sent[node]) for node in replies) / len(replies)}
+        return stats
+
+    def configure_evaluate(self, round_index: int) -> Dict[int, Payload]:
+        """In evaluation rounds, a payload to every device with what the in-process engine
+        scores its users with."""
+        if not self.config.evaluates_after(round_index + 1):
+            return {}
+        self._sent = {node: self.engine.evaluation_payload(held)
+                      for node, held in self.node_users.items()}
+        return self._sent
+
+    def aggregate_evaluate(self, replies: Mapping[int, Payload]) -> Dict[str, object]:
+        """Mean HR@10 and NDCG@10 over the users of the devices that answered; closes the
+        round's ``metrics.json`` record and returns it."""
+        record = self._record
+        if replies:
+            sums = list(replies.values())
+            total = sum(int(m['num-users']) for m in sums)
+            for split in ('val', 'test'):
+                record[split] = {metric: sum(float(m[f'{split}-{metric}']) for m in sums) / total
+                                 for metric in ('hr@10', 'ndcg@10')}
+            record['payload_evaluate_download_bytes_per_node'] = (
+                sum(payload_bytes(self._sent[node]) for node in replies) / len(replies))
+        record['seconds'] = time.perf_counter() - self._began
+        self.history.append(record)
+        if self.progress:
+            log.info(summary_line(record, self.config.select_by))
+        if self.out is not None:
+            write_metrics(self.out, self.metrics())
+        return record
+
+    # ------------------------------------------------------------------ a whole run
+    def metrics(self) -> Dict:
+        """The run's ``metrics.json`` so far (the in-process format)."""
+        return metrics_of(self.history, self.pretraining, self.config)
+
+    def start(self, transport: Transport, out: Optional[Path] = None) -> None:
+        """Enrollment and pre-training; writes ``out/config.json``."""
+        self.out = out
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self.config.save(out / 'config.json')
+        self.enroll(transport, transport.node_ids())
+        self.pretrain(transport)
+
+    def run(self, transport: Transport, out: Optional[Path] = None) -> Dict:
+        """A whole run over ``transport``'s devices, every step through :meth:`Transport.send`
+        (Flower drives the rounds itself, see :class:`fedgraph.flower.server.RowFedAvg`)."""
+        self.start(transport, out)
+        for round_index in range(self.config.rounds):
+            self.aggregate_round(round_index, transport.send('train', self.configure_round()))
+            self.aggregate_evaluate(transport.send('evaluate', self.configure_evaluate(round_index)))
+        return self.metrics()

@@ -1,0 +1,57 @@
+"""A run's records: the per-round record of ``metrics.json``, the best round, the progress
+line, and the file itself; written alike by in-process training and a deployment's server."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from fedgraph.config import TrainConfig
+
+
+def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
+    """The evaluated round with the highest validation ``select_by``; a later round wins a
+    tie (the PFedRec code's ``>=``)."""
+    best = None
+    for record in history:
+        if 'val' in record and (best is None or record['val'][select_by] >= best['val'][select_by]):
+            best = record
+    if best is None:
+        return None
+    return {'round': best['round'], 'val': best['val'], 'test': best['test']}
+
+
+def summary_line(record: Dict, select_by: str) -> str:
+    """One round's record as the line the progress output prints."""
+    text = f"round {record['round']:>3}  loss {record['train_loss']:.4f}"
+    if 'val' in record:
+        metric = select_by
+        other = 'ndcg@10' if select_by == 'hr@10' else 'ndcg@20'
+        text += (f"  val {metric} {record['val'][metric]:.4f} {other} {record['val'][other]:.4f}"
+                 f"  test {metric} {record['test'][metric]:.4f} {other} {record['test'][other]:.4f}")
+    return text + f"  {record['seconds']:.2f}s"
+
+
+def round_record(round_index: int, stats, engine) -> Dict:
+    """A round's ``metrics.json`` record before evaluation: its loss, clients, bytes and LDP
+    budget. ``epsilon_spent`` is the budget spent so far by the client that uploaded most
+    often (``engine.participation`` counts each client's uploads; sequential composition,
+    every upload spending ``stats.epsilon`` per coordinate)."""
+    spent = None if stats.epsilon is None else stats.epsilon * int(engine.participation.max())
+    return {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
+            'upload_bytes_per_client': stats.upload_bytes,
+            'download_bytes_per_client': stats.download_bytes,
+            'epsilon': stats.epsilon, 'epsilon_spent': spent}
+
+
+def metrics_of(history: List[Dict], pretraining: Optional[Dict],
+               config: TrainConfig) -> Dict:
+    """The content of ``metrics.json``: every round's record and the best round."""
+    metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
+    if pretraining is not None:
+        metrics['pretraining'] = pretraining
+    return metrics
+
+
+def write_metrics(out: Path, metrics: Dict) -> None:
+    (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')

@@ -1,0 +1,74 @@
+"""The two halves of a deployment without Flower: a server and devices in one process
+(:class:`LocalTransport`) end every round with the in-process engine's numbers, for every
+registered federated algorithm, through the algorithms' own client and server halves."""
+import pytest
+import torch
+
+from fedgraph.algorithms import algorithm_names, resolve
+from fedgraph.config import TrainConfig
+from fedgraph.data import ClientPartition
+from fedgraph.federated.device import Device
+from fedgraph.federated.server import LocalTransport, Server
+from fedgraph.training import prepare_split, train
+
+FEDERATED = [name for name in algorithm_names() if resolve(name).federated]
+SMALL = dict(dataset='synthetic', seed=0, rounds=2, dim=8, client_streams=True)
+EXTRA = {'perfedrec++': dict(pretrain_rounds=2, num_clusters=3, cluster_every=1),
+         'fedncf': dict(hidden=(8, 4))}
+
+
+def _devices(config, num_devices):
+    split = prepare_split(config)
+    population = (split, ClientPartition.from_data(split.train), split.known_items())
+    return {node: Device.from_split(config, *population, node, num_devices)
+            for node in range(num_devices)}
+
+
+def test_every_federated_algorithm_is_tested():
+    assert {'pfedrec', 'fedmf', 'fedncf', 'fedlightgcn', 'perfedrec++'} <= set(FEDERATED)
+    assert 'mf' not in FEDERATED
+
+
+@pytest.mark.parametrize('algorithm', FEDERATED)
+def test_server_and_devices_match_the_in_process_engine(algorithm):
+    config = TrainConfig(algorithm=algorithm, **SMALL, **EXTRA.get(algorithm, {}))
+    transport = LocalTransport(_devices(config, 3))
+    deployed = Server(config, progress=False).run(transport)
+    in_process = train(config, progress=False)
+    assert len(deployed['rounds']) == len(in_process['rounds']) == 2
+    for ours, theirs in zip(deployed['rounds'], in_process['rounds']):
+        assert ours['clients'] == theirs['clients']
+        assert ours['train_loss'] == pytest.approx(theirs['train_loss'], rel=1e-6)
+        assert ours['upload_bytes_per_client'] == pytest.approx(theirs['upload_bytes_per_client'])
+        assert ours['epsilon_spent'] == theirs['epsilon_spent']
+        for split in ('val', 'test'):
+            for metric in ('hr@10', 'ndcg@10'):
+                assert ours[split][metric] == pytest.approx(theirs[split][metric], abs=1e-6)
+    if 'pretraining' in in_process:
+        assert deployed['pretraining']['loss'] == pytest.approx(
+            in_process['pretraining']['loss'], rel=1e-6)
+
+
+def test_devices_keep_private_state_and_upload_only_what_they_touched():
+    config = TrainConfig(algorithm='fedncf', **SMALL, hidden=(8, 4))
+    devices = _devices(config, 2)
+    server = Server(config, progress=False)
+    server.start(LocalTransport(devices))
+    payloads = server.configure_round()
+    node, payload = next(iter(payloads.items()))
+    assert set(payload) >= {'items', 'users', 'round-seed', 'dense/layers.0.weight'}
+    assert not any(key.startswith('private/') for key in payload)
+    reply = devices[node].handle('train', payload)
+    held = devices[node].users
+    assert torch.isin(reply['row-user'], held).all()
+    assert reply['dense/layers.0.weight'].shape == (payload['users'].numel(), 8, 16)
+    # The private user embeddings never leave the device: nothing in the reply has their
+    # shape but the MLP's and rows' tensors.
+    assert 'user' not in reply and not any(key.startswith('private/') for key in reply)
+
+
+def test_the_server_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match='centralized'):
+        Server(TrainConfig(algorithm='mf'))
+    with pytest.raises(ValueError, match='sampled protocol'):
+        Server(TrainConfig(protocol='full'))
