@@ -189,9 +189,10 @@ class TrainConfig:
         from fedgraph.algorithms.registry import resolve
 
         algorithm = values.get('algorithm', 'pfedrec')
-        if algorithm == 'mf' and 'central_lr' in values:
-            values['lr'] = values.pop('central_lr')
         algorithm_class = resolve(algorithm)
+        for old, new in algorithm_class.renamed_settings.items():
+            if old in values:
+                values[new] = values.pop(old)
         known = (set(shared_fields()) - set(algorithm_class.unused_settings)
                  | set(algorithm_class.Settings.names()) | {'algorithm'})
         dropped = sorted(set(values) - known)

@@ -107,7 +107,7 @@ def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):
 
 
 @pytest.mark.parametrize('algorithm, settings', [
-    ('pfedrec', {}), ('fedmf', {}), ('fedlightgcn', {}),
+    ('pfedrec', {}), ('fedmf', {}), ('fedncf', dict(hidden=(8, 4))), ('fedlightgcn', {}),
     # Pre-training, and clusters from the first round on, so that cluster tables and levels
     # are exercised.
     ('perfedrec++', dict(pretrain_rounds=2, num_clusters=3, cluster_every=1))])

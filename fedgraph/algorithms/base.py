@@ -104,6 +104,8 @@ class Algorithm:
     unused_settings: ClassVar[Tuple[str, ...]] = ()
     #: Whether clients train it on their devices (``False``: a centralized baseline).
     federated: ClassVar[bool] = True
+    #: Names its settings had in earlier versions' ``config.json``, and their names now.
+    renamed_settings: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, config):
         self.config = config

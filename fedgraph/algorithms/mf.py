@@ -33,6 +33,7 @@ class MF(Algorithm):
     summary = 'centralized MF on the pooled data (Adam): the ceiling of FedMF'
     Settings = MFSettings
     federated = False
+    renamed_settings = {'central_lr': 'lr'}
     unused_settings = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'ldp_scale',
                        'engine', 'client_streams')
 

@@ -21,11 +21,14 @@ A = TypeVar('A', bound=type)
 
 def register(cls: A) -> A:
     """Class decorator: makes ``cls`` (an :class:`~fedgraph.algorithms.base.Algorithm`)
-    available under ``cls.name``."""
+    available under ``cls.name``. Another class under a taken name is an error; the same
+    class defined again (a notebook cell run twice) replaces it."""
     if not cls.name:
         raise ValueError(f'{cls.__name__} has no name')
     known = _REGISTRY.get(cls.name)
-    if known is not None and known is not cls:
+    redefined = known is not None and (known.__module__, known.__qualname__) == (
+        cls.__module__, cls.__qualname__)  # e.g. a notebook cell run again
+    if known is not None and known is not cls and not redefined:
         raise ValueError(f'algorithm {cls.name!r} is registered twice: {known.__module__}.'
                          f'{known.__qualname__} and {cls.__module__}.{cls.__qualname__}')
     _REGISTRY[cls.name] = cls

@@ -186,17 +186,18 @@ class NCFHead(ScoreHead):
         return self._mlp({k: v for k, v in params.items() if k != 'user'}, pairs)
 
     def grouped_logits(self, params: Dict[str, Tensor], owner: Tensor, item: Tensor) -> Tensor:
-        """The samples of each client padded into one row of a ``[B, L, 2d]`` batch, so that
-        every client's own MLP copy applies as one batched matrix product (no per-sample
-        copy of the weights)."""
-        num = params['user'].size(0)
+        """The samples of each client that has any padded into one row of a ``[A, L, 2d]``
+        batch, so that every client's own MLP copy applies as one batched matrix product (no
+        per-sample copy of the weights)."""
+        clients, owner = torch.unique(owner, return_inverse=True)
+        params = {name: value.index_select(0, clients) for name, value in params.items()}
         order = torch.sort(owner, stable=True).indices
         sorted_owner = owner[order]
-        count = torch.bincount(owner, minlength=num)
+        count = torch.bincount(owner, minlength=clients.numel())
         position = torch.arange(owner.numel(), device=owner.device) - (
             torch.cumsum(count, 0) - count)[sorted_owner]
         pairs = torch.cat([params['user'][sorted_owner], item[order]], dim=-1)
-        x = pairs.new_zeros(num, int(count.max()), pairs.size(1)).index_put(
+        x = pairs.new_zeros(clients.numel(), int(count.max()), pairs.size(1)).index_put(
             (sorted_owner, position), pairs)
         for name in self._layer_names():
             weight, bias = params[f'{name}.weight'], params[f'{name}.bias']
