@@ -1,19 +1,20 @@
 """The algorithms by name: ``resolve('pfedrec')`` is the :class:`~fedgraph.algorithms.base.Algorithm`
 class registered under that name (in the spirit of PyG's resolvers).
 
-An algorithm registers itself with :func:`register` in its own module; the modules of
-``fedgraph.algorithms`` are imported on the first look-up, and so are those a user names in
-``FEDGRAPH_ALGORITHMS`` (``module`` or ``module:another``): an algorithm written outside the
-package becomes available to the CLI and the Flower apps by its name alone.
+An algorithm registers itself with :func:`register` in its own module; every module of
+``fedgraph.algorithms`` is imported on the first look-up (a new algorithm is a new file, and
+nothing else), and so are those a user names in ``FEDGRAPH_ALGORITHMS`` (``module`` or
+``module:another``): an algorithm written outside the package becomes available to the CLI
+and the Flower apps by its name alone.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from typing import Dict, List, Type, TypeVar
 
 _REGISTRY: Dict[str, type] = {}
-_BUILT_IN = ('pfedrec', 'fedmf', 'fedncf', 'mf', 'fedlightgcn', 'perfedrec')
 _loaded = False
 
 A = TypeVar('A', bound=type)
@@ -40,14 +41,17 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in _BUILT_IN:
-        importlib.import_module(f'fedgraph.algorithms.{module}')
+    import fedgraph.algorithms as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f'{package.__name__}.{module.name}')
     for module in filter(None, os.environ.get('FEDGRAPH_ALGORITHMS', '').split(':')):
         importlib.import_module(module)
 
 
 def algorithm_names() -> List[str]:
-    """The registered names, built-in ones first."""
+    """The registered names: the package's (by module name), then those of
+    ``FEDGRAPH_ALGORITHMS``."""
     _load()
     return list(_REGISTRY)
 
