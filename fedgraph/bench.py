@@ -102,7 +102,7 @@ def _engines(args: argparse.Namespace) -> List[Dict]:
               f"peak {result['peak_memory_mb']:.0f} MiB", flush=True)
     fast, slow = rows
     total = {row['engine']: row['train_seconds'] + row['eval_seconds'] for row in rows}
-    print(f"\n| engine | s/round (train) | s/round (eval) | peak memory (MiB) |\n|---|---|---|---|")
+    print("\n| engine | s/round (train) | s/round (eval) | peak memory (MiB) |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['engine']} | {row['train_seconds']:.3f} | {row['eval_seconds']:.3f} | "
               f"{row['peak_memory_mb']:.0f} |")

@@ -117,8 +117,9 @@ class TrainConfig:
         for name, field in shared.items():
             value = values.get(name, field.default)
             if name in cls.unused_settings and value != field.default:
+                unset = 'unset' if field.default is None else f'at {field.default!r}'
                 raise ValueError(f'{algorithm} does not use {name} (set to {value!r}); '
-                                 f'leave it at {field.default!r}')
+                                 f'leave it {unset}')
             if value is None and name not in cls.unused_settings:
                 value = cls.shared_defaults.get(name)
             setattr(self, name, value)

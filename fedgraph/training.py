@@ -8,7 +8,6 @@ uninterrupted run.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path

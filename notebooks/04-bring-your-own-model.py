@@ -347,7 +347,12 @@ plot_training_curves(runs)
 # The curves are each run's `metrics.json`: validation and test Recall@20, the clients'
 # mean local loss (BPR for ours, BCE for FedLightGCN: not comparable to each other), the
 # uniformity of the propagated embeddings and the LDP budget spent by the client that
-# uploaded most. Both runs write `embeddings.pt`, the final propagated embeddings:
+# uploaded most (the same for both: the same clients upload through the same clipping and
+# noise). In the full-size run the cosine model with Adam climbs faster — validation
+# Recall@20 about 0.22 by round 30, which FedLightGCN reaches only near round 80 — and
+# keeps its embeddings more uniform; FedLightGCN is still rising at round 100 and ends
+# higher on the test split. Both runs write `embeddings.pt`, the final propagated
+# embeddings:
 
 # %%
 from fedgraph.viz import plot_uniformity

@@ -76,7 +76,7 @@ def add_config_flags(parser: argparse.ArgumentParser,
     for name, (field, owners) in algorithm_settings().items():
         defaults = ', '.join(
             f'{owner} {_shown(getattr(resolve(owner).Settings(), name))}' for owner in owners)
-        group.add_argument('--' + name.replace('_', '-'), default=None,
+        group.add_argument('--' + name.replace('_', '-'), default=argparse.SUPPRESS,
                            help=f"{field.metadata.get('help', '')} ({defaults})",
                            **_argument(field))
 
@@ -94,7 +94,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     settings, and the algorithm settings given on the command line."""
     values = {name: getattr(args, name) for name in shared_fields()}
     values.update({name: getattr(args, name) for name in algorithm_settings()
-                   if getattr(args, name, None) is not None})
+                   if hasattr(args, name)})
     values.update(overrides)
     try:
         return TrainConfig(**{'algorithm': args.algorithm, **values})

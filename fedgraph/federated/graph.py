@@ -136,9 +136,10 @@ class GraphFederatedEngine(RoundEngine):
 
     @staticmethod
     def randomness_for_all(engine: FederatedEngine, generator: torch.Generator
-                              ) -> Union[torch.Generator, Sequence[torch.Generator]]:
-        """Where enrolling clients draw their pseudo-items and first noise: ``generator``,
-        or with per-client streams every client's stream of a seed drawn from it."""
+                           ) -> Union[torch.Generator, Sequence[torch.Generator]]:
+        """Where every client draws the randomness of a step they all take (enrollment,
+        the upload after pre-training): ``generator``, or with per-client streams every
+        client's stream of a seed drawn from it."""
         if engine.streams is None:
             return generator
         return engine.streams.generators(draw_round_seed(generator),
@@ -218,8 +219,8 @@ class GraphFederatedEngine(RoundEngine):
                     return user + self.training.upload(torch.zeros_like(user.detach()),
                                                        generator)
             else:
-                offsets = view_offsets(self.training.upload, user.detach(), streams.generators(
-                    draw_round_seed(generator), everyone))
+                offsets = view_offsets(self.training.upload, user.detach(),
+                                       self.randomness_for_all(self.engine, generator))
 
                 def view_input(view: int) -> Tensor:
                     return user + offsets[view]
