@@ -177,7 +177,12 @@ class TrainConfig:
                 'settings': dataclasses.asdict(self.settings)}
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + '\n')
+        """Writes :meth:`to_dict` and, under ``provenance``, the software it runs with
+        (:func:`~fedgraph.version.provenance`)."""
+        from fedgraph.version import provenance
+
+        values = {**self.to_dict(), 'provenance': provenance()}
+        Path(path).write_text(json.dumps(values, indent=2) + '\n')
 
     @classmethod
     def load(cls, path: Path) -> 'TrainConfig':
@@ -185,6 +190,7 @@ class TrainConfig:
         setting at the top level) loads too: the settings its algorithm no longer has are
         logged and left out."""
         values = json.loads(Path(path).read_text())
+        values.pop('provenance', None)
         if 'settings' in values:
             return cls(**values)
         from fedgraph.algorithms.registry import resolve

@@ -1,7 +1,9 @@
 """A run's records: the per-round record of ``metrics.json``, the best round, the progress
-line, and the file itself; written alike by in-process training and a deployment's server."""
+line, and the files (``metrics.json`` and ``metrics.csv``); written alike by in-process
+training and a deployment's server."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -54,4 +56,23 @@ def metrics_of(history: List[Dict], pretraining: Optional[Dict],
 
 
 def write_metrics(out: Path, metrics: Dict) -> None:
+    """Writes ``metrics.json`` and, one row a round, ``metrics.csv``."""
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
+    rows = [flat_record(record) for record in metrics['rounds']]
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    with open(out / 'metrics.csv', 'w', newline='') as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def flat_record(record: Dict, prefix: str = '') -> Dict[str, object]:
+    """A round's record as one CSV row: nested records joined by ``_`` (``val_hr@10``),
+    lists as JSON."""
+    row: Dict[str, object] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            row.update(flat_record(value, f'{prefix}{key}_'))
+        else:
+            row[prefix + key] = json.dumps(value) if isinstance(value, list) else value
+    return row

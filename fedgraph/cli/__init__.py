@@ -119,9 +119,28 @@ def _bench(args: argparse.Namespace) -> None:
     bench.main(args)
 
 
+class _Version(argparse.Action):
+    """``--version``: the versions, looked up only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import platform
+
+        import torch
+        import torch_geometric
+
+        from fedgraph.version import package_version
+
+        print(f'fedgraph-rec {package_version()} (torch {torch.__version__}, '
+              f'torch-geometric {torch_geometric.__version__}, '
+              f'python {platform.python_version()})')
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fedgraph', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action=_Version, nargs=0,
+                        help="print fedgraph-rec's, PyTorch's, PyG's and Python's versions")
     commands = parser.add_subparsers(dest='command', required=True)
 
     train_parser = commands.add_parser('train', help='train an algorithm',

@@ -1,0 +1,44 @@
+"""What a run folder records besides its metrics: the software it ran with (in
+``config.json``) and a CSV of its rounds beside ``metrics.json``; ``fedgraph --version``."""
+import csv
+import json
+
+import pytest
+import torch
+import torch_geometric
+
+from fedgraph.cli import main
+from fedgraph.config import TrainConfig
+from fedgraph.training import train
+from fedgraph.version import package_version
+
+
+def test_a_run_records_its_software_and_a_csv_of_its_rounds(tmp_path):
+    out = tmp_path / 'run'
+    config = TrainConfig(algorithm='fedmf', dataset='synthetic', rounds=3, dim=8,
+                         eval_every=2)
+    metrics = train(config, out=out, progress=False)
+    saved = json.loads((out / 'config.json').read_text())
+    software = saved['provenance']
+    assert software['torch'] == torch.__version__
+    assert software['torch_geometric'] == torch_geometric.__version__
+    assert software['fedgraph-rec'] == package_version() != 'unknown'
+    assert TrainConfig.load(out / 'config.json') == config  # provenance is not a setting
+    with open(out / 'metrics.csv', newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row['round']) for row in rows] == [0, 1, 2]
+    for row, record in zip(rows, metrics['rounds']):
+        assert float(row['train_loss']) == record['train_loss']
+    # Evaluated rounds (after 2 rounds, and the last) have their metrics; the others none.
+    assert rows[0]['val_hr@10'] == ''
+    assert float(rows[1]['val_hr@10']) == metrics['rounds'][1]['val']['hr@10']
+    assert float(rows[2]['test_ndcg@10']) == metrics['rounds'][2]['test']['ndcg@10']
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(['--version'])
+    assert exit.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f'fedgraph-rec {package_version()}')
+    assert f'torch {torch.__version__}' in printed
