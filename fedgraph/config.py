@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 #: The shared settings by section (the order of ``--help``).
 SECTIONS = {
-    'data': ('dataset', 'data_root', 'protocol', 'split_ratios', 'split_mode',
-             'eval_negatives'),
+    'data': ('dataset', 'data_root', 'data_path', 'user_col', 'item_col', 'rating_col',
+             'time_col', 'time_format', 'min_rating', 'data_digest', 'protocol',
+             'split_ratios', 'split_mode', 'eval_negatives'),
     'federation': ('rounds', 'seed', 'dim', 'batch_size', 'local_epochs', 'num_negatives',
                    'client_ratio', 'clients_per_round', 'aggregation'),
     'privacy': ('clip', 'ldp_scale'),
@@ -52,7 +53,24 @@ class TrainConfig:
     dataset: str = setting('ml-100k',
         'data set: a name or file format of fedgraph.data.load_dataset')
     data_root: Optional[str] = setting(None,
-        'folder of the raw data files (default: datasets/)')
+        'folder of the named data sets\' raw files (default: datasets/)')
+    data_path: Optional[str] = setting(None,
+        'the file of a file-format data set (csv, tsv, pfedrec, amazon, ...; a folder for '
+        'lightgcn)')
+    user_col: Optional[str] = setting(None,
+        'csv/tsv: the user column, a header name or a 0-based position (default: user)')
+    item_col: Optional[str] = setting(None,
+        'csv/tsv: the item column (default: item)')
+    rating_col: Optional[str] = setting(None, 'csv/tsv: the rating column (default: none)')
+    time_col: Optional[str] = setting(None, 'csv/tsv: the timestamp column (default: none)')
+    time_format: Optional[str] = setting(None,
+        "how timestamps are written: 'unix', 'iso' (ISO 8601) or a strptime pattern "
+        "(default: Unix seconds or ISO 8601)")
+    min_rating: Optional[float] = setting(None,
+        'keep only interactions rated at least this (default: every rating > 0)')
+    data_digest: Optional[str] = setting(None,
+        'SHA-256 of the interactions a run trained on; recorded by the run, checked when '
+        'it is resumed or scored again')
     protocol: str = setting('sampled',
         "'sampled' (leave-one-out, sampled negatives) or 'full' (ratio split, all items)")
     split_ratios: Tuple[float, float, float] = setting((0.8, 0.1, 0.1),

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from fedgraph.algorithms import build_engine
 from fedgraph.config import TrainConfig
-from fedgraph.data import ClientPartition, leave_one_out_split, load_dataset, ratio_split
+from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split
+from fedgraph.data.source import load_configured
 from fedgraph.federated.evaluation import evaluate
 from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
 
@@ -29,8 +30,10 @@ EMBEDDINGS = 'embeddings.pt'
 
 
 def prepare_split(config: TrainConfig):
-    """Loads the data set and splits it under the configured protocol."""
-    data = load_dataset(config.dataset, root=config.data_root)
+    """Loads the configured data (:func:`~fedgraph.data.source.load_configured`, which checks
+    it against ``config.data_digest`` or records it there) and splits it under the configured
+    protocol."""
+    data = load_configured(config)
     if config.protocol == 'sampled':
         return leave_one_out_split(data, num_negatives=config.eval_negatives, seed=config.seed)
     return ratio_split(data, config.split_ratios, mode=config.split_mode, seed=config.seed)
@@ -61,10 +64,10 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         The metrics: ``{'rounds': [...], 'best': {'round', 'val', 'test'}}``.
     """
     out = Path(out) if out is not None else None
+    split = split if split is not None else prepare_split(config)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / 'config.json')
-    split = split if split is not None else prepare_split(config)
     engine, generator = build_run(config, split)
 
     history: List[Dict] = []

@@ -17,7 +17,7 @@ from fedgraph.data.reader import Column, read_delimited
 # Dispatch
 # --------------------------------------------------------------------------------------
 FILE_FORMATS = ['movielens-100k-file', 'movielens-1m-file', 'lastfm-2k-file', 'amazon',
-                'pfedrec', 'lightgcn', 'csv']
+                'pfedrec', 'lightgcn', 'csv', 'tsv']
 
 
 def test_unknown_name_lists_the_choices():

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from fedgraph.cli.flags import add_config_flags, config_from_args
-from fedgraph.config import TrainConfig
-from fedgraph.data import leave_one_out_split, load_dataset
+from fedgraph.config import SECTIONS, TrainConfig
+from fedgraph.data import leave_one_out_split
+from fedgraph.data.source import load_configured
 
 def _train(args: argparse.Namespace) -> None:
     from fedgraph.training import train
@@ -46,7 +47,8 @@ def _train(args: argparse.Namespace) -> None:
 def _describe(args: argparse.Namespace) -> None:
     from fedgraph.describe import describe, describe_split
 
-    data = load_dataset(args.dataset, root=args.data_root)
+    data = load_configured(TrainConfig(
+        **{name: getattr(args, name) for name in SECTIONS['data']}, seed=args.seed))
     summary = describe(data)
     summary['leave_one_out'] = describe_split(
         leave_one_out_split(data, num_negatives=args.eval_negatives, seed=args.seed))
@@ -214,4 +216,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         _flower(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input: say what, not where
+        raise SystemExit(f'error: {error}') from None

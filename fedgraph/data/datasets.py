@@ -6,7 +6,9 @@ File-based formats take a ``path``. See ``datasets/README.md`` for sources and l
 """
 from __future__ import annotations
 
+import functools
 import http.client
+import inspect
 import logging
 import urllib.error
 import zipfile
@@ -114,9 +116,17 @@ _FILE_FORMATS: Dict[str, Callable[..., HeteroData]] = {
     'pfedrec': formats.read_pfedrec_ratings,
     'lightgcn': formats.read_lightgcn,
     'csv': formats.read_csv,
+    'tsv': functools.partial(formats.read_csv, delimiter='\t'),
 }
 
-DATASETS = tuple(_NAMED) + tuple(_FILE_FORMATS) + ('synthetic',)
+#: The file formats (``load_dataset(name, path=...)``).
+FILE_FORMATS = tuple(_FILE_FORMATS)
+
+
+def file_format_takes(name: str, option: str) -> bool:
+    """Whether the reader of file format ``name`` takes the keyword ``option``."""
+    return option in inspect.signature(_FILE_FORMATS[name]).parameters
+DATASETS = tuple(_NAMED) + FILE_FORMATS + ('synthetic',)
 
 
 def load_dataset(name: str, root: Optional[Union[str, Path]] = None,
@@ -125,8 +135,9 @@ def load_dataset(name: str, root: Optional[Union[str, Path]] = None,
 
     Args:
         name: a named data set (``'ml-100k'``, ``'ml-1m'``, ``'lastfm-2k'``), a file format
-            (``'amazon'``, ``'pfedrec'``, ``'lightgcn'``, ``'csv'``, ``'movielens-100k-file'``,
-            ``'movielens-1m-file'``, ``'lastfm-2k-file'``) or ``'synthetic'``.
+            (``'amazon'``, ``'pfedrec'``, ``'lightgcn'``, ``'csv'``, ``'tsv'``,
+            ``'movielens-100k-file'``, ``'movielens-1m-file'``, ``'lastfm-2k-file'``) or
+            ``'synthetic'``.
         root: the data root for named data sets (default: :func:`default_root`).
         **options: ``path=`` for file formats (a folder for ``'lightgcn'``), the column
             mapping for ``'csv'`` (see :func:`~fedgraph.data.formats.read_csv`), the

@@ -16,7 +16,7 @@ from fedgraph.data.reader import (Column, DataFormatError, PathLike, read_adjace
                                   read_delimited, read_header)
 
 _USER_ITEM_RATING_TIME = [Column('user', 0), Column('item', 1), Column('rating', 2, 'float'),
-                          Column('time', 3, 'int')]
+                          Column('time', 3, 'time')]
 
 
 def _build(columns: Dict[str, np.ndarray], path: PathLike) -> HeteroData:
@@ -34,9 +34,11 @@ def read_movielens_1m(path: PathLike) -> HeteroData:
     return _build(read_delimited(path, _USER_ITEM_RATING_TIME, '::'), path)
 
 
-def read_pfedrec_ratings(path: PathLike) -> HeteroData:
-    """The ``ratings.dat`` files of the PFedRec code: ``uid,iid,rating,timestamp``."""
-    return _build(read_delimited(path, _USER_ITEM_RATING_TIME, ','), path)
+def read_pfedrec_ratings(path: PathLike, time_format: Optional[str] = None) -> HeteroData:
+    """The ``ratings.dat`` files of the PFedRec code: ``uid,iid,rating,timestamp``; ids are
+    integers when every one is, strings otherwise (the PFedRec code reads both)."""
+    return _build(read_delimited(path, _USER_ITEM_RATING_TIME, ',', integer_ids='auto',
+                                 time_format=time_format), path)
 
 
 def read_lastfm_2k(path: PathLike) -> HeteroData:
@@ -49,9 +51,10 @@ def read_lastfm_2k(path: PathLike) -> HeteroData:
     return _build(read_delimited(path, columns, '\t', header=True), path)
 
 
-def read_amazon_csv(path: PathLike) -> HeteroData:
+def read_amazon_csv(path: PathLike, time_format: Optional[str] = None) -> HeteroData:
     """Amazon review rating CSVs: ``user,item,rating,timestamp`` with string ids, no header."""
-    return _build(read_delimited(path, _USER_ITEM_RATING_TIME, ',', integer_ids=False), path)
+    return _build(read_delimited(path, _USER_ITEM_RATING_TIME, ',', integer_ids=False,
+                                 time_format=time_format), path)
 
 
 def read_lightgcn(directory: PathLike) -> HeteroData:
@@ -83,17 +86,19 @@ def read_lightgcn(directory: PathLike) -> HeteroData:
 def read_csv(path: PathLike, user: Union[str, int] = 'user', item: Union[str, int] = 'item',
              rating: Optional[Union[str, int]] = None, time: Optional[Union[str, int]] = None,
              delimiter: Optional[str] = ',', header: bool = True,
-             integer_ids: bool = False) -> HeteroData:
+             integer_ids: bool = False, time_format: Optional[str] = None) -> HeteroData:
     """A generic delimited file with a column mapping.
 
     Columns are named (looked up in the header line) or given as 0-based positions (then
     ``header`` only says whether to skip the first line). ``delimiter='\\t'`` reads TSV,
-    ``None`` splits on whitespace.
+    ``None`` splits on whitespace. Ids are strings (``integer_ids``: integers); times are
+    Unix seconds or ISO 8601 unless ``time_format`` says otherwise
+    (:func:`~fedgraph.data.reader.parse_time`).
     """
     mapping = {'user': user, 'item': item, 'rating': rating, 'time': time}
     mapping = {key: value for key, value in mapping.items() if value is not None}
     names = read_header(path, delimiter) if header else []
-    kinds = {'user': 'id', 'item': 'id', 'rating': 'float', 'time': 'int'}
+    kinds = {'user': 'id', 'item': 'id', 'rating': 'float', 'time': 'time'}
     columns = []
     for key, column in mapping.items():
         if isinstance(column, str):
@@ -103,5 +108,5 @@ def read_csv(path: PathLike, user: Union[str, int] = 'user', item: Union[str, in
             column = names.index(column)
         columns.append(Column(key, column, kinds[key]))
     return _build(read_delimited(path, columns, delimiter, header=header,
-                                 integer_ids=integer_ids), path)
+                                 integer_ids=integer_ids, time_format=time_format), path)
 

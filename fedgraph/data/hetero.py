@@ -167,13 +167,50 @@ def with_users(data: HeteroData, user_mask: Tensor) -> HeteroData:
     return out
 
 
+def as_user_item(data: HeteroData) -> HeteroData:
+    """``data`` with node types ``user`` and ``item`` and edge type ``('user', 'rates',
+    'item')``, whatever its own names (PyG's ``MovieLens100K``: ``('user', 'rates',
+    'movie')``; ``AmazonBook``: ``('user', 'rates', 'book')``).
+
+    The interactions are the one edge type between two node types (its reverse, if any,
+    aside): the one whose source is ``user``, or else the only one. Ratings are its
+    ``rating`` or ``edge_label``, times its ``time``. A graph already in fedgraph's names is
+    returned as it is.
+    """
+    if RATES in data.edge_types:
+        return data
+    between = [edge for edge in data.edge_types if edge[0] != edge[2]]
+    forward = [edge for edge in between if edge[0] == USER] or between
+    if len({(source, target) for source, _, target in forward}) != 1:
+        raise ValueError(f'cannot tell which edges are the user-item interactions among '
+                         f'{data.edge_types}: name them {RATES}')
+    edge_type = forward[0]
+    user_type, _, item_type = edge_type
+    store = data[edge_type]
+    out = HeteroData()
+    out.name = getattr(data, 'name', None) or '-'.join(edge_type)
+    out[USER].num_nodes = data[user_type].num_nodes
+    out[ITEM].num_nodes = data[item_type].num_nodes
+    out[RATES].edge_index = store.edge_index
+    rating = store.get('rating', store.get('edge_label'))
+    if rating is not None:
+        out[RATES].rating = rating.to(torch.float32).view(-1)
+    if 'time' in store:
+        out[RATES].time = store.time.to(torch.int64).view(-1)
+    out[RATED_BY].edge_index = store.edge_index.flip(0)
+    log.info('%s: %s read as the interactions %s', out.name, edge_type, RATES)
+    return out
+
+
 def in_client_order(data: HeteroData) -> HeteroData:
-    """``data`` with its ``rates`` edges in client order: sorted by user, then time.
+    """``data`` (in fedgraph's names, :func:`as_user_item`) with its ``rates`` edges in client
+    order: sorted by user, then time.
 
     A graph already sorted that way is returned as it is (so the order of tied timestamps
     that :func:`interactions_to_hetero` chose is kept); any other graph, e.g. one built by
     hand, is sorted with :func:`client_order`.
     """
+    data = as_user_item(data)
     store = data[RATES]
     user = store.edge_index[0]
     ordered = user[1:] >= user[:-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,14 +32,15 @@ class Column:
     """One field to read: its name, its 0-based position on a line and its kind.
 
     ``kind`` is ``'id'`` (any non-empty token; an integer id when ``integer_ids`` is set),
-    ``'float'`` or ``'int'``.
+    ``'float'``, ``'int'`` or ``'time'`` (a timestamp, see :func:`parse_time`).
     """
     name: str
     position: int
     kind: str = 'id'
 
 
-_KIND_TEXT = {'float': 'a number', 'int': 'an integer', 'id': 'an id'}
+_KIND_TEXT = {'float': 'a number', 'int': 'an integer', 'id': 'an id',
+              'time': 'a timestamp (Unix seconds or ISO 8601)'}
 
 
 def _parse_float(token: str) -> float:
@@ -58,10 +60,39 @@ def _parse_int(token: str) -> int:
     return int(token)
 
 
-def _converter(kind: str, integer_ids: bool) -> Callable[[str], object]:
+def parse_time(token: str, time_format: Optional[str] = None) -> int:
+    """A timestamp as integer Unix seconds (UTC; a time without a zone is taken as UTC).
+
+    ``time_format``: ``None`` accepts Unix seconds (an integer, or a number whose fraction is
+    dropped) and ISO 8601 (``2024-03-01``, ``2024-03-01T12:30:00Z``,
+    ``2024-03-01 12:30:00+01:00``); ``'unix'`` or ``'iso'`` accept only those; anything else
+    is a :meth:`datetime.strptime` pattern (``'%d/%m/%Y %H:%M'``).
+    """
+    if time_format in (None, 'unix'):
+        try:
+            return _parse_int(token)
+        except ValueError:
+            try:
+                return int(_parse_float(token) // 1)
+            except ValueError:
+                if time_format == 'unix':
+                    raise
+    if time_format in (None, 'iso'):
+        text = token[:-1] + '+00:00' if token.endswith(('Z', 'z')) else token
+        moment = datetime.fromisoformat(text)
+    else:
+        moment = datetime.strptime(token, time_format)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() // 1)
+
+
+def _converter(kind: str, integer_ids, time_format: Optional[str]) -> Callable[[str], object]:
     if kind == 'float':
         return _parse_float
-    if kind == 'int' or (kind == 'id' and integer_ids):
+    if kind == 'time':
+        return lambda token: parse_time(token, time_format)
+    if kind == 'int' or (kind == 'id' and integer_ids is True):
         return _parse_int
     return str
 
@@ -81,9 +112,10 @@ def read_delimited(
     delimiter: Optional[str] = ',',
     *,
     header: bool = False,
-    integer_ids: bool = True,
+    integer_ids: Union[bool, str] = True,
     encoding: str = 'utf-8',
     description: Optional[str] = None,
+    time_format: Optional[str] = None,
 ) -> Dict[str, np.ndarray]:
     """Reads ``columns`` from a delimited text file into NumPy arrays.
 
@@ -92,10 +124,12 @@ def read_delimited(
         columns: the fields to keep.
         delimiter: the field separator; ``None`` splits on runs of whitespace.
         header: whether the first non-blank line is a header to skip.
-        integer_ids: parse ``'id'`` columns as integers (MovieLens) rather than strings.
+        integer_ids: parse ``'id'`` columns as integers (MovieLens) rather than strings;
+            ``'auto'``: integers when every id of a column is one, strings otherwise.
         encoding: the text encoding.
         description: the expected line layout, quoted in error messages
             (default: the column names joined by the delimiter).
+        time_format: how ``'time'`` columns are written (see :func:`parse_time`).
 
     Returns:
         ``{column.name: array}``; ids are ``int64`` or ``object`` (strings), numbers
@@ -111,7 +145,7 @@ def read_delimited(
     sep_text = 'whitespace' if delimiter is None else repr(delimiter)
     layout = description or (' ' if delimiter is None else delimiter).join(c.name for c in columns)
     needed = max(c.position for c in columns) + 1
-    converters = [_converter(c.kind, integer_ids) for c in columns]
+    converters = [_converter(c.kind, integer_ids, time_format) for c in columns]
     values: List[list] = [[] for _ in columns]
 
     header_pending = header
@@ -145,11 +179,13 @@ def read_delimited(
     return {c.name: _to_array(v, c.kind, integer_ids) for c, v in zip(columns, values)}
 
 
-def _to_array(values: list, kind: str, integer_ids: bool) -> np.ndarray:
+def _to_array(values: list, kind: str, integer_ids: Union[bool, str]) -> np.ndarray:
     if kind == 'float':
         return np.asarray(values, dtype=np.float64)
-    if kind == 'int' or integer_ids:
+    if kind in ('int', 'time') or integer_ids is True:
         return np.asarray(values, dtype=np.int64)
+    if integer_ids == 'auto' and all(_INTEGER.fullmatch(value) for value in values):
+        return np.asarray([int(value) for value in values], dtype=np.int64)
     return np.asarray(values, dtype=object)
 
 

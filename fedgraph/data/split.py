@@ -121,6 +121,16 @@ def leave_one_out_split(data: HeteroData, num_negatives: int = 99,
     train_mask[last - 1] = False
 
     users = torch.arange(partition.num_clients)
+    free = partition.num_items - partition.degree
+    if int(free.min()) < 2 * num_negatives:
+        worst = int(free.argmin())
+        raise ValueError(
+            f'{getattr(data, "name", "data")}: user {_raw_id(data, worst)} interacted with '
+            f'{int(partition.degree[worst])} of {partition.num_items} items, leaving '
+            f'{int(free[worst])} to draw negatives from; the sampled protocol draws '
+            f'{num_negatives} validation and {num_negatives} test negatives per user: lower '
+            f'eval_negatives (--eval-negatives) to at most {int(free.min()) // 2}, or use the '
+            f'full-ranking protocol (--protocol full)')
     negatives = partition.sample_negatives(users, 2 * num_negatives, _generator(seed))
     return SampledSplit(
         train=with_edges(data, train_mask),
@@ -130,6 +140,15 @@ def leave_one_out_split(data: HeteroData, num_negatives: int = 99,
         test_negatives=negatives[:, num_negatives:].contiguous(),
         num_filtered_users=num_filtered,
     )
+
+
+def _raw_id(data: HeteroData, user: int):
+    """User ``user``'s id in the user's own file (its index when there is none)."""
+    raw = getattr(data[USER], 'raw_id', None)
+    if raw is None:
+        return user
+    value = raw[user]
+    return value.item() if isinstance(value, Tensor) else value
 
 
 def ratio_split(data: HeteroData, ratios: Sequence[float] = (0.8, 0.1, 0.1),

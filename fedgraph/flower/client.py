@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedgraph.config import TrainConfig
+from fedgraph.config import SECTIONS, TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
 from fedgraph.federated.device import Device
@@ -28,13 +28,12 @@ STATE = 'device-'
 
 
 @functools.lru_cache(maxsize=4)
-def _population(dataset: str, data_root: Optional[str], seed: int,
-                eval_negatives: int) -> Tuple[SampledSplit, ClientPartition, ClientPartition]:
-    """The split every node takes its users from, with its training and known-item
-    partitions; cached, so that a process serving many virtual nodes (Ray simulation) builds
-    them once."""
-    split = prepare_split(TrainConfig(dataset=dataset, data_root=data_root, seed=seed,
-                                      eval_negatives=eval_negatives))
+def _population(data: Tuple[Tuple[str, object], ...],
+                seed: int) -> Tuple[SampledSplit, ClientPartition, ClientPartition]:
+    """The split every node takes its users from (``data``: the data section's settings),
+    with its training and known-item partitions; cached, so that a process serving many
+    virtual nodes (Ray simulation) builds them once."""
+    split = prepare_split(TrainConfig(**dict(data), seed=seed))
     return split, ClientPartition.from_data(split.train), split.known_items()
 
 
@@ -45,8 +44,8 @@ def _device(config: TrainConfig, context: Context) -> Device:
     if config.protocol != 'sampled':
         raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
     node = context.node_config
-    return Device.from_split(config, *_population(config.dataset, config.data_root,
-                                                  config.seed, config.eval_negatives),
+    data = tuple((name, getattr(config, name)) for name in SECTIONS['data'])
+    return Device.from_split(config, *_population(data, config.seed),
                              int(node['partition-id']), int(node['num-partitions']))
 
 

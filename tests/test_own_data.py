@@ -1,0 +1,140 @@
+"""A user's own data: a CSV with string ids and ISO timestamps trained, resumed and plotted
+from the command line; the run remembers its data; readers take string ids and ISO times;
+graphs with other node-type names; split errors in the user's terms."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from fedgraph.cli import main
+from fedgraph.config import TrainConfig
+from fedgraph.data import leave_one_out_split, load_dataset, synthetic_interactions
+from fedgraph.data.reader import parse_time
+from helpers import read_metrics, train_interrupted, without_seconds
+
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def ratings_csv(tmp_path):
+    """60 users' ratings with string ids, 1-5 stars and ISO 8601 times, as a user exports
+    them; a quarter of the ratings are 1 star."""
+    data = synthetic_interactions(num_users=60, num_items=150, mean_degree=18, seed=3)
+    user, item = data['user', 'rates', 'item'].edge_index.tolist()
+    lines = ['uid,movie,stars,when']
+    for row, (u, i) in enumerate(zip(user, item)):
+        when = (START + timedelta(hours=row)).isoformat().replace('+00:00', 'Z')
+        lines.append(f'user-{u},film {i},{1 + (row * 7) % 5},{when}')
+    path = tmp_path / 'ratings.csv'
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+def _flags(path, out, rounds=3):
+    return ['train', '--dataset', 'csv', '--data-path', str(path), '--user-col', 'uid',
+            '--item-col', 'movie', '--rating-col', 'stars', '--time-col', 'when',
+            '--min-rating', '2', '--eval-negatives', '20', '--dim', '8', '--rounds', str(rounds),
+            '--checkpoint-every', '1', '--out', str(out), '--quiet']
+
+
+def test_a_csv_trains_resumes_and_plots_from_the_command_line(ratings_csv, tmp_path,
+                                                              monkeypatch, capsys):
+    out = tmp_path / 'run'
+    main(_flags(ratings_csv, out))
+    saved = json.loads((out / 'config.json').read_text())
+    assert saved['dataset'] == 'csv' and saved['data_path'] == str(ratings_csv)
+    assert (saved['user_col'], saved['time_col'], saved['min_rating']) == ('uid', 'when', 2.0)
+    assert len(saved['data_digest']) == 64
+    uninterrupted = read_metrics(out)
+    assert len(uninterrupted['rounds']) == 3
+
+    # Interrupted after its second round, the same run resumes from the command line on the
+    # data its config.json names and ends as the uninterrupted one did.
+    again = tmp_path / 'again'
+    config = TrainConfig.load(out / 'config.json')
+    train_interrupted(monkeypatch, config, out=again, progress=False)
+    main(['train', '--resume', str(again), '--quiet'])
+    assert without_seconds(read_metrics(again)) == without_seconds(uninterrupted)
+
+    main(['plot', str(out), '--out', str(tmp_path / 'figures')])
+    assert (tmp_path / 'figures' / 'curves.png').stat().st_size > 0
+
+    # The file changed: the run refuses to go on with other data.
+    ratings_csv.write_text(ratings_csv.read_text().replace('user-0,', 'user-00,', 1))
+    with pytest.raises(SystemExit, match='is not the data this run trained on'):
+        main(['train', '--resume', str(again), '--quiet'])
+
+
+def test_file_flags_are_checked_against_the_data_set():
+    with pytest.raises(SystemExit, match='--dataset csv is a file format: give the file with'):
+        main(['train', '--dataset', 'csv', '--quiet'])
+    with pytest.raises(SystemExit, match="--user-col applies to file formats"):
+        main(['describe', '--dataset', 'synthetic', '--user-col', 'uid'])
+    with pytest.raises(SystemExit, match='pfedrec has a fixed layout'):
+        main(['describe', '--dataset', 'pfedrec', '--data-path', 'x.dat', '--time-col', 't'])
+
+
+def test_min_rating_keeps_what_is_rated_high_enough(ratings_csv):
+    everything = TrainConfig(dataset='csv', data_path=str(ratings_csv), user_col='uid',
+                             item_col='movie', rating_col='stars', time_col='when')
+    liked = TrainConfig(**{**everything.to_dict(), 'min_rating': 4.0})
+    from fedgraph.data.source import load_configured
+
+    all_ratings = load_configured(everything)['user', 'rates', 'item'].rating
+    kept = load_configured(liked)['user', 'rates', 'item'].rating
+    assert kept.numel() == int((all_ratings >= 4).sum()) < all_ratings.numel()
+    assert bool((kept >= 4).all())
+    with pytest.raises(ValueError, match='no interaction is rated that high'):
+        load_configured(TrainConfig(**{**everything.to_dict(), 'min_rating': 6.0}))
+
+
+def test_timestamps_are_unix_seconds_or_iso_8601():
+    assert parse_time('1700000000') == 1700000000
+    assert parse_time('1700000000.75') == 1700000000
+    assert parse_time('2024-01-01T00:00:00Z') == int(START.timestamp())
+    assert parse_time('2024-01-01') == int(START.timestamp())
+    assert parse_time('2024-01-01T01:00:00+01:00') == int(START.timestamp())
+    assert parse_time('01/02/2024', '%d/%m/%Y') == int(START.timestamp()) + 31 * 86400
+    with pytest.raises(ValueError):
+        parse_time('2024-01-01', 'unix')
+
+
+def test_pfedrec_files_take_string_ids(tmp_path):
+    path = tmp_path / 'ratings.dat'
+    path.write_text('alice,m1,5,100\nalice,m2,4,2024-01-01\nbob,m1,3,101\n')
+    data = load_dataset('pfedrec', path=path)
+    assert data['user'].raw_id == ['alice', 'bob']
+    assert data['user', 'rates', 'item'].time.tolist()[1] == int(START.timestamp())
+    numeric = tmp_path / 'numeric.dat'
+    numeric.write_text('10,1,5,100\n2,1,4,101\n')
+    assert load_dataset('pfedrec', path=numeric)['user'].raw_id.tolist() == [2, 10]
+
+
+def test_graphs_with_their_own_node_type_names_split():
+    """PyG's MovieLens layout, ('user', 'rates', 'movie') with ratings as ``edge_label``."""
+    data = synthetic_interactions(num_users=30, num_items=80, mean_degree=10, seed=1)
+    edge_index = data['user', 'rates', 'item'].edge_index
+    movies = HeteroData()
+    movies['user'].num_nodes = 30
+    movies['movie'].num_nodes = 80
+    movies['user', 'rates', 'movie'].edge_index = edge_index
+    movies['user', 'rates', 'movie'].edge_label = torch.ones(edge_index.size(1),
+                                                             dtype=torch.long)
+    movies['movie', 'rated_by', 'user'].edge_index = edge_index.flip(0)
+    split = leave_one_out_split(movies, num_negatives=10)
+    reference = leave_one_out_split(data, num_negatives=10)
+    assert torch.equal(split.test_item, reference.test_item)
+    assert split.train['user', 'rates', 'item'].edge_index.size(1) == edge_index.size(1) - 60
+
+
+def test_too_many_negatives_is_explained_in_the_users_terms(tmp_path):
+    path = tmp_path / 'small.csv'
+    path.write_text('user,item\n' + ''.join(f'u{u},i{i}\n' for u in range(4) for i in range(12)))
+    with pytest.raises(SystemExit) as error:
+        main(['describe', '--dataset', 'csv', '--data-path', str(path)])
+    message = str(error.value)
+    assert 'user u0 interacted with 12 of 12 items, leaving 0' in message
+    assert '99 validation and 99 test negatives' in message
+    assert '--eval-negatives' in message and '--protocol full' in message
