@@ -53,7 +53,7 @@ def level_table(run: Union[str, Path], settings=LEVEL_SETTINGS) -> List[Dict]:
     config = TrainConfig.load(run / 'config.json')
     split = prepare_split(config)
     engine, _ = build_run(config, split)
-    state = torch.load(run / CHECKPOINT, map_location=config.device, weights_only=False)
+    state = torch.load(run / CHECKPOINT, map_location=config.device, weights_only=True)
     engine.load_state_dict(state['engine'])
     rows = []
     for weights in settings:

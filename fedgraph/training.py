@@ -22,6 +22,7 @@ from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split
 from fedgraph.data.source import load_configured
 from fedgraph.federated.evaluation import evaluate
 from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
+from fedgraph.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def build_run(config: TrainConfig, split):
 
 
 def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,
-          progress: bool = True, split=None) -> Dict:
+          progress: bool = True, split=None) -> Run:
     """Trains ``config.algorithm`` for ``config.rounds`` rounds.
 
     Args:
@@ -61,7 +62,9 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         split: an already prepared split (default: :func:`prepare_split`).
 
     Returns:
-        The metrics: ``{'rounds': [...], 'best': {'round', 'val', 'test'}}``.
+        The :class:`~fedgraph.run.Run`: a ``dict`` of the metrics (``{'rounds': [...],
+        'best': {'round', 'val', 'test'}}``) that also holds the configuration, the trained
+        engine and the split (``run.recommend(user, k)``).
     """
     out = Path(out) if out is not None else None
     split = split if split is not None else prepare_split(config)
@@ -76,7 +79,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     if resume:
         if out is None or not (out / CHECKPOINT).exists():
             raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
-        state = torch.load(out / CHECKPOINT, map_location=config.device, weights_only=False)
+        state = torch.load(out / CHECKPOINT, map_location=config.device, weights_only=True)
         engine.load_state_dict(state['engine'])
         generator.set_state(state['generator'])
         history, start_round = state['history'], state['round']
@@ -109,4 +112,4 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     exported = engine.export() if out is not None else None
     if exported is not None:
         torch.save(exported, out / EMBEDDINGS)
-    return metrics_of(history, pretraining, config)
+    return Run(metrics_of(history, pretraining, config), config, engine, split, out)

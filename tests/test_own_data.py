@@ -138,3 +138,50 @@ def test_too_many_negatives_is_explained_in_the_users_terms(tmp_path):
     assert 'user u0 interacted with 12 of 12 items, leaving 0' in message
     assert '99 validation and 99 test negatives' in message
     assert '--eval-negatives' in message and '--protocol full' in message
+
+
+def test_train_returns_the_run_and_a_folder_brings_it_back(ratings_csv, tmp_path, capsys):
+    from fedgraph.run import Run, load_run
+    from fedgraph.training import train
+
+    config = TrainConfig(dataset='csv', data_path=str(ratings_csv), user_col='uid',
+                         item_col='movie', rating_col='stars', time_col='when',
+                         eval_negatives=20, dim=8, rounds=2)
+    run = train(config, out=tmp_path / 'run', progress=False)
+    assert isinstance(run, Run) and run['best'] == run.metrics['best']
+    assert run.config is config and run.folder == tmp_path / 'run'
+    top = run.recommend('user-5', k=5)
+    assert len(top) == 5 and all(item.startswith('film ') for item in top)
+    seen = {line.split(',')[1] for line in ratings_csv.read_text().splitlines()[1:]
+            if line.startswith('user-5,')}
+    assert seen and not seen & set(top)  # what the user interacted with is not recommended
+    with pytest.raises(KeyError, match="no user 'nobody'"):
+        run.recommend('nobody')
+
+    again = load_run(tmp_path / 'run')
+    assert again.recommend('user-5', k=5) == top
+    assert again['best'] == json.loads(json.dumps(run['best']))
+    main(['recommend', str(tmp_path / 'run'), '--user', 'user-5', '-k', '5'])
+    assert json.loads(capsys.readouterr().out) == {'user': 'user-5', 'items': top}
+
+
+class _Payload:
+    """An object whose unpickling would write a file: what a hostile checkpoint holds."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, 'w'))
+
+
+def test_opening_a_run_folder_never_runs_its_pickles(ratings_csv, tmp_path):
+    out = tmp_path / 'run'
+    main(_flags(ratings_csv, out, rounds=2))
+    target = tmp_path / 'written-by-the-checkpoint'
+    torch.save({'engine': _Payload(str(target))}, out / 'checkpoint.pt')
+    for argv in (['train', '--resume', str(out), '--quiet'],
+                 ['recommend', str(out), '--user', 'user-1']):
+        with pytest.raises(Exception, match='Weights only load failed|weights_only'):
+            main(argv)
+    assert not target.exists()

@@ -74,7 +74,7 @@ class CentralizedMF(RoundEngine):
             loss = bce(self.model(user[batch], item[batch]), label[batch]).mean()
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * batch.numel()
+            total += float(loss.detach()) * batch.numel()
         return RoundStats(loss=total / item.numel(), num_clients=part.num_clients,
                           upload_bytes=0.0, download_bytes=0.0, epsilon=None)
 

@@ -5,6 +5,7 @@
 * ``convergence`` -- rounds to reach 95% of the best validation metric, and uniformity;
 * ``levels``   -- a PerFedRec++ run's final model with each personalization level alone;
 * ``plot``     -- figures of finished runs as PNG files;
+* ``recommend`` -- a user's top items from a finished run, in the data's own ids;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``flower``   -- the same algorithms on Flower: local deployment, simulation, benchmark;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
@@ -86,6 +87,15 @@ def _convergence(args: argparse.Namespace) -> None:
         pair = (lambda u: f"{u['user']:.3f} / {u['item']:.3f}" if u else '')
         print(f"| {run} | {row['rounds_to_reach']} | {row['best_val']:.4f} | {pair(start)} | "
               f"{pair(end)} |")
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    from fedgraph.run import load_run
+
+    run = load_run(args.folder)
+    raw = run.split.train['user'].raw_id
+    user = args.user if isinstance(raw, list) else int(args.user)
+    print(json.dumps({'user': user, 'items': run.recommend(user, args.k)}))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -184,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "combined (global, cluster, local)")
     levels_parser.add_argument('runs', nargs='+')
     levels_parser.set_defaults(run=_levels)
+
+    recommend_parser = commands.add_parser(
+        'recommend', help="a user's top items from a finished run, in the data's own ids")
+    recommend_parser.add_argument('folder', metavar='RUN', help='the run folder')
+    recommend_parser.add_argument('--user', required=True, help="the user's id in the data")
+    recommend_parser.add_argument('-k', type=int, default=10, help='how many items')
+    recommend_parser.set_defaults(run=_recommend)
 
     plot_parser = commands.add_parser(
         'plot', help='training curves, uniformity, clusters and personalized views of runs, '

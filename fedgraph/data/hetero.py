@@ -174,8 +174,8 @@ def as_user_item(data: HeteroData) -> HeteroData:
 
     The interactions are the one edge type between two node types (its reverse, if any,
     aside): the one whose source is ``user``, or else the only one. Ratings are its
-    ``rating`` or ``edge_label``, times its ``time``. A graph already in fedgraph's names is
-    returned as it is.
+    ``rating`` or ``edge_label``, times its ``time``; raw ids are the node types' ``raw_id``
+    or their indices. A graph already in fedgraph's names is returned as it is.
     """
     if RATES in data.edge_types:
         return data
@@ -189,8 +189,10 @@ def as_user_item(data: HeteroData) -> HeteroData:
     store = data[edge_type]
     out = HeteroData()
     out.name = getattr(data, 'name', None) or '-'.join(edge_type)
-    out[USER].num_nodes = data[user_type].num_nodes
-    out[ITEM].num_nodes = data[item_type].num_nodes
+    for node_type, source in ((USER, user_type), (ITEM, item_type)):
+        out[node_type].num_nodes = data[source].num_nodes
+        out[node_type].raw_id = getattr(data[source], 'raw_id',
+                                        torch.arange(data[source].num_nodes))
     out[RATES].edge_index = store.edge_index
     rating = store.get('rating', store.get('edge_label'))
     if rating is not None:

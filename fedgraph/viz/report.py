@@ -18,7 +18,7 @@ def personalized_views(run: Union[str, Path], num_users: int = 4):
     """``(global rows, {user: view rows})`` from a run's checkpoint: the broadcast table and
     the stored fine-tuned rows of the ``num_users`` users with the most of them, over the
     items those users touched. ``None`` if the run kept no personalized rows."""
-    state = torch.load(Path(run) / CHECKPOINT, map_location='cpu', weights_only=False)
+    state = torch.load(Path(run) / CHECKPOINT, map_location='cpu', weights_only=True)
     engine = state['engine'].get('engine', state['engine'])
     if 'personal' not in engine or engine['personal']['keys'].numel() == 0:
         return None
@@ -50,7 +50,7 @@ def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
         written.append(path)
 
     save(plot_training_curves({Path(run).name: run for run in runs}), 'curves.png')
-    embedded = {run.name: torch.load(run / EMBEDDINGS, weights_only=False)
+    embedded = {run.name: torch.load(run / EMBEDDINGS, weights_only=True)
                 for run in map(Path, runs) if (run / EMBEDDINGS).exists()}
     if len(embedded) > 1:
         sets = {f'{name}\n{kind}s': saved[f'{kind}_final']

@@ -1,0 +1,74 @@
+"""A trained run as an object: what :func:`~fedgraph.training.train` returns and
+:func:`load_run` brings back from a run folder, with recommendations in the data's own ids."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from fedgraph.config import TrainConfig
+from fedgraph.data.hetero import ITEM, USER
+
+
+class Run(dict):
+    """A finished run: a ``dict`` holding its metrics (``metrics.json``'s content: ``rounds``,
+    ``best``, ...) that also carries the run itself.
+
+    Attributes:
+        config: its configuration.
+        engine: the trained engine (its model, every user's private state).
+        split: the data split it trained and evaluated on.
+        folder: its run folder (``None`` for a run kept in memory).
+    """
+
+    def __init__(self, metrics: Dict, config: TrainConfig, engine, split,
+                 folder: Optional[Path] = None):
+        super().__init__(metrics)
+        self.config = config
+        self.engine = engine
+        self.split = split
+        self.folder = folder
+
+    @property
+    def metrics(self) -> Dict:
+        """The metrics as a plain ``dict``."""
+        return dict(self)
+
+    def _user_index(self, user) -> int:
+        raw = self.split.train[USER].raw_id
+        ids = raw.tolist() if isinstance(raw, torch.Tensor) else list(raw)
+        try:
+            return ids.index(user)
+        except ValueError:
+            raise KeyError(f'no user {user!r} in the data this run trained on') from None
+
+    @torch.no_grad()
+    def recommend(self, user, k: int = 10) -> List:
+        """The ``k`` items ``user`` (an id of the data's own) scores highest with its own
+        model, as raw item ids, best first; items it interacted with in training (and, under
+        the sampled protocol, its held-out items) are left out."""
+        index = self._user_index(user)
+        scores = self.engine.scores_all(torch.tensor([index]))[0].clone()
+        scores[self.split.known_items().items_of(index)] = float('-inf')
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
+        raw = self.split.train[ITEM].raw_id
+        return [raw[i].item() if isinstance(raw, torch.Tensor) else raw[i]
+                for i in top.tolist()]
+
+
+def load_run(folder: Union[str, Path]) -> Run:
+    """The run in ``folder`` as its last checkpoint left it: its configuration, metrics,
+    the engine with the trained state, and the split (reloaded from the data its
+    ``config.json`` names, checked against the digest it recorded)."""
+    from fedgraph.training import CHECKPOINT, build_run, prepare_split
+
+    folder = Path(folder)
+    config = TrainConfig.load(folder / 'config.json')
+    split = prepare_split(config)
+    engine, _ = build_run(config, split)
+    state = torch.load(folder / CHECKPOINT, map_location=config.device, weights_only=True)
+    engine.load_state_dict(state['engine'])
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    return Run(metrics, config, engine, split, folder)
