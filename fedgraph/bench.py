@@ -129,6 +129,46 @@ def _scale(args: argparse.Namespace) -> List[Dict]:
     return rows
 
 
+def _export(args: argparse.Namespace) -> List[Dict]:
+    """Exports users of a finished run and times what a device does with the file: load it
+    and rank every item for a top-10 (median of ``--repeats`` calls); prints the medians over
+    the users and the conditions (threads, load average, CPU and wall time)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from fedgraph.export import DeviceModel
+    from fedgraph.run import load_run
+
+    run = load_run(args.folder)
+    raw = run.split.train['user'].raw_id
+    users = raw[:args.users].tolist() if isinstance(raw, torch.Tensor) else raw[:args.users]
+    rows = []
+    began, cpu = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory() as folder:
+        for user in users:
+            path = run.export(user, Path(folder) / f'{user}.pt')
+            started = time.perf_counter()
+            model = DeviceModel.load(path)
+            load_seconds = time.perf_counter() - started
+            latencies = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                model.recommend(10)
+                latencies.append(time.perf_counter() - started)
+            rows.append({'user': user, 'bytes': path.stat().st_size,
+                         'load_ms': 1e3 * load_seconds,
+                         'top10_ms': 1e3 * statistics.median(latencies)})
+    print(f'{run.config.algorithm} ({args.folder}): {len(rows)} users; threads '
+          f'{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, '
+          f'{time.perf_counter() - began:.1f} s wall, {time.process_time() - cpu:.1f} s CPU')
+    print('| file size (KiB) | load (ms) | top-10 (ms) |\n|---|---|---|')
+    print(f"| {statistics.median(r['bytes'] for r in rows) / 1024:.1f} | "
+          f"{statistics.median(r['load_ms'] for r in rows):.2f} | "
+          f"{statistics.median(r['top10_ms'] for r in rows):.2f} |")
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest='kind', required=True)
     engines = kinds.add_parser('engines', help='vectorized vs reference engine')
@@ -143,6 +183,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument('--clients-per-round', type=int, default=1000)
     scale.add_argument('--mean-degree', type=float, default=20.0)
     scale.add_argument('--rounds', type=int, default=5, help='timed rounds (after 1 warm-up)')
+    export = kinds.add_parser('export', help="a finished run's users as device files: size, "
+                                              'load and top-10 time')
+    export.add_argument('folder', metavar='RUN', help='the run folder')
+    export.add_argument('--users', type=int, default=20, help='how many users to export')
+    export.add_argument('--repeats', type=int, default=50, help='top-10 calls timed per user')
+    export.add_argument('--out', default=None, help='also write the rows as JSON here')
     for sub in (engines, scale):
         sub.add_argument('--seed', type=int, default=0)
         sub.add_argument('--device', default='cpu')
@@ -155,7 +201,7 @@ def main(args: argparse.Namespace) -> None:
     if args.kind == 'worker':
         _worker(args)
         return
-    rows = _engines(args) if args.kind == 'engines' else _scale(args)
+    rows = {'engines': _engines, 'scale': _scale, 'export': _export}[args.kind](args)
     if args.out:
         with open(args.out, 'w') as handle:
             json.dump(rows, handle, indent=1)

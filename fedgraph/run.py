@@ -37,12 +37,24 @@ class Run(dict):
         return dict(self)
 
     def _user_index(self, user) -> int:
+        """The position of the user with the data's own id ``user``."""
         raw = self.split.train[USER].raw_id
         ids = raw.tolist() if isinstance(raw, torch.Tensor) else list(raw)
         try:
             return ids.index(user)
         except ValueError:
             raise KeyError(f'no user {user!r} in the data this run trained on') from None
+
+    def export(self, user, path: Union[str, Path]) -> Path:
+        """Writes ``user``'s own model to ``path`` to run on its device
+        (:class:`~fedgraph.export.DeviceModel`: its parameters, the item tables it scores
+        with and the items it interacted with; its scores equal the engine's)."""
+        from fedgraph.export import export_user
+
+        index = self._user_index(user)
+        return export_user(self.engine, index, self.engine.model.head, path,
+                           self.split.train[ITEM].raw_id,
+                           self.split.known_items().items_of(index))
 
     @torch.no_grad()
     def recommend(self, user, k: int = 10) -> List:

@@ -88,6 +88,11 @@ class CentralizedMF(RoundEngine):
         return self.model.head.logits_all({'user': self.model.head.user[users]},
                                           self.model.item)
 
+    def item_views(self, user: int):
+        """``user``'s embedding ``[1, d]``, the item table and its weight."""
+        user_row = self.model.head.user.detach()[user:user + 1]
+        return {'user': user_row}, [self.model.item.detach()], [1.0]
+
     def state_dict(self) -> Dict[str, object]:
         return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict()}
 

@@ -6,6 +6,7 @@
 * ``levels``   -- a PerFedRec++ run's final model with each personalization level alone;
 * ``plot``     -- figures of finished runs as PNG files;
 * ``recommend`` -- a user's top items from a finished run, in the data's own ids;
+* ``export``   -- a user's own model from a finished run, as a small file for its device;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``flower``   -- the same algorithms on Flower: local deployment, simulation, benchmark;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes.
@@ -96,6 +97,15 @@ def _recommend(args: argparse.Namespace) -> None:
     raw = run.split.train['user'].raw_id
     user = args.user if isinstance(raw, list) else int(args.user)
     print(json.dumps({'user': user, 'items': run.recommend(user, args.k)}))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from fedgraph.run import load_run
+
+    run = load_run(args.folder)
+    raw = run.split.train['user'].raw_id
+    path = run.export(args.user if isinstance(raw, list) else int(args.user), args.out)
+    print(json.dumps({'user': args.user, 'out': str(path), 'bytes': path.stat().st_size}))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -201,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     recommend_parser.add_argument('--user', required=True, help="the user's id in the data")
     recommend_parser.add_argument('-k', type=int, default=10, help='how many items')
     recommend_parser.set_defaults(run=_recommend)
+
+    export_parser = commands.add_parser(
+        'export', help="a user's own model from a finished run, to run on its device")
+    export_parser.add_argument('folder', metavar='RUN', help='the run folder')
+    export_parser.add_argument('--user', required=True, help="the user's id in the data")
+    export_parser.add_argument('--out', type=Path, required=True, help='the file to write')
+    export_parser.set_defaults(run=_export)
 
     plot_parser = commands.add_parser(
         'plot', help='training curves, uniformity, clusters and personalized views of runs, '

@@ -169,6 +169,11 @@ class RoundEngine:
         """What a device needs to score ``users``."""
         raise NotImplementedError
 
+    def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
+        """``user``'s model on its own: its parameters, item-input tables and their weights
+        (:mod:`fedgraph.export`)."""
+        raise NotImplementedError
+
 
 class FederatedEngine(RoundEngine):
     """Simulates federated training of a :class:`FederatedRecommender`, vectorized.
@@ -396,6 +401,20 @@ class FederatedEngine(RoundEngine):
         gathered = {name: value[position] for name, value in params.items()}
         out[position, item] = model.head.logits(gathered, model.item_input(values, item))
         return out
+
+    def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
+        """``user``'s model on its own, as a device holds it: its private parameters as the
+        score sees them (``[1, ...]``), its item-input table ``[I, d]`` (with dual
+        personalization the broadcast table with its fine-tuned rows in place, else the
+        global table) and the table's weight; :meth:`scores_all` is the head's
+        ``logits_all`` of the two."""
+        model, users = self.model, torch.tensor([user], device=self.model.item.device)
+        table = model.item.detach()
+        if self.training.personalize_items:
+            table = self.broadcast.clone()
+            _, item, values = self.personal.rows_of(users)
+            table[item] = values
+        return model.client_params(users), [model.item_table_input(table)], [1.0]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:

@@ -21,7 +21,7 @@ PerFedRec++ adds, on top of FedLightGCN:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -63,6 +63,18 @@ def view_offsets(upload: UploadTransform, users: Tensor,
     owner = torch.arange(num).repeat_interleave(2)
     offsets = ClientStreams.transform(upload, zeros, owner, generators)
     return offsets.view(num, 2, dim).transpose(0, 1)
+
+
+def combine_levels(logits: List[Tensor], weights: List[float]) -> Tensor:
+    """The weighted sum of levels' ``[U, k]`` logits. With more than one level, each level's
+    logits are first standardized per user (zero mean, unit deviation over the scored
+    items), so that equal weights give the levels equal say: the local level's fine-tuned
+    rows otherwise give logits an order of magnitude larger than the global and cluster
+    levels', and it would rank alone."""
+    if len(logits) > 1:
+        logits = [(value - value.mean(1, keepdim=True))
+                  / value.std(1, keepdim=True).clamp_min(1e-12) for value in logits]
+    return sum(weight * value for value, weight in zip(logits, weights))
 
 
 def enrollment_graph(partition: ClientPartition, pseudo: PseudoItems,
@@ -410,19 +422,28 @@ class GraphFederatedEngine(RoundEngine):
         return rows
 
     def _combine(self, levels: Dict[str, Tensor]) -> Tensor:
-        """The weighted sum of the levels' ``[U, k]`` logits. With more than one level, each
-        level's logits are first standardized per user (zero mean, unit deviation over the
-        scored items), so that equal weights give the levels equal say: the local level's
-        fine-tuned rows otherwise give logits an order of magnitude larger than the global
-        and cluster levels', and it would rank alone."""
-        active = {level: value for level, value in levels.items()
-                  if self.level_weights[LEVELS.index(level)]}
-        if len(active) > 1:
-            active = {level: (value - value.mean(1, keepdim=True))
-                      / value.std(1, keepdim=True).clamp_min(1e-12)
-                      for level, value in active.items()}
-        return sum(self.level_weights[LEVELS.index(level)] * value
-                   for level, value in active.items())
+        """The levels' ``[U, k]`` logits combined with their weights
+        (:func:`combine_levels`)."""
+        active = [(value, self.level_weights[LEVELS.index(level)])
+                  for level, value in levels.items() if self.level_weights[LEVELS.index(level)]]
+        return combine_levels([value for value, _ in active], [weight for _, weight in active])
+
+    def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
+        """``user``'s model on its own (see :meth:`FederatedEngine.item_views`): its
+        parameters with context, and the item-input table of each active level (global,
+        its cluster's, its fine-tuned rows over the broadcast table) with the level's
+        weight."""
+        model = self.model
+        params, (own,), _ = self.engine.item_views(user)
+        tables = {'global': model.item_table_input(model.item.detach())}
+        if self.level_weights[1]:
+            tables['cluster'] = (tables['global'] if self.cluster_tables is None else
+                                 model.item_table_input(self.cluster_tables[self.assignment[user]]))
+        if self.level_weights[2]:
+            tables['local'] = own
+        active = [(table, self.level_weights[LEVELS.index(level)])
+                  for level, table in tables.items() if self.level_weights[LEVELS.index(level)]]
+        return params, [table for table, _ in active], [weight for _, weight in active]
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:

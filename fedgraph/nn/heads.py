@@ -32,6 +32,11 @@ class ScoreHead(nn.Module):
         stacked; none by default)."""
         return {}
 
+    def export_args(self) -> Dict[str, object]:
+        """The constructor's arguments besides ``num_clients`` and ``dim`` that rebuild
+        this kind of head (:mod:`fedgraph.export`)."""
+        return {}
+
     def private_parameters(self) -> Dict[str, Tensor]:
         """The stacked private tensors, each ``[num_clients, ...]``, by name."""
         shared = self.shared_parameters()
@@ -158,6 +163,9 @@ class NCFHead(ScoreHead):
 
     def shared_parameters(self) -> Dict[str, Tensor]:
         return {name: value for name, value in self.named_parameters() if name != 'user'}
+
+    def export_args(self) -> Dict[str, object]:
+        return {'hidden': [layer.out_features for layer in self.layers]}
 
     def _layer_names(self):
         """The MLP's layers in order, as parameter name prefixes."""
