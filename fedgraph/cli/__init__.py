@@ -94,18 +94,23 @@ def _recommend(args: argparse.Namespace) -> None:
     from fedgraph.run import load_run
 
     run = load_run(args.folder)
-    raw = run.split.train['user'].raw_id
-    user = args.user if isinstance(raw, list) else int(args.user)
+    user = _user_id(run, args.user)
     print(json.dumps({'user': user, 'items': run.recommend(user, args.k)}))
+
+
+def _user_id(run, text: str):
+    """A user id from the command line as the run's data writes it (an integer when its
+    ids are integers)."""
+    return text if isinstance(run.split.train['user'].raw_id, list) else int(text)
 
 
 def _export(args: argparse.Namespace) -> None:
     from fedgraph.run import load_run
 
     run = load_run(args.folder)
-    raw = run.split.train['user'].raw_id
-    path = run.export(args.user if isinstance(raw, list) else int(args.user), args.out)
-    print(json.dumps({'user': args.user, 'out': str(path), 'bytes': path.stat().st_size}))
+    user = _user_id(run, args.user)
+    path = run.export(user, args.out)
+    print(json.dumps({'user': user, 'out': str(path), 'bytes': path.stat().st_size}))
 
 
 def _plot(args: argparse.Namespace) -> None:
