@@ -61,6 +61,16 @@ def test_a_csv_trains_resumes_and_plots_from_the_command_line(ratings_csv, tmp_p
     main(['plot', str(out), '--out', str(tmp_path / 'figures')])
     assert (tmp_path / 'figures' / 'curves.png').stat().st_size > 0
 
+    # One user's model, exported from the command line, scores as the run does.
+    from fedgraph.export import DeviceModel
+    from fedgraph.run import load_run
+
+    main(['export', str(out), '--user', 'user-3', '--out', str(tmp_path / 'user-3.pt')])
+    run = load_run(out)
+    index = run.split.train['user'].raw_id.index('user-3')
+    torch.testing.assert_close(DeviceModel.load(tmp_path / 'user-3.pt').scores(),
+                               run.engine.scores_all(torch.tensor([index]))[0])
+
     # The file changed: the run refuses to go on with other data.
     ratings_csv.write_text(ratings_csv.read_text().replace('user-0,', 'user-00,', 1))
     with pytest.raises(SystemExit, match='is not the data this run trained on'):
