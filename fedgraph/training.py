@@ -20,7 +20,7 @@ from fedgraph.algorithms import build_engine
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split
 from fedgraph.data.source import load_configured
-from fedgraph.federated.evaluation import evaluate
+from fedgraph.federated.evaluation import Split, evaluate
 from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
 from fedgraph.run import Run
 
@@ -50,7 +50,7 @@ def build_run(config: TrainConfig, split):
 
 
 def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,
-          progress: bool = True, split=None) -> Run:
+          progress: bool = True, split: Optional[Split] = None) -> Run:
     """Trains ``config.algorithm`` for ``config.rounds`` rounds.
 
     Args:

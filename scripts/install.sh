@@ -6,7 +6,7 @@
 #
 # Order matters: torch first (pinned), then torch-scatter, which compiles against the
 # installed torch and so needs --no-build-isolation (pip caches the built wheel), then the
-# package itself (with the test and Flower extras) with torch held at its pin.
+# package itself (with the test, Flower and docs extras) with torch held at its pin.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +27,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$py" -c "
 import importlib.util, sys
 sys.exit(not all(importlib.util.find_spec(m) for m in
-                 ('torch', 'torch_scatter', 'torch_geometric', 'faiss', 'flwr', 'fedgraph')))
+                 ('torch', 'torch_scatter', 'torch_geometric', 'faiss', 'flwr', 'jupytext',
+                  'mkdocs', 'fedgraph')))
 " 2>/dev/null; then
   echo "$py"
   exit 0
@@ -42,7 +43,7 @@ fi
   "$py" -m pip install --quiet "$torch_spec"
   "$py" -c "import torch_scatter" 2>/dev/null \
     || "$py" -m pip install --quiet --no-build-isolation -c "$constraints" "$scatter_spec"
-  "$py" -m pip install --quiet -c "$constraints" -e "$repo[test,flower]"
+  "$py" -m pip install --quiet -c "$constraints" -e "$repo[test,flower,docs]"
 } >&2
 echo "$want" > "$stamp"
 echo "$py"

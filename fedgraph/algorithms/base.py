@@ -38,7 +38,7 @@ from typing import Callable, ClassVar, List, Mapping, Optional, Tuple, Type
 
 import torch
 
-from fedgraph.config import setting
+from fedgraph.config import TrainConfig, setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import DeviceHooks, Payload
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
@@ -107,7 +107,7 @@ class Algorithm:
     #: Names its settings had in earlier versions' ``config.json``, and their names now.
     renamed_settings: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, config):
+    def __init__(self, config: TrainConfig):
         self.config = config
         self.settings = config.settings
 

@@ -130,7 +130,7 @@ DATASETS = tuple(_NAMED) + FILE_FORMATS + ('synthetic',)
 
 
 def load_dataset(name: str, root: Optional[Union[str, Path]] = None,
-                 **options) -> HeteroData:
+                 **options: object) -> HeteroData:
     """Loads a data set as a user-item :class:`~torch_geometric.data.HeteroData`.
 
     Args:

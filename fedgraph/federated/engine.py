@@ -290,15 +290,15 @@ class FederatedEngine(RoundEngine):
                                   local)
         return ClientRound(upload, plan.num_samples, loss, generators)
 
-    def train_clients(self, plan: RoundPlan, initial: Tensor):
+    def train_clients(self, plan: RoundPlan, initial: Tensor
+                      ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
         """Runs every selected client's local steps side by side, starting from the local item
         rows ``initial`` ``[R, d]`` (the broadcast rows of ``plan.row_item``).
 
-        Returns:
-            ``(local, private, loss)``: the trained local item rows ``[R, d]`` (row ``r`` is
-            client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), the trained
-            private parameters and local copies of the dense shared parameters
-            ``{name: [B, ...]}``, and each client's mean training loss ``[B]``.
+        Returns ``(local, private, loss)``: the trained local item rows ``[R, d]`` (row ``r``
+        is client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), the trained
+        private parameters and local copies of the dense shared parameters ``{name: [B,
+        ...]}``, and each client's mean training loss ``[B]``.
         """
         cfg = self.training
         model = self.model

@@ -106,7 +106,10 @@ class GraphFederatedEngine(RoundEngine):
         num_clusters: k of the k-means (0: no clustering).
         cluster_every: rounds between two clusterings.
         augmentation: the graph augmentation of a contrastive view.
-        simgcl_eps, cl_weight, cl_temperature, pretrain_lr: contrastive pre-training.
+        simgcl_eps: SimGCL's noise magnitude in the views.
+        cl_weight: the weight of the InfoNCE loss.
+        cl_temperature: the InfoNCE temperature.
+        pretrain_lr: Adam's learning rate in pre-training.
         pretrain_rounds: rounds of contrastive pre-training before round 0.
         seed: the seed of FAISS k-means.
     """
@@ -524,8 +527,11 @@ class GraphDeviceHooks(DeviceHooks):
     embeddings) and their pre-training Adam state (``extra['adam/*']``).
 
     Args:
-        num_layers, pseudo_ratio, level_weights, num_clusters, pretrain_lr: the algorithm's
-            settings.
+        num_layers: GNN layers.
+        pseudo_ratio: pseudo-items a user adds when it enrolls, as a fraction of its items.
+        level_weights: the weights of the global, cluster and local scores.
+        num_clusters: k of the clustering (0: none).
+        pretrain_lr: Adam's learning rate of the users' embeddings in pre-training.
         user_vector: the name of the head's private user vector.
     """
 

@@ -12,7 +12,7 @@ reference engine.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +115,11 @@ class Adam(LocalOptimizer):
     dense table).
 
     Args:
-        betas, eps: Adam's :math:`\\beta_1, \\beta_2, \\epsilon`.
+        betas: Adam's :math:`(\\beta_1, \\beta_2)`.
+        eps: Adam's :math:`\\epsilon`.
     """
 
-    def __init__(self, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.betas = tuple(betas)
         self.eps = eps
 

@@ -30,6 +30,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
+from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import Device, Payload, grouped
 from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundStats, RowUpload
@@ -89,7 +90,7 @@ class Server:
         progress: log a line per round.
     """
 
-    def __init__(self, config, progress: bool = True):
+    def __init__(self, config: TrainConfig, progress: bool = True):
         algorithm = config.build_algorithm()
         if not algorithm.federated:
             raise ValueError(f'{config.algorithm} is centralized: nothing to federate')

@@ -7,7 +7,7 @@ A head maps a client's private parameters and an item vector :math:`e_i` to a lo
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +141,8 @@ class NCFHead(ScoreHead):
 
     user_vector = 'user'
 
-    def __init__(self, num_clients: int, dim: int, hidden=(32, 16, 8), std: float = 1.0,
+    def __init__(self, num_clients: int, dim: int, hidden: Sequence[int] = (32, 16, 8),
+                 std: float = 1.0,
                  generator: Optional[torch.Generator] = None):
         super().__init__(num_clients, dim)
         if not hidden or min(hidden) < 1:
