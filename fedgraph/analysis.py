@@ -43,21 +43,14 @@ LEVEL_SETTINGS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 
 def level_table(run: Union[str, Path], settings=LEVEL_SETTINGS) -> List[Dict]:
     """Validation and test metrics of a finished graph-model run's final checkpoint, scored
     with each level weighting of ``settings`` (global, cluster, local)."""
-    import torch
-
-    from fedgraph.config import TrainConfig
     from fedgraph.federated.evaluation import evaluate
-    from fedgraph.training import CHECKPOINT, build_run, prepare_split
+    from fedgraph.run import load_run
 
-    run = Path(run)
-    config = TrainConfig.load(run / 'config.json')
-    split = prepare_split(config)
-    engine, _ = build_run(config, split)
-    state = torch.load(run / CHECKPOINT, map_location=config.device, weights_only=True)
-    engine.load_state_dict(state['engine'])
+    loaded = load_run(run)
+    engine = loaded.engine
     rows = []
     for weights in settings:
         engine.level_weights = tuple(weights)
-        rows.append({'weights': tuple(weights), 'round': state['round'],
-                     **evaluate(engine, split)})
+        rows.append({'weights': tuple(weights), 'round': len(loaded['rounds']),
+                     **evaluate(engine, loaded.split)})
     return rows
