@@ -199,8 +199,10 @@ class TrainConfig:
         (:func:`~fedgraph.version.provenance`)."""
         from fedgraph.version import provenance
 
+        from fedgraph.files import write_text
+
         values = {**self.to_dict(), 'provenance': provenance()}
-        Path(path).write_text(json.dumps(values, indent=2) + '\n')
+        write_text(path, json.dumps(values, indent=2) + '\n')
 
     @classmethod
     def load(cls, path: Path) -> 'TrainConfig':

@@ -4,11 +4,13 @@ training and a deployment's server."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from fedgraph.config import TrainConfig
+from fedgraph.files import write_text
 
 
 def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
@@ -56,14 +58,15 @@ def metrics_of(history: List[Dict], pretraining: Optional[Dict],
 
 
 def write_metrics(out: Path, metrics: Dict) -> None:
-    """Writes ``metrics.json`` and, one row a round, ``metrics.csv``."""
-    (out / 'metrics.json').write_text(json.dumps(metrics, indent=1) + '\n')
+    """Writes ``metrics.json`` and, one row a round, ``metrics.csv`` (each atomically)."""
+    write_text(out / 'metrics.json', json.dumps(metrics, indent=1) + '\n')
     rows = [flat_record(record) for record in metrics['rounds']]
     columns = list(dict.fromkeys(column for row in rows for column in row))
-    with open(out / 'metrics.csv', 'w', newline='') as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, columns, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / 'metrics.csv', table.getvalue())
 
 
 def flat_record(record: Dict, prefix: str = '') -> Dict[str, object]:

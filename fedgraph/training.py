@@ -21,6 +21,7 @@ from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split
 from fedgraph.data.source import load_configured
 from fedgraph.federated.evaluation import Split, evaluate
+from fedgraph.files import save_tensors
 from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
 from fedgraph.run import Run
 
@@ -50,7 +51,8 @@ def build_run(config: TrainConfig, split):
 
 
 def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,
-          progress: bool = True, split: Optional[Split] = None) -> Run:
+          progress: bool = True, split: Optional[Split] = None,
+          overwrite: bool = False) -> Run:
     """Trains ``config.algorithm`` for ``config.rounds`` rounds.
 
     Args:
@@ -60,6 +62,8 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         resume: continue from ``out/checkpoint.pt``.
         progress: show a progress bar over rounds and a one-line summary per round.
         split: an already prepared split (default: :func:`prepare_split`).
+        overwrite: replace the run already in ``out``; without it (or ``resume``) a folder
+            that holds a run is an error, so that no run is lost or mixed with another.
 
     Returns:
         The :class:`~fedgraph.run.Run`: a ``dict`` of the metrics (``{'rounds': [...],
@@ -67,6 +71,11 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         engine and the split (``run.recommend(user, k)``).
     """
     out = Path(out) if out is not None else None
+    if out is not None and not (resume or overwrite):
+        held = [name for name in ('metrics.json', CHECKPOINT) if (out / name).exists()]
+        if held:
+            raise FileExistsError(f'{out} holds a run already ({", ".join(held)}): resume it, '
+                                  f'overwrite it (--overwrite) or choose another --out')
     split = split if split is not None else prepare_split(config)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -104,12 +113,12 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
             bar.write(summary_line(record, config.select_by))
         last = round_index + 1 == config.rounds
         if out is not None and ((round_index + 1) % config.checkpoint_every == 0 or last):
-            torch.save({'engine': engine.state_dict(), 'generator': generator.get_state(),
-                        'history': history, 'round': round_index + 1,
-                        'pretraining': pretraining}, out / CHECKPOINT)
+            save_tensors(out / CHECKPOINT, {
+                'engine': engine.state_dict(), 'generator': generator.get_state(),
+                'history': history, 'round': round_index + 1, 'pretraining': pretraining})
             write_metrics(out, metrics_of(history, pretraining, config))
     bar.close()
     exported = engine.export() if out is not None else None
     if exported is not None:
-        torch.save(exported, out / EMBEDDINGS)
+        save_tensors(out / EMBEDDINGS, exported)
     return Run(metrics_of(history, pretraining, config), config, engine, split, out)

@@ -98,3 +98,13 @@ def train_interrupted(monkeypatch, config, at_call=3, **kwargs):
     with pytest.raises(KeyboardInterrupt):
         fedgraph.training.train(config, **kwargs)
     monkeypatch.setattr(fedgraph.training, 'evaluate', real_evaluate)
+
+
+class HostilePayload:
+    """What a hostile run file holds: unpickling it would create the file ``target``."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, 'w'))

@@ -12,7 +12,7 @@ from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, load_dataset, synthetic_interactions
 from fedgraph.data.reader import parse_time
-from helpers import read_metrics, train_interrupted, without_seconds
+from helpers import HostilePayload, read_metrics, train_interrupted, without_seconds
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -175,21 +175,11 @@ def test_train_returns_the_run_and_a_folder_brings_it_back(ratings_csv, tmp_path
     assert json.loads(capsys.readouterr().out) == {'user': 'user-5', 'items': top}
 
 
-class _Payload:
-    """An object whose unpickling would write a file: what a hostile checkpoint holds."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, 'w'))
-
-
 def test_opening_a_run_folder_never_runs_its_pickles(ratings_csv, tmp_path):
     out = tmp_path / 'run'
     main(_flags(ratings_csv, out, rounds=2))
     target = tmp_path / 'written-by-the-checkpoint'
-    torch.save({'engine': _Payload(str(target))}, out / 'checkpoint.pt')
+    torch.save({'engine': HostilePayload(str(target))}, out / 'checkpoint.pt')
     for argv in (['train', '--resume', str(out), '--quiet'],
                  ['recommend', str(out), '--user', 'user-1']):
         with pytest.raises(Exception, match='Weights only load failed|weights_only'):

@@ -1,5 +1,6 @@
-"""The algorithms by name: ``resolve('pfedrec')`` is the :class:`~fedgraph.algorithms.base.Algorithm`
-class registered under that name (in the spirit of PyG's resolvers).
+"""The algorithms by name: ``resolve('pfedrec')`` is the
+:class:`~fedgraph.algorithms.base.Algorithm` class registered under that name (in the spirit
+of PyG's resolvers).
 
 An algorithm registers itself with :func:`register` in its own module; every module of
 ``fedgraph.algorithms`` is imported on the first look-up (a new algorithm is a new file, and

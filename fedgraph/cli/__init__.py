@@ -37,7 +37,7 @@ def _train(args: argparse.Namespace) -> None:
         metrics = train(config, out, resume=True, progress=not args.quiet)
     else:
         config = config_from_args(args)
-        metrics = train(config, args.out, progress=not args.quiet)
+        metrics = train(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
         out = args.out
     if args.plot:
         from fedgraph.viz import plot_runs
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help='output folder for config.json, metrics.json, checkpoints')
     train_parser.add_argument('--resume', default=None, metavar='RUN',
                               help='continue the interrupted run in this folder')
+    train_parser.add_argument('--overwrite', action='store_true',
+                              help='replace the run already in --out')
     train_parser.add_argument('--quiet', action='store_true', help='no progress output')
     train_parser.add_argument('--plot', action='store_true',
                               help='write the run\'s figures into OUT/figures at the end')
@@ -257,5 +259,5 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: say what, not where
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # say what, not where
         raise SystemExit(f'error: {error}') from None

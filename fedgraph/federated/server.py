@@ -258,5 +258,6 @@ class Server:
         self.start(transport, out)
         for round_index in range(self.config.rounds):
             self.aggregate_round(round_index, transport.send('train', self.configure_round()))
-            self.aggregate_evaluate(transport.send('evaluate', self.configure_evaluate(round_index)))
+            evaluations = transport.send('evaluate', self.configure_evaluate(round_index))
+            self.aggregate_evaluate(evaluations)
         return self.metrics()
