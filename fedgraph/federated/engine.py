@@ -34,6 +34,7 @@ from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
+from fedgraph.federated.trust import screen
 from fedgraph.federated.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
 
@@ -76,13 +77,15 @@ class LocalTraining:
 @dataclass
 class RoundStats:
     """What one round measured: the clients' mean local training loss, the number of
-    clients, the mean bytes a client uploaded and downloaded, and the LDP budget each
-    uploaded coordinate spent (``None`` without noise)."""
+    clients, the mean bytes a client uploaded and downloaded, the LDP budget each
+    uploaded coordinate spent (``None`` without noise), and the uploads the server dropped
+    by reason (:mod:`fedgraph.federated.trust`)."""
     loss: float
     num_clients: int
     upload_bytes: float
     download_bytes: float
     epsilon: Optional[float]
+    dropped: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,14 +219,21 @@ class FederatedEngine(RoundEngine):
         round_seed = draw_round_seed(generator) if self.streams is not None else None
         base = self.model.item.detach().clone()
         result = self.local_round(clients, generator, round_seed)
-        return self.aggregate(base, result), result
+        result, _, dropped = screen(result, self.model.num_items)
+        return self.aggregate(base, result, dropped), result
 
-    def aggregate(self, base: Tensor, result: ClientRound) -> RoundStats:
+    def aggregate(self, base: Tensor, result: ClientRound,
+                  dropped: Optional[Dict[str, int]] = None) -> RoundStats:
         """The server half of a round: the clients' row updates into the shared table
         (``base`` is the table they trained from) and their dense updates into the dense
-        shared parameters, their participation counted."""
+        shared parameters, their participation counted. ``result`` holds the uploads that
+        passed the server's checks (:func:`~fedgraph.federated.trust.screen`), ``dropped``
+        counts the others; with none left, the model stays as it was."""
         upload = result.upload
         num_clients = upload.clients.numel()
+        if num_clients == 0:
+            return RoundStats(float('nan'), 0, 0.0, 0.0, self.training.upload.epsilon,
+                              dict(dropped or {}))
         weight = result.num_samples if self.training.weighted_aggregation else None
         with torch.no_grad():
             self.model.item.copy_(aggregate_rows(base, upload.row_item, upload.row_owner,
@@ -238,7 +248,7 @@ class FederatedEngine(RoundEngine):
             upload_bytes=float(rows_per_client.double().mean()) * self.row_bytes
             + self.model.dense_bytes(),
             download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes(),
-            epsilon=self.training.upload.epsilon)
+            epsilon=self.training.upload.epsilon, dropped=dict(dropped or {}))
 
     def count_participation(self, clients: Tensor) -> None:
         """Counts an upload of ``clients`` outside a round (enrollment, pre-training)."""

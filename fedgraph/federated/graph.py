@@ -32,6 +32,7 @@ from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import Device, DeviceHooks, Payload, group
 from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundEngine, RoundStats
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
+from fedgraph.federated.trust import finite_rows
 from fedgraph.federated.upload import UploadTransform
 from fedgraph.metrics.representation import uniformity
 from fedgraph.nn.augment import Compose, PseudoItems, SimGCLNoise
@@ -177,17 +178,22 @@ class GraphFederatedEngine(RoundEngine):
 
     # ------------------------------------------------------------------ server state
     def upload_users(self, clients: Tensor,
-                     randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> None:
+                     randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> int:
         """``clients`` upload the change of their user embedding since their last upload,
         through the same clipping and noise as their item rows (noise from one shared
-        generator, or from each client's own stream), and the server adds it to its view."""
-        self.absorb_user_updates(clients, user_upload(
+        generator, or from each client's own stream), and the server adds it to its view;
+        returns how many uploads it dropped (:meth:`absorb_user_updates`)."""
+        return self.absorb_user_updates(clients, user_upload(
             self.training.upload, self.user_table.detach()[clients] - self.server_users[clients],
             randomness))
 
-    def absorb_user_updates(self, clients: Tensor, change: Tensor) -> None:
-        """The server's view of ``clients``' embeddings takes their uploaded changes."""
-        self.server_users[clients] += change.to(self.server_users.dtype)
+    def absorb_user_updates(self, clients: Tensor, change: Tensor) -> int:
+        """The server's view of ``clients``' embeddings takes their uploaded changes, but for
+        those that are not finite (dropped, as :mod:`fedgraph.federated.trust` drops rows);
+        returns how many it dropped."""
+        finite = finite_rows(change)
+        self.server_users[clients[finite]] += change[finite].to(self.server_users.dtype)
+        return int((~finite).sum())
 
     def refresh_context(self) -> None:
         """Propagates the server's graph and sets every client's context."""
@@ -328,7 +334,9 @@ class GraphFederatedEngine(RoundEngine):
         self.before_round()
         stats, result = self.engine.train_round(generator)
         randomness = generator if result.generators is None else result.generators
-        self.upload_users(result.upload.clients, randomness)
+        dropped = self.upload_users(result.upload.clients, randomness)
+        if dropped:
+            stats.dropped['non_finite'] = stats.dropped.get('non_finite', 0) + dropped
         self.finish_round(result)
         return stats
 

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import Device, Payload, grouped
 from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundStats, RowUpload
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
+from fedgraph.federated.trust import screen
 from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,42 @@ log = logging.getLogger(__name__)
 #: The upload keys every device sends after a round; any other per-user tensor goes to the
 #: engine's ``after_aggregate``.
 _ROW_KEYS = ('row-user', 'row-item', 'update', 'users', 'num-samples', 'loss')
+#: The upload's tensors with one entry per row (the others have one per user).
+_PER_ROW = ('row-user', 'row-item', 'update')
+
+
+def _first_of_each(users: Tensor) -> Tensor:
+    """``[n]`` whether each entry is the first occurrence of its value in ``users``."""
+    order = torch.sort(users, stable=True).indices
+    sorted_users = users[order]
+    first = torch.ones(users.numel(), dtype=torch.bool)
+    first[1:] = sorted_users[1:] != sorted_users[:-1]
+    return torch.empty_like(first).index_put_((order,), first)
+
+
+def _well_formed(reply: Payload, dim: int, dense: Mapping[str, Tuple[int, ...]]) -> bool:
+    """Whether a device's upload has the tensors an upload has, of consistent shapes:
+    integer ``users``, ``row-user``, ``row-item``; ``update`` ``[rows, d]``; one
+    ``num-samples`` and ``loss`` per user; each dense parameter ``[users, ...its shape]``;
+    any other tensor (a graph model's ``user-update``) ``[users, d]``."""
+    try:
+        users, row_user, row_item, update = (reply['users'], reply['row-user'],
+                                             reply['row-item'], reply['update'])
+        if not (users.dim() == 1 and row_user.dim() == 1 and row_user.shape == row_item.shape
+                and tuple(update.shape) == (row_user.numel(), dim)
+                and not any(t.is_floating_point() for t in (users, row_user, row_item))
+                and update.is_floating_point()):
+            return False
+        expected = {'num-samples': (), 'loss': (),
+                    **{f'dense/{name}': shape for name, shape in dense.items()}}
+        for key, value in reply.items():
+            if not isinstance(value, Tensor) or key in _PER_ROW or key == 'users':
+                continue
+            if tuple(value.shape) != (users.numel(), *expected.get(key, (dim,))):
+                return False
+        return all(key in reply for key in expected)
+    except (KeyError, AttributeError, TypeError):
+        return False
 
 
 def payload_bytes(payload: Mapping[str, object]) -> int:
@@ -175,40 +212,80 @@ class Server:
     def aggregate_round(self, round_index: int, replies: Mapping[int, Payload]) -> RoundStats:
         """The uploads of the users that answered, in user order whatever the order the
         replies arrived in (the aggregate sums rows in this order, as in-process), into the
-        shared parameters; opens the round's ``metrics.json`` record."""
+        shared parameters, after the server's checks (:meth:`accepted`, then
+        :func:`~fedgraph.federated.trust.screen`); opens the round's ``metrics.json`` record,
+        which counts the dropped uploads by reason."""
         if not replies:
             raise RuntimeError(f'no node answered in round {round_index}')
-        uploads = list(replies.values())
+        uploads, dropped = self.accepted(replies)
         dtype = self._base.dtype
+        extra_keys = [key for key in (uploads[0] if uploads else {})
+                      if key not in _ROW_KEYS and not key.startswith('dense/')]
 
-        def joined(key: str) -> Tensor:
-            return torch.cat([upload[key] for upload in uploads])
+        def joined(key: str, like: Tensor) -> Tensor:
+            parts = [upload[key] for upload in uploads]
+            return torch.cat(parts) if parts else like.new_empty((0, *like.shape[1:]))
 
-        users = joined('users')
+        nothing = torch.empty(0, dtype=torch.long)
+        users = joined('users', nothing)
         order = torch.sort(users).indices
         users = users[order]
-        row_user = joined('row-user')
+        row_user = joined('row-user', nothing)
         rows = torch.sort(row_user, stable=True).indices
-        dense = {name: joined(f'dense/{name}')[order].to(dtype)
-                 for name in self.federated.model.shared_dense()}
+        dense = {name: joined(f'dense/{name}', value.detach().unsqueeze(0))[order].to(dtype)
+                 for name, value in self.federated.model.shared_dense().items()}
         result = ClientRound(
-            RowUpload(users, torch.searchsorted(users, row_user[rows]), joined('row-item')[rows],
-                      joined('update')[rows].to(dtype), dense),
-            joined('num-samples')[order], joined('loss')[order])
-        stats = self.federated.aggregate(self._base, result)
-        others = {key: joined(key)[order] for key in uploads[0]
-                  if key not in _ROW_KEYS and not key.startswith('dense/')}
-        self.engine.after_aggregate(result, others)
+            RowUpload(users, torch.searchsorted(users, row_user[rows]),
+                      joined('row-item', nothing)[rows],
+                      joined('update', self._base)[rows].to(dtype), dense),
+            joined('num-samples', nothing)[order], joined('loss', self._base[:0, 0])[order])
+        others = {key: joined(key, self._base)[order] for key in extra_keys}
+        result, others, screened = screen(result, self.federated.model.num_items, others)
+        for reason, count in screened.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        stats = self.federated.aggregate(self._base, result, dropped)
+        if result.upload.clients.numel():
+            self.engine.after_aggregate(result, others)
         self._record = {
             **round_record(round_index, stats, self.federated),
             'clients_selected': self._selected,
             'nodes_failed': sorted(set(self._sent) - set(replies)),
             'payload_upload_bytes_per_client':
-                sum(payload_bytes(reply) for reply in uploads) / users.numel(),
+                sum(payload_bytes(reply) for reply in replies.values()) / max(1, users.numel()),
             'payload_download_bytes_per_node':
                 sum(payload_bytes(self._sent[node]) for node in replies) / len(replies)}
         return stats
 
+    def accepted(self, replies: Mapping[int, Payload]) -> Tuple[List[Payload], Dict[str, int]]:
+        """The devices' uploads restricted to what the server asked for: a device's users
+        that it was sent this round, each once in the round, and their rows; a reply whose
+        tensors are missing or misshapen is dropped whole (``malformed``). Returns the
+        accepted uploads and the users dropped by reason (``not_selected``,
+        ``duplicate_user``; ``malformed``: devices)."""
+        dim = self._base.size(1)
+        dense = {name: tuple(value.shape)
+                 for name, value in self.federated.model.shared_dense().items()}
+        dropped: Dict[str, int] = {}
+        seen = torch.zeros(self.federated.model.num_clients, dtype=torch.bool)
+        out = []
+        for node, reply in sorted(replies.items()):
+            asked = self._sent.get(node, {}).get('users', torch.empty(0, dtype=torch.long))
+            if not _well_formed(reply, dim, dense):
+                dropped['malformed'] = dropped.get('malformed', 0) + 1
+                continue
+            users = reply['users']
+            ours = torch.isin(users, asked)
+            fresh = ours & ~seen[users.clamp(0, seen.numel() - 1)] & _first_of_each(users)
+            for reason, count in (('not_selected', (~ours).sum()),
+                                  ('duplicate_user', (ours & ~fresh).sum())):
+                if count:
+                    dropped[reason] = dropped.get(reason, 0) + int(count)
+            seen[users[fresh]] = True
+            rows = torch.isin(reply['row-user'], users[fresh])
+            kept = {key: value[rows] if key in _PER_ROW else value[fresh]
+                    for key, value in reply.items() if isinstance(value, Tensor)}
+            out.append(kept)
+        return out, dropped
     def configure_evaluate(self, round_index: int) -> Dict[int, Payload]:
         """In evaluation rounds, a payload to every device with what the in-process engine
         scores its users with."""

@@ -1,0 +1,72 @@
+"""The server's trust boundary: what it checks of a round's uploads before they enter the
+model, in-process and in a deployment alike.
+
+A client's upload is dropped, whole, when a row, a dense parameter or another per-client
+tensor it sent is not finite (NaN, inf, or so large that its norm overflows), or when a row
+names an item that does not exist; a deployment's server also drops users a device was not
+asked to train, users uploaded twice, and a device's malformed reply
+(:meth:`~fedgraph.federated.server.Server.aggregate_round`). A dropped upload never enters the
+model and does not count in the mean; the round's record counts the drops by reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from fedgraph.federated.engine import ClientRound
+
+
+def finite_rows(values: Tensor) -> Tensor:
+    """``[N]`` whether each row of ``values`` ``[N, ...]`` is finite, norm included."""
+    flat = values.reshape(values.size(0), -1)
+    return torch.isfinite(flat).all(dim=1) & torch.isfinite(flat.norm(dim=1))
+
+
+def screen(result: 'ClientRound', num_items: int, extra: Optional[Dict[str, Tensor]] = None
+           ) -> Tuple['ClientRound', Dict[str, Tensor], Dict[str, int]]:
+    """The round's uploads without the clients that sent a non-finite tensor or an item id
+    out of range.
+
+    Args:
+        result: what the round's clients handed the server.
+        num_items: the catalogue size.
+        extra: other per-client tensors ``[B, ...]`` in the order of
+            ``result.upload.clients`` (a graph model's user-embedding changes).
+
+    Returns:
+        ``(kept round, kept extra, {reason: clients dropped})``.
+    """
+    upload, extra = result.upload, dict(extra or {})
+    num = upload.clients.numel()
+    owner = upload.row_owner
+
+    def clients_with(bad_rows: Tensor) -> Tensor:
+        return torch.zeros(num, dtype=torch.bool).index_fill_(0, owner[bad_rows], True)
+
+    bad_item = clients_with((upload.row_item < 0) | (upload.row_item >= num_items))
+    bad_value = clients_with(~finite_rows(upload.update))
+    for value in list(upload.dense.values()) + list(extra.values()):
+        bad_value |= ~finite_rows(value)
+    drop = bad_item | bad_value
+    dropped = {reason: int(count) for reason, count in
+               (('bad_item', bad_item.sum()), ('non_finite', (bad_value & ~bad_item).sum()))
+               if count}
+    if not dropped:
+        return result, extra, {}
+    keep = ~drop
+    position = torch.cumsum(keep, 0) - 1
+    rows = keep[owner]
+    kept = dataclasses.replace(
+        result,
+        upload=dataclasses.replace(
+            upload, clients=upload.clients[keep], row_owner=position[owner[rows]],
+            row_item=upload.row_item[rows], update=upload.update[rows],
+            dense={k: v[keep] for k, v in upload.dense.items()}),
+        num_samples=result.num_samples[keep], loss=result.loss[keep],
+        generators=None if result.generators is None else
+        [g for g, kept_one in zip(result.generators, keep.tolist()) if kept_one])
+    return kept, {k: v[keep] for k, v in extra.items()}, dropped

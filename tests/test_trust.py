@@ -1,0 +1,114 @@
+"""The server's trust boundary: NaN, inf and huge rows, foreign and duplicate users, bad item
+ids and malformed replies are dropped and counted, in-process and in a deployment; the run
+completes and the model stays finite."""
+import pytest
+import torch
+
+from fedgraph.config import TrainConfig
+from fedgraph.data import ClientPartition
+from fedgraph.federated.device import Device
+from fedgraph.federated.server import LocalTransport, Server
+from fedgraph.training import build_run, prepare_split
+
+SMALL = dict(dataset='synthetic', rounds=2, dim=8, client_streams=True)
+
+
+def _poison_first_client(engine, value, dense=False):
+    """Makes the first client of every round upload ``value`` in one row (or its MLP)."""
+    local_round = engine.local_round
+
+    def poisoned(*args, **kwargs):
+        result = local_round(*args, **kwargs)
+        if dense:
+            name = next(iter(result.upload.dense))
+            result.upload.dense[name][0].view(-1)[0] = value
+        else:
+            result.upload.update[0, 0] = value
+        return result
+
+    engine.local_round = poisoned
+
+
+@pytest.mark.parametrize('algorithm, value, dense', [
+    ('pfedrec', float('nan'), False), ('fedmf', float('inf'), False),
+    ('pfedrec', 1e30, False), ('fedncf', float('nan'), True)])
+def test_in_process_a_bad_upload_is_dropped_and_counted(algorithm, value, dense):
+    config = TrainConfig(algorithm=algorithm, dataset='synthetic', dim=8, client_ratio=0.1)
+    split = prepare_split(config)
+    engine, generator = build_run(config, split)
+    _poison_first_client(engine, value, dense)
+    stats = [engine.run_round(generator) for _ in range(2)]
+    for record in stats:
+        assert record.dropped == {'non_finite': 1}
+        assert record.num_clients == 99  # the other clients of the round
+    assert torch.isfinite(engine.model.item).all()
+    assert all(torch.isfinite(v).all() for v in engine.model.shared_dense().values())
+
+
+class HostileTransport(LocalTransport):
+    """Devices in this process; node 0 tampers with its training replies."""
+
+    def __init__(self, devices, tamper):
+        super().__init__(devices)
+        self.tamper = tamper
+
+    def send(self, step, payloads):
+        replies = super().send(step, payloads)
+        if step == 'train' and 0 in replies:
+            replies[0] = self.tamper(dict(replies[0]), replies)
+        return replies
+
+
+def _nan_row(reply, replies):
+    reply['update'] = reply['update'].clone()
+    reply['update'][0] = float('nan')
+    return reply
+
+
+def _foreign_user(reply, replies):
+    other = replies[1]
+    for key in ('users', 'num-samples', 'loss', 'user-update'):
+        if key in reply:
+            reply[key] = torch.cat([reply[key], other[key][:1]])
+    mine = other['row-user'] == other['users'][0]
+    for key in ('row-user', 'row-item', 'update'):
+        reply[key] = torch.cat([reply[key], other[key][mine] * (2 if key == 'update' else 1)])
+    return reply
+
+
+def _duplicate_user(reply, replies):
+    for key in ('users', 'num-samples', 'loss', 'user-update'):
+        if key in reply:
+            reply[key] = torch.cat([reply[key], reply[key][:1]])
+    return reply
+
+
+def _bad_item(reply, replies):
+    reply['row-item'] = reply['row-item'].clone()
+    reply['row-item'][0] = 10 ** 6
+    return reply
+
+
+def _malformed(reply, replies):
+    del reply['update']
+    return reply
+
+
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'fedlightgcn'])
+@pytest.mark.parametrize('tamper, reason, count', [
+    (_nan_row, 'non_finite', 1), (_foreign_user, 'not_selected', 1),
+    (_duplicate_user, 'duplicate_user', 1), (_bad_item, 'bad_item', 1),
+    (_malformed, 'malformed', 1)])
+def test_a_deployment_drops_what_a_device_should_not_send(algorithm, tamper, reason, count):
+    config = TrainConfig(algorithm=algorithm, **SMALL)
+    split = prepare_split(config)
+    population = (split, ClientPartition.from_data(split.train), split.known_items())
+    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    server = Server(config, progress=False)
+    metrics = server.run(HostileTransport(devices, tamper))
+    for record in metrics['rounds']:
+        assert record['uploads_dropped'] == {reason: count}
+        assert record['val']['hr@10'] >= 0  # the run went on and evaluated
+    assert torch.isfinite(server.federated.model.item).all()
+    if algorithm == 'fedlightgcn':
+        assert torch.isfinite(server.engine.server_users).all()
