@@ -354,8 +354,8 @@ class FederatedEngine(RoundEngine):
                 *grads, row_grad = torch.autograd.grad((losses * weight).sum(),
                                                        list(params.values()) + [rows])
                 private = stepped(params, grads)
-            local = optimizer.step_rows(local, row, row_grad, cfg.item_lr, row_state,
-                                        active[plan.row_owner])
+            local = optimizer.step_rows(local, row, row_grad, cfg.item_lr, row_state, active,
+                                        plan.row_owner)
             sample_loss[start:end] = losses.detach()
         loss_sum = scatter(sample_loss, plan.owner, dim_size=plan.clients.numel(), reduce='sum')
         num_samples = plan.num_samples.to(loss_sum.dtype) * cfg.local_epochs

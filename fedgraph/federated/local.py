@@ -81,11 +81,12 @@ class LocalOptimizer:
         raise NotImplementedError
 
     def step_rows(self, local: Tensor, row: Tensor, sample_grad: Tensor, lr: float,
-                  state: Dict[str, Tensor], active: Tensor) -> Tensor:
+                  state: Dict[str, Tensor], active: Tensor, row_owner: Tensor) -> Tensor:
         """Updates the local item rows ``local`` ``[R, d]`` from the gradients of the
-        samples ``sample_grad`` ``[N, d]`` of rows ``row`` ``[N]``."""
+        samples ``sample_grad`` ``[N, d]`` of rows ``row`` ``[N]``; ``active`` is over
+        clients, ``row_owner`` ``[R]`` the client of each row."""
         grad = torch.zeros_like(local).index_add_(0, row, sample_grad)
-        return self.step(local, grad, lr, state, active)
+        return self.step(local, grad, lr, state, active[row_owner])
 
     def torch_optimizer(self, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
         """The same rule as a ``torch.optim`` optimizer (the reference engine's)."""
@@ -101,7 +102,7 @@ class SGD(LocalOptimizer):
         return value - lr * grad
 
     def step_rows(self, local: Tensor, row: Tensor, sample_grad: Tensor, lr: float,
-                  state: Dict[str, Tensor], active: Tensor) -> Tensor:
+                  state: Dict[str, Tensor], active: Tensor, row_owner: Tensor) -> Tensor:
         return local.index_add_(0, row, sample_grad.mul_(-lr))  # alpha= is slower on CPU
 
     def torch_optimizer(self, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:

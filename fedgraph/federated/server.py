@@ -40,11 +40,11 @@ from fedgraph.records import metrics_of, round_record, summary_line, write_metri
 
 log = logging.getLogger(__name__)
 
-#: The upload keys every device sends after a round; any other per-user tensor goes to the
-#: engine's ``after_aggregate``.
-_ROW_KEYS = ('row-user', 'row-item', 'update', 'users', 'num-samples', 'loss')
 #: The upload's tensors with one entry per row (the others have one per user).
 _PER_ROW = ('row-user', 'row-item', 'update')
+#: The upload keys every device sends after a round; any other per-user tensor goes to the
+#: engine's ``after_aggregate``.
+_ROW_KEYS = _PER_ROW + ('users', 'num-samples', 'loss')
 
 
 def _first_of_each(users: Tensor) -> Tensor:
@@ -134,7 +134,7 @@ class Server:
         if config.protocol != 'sampled':
             raise ValueError('deployments evaluate on devices under the sampled protocol only')
         self.config = dataclasses.replace(config, client_streams=True)
-        self.algorithm = self.config.build_algorithm()
+        self.algorithm = algorithm
         self.progress = progress
         self.generator = torch.Generator().manual_seed(config.seed)
         self.node_users: Dict[int, Tensor] = {}
