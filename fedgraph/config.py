@@ -19,8 +19,9 @@ SECTIONS = {
              'split_ratios', 'split_mode', 'eval_negatives'),
     'federation': ('rounds', 'seed', 'dim', 'batch_size', 'local_epochs', 'num_negatives',
                    'client_ratio', 'clients_per_round', 'aggregation'),
-    'privacy': ('clip', 'ldp_scale'),
-    'run': ('eval_every', 'checkpoint_every', 'device', 'engine', 'client_streams'),
+    'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at'),
+    'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
+            'client_streams'),
 }
 
 def setting(default: Any, help: str) -> Any:
@@ -29,7 +30,9 @@ def setting(default: Any, help: str) -> Any:
 
 
 _CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': ('mean', 'weighted'),
-            'engine': ('vectorized', 'reference'), 'split_mode': ('random', 'temporal')}
+            'engine': ('vectorized', 'reference'),
+            'split_mode': (None, 'random', 'temporal', 'predefined'),
+            'clip_mode': ('l2', 'coordinate'), 'noise_at': ('client', 'server')}
 
 
 @dataclass(init=False)
@@ -75,8 +78,9 @@ class TrainConfig:
         "'sampled' (leave-one-out, sampled negatives) or 'full' (ratio split, all items)")
     split_ratios: Tuple[float, float, float] = setting((0.8, 0.1, 0.1),
         'train/val/test ratios of the full-ranking protocol')
-    split_mode: str = setting('random',
-        "'random' or 'temporal' ratio split")
+    split_mode: Optional[str] = setting(None,
+        "full ranking: 'random' or 'temporal' ratio split, or 'predefined': the data's own "
+        "split (a LightGCN folder's files; the default when the data has one, else random)")
     eval_negatives: int = setting(99,
         'sampled negatives per held-out item (sampled protocol)')
     # federation
@@ -100,12 +104,21 @@ class TrainConfig:
         "'mean' (unweighted FedAvg) or 'weighted' (by sample count)")
     # privacy
     clip: Optional[float] = setting(None,
-        'L2 bound of each uploaded update (0: none)')
+        'bound of each uploaded row update (0: none)')
+    clip_mode: str = setting('l2',
+        "'l2' (scale a row to norm at most --clip) or 'coordinate' (clamp each coordinate, "
+        "the PerFedRec++ code's)")
     ldp_scale: Optional[float] = setting(None,
         'Laplace noise scale on uploads (needs --clip)')
+    noise_at: str = setting('client',
+        "'client': each client noises its upload (local DP); 'server': the server adds the "
+        "mean of the round's clients' draws to the aggregate, as the PerFedRec++ code does "
+        "(NOT local DP: for like-for-like comparison only)")
     # run
     eval_every: int = setting(1,
         'evaluate every N rounds')
+    patience: int = setting(0,
+        'stop after this many evaluations without a better validation metric (0: never)')
     checkpoint_every: int = setting(10,
         'save a checkpoint every N rounds')
     device: str = setting('cpu',
@@ -160,6 +173,8 @@ class TrainConfig:
                 raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
         if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
+        if self.patience < 0:
+            raise ValueError('patience must be >= 0')
         if min(self.dim, self.batch_size, self.local_epochs) < 1 or self.num_negatives < 0:
             raise ValueError('dim, batch_size and local_epochs must be >= 1, num_negatives >= 0')
         self.split_ratios = tuple(self.split_ratios)

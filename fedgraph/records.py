@@ -25,6 +25,24 @@ def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
     return {'round': best['round'], 'val': best['val'], 'test': best['test']}
 
 
+def evaluations_since_best(history: List[Dict], select_by: str) -> int:
+    """How many evaluations came after the best one (:func:`best_round`'s tie rule: a later
+    equal value is a new best)."""
+    evaluated = [record['val'][select_by] for record in history if 'val' in record]
+    if not evaluated:
+        return 0
+    best = max(range(len(evaluated)), key=lambda index: (evaluated[index], index))
+    return len(evaluated) - 1 - best
+
+
+def stops_early(history: List[Dict], config: TrainConfig) -> bool:
+    """Whether a run with this ``history`` stops before ``config.rounds``: its latest record
+    is an evaluation, and ``config.patience`` (> 0) evaluations came after the best."""
+    return (bool(config.patience) and bool(history) and 'val' in history[-1]
+            and history[-1]['round'] + 1 < config.rounds
+            and evaluations_since_best(history, config.select_by) >= config.patience)
+
+
 def summary_line(record: Dict, select_by: str) -> str:
     """One round's record as the line the progress output prints."""
     text = f"round {record['round']:>3}  loss {record['train_loss']:.4f}"
@@ -50,8 +68,11 @@ def round_record(round_index: int, stats, engine) -> Dict:
 
 def metrics_of(history: List[Dict], pretraining: Optional[Dict],
                config: TrainConfig) -> Dict:
-    """The content of ``metrics.json``: every round's record and the best round."""
+    """The content of ``metrics.json``: every round's record, the best round, and with
+    ``config.patience`` whether early stopping ended the run (``stopped_early``)."""
     metrics = {'rounds': history, 'best': best_round(history, config.select_by)}
+    if config.patience:
+        metrics['stopped_early'] = stops_early(history, config)
     if pretraining is not None:
         metrics['pretraining'] = pretraining
     return metrics

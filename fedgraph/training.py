@@ -18,11 +18,13 @@ from tqdm import tqdm
 
 from fedgraph.algorithms import build_engine
 from fedgraph.config import TrainConfig
-from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split
+from fedgraph.data import ClientPartition, leave_one_out_split, predefined_split, ratio_split
+from fedgraph.data.hetero import RATES
 from fedgraph.data.source import load_configured
 from fedgraph.federated.evaluation import Split, evaluate
 from fedgraph.files import save_tensors
-from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
+from fedgraph.records import (best_round, metrics_of, round_record, stops_early, summary_line,
+                              write_metrics)
 from fedgraph.run import Run
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,21 @@ EMBEDDINGS = 'embeddings.pt'
 def prepare_split(config: TrainConfig):
     """Loads the configured data (:func:`~fedgraph.data.source.load_configured`, which checks
     it against ``config.data_digest`` or records it there) and splits it under the configured
-    protocol."""
+    protocol: full ranking uses the data's own split when it has one (a LightGCN folder) and
+    ``split_mode`` does not ask for a ratio split."""
     data = load_configured(config)
     if config.protocol == 'sampled':
         return leave_one_out_split(data, num_negatives=config.eval_negatives, seed=config.seed)
-    return ratio_split(data, config.split_ratios, mode=config.split_mode, seed=config.seed)
+    own = 'split' in data[RATES]
+    mode = config.split_mode or ('predefined' if own else 'random')
+    if mode == 'predefined':
+        if not own:
+            raise ValueError(f'--split-mode predefined: {config.data_path or config.dataset} '
+                             f'has no split of its own (a LightGCN folder has)')
+        ratios = config.split_ratios
+        return predefined_split(data, val_ratio=ratios[1] / (ratios[0] + ratios[1]),
+                                seed=config.seed)
+    return ratio_split(data, config.split_ratios, mode=mode, seed=config.seed)
 
 
 def build_run(config: TrainConfig, split):
@@ -53,7 +65,9 @@ def build_run(config: TrainConfig, split):
 def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,
           progress: bool = True, split: Optional[Split] = None,
           overwrite: bool = False) -> Run:
-    """Trains ``config.algorithm`` for ``config.rounds`` rounds.
+    """Trains ``config.algorithm`` for ``config.rounds`` rounds, or fewer with
+    ``config.patience``: the run stops once that many evaluations in a row found no better
+    validation metric than the best so far.
 
     Args:
         config: the run's configuration.
@@ -97,7 +111,8 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     else:
         pretraining = engine.pretrain(generator, progress)
 
-    rounds = range(start_round, config.rounds)
+    end = start_round if stops_early(history, config) else config.rounds  # a stopped run stays
+    rounds = range(start_round, end)
     bar = tqdm(rounds, desc=config.algorithm, unit='round', disable=not progress,
                initial=start_round, total=config.rounds)
     for round_index in bar:
@@ -111,12 +126,18 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         history.append(record)
         if progress:
             bar.write(summary_line(record, config.select_by))
-        last = round_index + 1 == config.rounds
+        stop = stops_early(history, config)
+        last = round_index + 1 == config.rounds or stop
         if out is not None and ((round_index + 1) % config.checkpoint_every == 0 or last):
             save_tensors(out / CHECKPOINT, {
                 'engine': engine.state_dict(), 'generator': generator.get_state(),
                 'history': history, 'round': round_index + 1, 'pretraining': pretraining})
             write_metrics(out, metrics_of(history, pretraining, config))
+        if stop:
+            log.info('%s: no better validation %s in %d evaluations; stopped after round %d '
+                     '(best: round %d)', config.algorithm, config.select_by, config.patience,
+                     round_index, best_round(history, config.select_by)['round'])
+            break
     bar.close()
     exported = engine.export() if out is not None else None
     if exported is not None:

@@ -302,7 +302,7 @@ class CosineLightGCN(FedLightGCN):
                                     generator=generator)
 
     def local_training(self, num_items):
-        training = self.sgd_training(num_items)  # batch size, epochs, negatives, uploads
+        training = self.client_training(num_items)  # batch size, epochs, negatives, uploads
         return replace(training, lr=self.settings.lr, item_lr=self.settings.lr, loss=BPR(),
                        optimizer=Adam())
 

@@ -1,6 +1,7 @@
 """What a client optimizes and how: BCE and BPR losses, SGD and Adam applied to many clients'
 tensors at once (against ``torch.optim.Adam``), round plans that keep each positive with its
-negatives, and the vectorized engine against the reference engine under BPR and Adam."""
+negatives, and the vectorized engine against the reference engine under BPR and Adam, with
+and without L2 regularization."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,13 +74,16 @@ def test_plans_keep_each_positive_with_its_negatives(data, epochs):
     assert positives.numel() == epochs * partition.col.numel()
 
 
-@pytest.mark.parametrize('algorithm', ['fedmf', 'pfedrec'])
-def test_vectorized_engine_matches_reference_under_bpr_and_adam(float64, data, algorithm):
+@pytest.mark.parametrize('algorithm,l2_reg', [('fedmf', 0.0), ('pfedrec', 0.0),
+                                              ('fedmf', 0.5), ('pfedrec', 0.5)])
+def test_vectorized_engine_matches_reference_under_bpr_and_adam(float64, data, algorithm,
+                                                                 l2_reg):
     engines = [make_engine(cls, data, algorithm, dim=8, ratio=0.5, local_epochs=2)
                for cls in (FederatedEngine, ReferenceEngine)]
     for engine in engines:
         engine.training.loss, engine.training.optimizer = BPRLoss(), Adam()
         engine.training.lr, engine.training.item_lr = 0.05, 0.05
+        engine.training.l2_reg = l2_reg
     initial = engines[0].model.item.detach().clone()
     for engine in engines:
         generator = torch.Generator().manual_seed(2)

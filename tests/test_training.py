@@ -40,6 +40,8 @@ CONFIGS = {
     'fedmf-partial-ldp': dict(algorithm='fedmf', rounds=3, dim=8, client_ratio=0.5, clip=0.5,
                               ldp_scale=0.05, local_epochs=2),
     'mf': dict(algorithm='mf', rounds=3, dim=8, batch_size=64),
+    'lightgcn': dict(algorithm='lightgcn', rounds=3, dim=8, batch_size=128, lr=0.01),
+    'simgcl': dict(algorithm='simgcl', rounds=3, dim=8, batch_size=128, lr=0.01),
 }
 
 
@@ -63,7 +65,7 @@ def test_same_seed_same_metrics(tmp_path, sampled_split, name):
         [r['train_loss'] for r in runs[0]['rounds']]
 
 
-@pytest.mark.parametrize('name', ['pfedrec', 'fedmf-partial-ldp', 'mf'])
+@pytest.mark.parametrize('name', ['pfedrec', 'fedmf-partial-ldp', 'mf', 'simgcl'])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, sampled_split,
                                                             monkeypatch, name):
     config = dict(CONFIGS[name], rounds=4, checkpoint_every=2)
@@ -172,9 +174,10 @@ def test_best_round_picks_max_validation_later_wins_ties():
 # --------------------------------------------------------------------------------------
 # Protocols and algorithms
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize('algorithm', ['pfedrec', 'mf'])
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'mf', 'lightgcn', 'popular'])
 def test_full_ranking_protocol(tmp_path, ranking_split, algorithm):
-    config = TrainConfig(algorithm=algorithm, protocol='full', rounds=3, dim=8)
+    dim = {} if algorithm == 'popular' else {'dim': 8}
+    config = TrainConfig(algorithm=algorithm, protocol='full', rounds=3, **dim)
     assert config.select_by == 'recall@20'
     metrics = train(config, out=tmp_path, progress=False, split=ranking_split)
     best = read_metrics(tmp_path)['best']

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from fedgraph.algorithms.base import Algorithm, AlgorithmSettings, SGDSettings
+from fedgraph.algorithms.base import Algorithm, AlgorithmSettings, ClientSettings
 from fedgraph.algorithms.registry import algorithm_names, register, resolve
 from fedgraph.data.partition import ClientPartition
 
@@ -18,5 +18,5 @@ def build_engine(config, partition: ClientPartition, generator: torch.Generator,
     return config.build_algorithm().build_engine(partition, generator, known)
 
 
-__all__ = ['Algorithm', 'AlgorithmSettings', 'SGDSettings', 'algorithm_names', 'build_engine',
+__all__ = ['Algorithm', 'AlgorithmSettings', 'ClientSettings', 'algorithm_names', 'build_engine',
            'register', 'resolve']

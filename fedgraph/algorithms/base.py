@@ -42,6 +42,7 @@ from fedgraph.config import TrainConfig, setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import DeviceHooks, Payload
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
+from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss
 from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
@@ -62,22 +63,41 @@ class AlgorithmSettings:
         return tuple(field.name for field in dataclasses.fields(cls))
 
 
+#: The local losses and optimizers a client can train with, by setting value.
+LOSSES = {'bce': BCELoss, 'bpr': BPRLoss}
+OPTIMIZERS = {'sgd': SGD, 'adam': Adam}
+
+
 @dataclass
-class SGDSettings(AlgorithmSettings):
-    """The settings of a client that trains with SGD on BCE over sampled negatives."""
-    lr: float = setting(0.1, 'SGD learning rate of the private parameters (and of dense '
-                             'shared ones)')
-    item_lr_eta: float = setting(80.0, "item rows' learning rate = lr x num_items x eta")
+class ClientSettings(AlgorithmSettings):
+    """The settings of a client's local step over sampled negatives: by default PFedRec's
+    SGD on BCE; the PerFedRec++ code's recipe is BPR, Adam and L2 regularization."""
+    lr: float = setting(0.1, 'learning rate of the private parameters (and of dense shared '
+                             'ones)')
+    item_lr_eta: float = setting(80.0, "item rows' learning rate = lr x num_items x eta "
+                                       "(SGD), lr x eta (Adam)")
     dual_personalization: bool = setting(
         False, 'clients keep their fine-tuned item rows and score with them')
+    loss: str = setting('bce', "local loss: 'bce' (pointwise) or 'bpr' (pairwise, "
+                               "LightGCN's)")
+    optimizer: str = setting('sgd', "local optimizer: 'sgd' or 'adam' (a client's moments "
+                                    "start afresh each round)")
+    l2_reg: float = setting(0.0, 'L2 regularization: lambda/2 (|e_i|^2 + |theta_u|^2) per '
+                                 'sample, on its item row and the private parameters')
 
     def validate(self) -> None:
-        if self.lr < 0 or self.item_lr_eta < 0:
-            raise ValueError('lr and item_lr_eta must be >= 0')
+        if self.lr < 0 or self.item_lr_eta < 0 or self.l2_reg < 0:
+            raise ValueError('lr, item_lr_eta and l2_reg must be >= 0')
+        if self.loss not in LOSSES or self.optimizer not in OPTIMIZERS:
+            raise ValueError(f'loss must be one of {tuple(LOSSES)} and optimizer one of '
+                             f'{tuple(OPTIMIZERS)}, got {self.loss!r} and {self.optimizer!r}')
 
     def item_lr(self, num_items: int) -> float:
-        """The item rows' learning rate, ``lr * num_items * eta``."""
-        return self.lr * num_items * self.item_lr_eta
+        """The item rows' learning rate: ``lr * num_items * eta`` with SGD (PFedRec's
+        scaling: a row's gradient is a mean over the client's samples), ``lr * eta`` with
+        Adam, whose steps do not scale with the gradient."""
+        scale = num_items if self.optimizer == 'sgd' else 1
+        return self.lr * scale * self.item_lr_eta
 
 
 class Algorithm:
@@ -122,11 +142,12 @@ class Algorithm:
         """How a client trains in a round."""
         raise NotImplementedError
 
-    def sgd_training(self, num_items: int, alternating: bool = False,
-                     lr_scale: float = 1.0) -> LocalTraining:
-        """The local training of :class:`SGDSettings`: the settings' learning rates (times
-        ``lr_scale``), the shared batch size, epochs and negatives, FedAvg weighting and
-        upload transform; ``alternating``: PFedRec's two SGD steps per mini-batch."""
+    def client_training(self, num_items: int, alternating: bool = False,
+                        lr_scale: float = 1.0) -> LocalTraining:
+        """The local training of :class:`ClientSettings`: the settings' loss, optimizer, L2
+        regularization and learning rates (times ``lr_scale``), the shared batch size,
+        epochs and negatives, FedAvg weighting and upload transform; ``alternating``:
+        PFedRec's two steps per mini-batch."""
         settings, config = self.settings, self.config
         return LocalTraining(
             lr=settings.lr * lr_scale, item_lr=settings.item_lr(num_items) * lr_scale,
@@ -134,12 +155,24 @@ class Algorithm:
             num_negatives=config.num_negatives,
             weighted_aggregation=config.aggregation == 'weighted',
             upload=self.upload_transform(), alternating=alternating,
-            personalize_items=settings.dual_personalization)
+            personalize_items=settings.dual_personalization,
+            loss=LOSSES[settings.loss](), optimizer=OPTIMIZERS[settings.optimizer](),
+            l2_reg=settings.l2_reg, server_noise=self.server_noise())
 
     def upload_transform(self) -> UploadTransform:
-        """What an upload goes through: L2 clipping at ``config.clip`` (0: none) and
-        Laplace noise of scale ``config.ldp_scale``."""
-        return UploadTransform(self.config.clip or None, self.config.ldp_scale or 0.0)
+        """What an upload goes through: clipping at ``config.clip`` (0: none; per row in L2
+        norm or per coordinate, ``config.clip_mode``) and, when the clients add the noise
+        (``config.noise_at='client'``: local DP), Laplace noise of scale
+        ``config.ldp_scale``."""
+        config = self.config
+        scale = (config.ldp_scale or 0.0) if config.noise_at == 'client' else 0.0
+        return UploadTransform(config.clip or None, scale, config.clip_mode)
+
+    def server_noise(self) -> float:
+        """The Laplace scale whose mean over a round's clients the server adds to the
+        aggregated item table (``config.noise_at='server'``, not local DP); 0 otherwise."""
+        config = self.config
+        return (config.ldp_scale or 0.0) if config.noise_at == 'server' else 0.0
 
     def build_selector(self, num_clients: int) -> ClientSelector:
         """The clients of a round: ``clients_per_round`` (at most all) or ``client_ratio``

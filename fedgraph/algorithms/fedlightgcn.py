@@ -56,9 +56,11 @@ class FedLightGCN(FedMF):
 
     def local_training(self, num_items: int) -> LocalTraining:
         """With K GNN layers the ego embeddings enter each side of the score divided by
-        K + 1, so their gradients shrink by (K + 1)^2; scaling the learning rates back keeps
-        one setting of lr meaningful for every K (K = 0: unchanged)."""
-        return self.sgd_training(num_items, lr_scale=(self.settings.num_layers + 1) ** 2)
+        K + 1, so their gradients shrink by (K + 1)^2; with SGD, scaling the learning rates
+        back keeps one setting of lr meaningful for every K (K = 0: unchanged). Adam's steps
+        do not scale with the gradient and need no such scaling."""
+        scale = (self.settings.num_layers + 1) ** 2 if self.settings.optimizer == 'sgd' else 1
+        return self.client_training(num_items, lr_scale=scale)
 
     def extend(self, engine: FederatedEngine, partition: ClientPartition,
                generator: torch.Generator) -> GraphFederatedEngine:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedgraph.algorithms.base import Algorithm, SGDSettings
+from fedgraph.algorithms.base import Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.engine import LocalTraining
 from fedgraph.nn.heads import DotProductHead
@@ -20,7 +20,7 @@ from fedgraph.nn.recommender import FederatedRecommender
 
 
 @dataclass
-class FedMFSettings(SGDSettings):
+class FedMFSettings(ClientSettings):
     """Learning rates picked by validation HR@10 on MovieLens-100K (README)."""
     lr: float = 1.0
     item_lr_eta: float = 1.0
@@ -41,4 +41,4 @@ class FedMF(Algorithm):
         return FederatedRecommender(num_items, head, init_std=dim ** -0.5, generator=generator)
 
     def local_training(self, num_items: int) -> LocalTraining:
-        return self.sgd_training(num_items)
+        return self.client_training(num_items)

@@ -14,7 +14,7 @@ from typing import Tuple
 
 import torch
 
-from fedgraph.algorithms.base import Algorithm, SGDSettings
+from fedgraph.algorithms.base import Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.federated.engine import LocalTraining
@@ -23,7 +23,7 @@ from fedgraph.nn.recommender import FederatedRecommender
 
 
 @dataclass
-class FedNCFSettings(SGDSettings):
+class FedNCFSettings(ClientSettings):
     """Learning rates picked by validation HR@10 on MovieLens-100K after 40 rounds (lr 2,
     item lr 2 x num_items x 10; the grid is in the README), and an MLP tower of ``hidden``
     widths (NCF's pyramid, halving from ``d``)."""
@@ -55,4 +55,4 @@ class FedNCF(Algorithm):
         return FederatedRecommender(num_items, head, init_std=dim ** -0.5, generator=generator)
 
     def local_training(self, num_items: int) -> LocalTraining:
-        return self.sgd_training(num_items)
+        return self.client_training(num_items)

@@ -34,7 +34,8 @@ class MF(Algorithm):
     Settings = MFSettings
     federated = False
     renamed_settings = {'central_lr': 'lr'}
-    unused_settings = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'ldp_scale',
+    unused_settings = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'clip_mode',
+                       'ldp_scale', 'noise_at',
                        'engine', 'client_streams')
 
     def build_engine(self, partition: ClientPartition, generator: torch.Generator,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedgraph.algorithms.base import Algorithm, SGDSettings
+from fedgraph.algorithms.base import Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.engine import LocalTraining
 from fedgraph.nn.heads import LinearScoreHead
@@ -21,7 +21,7 @@ from fedgraph.nn.recommender import FederatedRecommender
 
 
 @dataclass
-class PFedRecSettings(SGDSettings):
+class PFedRecSettings(ClientSettings):
     """The paper's defaults: head lr 0.1, item lr 0.1 x num_items x 80, dual
     personalization on."""
     lr: float = 0.1
@@ -43,4 +43,4 @@ class PFedRec(Algorithm):
         return FederatedRecommender(num_items, head, init_std=1.0, generator=generator)
 
     def local_training(self, num_items: int) -> LocalTraining:
-        return self.sgd_training(num_items, alternating=True)
+        return self.client_training(num_items, alternating=True)

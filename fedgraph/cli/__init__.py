@@ -9,7 +9,9 @@
 * ``export``   -- a user's own model from a finished run, as a small file for its device;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``flower``   -- the same algorithms on Flower: local deployment, simulation, benchmark;
-* ``describe`` -- load a data set and print its counts, sparsity and split sizes.
+* ``describe`` -- load a data set and print its counts, sparsity and split sizes;
+* ``synthesize`` -- write a sparse synthetic data set with planted communities as a LightGCN
+  folder (train/valid/test files).
 """
 from __future__ import annotations
 
@@ -55,6 +57,20 @@ def _describe(args: argparse.Namespace) -> None:
     summary['leave_one_out'] = describe_split(
         leave_one_out_split(data, num_negatives=args.eval_negatives, seed=args.seed))
     print(json.dumps(summary, indent=2))
+
+
+def _synthesize(args: argparse.Namespace) -> None:
+    from fedgraph.data import ratio_split, synthetic_interactions, write_lightgcn
+    from fedgraph.describe import describe
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise FileExistsError(f'{args.out} is not empty')
+    data = synthetic_interactions(
+        num_users=args.users, num_items=args.items, mean_degree=args.mean_degree,
+        min_degree=args.min_degree, item_exponent=args.item_exponent,
+        num_communities=args.communities, affinity=args.affinity, seed=args.seed)
+    write_lightgcn(ratio_split(data, args.split_ratios, seed=args.seed), args.out)
+    print(json.dumps({'out': str(args.out), **describe(data)}, indent=2))
 
 
 def _summarize(args: argparse.Namespace) -> None:
@@ -190,6 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     describe_parser.add_argument('--seed', type=int, default=0,
                                  help='seed of the sampled negatives')
     describe_parser.set_defaults(run=_describe)
+
+    synthesize_parser = commands.add_parser(
+        'synthesize', help='write a sparse synthetic data set with planted communities as a '
+                           'LightGCN folder (train.txt, valid.txt, test.txt)',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    synthesize_parser.add_argument('--out', type=Path, required=True, help='the folder')
+    synthesize_parser.add_argument('--users', type=int, default=5000)
+    synthesize_parser.add_argument('--items', type=int, default=8000)
+    synthesize_parser.add_argument('--mean-degree', type=float, default=28.0,
+                                   help='mean interactions per user (power law)')
+    synthesize_parser.add_argument('--min-degree', type=int, default=10)
+    synthesize_parser.add_argument('--item-exponent', type=float, default=0.8,
+                                   help='Zipf exponent of item popularity')
+    synthesize_parser.add_argument('--communities', type=int, default=20,
+                                   help='planted communities of users and items')
+    synthesize_parser.add_argument('--affinity', type=float, default=0.7,
+                                   help="fraction of a user's items drawn from its community")
+    synthesize_parser.add_argument('--split-ratios', type=float, nargs=3,
+                                   default=(0.8, 0.1, 0.1), help='train/valid/test ratios')
+    synthesize_parser.add_argument('--seed', type=int, default=0)
+    synthesize_parser.set_defaults(run=_synthesize)
 
     summarize_parser = commands.add_parser(
         'summarize', help="table of the best rounds' test metrics of runs, with mean ± std")

@@ -1,4 +1,5 @@
-"""Readers for the interaction file formats of the data sets fedgraph supports.
+"""Readers for the interaction file formats of the data sets fedgraph supports, and a writer
+of LightGCN's.
 
 Each reader parses one file layout strictly (see :mod:`fedgraph.data.reader`) and returns
 the interaction graph built by :func:`~fedgraph.data.hetero.interactions_to_hetero`.
@@ -6,12 +7,18 @@ the interaction graph built by :func:`~fedgraph.data.hetero.interactions_to_hete
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import numpy as np
+import torch
 from torch_geometric.data import HeteroData
 
 from fedgraph.data.hetero import RATES, interactions_to_hetero
+from fedgraph.data.partition import ClientPartition
+from fedgraph.files import write_text
+
+if TYPE_CHECKING:
+    from fedgraph.data.split import RankingSplit
 from fedgraph.data.reader import (Column, DataFormatError, PathLike, read_adjacency_lists,
                                   read_delimited, read_header)
 
@@ -81,6 +88,21 @@ def read_lightgcn(directory: PathLike) -> HeteroData:
     data[RATES].split = data[RATES].time
     del data[RATES].time
     return data
+
+
+def write_lightgcn(split: 'RankingSplit', directory: PathLike) -> Path:
+    """Writes a full-ranking split as a LightGCN folder that :func:`read_lightgcn` reads back
+    as the same split: ``train.txt``, ``valid.txt`` and ``test.txt``, one line
+    ``user item item ...`` per user that holds items in that part, in contiguous ids."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = {'train.txt': ClientPartition.from_data(split.train), 'valid.txt': split.val,
+             'test.txt': split.test}
+    for name, part in parts.items():
+        lines = [f'{user} ' + ' '.join(map(str, part.items_of(user).tolist()))
+                 for user in torch.nonzero(part.degree).view(-1).tolist()]
+        write_text(directory / name, ''.join(line + '\n' for line in lines))
+    return directory
 
 
 def read_csv(path: PathLike, user: Union[str, int] = 'user', item: Union[str, int] = 'item',

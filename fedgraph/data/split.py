@@ -196,12 +196,22 @@ def ratio_split(data: HeteroData, ratios: Sequence[float] = (0.8, 0.1, 0.1),
                         val=_held_out(data, is_val), test=_held_out(data, is_test))
 
 
-def predefined_split(data: HeteroData) -> RankingSplit:
+def predefined_split(data: HeteroData, val_ratio: float = 0.1, seed: int = 0) -> RankingSplit:
     """The split stored in the edge attribute ``split`` (0 train, 1 validation, 2 test), as
-    read by :func:`~fedgraph.data.formats.read_lightgcn`."""
+    read by :func:`~fedgraph.data.formats.read_lightgcn`. Data without validation
+    interactions (LightGCN's own folders have only ``train.txt`` and ``test.txt``) hold out
+    ``floor(n * val_ratio)`` of each user's ``n`` training interactions, drawn at random
+    from ``seed``, for validation."""
     if 'split' not in data[RATES]:
         raise ValueError("this graph has no predefined split (edge attribute 'split')")
     data = in_client_order(data)
     code = data[RATES].split
-    return RankingSplit(train=with_edges(data, code == 0), val=_held_out(data, code == 1),
-                        test=_held_out(data, code == 2))
+    test = _held_out(data, code == 2)
+    if bool((code == 1).any()):
+        return RankingSplit(train=with_edges(data, code == 0), val=_held_out(data, code == 1),
+                            test=test)
+    log.info('%s: no validation interactions; %g of each user\'s training interactions '
+             'are held out for validation', getattr(data, 'name', 'data'), val_ratio)
+    inner = ratio_split(with_edges(data, code == 0), (1 - val_ratio, val_ratio, 0.0),
+                        seed=seed)
+    return RankingSplit(train=inner.train, val=inner.val, test=test)

@@ -18,8 +18,10 @@ OVERSAMPLING = 1.5
 def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
                            mean_degree: float = 20.0, user_exponent: float = 2.5,
                            item_exponent: float = 1.0, min_degree: int = 5,
-                           seed: int = 0, chunk_size: int = 1 << 22) -> HeteroData:
-    """Interactions whose user and item degrees follow power laws.
+                           seed: int = 0, chunk_size: int = 1 << 22,
+                           num_communities: int = 0, affinity: float = 0.0) -> HeteroData:
+    """Interactions whose user and item degrees follow power laws, optionally with a planted
+    community structure for a model to find.
 
     * User degrees are ``min_degree + Pareto`` draws: ``P(deg >= k)`` decays as
       ``k^-(user_exponent - 1)``, scaled so that the mean is about ``mean_degree`` and capped
@@ -29,6 +31,11 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
       repeats within a user: a user draws ``1.5 x degree + 8`` items with replacement and keeps
       the first ``degree`` distinct ones. Only a user near the cap whose draws repeat a lot
       can end up with fewer.
+    * Planted structure (``num_communities`` = :math:`k > 0`): item ``item_of_rank[p]``
+      belongs to community ``p mod k`` and user ``u`` to community ``u mod k``. With
+      probability ``affinity`` a draw picks from the user's community only, with the Zipf
+      law over the community's own ranks ``p // k``; otherwise from the whole catalogue as
+      above. ``affinity = 0`` (or ``k = 0``) leaves popularity as the only signal.
     * Timestamps are the draw order, so leave-one-out splits are well defined.
 
     Built directly in client order, chunk by chunk, in ``O(interactions)`` memory: a million
@@ -39,6 +46,8 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
                          '1 <= min_degree <= mean_degree')
     if user_exponent <= 2:
         raise ValueError('user_exponent must be > 2 for the mean degree to exist')
+    if num_communities < 0 or not 0 <= affinity <= 1 or num_communities > num_items:
+        raise ValueError('need 0 <= num_communities <= num_items and affinity in [0, 1]')
     rng = np.random.default_rng(seed)
     cap = max(min_degree, num_items // 2)
     # Pareto(a) with a = user_exponent - 1 has mean 1 / (a - 1); shift to min_degree.
@@ -57,8 +66,11 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
     bounds = np.searchsorted(np.cumsum(draws), np.arange(chunk_size, draws.sum(), chunk_size))
     for chunk in np.split(np.arange(num_users), bounds):
         user = np.repeat(chunk, draws[chunk])
-        item = item_of_rank[np.searchsorted(cdf, rng.random(len(user)), side='right')
-                            .clip(max=num_items - 1)]
+        drawn = np.searchsorted(cdf, rng.random(len(user)), side='right').clip(max=num_items - 1)
+        if num_communities and affinity:
+            drawn = _community_ranks(drawn, user, num_communities, affinity, item_exponent,
+                                     num_items, rng)
+        item = item_of_rank[drawn]
         _, first = np.unique(user * num_items + item, return_index=True)
         first.sort()  # distinct draws, in draw order within each user
         user, item = user[first], item[first]
@@ -71,6 +83,8 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
 
     data = HeteroData()
     data.name = f'synthetic-{num_users}x{num_items}'
+    if num_communities and affinity:
+        data.name += f'-k{num_communities}'
     data.num_dropped = {}
     data[USER].num_nodes = num_users
     data[USER].raw_id = torch.arange(num_users)
@@ -82,3 +96,20 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
     data[RATED_BY].edge_index = edge_index.flip(0)
     log.info('%s: %d interactions', data.name, len(user))
     return data
+
+
+def _community_ranks(rank: np.ndarray, user: np.ndarray, num_communities: int,
+                     affinity: float, item_exponent: float, num_items: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """The global popularity ranks ``rank`` of draws by ``user``, a fraction ``affinity`` of
+    them replaced by Zipf draws within the user's community (ranks ``c, c + k, c + 2k, ...``
+    for community ``c = user mod k``)."""
+    size = num_items // num_communities  # ranks c + k q < num_items for q < size, every c
+    within = np.arange(1, size + 1, dtype=np.float64) ** -item_exponent
+    cdf = np.cumsum(within)
+    cdf /= cdf[-1]
+    own = rng.random(len(user)) < affinity
+    local = np.searchsorted(cdf, rng.random(int(own.sum())), side='right').clip(max=size - 1)
+    rank = rank.copy()
+    rank[own] = user[own] % num_communities + num_communities * local
+    return rank

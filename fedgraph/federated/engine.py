@@ -35,7 +35,7 @@ from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import screen
-from fedgraph.federated.upload import UploadTransform
+from fedgraph.federated.upload import UploadTransform, server_mean_noise
 from fedgraph.nn.recommender import FederatedRecommender
 
 BYTES_PER_INDEX = 8
@@ -60,6 +60,12 @@ class LocalTraining:
         upload: the transform applied to uploaded row updates.
         loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
         optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
+        l2_reg: :math:`\\lambda` of the L2 regularization each sample adds to its loss,
+            :math:`\\tfrac{\\lambda}{2} (\\lVert e_i \\rVert^2 + \\lVert \\theta_u \\rVert^2)`
+            over its item row and its client's private parameters.
+        server_noise: the Laplace scale whose mean over the round's clients the server
+            adds to the aggregated item table
+            (:func:`~fedgraph.federated.upload.server_mean_noise`; not local DP).
     """
     lr: float = 0.1
     item_lr: float = 0.1 * 80
@@ -72,6 +78,8 @@ class LocalTraining:
     upload: UploadTransform = field(default_factory=UploadTransform)
     loss: LocalLoss = field(default_factory=BCELoss)
     optimizer: LocalOptimizer = field(default_factory=SGD)
+    l2_reg: float = 0.0
+    server_noise: float = 0.0
 
 
 @dataclass
@@ -137,6 +145,11 @@ class RoundEngine:
     """What a run asks of an engine besides rounds, scores and state: optional steps with
     defaults that do nothing, and the server's halves of a round over messages
     (:class:`~fedgraph.federated.server.Server`). The graph models' engine overrides them."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the engine's tensors live: scores are asked for with tensors there."""
+        return self.model.item.device
 
     def pretrain(self, generator: torch.Generator,
                  progress: bool = True) -> Optional[Dict[str, object]]:
@@ -220,15 +233,18 @@ class FederatedEngine(RoundEngine):
         base = self.model.item.detach().clone()
         result = self.local_round(clients, generator, round_seed)
         result, _, dropped = screen(result, self.model.num_items)
-        return self.aggregate(base, result, dropped), result
+        return self.aggregate(base, result, dropped, generator), result
 
     def aggregate(self, base: Tensor, result: ClientRound,
-                  dropped: Optional[Dict[str, int]] = None) -> RoundStats:
+                  dropped: Optional[Dict[str, int]] = None,
+                  generator: Optional[torch.Generator] = None) -> RoundStats:
         """The server half of a round: the clients' row updates into the shared table
         (``base`` is the table they trained from) and their dense updates into the dense
         shared parameters, their participation counted. ``result`` holds the uploads that
         passed the server's checks (:func:`~fedgraph.federated.trust.screen`), ``dropped``
-        counts the others; with none left, the model stays as it was."""
+        counts the others; with none left, the model stays as it was. With
+        :attr:`LocalTraining.server_noise` the server then adds noise to the whole table,
+        drawn from ``generator``."""
         upload = result.upload
         num_clients = upload.clients.numel()
         if num_clients == 0:
@@ -240,6 +256,10 @@ class FederatedEngine(RoundEngine):
                                                  upload.update, num_clients, weight))
             for name, value in self.model.shared_dense().items():
                 value.add_(aggregate_dense(upload.dense[name], weight))
+            if self.training.server_noise:
+                self.model.item.add_(server_mean_noise(
+                    base.shape, self.training.server_noise, num_clients, generator,
+                    base.dtype).to(base.device))
         self.participation[upload.clients.cpu()] += 1
         self.broadcast = base
         rows_per_client = torch.bincount(upload.row_owner, minlength=num_clients)
@@ -319,6 +339,7 @@ class FederatedEngine(RoundEngine):
                         for name, tensor in self.model.shared_dense().items()})
         sample_loss = torch.empty(plan.item.numel(), dtype=local.dtype, device=local.device)
         optimizer, group = cfg.optimizer, 1 + cfg.num_negatives
+        private_names = list(self.model.private_parameters())
         private_state = {name: optimizer.state(value) for name, value in private.items()}
         row_state = optimizer.state(local)
         step_ptr = plan.step_ptr.tolist()
@@ -333,8 +354,13 @@ class FederatedEngine(RoundEngine):
                                  device=owner.device).index_fill_(0, owner, True)
 
             def client_losses(params, rows):
-                return cfg.loss(model.sample_logits(params, owner, client,
-                                                    model.item_input(rows, item)), label, group)
+                losses = cfg.loss(model.sample_logits(params, owner, client,
+                                                      model.item_input(rows, item)), label, group)
+                if cfg.l2_reg:
+                    norms = sum(params[name].pow(2).reshape(params[name].size(0), -1).sum(1)
+                                for name in private_names)
+                    losses = losses + cfg.l2_reg / 2 * (rows.pow(2).sum(1) + norms[owner])
+                return losses
 
             def stepped(params, grads):
                 return {name: optimizer.step(value.detach(), grad, cfg.lr, private_state[name],

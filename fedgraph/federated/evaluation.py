@@ -33,7 +33,7 @@ def evaluate(engine, split: Split, batch_size: int = 4096) -> Dict[str, Dict[str
 def _sampled(engine, positive, negatives, batch_size: int) -> Dict[str, float]:
     users = torch.arange(positive.numel())
     candidates = torch.cat([positive.unsqueeze(1), negatives], dim=1)
-    device = engine.model.item.device
+    device = engine.device
     scores = torch.cat([engine.scores(batch.to(device), candidates[batch].to(device)).cpu()
                         for batch in users.split(batch_size)])
     return sampled_metrics(scores[:, 0], scores[:, 1:], k=10)

@@ -60,6 +60,9 @@ class ReferenceEngine(RoundEngine):
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,
                  known: Optional[ClientPartition] = None):
+        if training.server_noise:
+            raise ValueError('the reference engine checks local DP only: it has no '
+                             'server-side noise')
         self.model = model
         self.partition = partition
         self.known = known
@@ -137,9 +140,15 @@ class ReferenceEngine(RoundEngine):
             {'params': model.private.parameters(), 'lr': cfg.lr},
             {'params': model.item.parameters(), 'lr': cfg.item_lr}], cfg.lr)
         group = 1 + cfg.num_negatives
+        private_names = set(self.model.private_parameters())
 
-        def criterion(logits: Tensor, labels: Tensor) -> Tensor:
-            return cfg.loss(logits, labels, group).mean()
+        def criterion(items: Tensor, labels: Tensor) -> Tensor:
+            loss = cfg.loss(model(items), labels, group)
+            if cfg.l2_reg:
+                own = sum(value.pow(2).sum() for name, value in
+                          model.parameters_by_name().items() if name in private_names)
+                loss = loss + cfg.l2_reg / 2 * (model.item(items).pow(2).sum(1) + own)
+            return loss.mean()
 
         mine = plan.owner == position
         total, count = 0.0, 0
@@ -152,15 +161,15 @@ class ReferenceEngine(RoundEngine):
             items, labels = plan.item[in_step], plan.label[in_step]
             if cfg.alternating:
                 head_optimizer.zero_grad()
-                criterion(model(items), labels).backward()
+                criterion(items, labels).backward()
                 head_optimizer.step()
                 item_optimizer.zero_grad()
-                loss = criterion(model(items), labels)
+                loss = criterion(items, labels)
                 loss.backward()
                 item_optimizer.step()
             else:
                 joint_optimizer.zero_grad()
-                loss = criterion(model(items), labels)
+                loss = criterion(items, labels)
                 loss.backward()
                 joint_optimizer.step()
             total += loss.item() * items.numel()

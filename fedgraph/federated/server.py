@@ -243,7 +243,7 @@ class Server:
         result, others, screened = screen(result, self.federated.model.num_items, others)
         for reason, count in screened.items():
             dropped[reason] = dropped.get(reason, 0) + count
-        stats = self.federated.aggregate(self._base, result, dropped)
+        stats = self.federated.aggregate(self._base, result, dropped, self.generator)
         if result.upload.clients.numel():
             self.engine.after_aggregate(result, others)
         self._record = {

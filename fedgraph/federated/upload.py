@@ -8,28 +8,35 @@ from torch import Tensor
 
 
 class UploadTransform:
-    """Norm clipping then Laplace noise on each uploaded row update :math:`\\Delta`:
+    """Clipping then Laplace noise on each uploaded row update :math:`\\Delta`:
 
     .. math::
-        \\tilde\\Delta = \\Delta \\cdot \\min\\Big(1, \\frac{C}{\\lVert \\Delta \\rVert_2}\\Big)
-        + \\mathrm{Laplace}(0, \\lambda)^d .
+        \\tilde\\Delta = \\mathrm{clip}_C(\\Delta) + \\mathrm{Laplace}(0, \\lambda)^d,
 
-    Clipping bounds every coordinate to :math:`[-C, C]`, so each uploaded coordinate is
+    where :math:`\\mathrm{clip}_C` scales the row to L2 norm at most :math:`C`
+    (``mode='l2'``: :math:`\\Delta \\min(1, C / \\lVert \\Delta \\rVert_2)`) or clamps each
+    coordinate to :math:`[-C, C]` (``mode='coordinate'``, the PerFedRec++ code's). Either way
+    every coordinate lies in :math:`[-C, C]`, so each uploaded coordinate is
     :math:`\\epsilon`-LDP with :math:`\\epsilon = 2C / \\lambda` per round (the accounting of
     FedPerGNN / PerFedRec++); :attr:`epsilon` is ``None`` without noise.
 
     Args:
-        clip: the L2 bound :math:`C` of a row update (``None``: no clipping).
+        clip: the bound :math:`C` (``None``: no clipping).
         laplace_scale: the noise scale :math:`\\lambda` (``0``: no noise). Noise needs a clip.
+        mode: ``'l2'`` (a row's norm) or ``'coordinate'`` (each coordinate).
     """
 
-    def __init__(self, clip: Optional[float] = None, laplace_scale: float = 0.0):
+    def __init__(self, clip: Optional[float] = None, laplace_scale: float = 0.0,
+                 mode: str = 'l2'):
         if laplace_scale < 0 or (clip is not None and clip <= 0):
             raise ValueError('clip must be > 0 and laplace_scale >= 0')
         if laplace_scale > 0 and clip is None:
             raise ValueError('Laplace noise needs a clipping bound to have a finite epsilon')
+        if mode not in ('l2', 'coordinate'):
+            raise ValueError(f"clip mode must be 'l2' or 'coordinate', got {mode!r}")
         self.clip = clip
         self.laplace_scale = laplace_scale
+        self.mode = mode
 
     @property
     def epsilon(self) -> Optional[float]:
@@ -38,14 +45,34 @@ class UploadTransform:
         return None if self.laplace_scale == 0 else 2 * self.clip / self.laplace_scale
 
     def __call__(self, update: Tensor, generator: torch.Generator) -> Tensor:
-        if self.clip is not None:
+        if self.clip is not None and self.mode == 'coordinate':
+            update = update.clamp(-self.clip, self.clip)
+        elif self.clip is not None:
             norm = update.norm(dim=-1, keepdim=True)
             update = update * (self.clip / norm.clamp_min(1e-12)).clamp(max=1.0)
         if self.laplace_scale > 0:
-            # Inverse CDF: b sign(u) log(1 - 2|u|), u ~ U(-1/2, 1/2); the clamp keeps the
-            # (probability-zero in exact arithmetic) draw u = -1/2 finite.
-            uniform = torch.rand(update.shape, generator=generator, dtype=update.dtype) - 0.5
-            tail = (1 - 2 * uniform.abs()).clamp_min(torch.finfo(update.dtype).tiny)
-            noise = -self.laplace_scale * torch.sign(uniform) * torch.log(tail)
-            update = update + noise.to(update.device)
+            update = update + laplace(update.shape, self.laplace_scale, generator,
+                                      update.dtype).to(update.device)
         return update
+
+
+def laplace(shape: torch.Size, scale: float, generator: torch.Generator,
+            dtype: torch.dtype = torch.float32) -> Tensor:
+    """Laplace(0, ``scale``) draws by the inverse CDF, :math:`-b\\,\\mathrm{sign}(u)
+    \\log(1 - 2|u|)` for :math:`u \\sim U(-1/2, 1/2)`; the clamp keeps the
+    (probability-zero in exact arithmetic) draw :math:`u = -1/2` finite."""
+    uniform = torch.rand(shape, generator=generator, dtype=dtype) - 0.5
+    tail = (1 - 2 * uniform.abs()).clamp_min(torch.finfo(dtype).tiny)
+    return -scale * torch.sign(uniform) * torch.log(tail)
+
+
+def server_mean_noise(shape: torch.Size, scale: float, num_clients: int,
+                      generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The noise the PerFedRec++ code adds once to the aggregated item table: the mean of
+    ``num_clients`` Laplace(0, ``scale``) draws per coordinate. Drawn as its normal
+    approximation :math:`N(0, 2\\lambda^2 / B)` (same mean and variance; by the central
+    limit theorem indistinguishable at the hundreds of clients of a round), which takes one
+    draw per coordinate rather than ``B``. It protects no single client's upload: it is
+    not local differential privacy, and exists for like-for-like comparison only."""
+    std = (2.0 / max(num_clients, 1)) ** 0.5 * scale
+    return torch.randn(shape, generator=generator, dtype=dtype) * std
