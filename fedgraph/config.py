@@ -29,10 +29,13 @@ def setting(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={'help': help})
 
 
+#: What a shared setting left at ``None`` means when the algorithm gives it no default.
+_FALLBACKS = {'clip_mode': 'l2'}
+
 _CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': ('mean', 'weighted'),
             'engine': ('vectorized', 'reference'),
             'split_mode': (None, 'random', 'temporal', 'predefined'),
-            'clip_mode': ('l2', 'coordinate'), 'noise_at': ('client', 'server')}
+            'clip_mode': (None, 'l2', 'coordinate'), 'noise_at': ('client', 'server')}
 
 
 @dataclass(init=False)
@@ -41,8 +44,9 @@ class TrainConfig:
 
     The shared settings default to PFedRec's on MovieLens-100K (d = 32, all users every
     round, 1 local epoch, batch 256, 4 negatives, 100 rounds); a shared setting left at
-    ``None`` takes the algorithm's default (``shared_defaults``: the graph models clip at
-    0.5, add Laplace noise of scale 0.1 and take 256 clients a round), else none. The
+    ``None`` takes the algorithm's default (``shared_defaults``: the graph models clamp each
+    uploaded coordinate to 0.5, add Laplace noise of scale 0.1 and take 256 clients a
+    round), else none (clip mode: L2). The
     algorithm's own settings are passed by name or as ``settings``::
 
         TrainConfig(algorithm='perfedrec++', rounds=20, pretrain_rounds=5)
@@ -105,9 +109,9 @@ class TrainConfig:
     # privacy
     clip: Optional[float] = setting(None,
         'bound of each uploaded row update (0: none)')
-    clip_mode: str = setting('l2',
+    clip_mode: Optional[str] = setting(None,
         "'l2' (scale a row to norm at most --clip) or 'coordinate' (clamp each coordinate, "
-        "the PerFedRec++ code's)")
+        "the PerFedRec++ code's); default: the algorithm's, else l2")
     ldp_scale: Optional[float] = setting(None,
         'Laplace noise scale on uploads (needs --clip)')
     noise_at: str = setting('client',
@@ -152,7 +156,7 @@ class TrainConfig:
                 raise ValueError(f'{algorithm} does not use {name} (set to {value!r}); '
                                  f'leave it {unset}')
             if value is None and name not in cls.unused_settings:
-                value = cls.shared_defaults.get(name)
+                value = cls.shared_defaults.get(name, _FALLBACKS.get(name))
             setattr(self, name, value)
         if settings is None:
             settings = cls.Settings(**own)

@@ -152,9 +152,9 @@ def test_server_graph_is_training_edges_plus_pseudo_items(split):
     assert not partition.contains(extra[0], extra[1]).any()
     keys = extra[0] * NUM_ITEMS + extra[1]
     assert torch.unique(keys).numel() == keys.numel()
-    # Every client uploaded a first user embedding through clipping (0.5) and Laplace(0.1).
+    # Every client uploaded a first user embedding through clamping (0.5) and Laplace(0.1).
     user = engine.model.head.user.detach()
-    clipped = user * (0.5 / user.norm(dim=1, keepdim=True)).clamp(max=1)
+    clipped = user.clamp(-0.5, 0.5)
     noise = engine.server_users - clipped
     assert 0.07 < float(noise.abs().mean()) < 0.13
     assert torch.equal(engine.participation, torch.ones(NUM_USERS, dtype=torch.long))
@@ -410,12 +410,12 @@ def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize('algorithm,expected', [
     pytest.param('fedlightgcn',
-                 dict(level_weights=(1.0, 0.0, 0.0), dual_personalization=False, lr=1.0,
-                      item_lr_eta=1.0),
+                 dict(level_weights=(1.0, 0.0, 0.0), dual_personalization=False, lr=0.25,
+                      item_lr_eta=1.0, loss='bpr', optimizer='adam', clip_mode='coordinate'),
                  id='fedlightgcn'),
     pytest.param('perfedrec++',
                  dict(pretrain_rounds=50, num_clusters=5, level_weights=(1.0, 1.0, 1.0),
-                      dual_personalization=True, num_layers=2),
+                      dual_personalization=True, num_layers=2, loss='bpr', optimizer='adam'),
                  id='perfedrec++'),
 ])
 def test_graph_algorithm_defaults(algorithm, expected):
@@ -457,13 +457,16 @@ def test_local_level_needs_dual_personalization(split, algorithm, weights):
     assert engine.training.personalize_items is False
 
 
-def test_fedlightgcn_learning_rates_scale_with_layers(split):
+def test_fedlightgcn_learning_rates_scale_with_layers_under_sgd_only(split):
     engine, _, partition = _build(split, base=dict(dim=8, clients_per_round=20),
                                   algorithm='fedlightgcn', lr=0.5, item_lr_eta=2.0,
-                                  num_layers=2)
+                                  num_layers=2, optimizer='sgd')
     assert engine.training.lr == pytest.approx(0.5 * 9)
     assert engine.training.item_lr == pytest.approx(0.5 * partition.num_items * 2.0 * 9)
     assert engine.gnn.num_layers == 2 and engine.num_clusters == 0
+    engine, _, _ = _build(split, base=dict(dim=8, clients_per_round=20),
+                          algorithm='fedlightgcn', lr=0.5, item_lr_eta=2.0, num_layers=2)
+    assert (engine.training.lr, engine.training.item_lr) == (0.5, 1.0)
 
 
 # --------------------------------------------------------------------------------------
