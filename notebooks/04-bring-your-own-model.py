@@ -241,13 +241,14 @@ plot_uniformity({'with InfoNCE: users': final['with InfoNCE'][0],
 # * **its own score function**: a private user embedding and a private temperature per
 #   user, $s_{ui} = \tau_u \cos(\tilde u, \tilde e_i)$ on the propagated vectors;
 # * **its own loss**: BPR, $-\log\sigma(s_{ui^+} - s_{ui^-})$, written as a
-#   `LocalLoss` that keeps each positive with its negative in one mini-batch;
-# * **its own local optimizer**: Adam, one per client and round, for the user's parameters
-#   and its copy of the item rows.
+#   `LocalLoss` that keeps each positive with its negative in one mini-batch (fedgraph has
+#   one, `fedgraph.federated.local.BPRLoss`; this one shows how a loss is written);
+# * **its own local optimizer**: Adam at 0.05, one per client and round, for the user's
+#   parameters and its copy of the item rows.
 #
 # It inherits FedLightGCN's graph: enrollment with pseudo-items, the server's propagation
 # of the collaborative graph into each client's context, and the privacy of its uploads
-# (clipping at 0.5, Laplace noise of scale 0.1, 256 clients a round).
+# (each coordinate clamped to 0.5, Laplace noise of scale 0.1, 256 clients a round).
 
 # %%
 from dataclasses import dataclass, replace
@@ -313,9 +314,9 @@ TrainConfig(algorithm='cosine-lightgcn').settings
 # ## Training it federated
 #
 # `train` runs it as it runs every algorithm, here with one negative per positive (BPR's
-# usual pairs); FedLightGCN (dot product, BCE with four negatives, SGD) trains on the same
-# split with the same seed and the same privacy. Full ranking of every item, training items
-# masked.
+# usual pairs); FedLightGCN (dot product, BPR over four negatives, Adam at 0.25: its
+# defaults) trains on the same split with the same seed and the same privacy. Full ranking
+# of every item, training items masked.
 
 # %%
 import tempfile
@@ -327,7 +328,7 @@ runs = {}
 folder = Path(tempfile.mkdtemp())
 for label, algorithm, extra in (('cosine-lightgcn (BPR, Adam)', 'cosine-lightgcn',
                                  dict(num_negatives=1)),
-                                ('FedLightGCN (BCE, SGD)', 'fedlightgcn', {})):
+                                ('FedLightGCN (dot product)', 'fedlightgcn', {})):
     config = TrainConfig(algorithm=algorithm, protocol='full', rounds=ROUNDS, seed=SEED,
                          eval_every=max(1, ROUNDS // 20), **extra)
     began = time.perf_counter()

@@ -49,6 +49,18 @@ def test_server_and_devices_match_the_in_process_engine(algorithm):
             in_process['pretraining']['loss'], rel=1e-6)
 
 
+def test_server_side_noise_and_early_stopping_match_the_in_process_run():
+    config = TrainConfig(algorithm='fedmf', **{**SMALL, 'rounds': 30}, clip=0.5, ldp_scale=0.1,
+                         noise_at='server', patience=1, clients_per_round=20)
+    deployed = Server(config, progress=False).run(LocalTransport(_devices(config, 2)))
+    in_process = train(config, progress=False)
+    assert deployed['stopped_early'] and in_process['stopped_early']
+    assert len(deployed['rounds']) == len(in_process['rounds']) < 30
+    for ours, theirs in zip(deployed['rounds'], in_process['rounds']):
+        assert ours['train_loss'] == pytest.approx(theirs['train_loss'], rel=1e-6)
+        assert ours['test']['hr@10'] == pytest.approx(theirs['test']['hr@10'], abs=1e-6)
+
+
 def test_devices_keep_private_state_and_upload_only_what_they_touched():
     config = TrainConfig(algorithm='fedncf', **SMALL, hidden=(8, 4))
     devices = _devices(config, 2)

@@ -36,7 +36,7 @@ from fedgraph.federated.device import Device, Payload, grouped
 from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundStats, RowUpload
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import screen
-from fedgraph.records import metrics_of, round_record, summary_line, write_metrics
+from fedgraph.records import metrics_of, round_record, stops_early, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +331,13 @@ class Server:
 
     def run(self, transport: Transport, out: Optional[Path] = None) -> Dict:
         """A whole run over ``transport``'s devices, every step through :meth:`Transport.send`
-        (Flower drives the rounds itself, see :class:`fedgraph.flower.server.RowFedAvg`)."""
+        (Flower drives the rounds itself, see :class:`fedgraph.flower.server.RowFedAvg`);
+        with ``config.patience`` it stops early as in-process training does."""
         self.start(transport, out)
         for round_index in range(self.config.rounds):
             self.aggregate_round(round_index, transport.send('train', self.configure_round()))
             evaluations = transport.send('evaluate', self.configure_evaluate(round_index))
             self.aggregate_evaluate(evaluations)
+            if stops_early(self.history, self.config):
+                break
         return self.metrics()

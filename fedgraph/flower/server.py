@@ -96,6 +96,9 @@ class RowFedAvg(Strategy):
 
     def __init__(self, config: TrainConfig, timeout: float = 120.0, min_nodes: int = 1,
                  progress: bool = True):
+        if config.patience:
+            raise ValueError('Flower runs the rounds it is given: early stopping (patience) '
+                             'runs in-process and with fedgraph.federated.server.Server.run')
         self.server = Server(config, progress)
         self.config = self.server.config
         self.timeout = timeout
