@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shlex
 import statistics
@@ -54,16 +55,19 @@ METHODS = {
     'lightgcn': f'--algorithm lightgcn {CENTRALIZED}',
     'simgcl': f'--algorithm simgcl {CENTRALIZED}',
     'fedmf': f'--algorithm fedmf {FEDERATED}',
+    'fedmf (graph recipe)': f'--algorithm fedmf {FEDERATED} --loss bpr --optimizer adam '
+                            '--lr 0.25 --item-lr-eta 1 --clip-mode coordinate',
     'fedncf': f'--algorithm fedncf {FEDERATED}',
     'pfedrec': f'--algorithm pfedrec {FEDERATED}',
     'fedlightgcn': '--algorithm fedlightgcn',
     'perfedrec++': '--algorithm perfedrec++',
     'perfedrec++ no pre-training': '--algorithm perfedrec++ --pretrain-rounds 0',
+    'perfedrec++ 5 pre-training rounds': '--algorithm perfedrec++ --pretrain-rounds 5',
 }
 
 
 def folder(data: str, method: str, seed: int) -> Path:
-    return RUNS / data / f"{method.replace(' ', '-')}-s{seed}"
+    return RUNS / data / f"{re.sub('[^a-z0-9+]+', '-', method.lower()).strip('-')}-s{seed}"
 
 
 def finished(path: Path) -> bool:
