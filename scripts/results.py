@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> None:
 
     def one(job) -> None:
         out = folder(*job)
+        if finished(out):  # by another runner since this one started
+            return
         out.mkdir(parents=True, exist_ok=True)
         with open(out.parent / f'{out.name}.log', 'w') as log:
             code = subprocess.run(command(*job), cwd=ROOT, env=env, stdout=log,
