@@ -84,10 +84,12 @@ class LightGCN(Algorithm):
     Settings = LightGCNSettings
     federated = False
     unused_settings = CENTRALIZED_UNUSED
+    #: Whether the loss adds SimGCL's InfoNCE between noisy views.
+    contrastive = False
 
     def build_engine(self, partition: ClientPartition, generator: torch.Generator,
                      known: Optional[ClientPartition] = None) -> 'CentralizedLightGCN':
-        return CentralizedLightGCN(self.config, partition, generator, known)
+        return CentralizedLightGCN(self.config, partition, generator, known, self.contrastive)
 
 
 @register
@@ -95,6 +97,7 @@ class SimGCL(LightGCN):
     name = 'simgcl'
     summary = 'centralized SimGCL: LightGCN + noise-perturbed contrastive views'
     Settings = SimGCLSettings
+    contrastive = True
 
 
 def layer_weights(num_layers: int, ego_layer: bool) -> Tensor:
@@ -118,12 +121,12 @@ def normalized_adjacency(graph: CollaborativeGraph) -> Tensor:
 
 
 class CentralizedLightGCN(RoundEngine):
-    """LightGCN (or SimGCL, when the settings have ``cl_weight``) on the pooled training
-    graph; see the module docstring for the objective. The embeddings are initialized
-    Xavier-uniform, as PyG and the LightGCN code do, from the run's generator."""
+    """LightGCN (with ``contrastive``: SimGCL, whose settings hold the InfoNCE's) on the
+    pooled training graph; see the module docstring for the objective. The embeddings are
+    initialized Xavier-uniform, as PyG and the LightGCN code do, from the run's generator."""
 
     def __init__(self, config, partition: ClientPartition, generator: torch.Generator,
-                 known: Optional[ClientPartition] = None):
+                 known: Optional[ClientPartition] = None, contrastive: bool = False):
         settings = config.settings
         self.config, self.settings = config, settings
         self.partition = partition.to(config.device)
@@ -141,7 +144,7 @@ class CentralizedLightGCN(RoundEngine):
         self.adjacency = normalized_adjacency(CollaborativeGraph(
             partition.edge_index(), partition.num_clients, partition.num_items)).to(config.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
-        self.contrastive = getattr(settings, 'cl_weight', 0.0) > 0
+        self.contrastive = contrastive
         self._final: Optional[Tensor] = None
 
     @property
