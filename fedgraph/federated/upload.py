@@ -1,4 +1,5 @@
-"""What a client does to its update before uploading it: clipping and local DP noise."""
+"""What a client does to its update before uploading it: clipping and local DP noise; and,
+for comparison with the PerFedRec++ code, the noise its server adds instead."""
 from __future__ import annotations
 
 from typing import Optional
