@@ -26,13 +26,11 @@ def best_round(history: List[Dict], select_by: str) -> Optional[Dict]:
 
 
 def evaluations_since_best(history: List[Dict], select_by: str) -> int:
-    """How many evaluations came after the best one (:func:`best_round`'s tie rule: a later
-    equal value is a new best)."""
-    evaluated = [record['val'][select_by] for record in history if 'val' in record]
-    if not evaluated:
+    """How many evaluations came after the :func:`best_round`."""
+    best = best_round(history, select_by)
+    if best is None:
         return 0
-    best = max(range(len(evaluated)), key=lambda index: (evaluated[index], index))
-    return len(evaluated) - 1 - best
+    return sum(1 for record in history if 'val' in record and record['round'] > best['round'])
 
 
 def stops_early(history: List[Dict], config: TrainConfig) -> bool:

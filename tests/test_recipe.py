@@ -154,11 +154,14 @@ def test_noise_at_the_server_leaves_uploads_clean_and_noises_the_table(planted):
 # --------------------------------------------------------------------------------------
 def test_stops_early_counts_evaluations_after_the_best():
     config = TrainConfig(algorithm='fedmf', rounds=10, patience=2)
-    history = [{'round': i, 'val': {'hr@10': v}} for i, v in enumerate([0.1, 0.3, 0.2])]
+    def evaluated(round_index, value):
+        return {'round': round_index, 'val': {'hr@10': value}, 'test': {'hr@10': value}}
+
+    history = [evaluated(i, v) for i, v in enumerate([0.1, 0.3, 0.2])]
     assert not stops_early(history, config)
-    history.append({'round': 3, 'val': {'hr@10': 0.25}})
+    history.append(evaluated(3, 0.25))
     assert stops_early(history, config)
-    history.append({'round': 4, 'val': {'hr@10': 0.3}})  # a tie is a new best
+    history.append(evaluated(4, 0.3))  # a tie is a new best
     assert not stops_early(history, config)
     assert not stops_early(history[:4], TrainConfig(algorithm='fedmf', rounds=10))
 

@@ -63,6 +63,10 @@ class AlgorithmSettings:
         return tuple(field.name for field in dataclasses.fields(cls))
 
 
+#: The shared settings of federation and privacy that no centralized model uses.
+CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'clip_mode',
+                      'ldp_scale', 'noise_at', 'engine', 'client_streams')
+
 #: The local losses and optimizers a client can train with, by setting value.
 LOSSES = {'bce': BCELoss, 'bpr': BPRLoss}
 OPTIMIZERS = {'sgd': SGD, 'adam': Adam}
@@ -92,11 +96,16 @@ class ClientSettings(AlgorithmSettings):
             raise ValueError(f'loss must be one of {tuple(LOSSES)} and optimizer one of '
                              f'{tuple(OPTIMIZERS)}, got {self.loss!r} and {self.optimizer!r}')
 
+    @property
+    def scales_with_gradient(self) -> bool:
+        """Whether the optimizer's steps grow with the gradient (SGD, not Adam)."""
+        return OPTIMIZERS[self.optimizer].scales_with_gradient
+
     def item_lr(self, num_items: int) -> float:
         """The item rows' learning rate: ``lr * num_items * eta`` with SGD (PFedRec's
         scaling: a row's gradient is a mean over the client's samples), ``lr * eta`` with
         Adam, whose steps do not scale with the gradient."""
-        scale = num_items if self.optimizer == 'sgd' else 1
+        scale = num_items if self.scales_with_gradient else 1
         return self.lr * scale * self.item_lr_eta
 
 

@@ -67,7 +67,8 @@ class FedLightGCN(FedMF):
         K + 1, so their gradients shrink by (K + 1)^2; with SGD, scaling the learning rates
         back keeps one setting of lr meaningful for every K (K = 0: unchanged). Adam's steps
         do not scale with the gradient and need no such scaling."""
-        scale = (self.settings.num_layers + 1) ** 2 if self.settings.optimizer == 'sgd' else 1
+        settings = self.settings
+        scale = (settings.num_layers + 1) ** 2 if settings.scales_with_gradient else 1
         return self.client_training(num_items, lr_scale=scale)
 
     def extend(self, engine: FederatedEngine, partition: ClientPartition,

@@ -31,7 +31,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.nn.models import LightGCN as PyGLightGCN
 from torch_geometric.utils import to_torch_csr_tensor
 
-from fedgraph.algorithms.base import Algorithm, AlgorithmSettings
+from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
@@ -39,11 +39,6 @@ from fedgraph.federated.engine import RoundEngine, RoundStats
 from fedgraph.nn.augment import SimGCLNoise
 from fedgraph.nn.contrastive import info_nce
 from fedgraph.nn.gnn import CollaborativeGraph
-
-#: Shared settings a centralized model has no use for.
-CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'local_epochs',
-                      'clip', 'clip_mode', 'ldp_scale', 'noise_at', 'engine', 'client_streams')
-
 
 @dataclass
 class LightGCNSettings(AlgorithmSettings):
@@ -83,7 +78,7 @@ class LightGCN(Algorithm):
     summary = 'centralized LightGCN on the pooled data (PyG; BPR, Adam): the graph ceiling'
     Settings = LightGCNSettings
     federated = False
-    unused_settings = CENTRALIZED_UNUSED
+    unused_settings = CENTRALIZED_UNUSED + ('local_epochs',)
     #: Whether the loss adds SimGCL's InfoNCE between noisy views.
     contrastive = False
 

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from fedgraph.algorithms.base import Algorithm, AlgorithmSettings
+from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
@@ -34,9 +34,7 @@ class MF(Algorithm):
     Settings = MFSettings
     federated = False
     renamed_settings = {'central_lr': 'lr'}
-    unused_settings = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'clip_mode',
-                       'ldp_scale', 'noise_at',
-                       'engine', 'client_streams')
+    unused_settings = CENTRALIZED_UNUSED
 
     def build_engine(self, partition: ClientPartition, generator: torch.Generator,
                      known: Optional[ClientPartition] = None) -> 'CentralizedMF':

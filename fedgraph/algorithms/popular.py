@@ -7,8 +7,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from fedgraph.algorithms.base import Algorithm
-from fedgraph.algorithms.lightgcn import CENTRALIZED_UNUSED
+from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm
 from fedgraph.algorithms.registry import register
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import RoundEngine, RoundStats
@@ -19,7 +18,8 @@ class MostPopular(Algorithm):
     name = 'popular'
     summary = 'most popular items for everyone: the floor of personalization'
     federated = False
-    unused_settings = CENTRALIZED_UNUSED + ('dim', 'batch_size', 'num_negatives')
+    unused_settings = CENTRALIZED_UNUSED + ('local_epochs', 'dim', 'batch_size',
+                                            'num_negatives')
 
     def build_engine(self, partition: ClientPartition, generator: torch.Generator,
                      known: Optional[ClientPartition] = None) -> 'PopularityEngine':

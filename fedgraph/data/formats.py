@@ -15,12 +15,12 @@ from torch_geometric.data import HeteroData
 
 from fedgraph.data.hetero import RATES, interactions_to_hetero
 from fedgraph.data.partition import ClientPartition
+from fedgraph.data.reader import (Column, DataFormatError, PathLike, read_adjacency_lists,
+                                  read_delimited, read_header)
 from fedgraph.files import write_text
 
 if TYPE_CHECKING:
     from fedgraph.data.split import RankingSplit
-from fedgraph.data.reader import (Column, DataFormatError, PathLike, read_adjacency_lists,
-                                  read_delimited, read_header)
 
 _USER_ITEM_RATING_TIME = [Column('user', 0), Column('item', 1), Column('rating', 2, 'float'),
                           Column('time', 3, 'time')]

@@ -72,6 +72,10 @@ class LocalOptimizer:
     rows of the clients that took this step) with state from :meth:`state`; the base class
     defines no rule."""
 
+    #: Whether a step's size grows with the gradient's (SGD), so that learning rates must
+    #: follow the gradient's scale, or not (Adam).
+    scales_with_gradient: bool = True
+
     def state(self, value: Tensor) -> Dict[str, Tensor]:
         """The initial per-element state of ``value`` (per round: clients start afresh)."""
         return {}
@@ -119,6 +123,8 @@ class Adam(LocalOptimizer):
         betas: Adam's :math:`(\\beta_1, \\beta_2)`.
         eps: Adam's :math:`\\epsilon`.
     """
+
+    scales_with_gradient = False
 
     def __init__(self, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.betas = tuple(betas)
