@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from fedgraph.federated.aggregation import RULES, Aggregation
+
 log = logging.getLogger(__name__)
 
 #: The shared settings by section (the order of ``--help``).
@@ -18,7 +20,8 @@ SECTIONS = {
              'time_col', 'time_format', 'min_rating', 'data_digest', 'protocol',
              'split_ratios', 'split_mode', 'eval_negatives'),
     'federation': ('rounds', 'seed', 'dim', 'batch_size', 'local_epochs', 'num_negatives',
-                   'client_ratio', 'clients_per_round', 'aggregation'),
+                   'client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
+                   'norm_bound'),
     'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
             'client_streams'),
@@ -32,7 +35,7 @@ def setting(default: Any, help: str) -> Any:
 #: What a shared setting left at ``None`` means when the algorithm gives it no default.
 _FALLBACKS = {'clip_mode': 'l2'}
 
-_CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': ('mean', 'weighted'),
+_CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': RULES,
             'engine': ('vectorized', 'reference'),
             'split_mode': (None, 'random', 'temporal', 'predefined'),
             'clip_mode': (None, 'l2', 'coordinate'), 'noise_at': ('client', 'server')}
@@ -105,7 +108,13 @@ class TrainConfig:
     clients_per_round: Optional[int] = setting(None,
         'number of clients per round (instead of --client-ratio)')
     aggregation: str = setting('mean',
-        "'mean' (unweighted FedAvg) or 'weighted' (by sample count)")
+        "'mean' (unweighted FedAvg), 'weighted' (by sample count), or the robust "
+        "'median' / 'trimmed_mean' (coordinate-wise, per item row over its uploaders)")
+    trim_ratio: float = setting(0.2,
+        'trimmed_mean: the share of a row\'s uploads cut at each end (< 0.5)')
+    norm_bound: Optional[float] = setting(None,
+        'the server scales each uploaded row update (and each client\'s dense update) to L2 '
+        'norm at most this before aggregating')
     # privacy
     clip: Optional[float] = setting(None,
         'bound of each uploaded row update (0: none)')
@@ -177,6 +186,7 @@ class TrainConfig:
                 raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
         if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
+        Aggregation(self.aggregation, self.trim_ratio, self.norm_bound or None)
         if self.patience < 0:
             raise ValueError('patience must be >= 0')
         if min(self.dim, self.batch_size, self.local_epochs) < 1 or self.num_negatives < 0:

@@ -7,7 +7,7 @@ import torch
 
 import fedgraph.training
 from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
-from fedgraph.federated import ClientSelector, LocalTraining, UploadTransform
+from fedgraph.federated import Aggregation, ClientSelector, LocalTraining, UploadTransform
 from fedgraph.nn import DotProductHead, FederatedRecommender, LinearScoreHead
 
 # --------------------------------------------------------------------------------------
@@ -45,7 +45,7 @@ def local_training(algorithm, num_items, local_epochs=1, weighted=False, clip=No
     item_lr = 0.1 * num_items * 80 if personal else 0.1 * num_items
     return LocalTraining(lr=0.1, item_lr=item_lr, batch_size=batch_size,
                          local_epochs=local_epochs, num_negatives=4, alternating=personal,
-                         personalize_items=personal, weighted_aggregation=weighted,
+                         personalize_items=personal, aggregation=Aggregation('weighted' if weighted else 'mean'),
                          upload=UploadTransform(clip=clip))
 
 

@@ -40,6 +40,7 @@ import torch
 
 from fedgraph.config import TrainConfig, setting
 from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.aggregation import Aggregation
 from fedgraph.federated.device import DeviceHooks, Payload
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
 from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss
@@ -64,8 +65,9 @@ class AlgorithmSettings:
 
 
 #: The shared settings of federation and privacy that no centralized model uses.
-CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'clip', 'clip_mode',
-                      'ldp_scale', 'noise_at', 'engine', 'client_streams')
+CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
+                      'norm_bound', 'clip', 'clip_mode', 'ldp_scale', 'noise_at', 'engine',
+                      'client_streams')
 
 #: The local losses and optimizers a client can train with, by setting value.
 LOSSES = {'bce': BCELoss, 'bpr': BPRLoss}
@@ -162,11 +164,17 @@ class Algorithm:
             lr=settings.lr * lr_scale, item_lr=settings.item_lr(num_items) * lr_scale,
             batch_size=config.batch_size, local_epochs=config.local_epochs,
             num_negatives=config.num_negatives,
-            weighted_aggregation=config.aggregation == 'weighted',
+            aggregation=self.aggregation(),
             upload=self.upload_transform(), alternating=alternating,
             personalize_items=settings.dual_personalization,
             loss=LOSSES[settings.loss](), optimizer=OPTIMIZERS[settings.optimizer](),
             l2_reg=settings.l2_reg, server_noise=self.server_noise())
+
+    def aggregation(self) -> Aggregation:
+        """The server's aggregation rule: ``config.aggregation`` with its trim ratio and
+        norm bound."""
+        config = self.config
+        return Aggregation(config.aggregation, config.trim_ratio, config.norm_bound or None)
 
     def upload_transform(self) -> UploadTransform:
         """What an upload goes through: clipping at ``config.clip`` (0: none; per row in L2

@@ -2,7 +2,7 @@
 engine (:mod:`fedgraph.federated.graph`) and the two halves of a deployment
 (:mod:`fedgraph.federated.device`, :mod:`fedgraph.federated.server`) are imported from their
 modules."""
-from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
+from fedgraph.federated.aggregation import Aggregation, aggregate_dense, aggregate_rows
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine, RoundStats
 from fedgraph.federated.evaluation import evaluate
 from fedgraph.federated.personal import PersonalItemRows
@@ -11,6 +11,6 @@ from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.upload import UploadTransform
 
-__all__ = ['aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
+__all__ = ['Aggregation', 'aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
            'RoundEngine', 'RoundStats', 'evaluate', 'PersonalItemRows', 'RoundPlan',
            'plan_round', 'ReferenceEngine', 'ClientSelector', 'UploadTransform']

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch_scatter import scatter
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
+from fedgraph.federated.aggregation import Aggregation, per_client_vector
 from fedgraph.federated.local import SGD, BCELoss, LocalLoss, LocalOptimizer
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
@@ -56,7 +56,8 @@ class LocalTraining:
             fresh forward pass, the item rows -- instead of one joint step.
         personalize_items: evaluate each client with its locally fine-tuned item rows (dual
             personalization) rather than the global table.
-        weighted_aggregation: weight clients by their sample count in FedAvg.
+        aggregation: how the server combines the uploads (FedAvg, weighted or not, or a
+            robust rule; :class:`~fedgraph.federated.aggregation.Aggregation`).
         upload: the transform applied to uploaded row updates.
         loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
         optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
@@ -74,7 +75,7 @@ class LocalTraining:
     num_negatives: int = 4
     alternating: bool = True
     personalize_items: bool = True
-    weighted_aggregation: bool = False
+    aggregation: Aggregation = field(default_factory=Aggregation)
     upload: UploadTransform = field(default_factory=UploadTransform)
     loss: LocalLoss = field(default_factory=BCELoss)
     optimizer: LocalOptimizer = field(default_factory=SGD)
@@ -126,19 +127,11 @@ def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
     """Each client's change of the dense shared parameters, ``{name: [B, ...]}``, through
     ``upload`` as one row per client (all its dense parameters flattened together), with
     the round's shared generator or each client's own stream."""
-    if not dense:
-        return {}
-    flat = torch.cat([value.flatten(1) for value in dense.values()], dim=1)
     if isinstance(randomness, torch.Generator):
-        flat = upload(flat, randomness)
-    else:
-        out = torch.empty_like(flat)
-        for position, generator in enumerate(randomness):
-            out[position:position + 1] = upload(flat[position:position + 1], generator)
-        flat = out
-    sizes = [value[0].numel() for value in dense.values()]
-    return {name: part.view_as(value) for (name, value), part
-            in zip(dense.items(), flat.split(sizes, dim=1))}
+        return per_client_vector(dense, lambda flat: upload(flat, randomness))
+    return per_client_vector(dense, lambda flat: torch.cat([
+        upload(flat[position:position + 1], generator)
+        for position, generator in enumerate(randomness)]))
 
 
 class RoundEngine:
@@ -250,12 +243,13 @@ class FederatedEngine(RoundEngine):
         if num_clients == 0:
             return RoundStats(float('nan'), 0, 0.0, 0.0, self.training.upload.epsilon,
                               dict(dropped or {}))
-        weight = result.num_samples if self.training.weighted_aggregation else None
+        rule = self.training.aggregation
+        dense = rule.bound_dense(upload.dense)
         with torch.no_grad():
-            self.model.item.copy_(aggregate_rows(base, upload.row_item, upload.row_owner,
-                                                 upload.update, num_clients, weight))
+            self.model.item.copy_(rule.rows(base, upload.row_item, upload.row_owner,
+                                            upload.update, num_clients, result.num_samples))
             for name, value in self.model.shared_dense().items():
-                value.add_(aggregate_dense(upload.dense[name], weight))
+                value.add_(rule.dense(dense[name], result.num_samples))
             if self.training.server_noise:
                 self.model.item.add_(server_mean_noise(
                     base.shape, self.training.server_noise, num_clients, generator,

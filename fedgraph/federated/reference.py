@@ -63,6 +63,9 @@ class ReferenceEngine(RoundEngine):
         if training.server_noise:
             raise ValueError('the reference engine checks local DP only: it has no '
                              'server-side noise')
+        if not training.aggregation.is_mean:
+            raise ValueError('the reference engine checks local training: it aggregates by '
+                             'FedAvg only, without a norm bound')
         self.model = model
         self.partition = partition
         self.known = known
@@ -103,7 +106,7 @@ class ReferenceEngine(RoundEngine):
             uploads.append((torch.full((int(touched.sum()),), position),
                             torch.nonzero(touched).view(-1), update[touched]))
             tables.append(global_items + update)
-            weights.append(float(plan.num_samples[position]) if cfg.weighted_aggregation else 1.0)
+            weights.append(float(plan.num_samples[position]) if cfg.aggregation.weighted else 1.0)
             losses.append(loss)
         weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
         self.broadcast = global_items
