@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -25,6 +26,22 @@ from fedgraph.algorithms import algorithm_names, build_engine
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, synthetic_interactions
 from fedgraph.federated.evaluation import evaluate
+
+
+class Conditions:
+    """The conditions of a measurement, from its creation to when it is printed: the
+    threads, the load average (1 minute) at both ends, wall and CPU time of this process."""
+
+    def __init__(self):
+        self.load = os.getloadavg()[0]
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def __str__(self) -> str:
+        return (f'threads {torch.get_num_threads()}, load average {self.load:.2f} at the '
+                f'start and {os.getloadavg()[0]:.2f} at the end, '
+                f'{time.perf_counter() - self.wall:.1f} s wall, '
+                f'{time.process_time() - self.cpu:.1f} s CPU')
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -133,7 +150,6 @@ def _export(args: argparse.Namespace) -> List[Dict]:
     """Exports users of a finished run and times what a device does with the file: load it
     and rank every item for a top-10 (median of ``--repeats`` calls); prints the medians over
     the users and the conditions (threads, load average, CPU and wall time)."""
-    import os
     import tempfile
     from pathlib import Path
 
@@ -144,7 +160,7 @@ def _export(args: argparse.Namespace) -> List[Dict]:
     raw = run.split.train['user'].raw_id
     users = raw[:args.users].tolist() if isinstance(raw, torch.Tensor) else raw[:args.users]
     rows = []
-    began, cpu = time.perf_counter(), time.process_time()
+    conditions = Conditions()
     with tempfile.TemporaryDirectory() as folder:
         for user in users:
             path = run.export(user, Path(folder) / f'{user}.pt')
@@ -159,9 +175,7 @@ def _export(args: argparse.Namespace) -> List[Dict]:
             rows.append({'user': user, 'bytes': path.stat().st_size,
                          'load_ms': 1e3 * load_seconds,
                          'top10_ms': 1e3 * statistics.median(latencies)})
-    print(f'{run.config.algorithm} ({args.folder}): {len(rows)} users; threads '
-          f'{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, '
-          f'{time.perf_counter() - began:.1f} s wall, {time.process_time() - cpu:.1f} s CPU')
+    print(f'{run.config.algorithm} ({args.folder}): {len(rows)} users; {conditions}')
     print('| file size (KiB) | load (ms) | top-10 (ms) |\n|---|---|---|')
     print(f"| {statistics.median(r['bytes'] for r in rows) / 1024:.1f} | "
           f"{statistics.median(r['load_ms'] for r in rows):.2f} | "

@@ -143,3 +143,20 @@ def test_reference_engine_refuses_robust_rules(tiny_sampled_split):
     with pytest.raises(ValueError, match='FedAvg only'):
         train(TrainConfig(rounds=1, dim=8, aggregation='median', engine='reference'),
               split=tiny_sampled_split, progress=False)
+
+
+@pytest.mark.parametrize('rule', ['median', 'trimmed_mean'])
+def test_single_precision_sorts_exactly_as_double(rule):
+    """float32 sorts once on packed integer keys; the result is the statistic of the very
+    same float32 values that double precision's two sorts give, negative values, zeros of
+    either sign and one huge upload included."""
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(300, 6, generator=generator) * 10
+    values[::7] = 0.0
+    values[1::7] = -0.0
+    values[5, 2] = 3e38
+    group = torch.randint(0, 9, (300,), generator=generator)
+    _, single, _ = grouped_statistic(values, group, rule)
+    _, double, _ = grouped_statistic(values.double(), group, rule)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), double, rtol=1e-6, atol=0)

@@ -9,6 +9,7 @@
 * ``export``   -- a user's own model from a finished run, as a small file for its device;
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``flower``   -- the same algorithms on Flower: local deployment, simulation, benchmark;
+* ``attack``   -- item promotion by fake users against each defence: exposure and accuracy;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes;
 * ``synthesize`` -- write a sparse synthetic data set with planted communities as a LightGCN
   folder (train/valid/test files).
@@ -46,6 +47,20 @@ def _train(args: argparse.Namespace) -> None:
         plot_runs([out], Path(out) / 'figures')
     best = metrics['best']
     print(json.dumps({'out': str(out) if out else None, 'best': best}, indent=2))
+
+
+def _attack(args: argparse.Namespace) -> None:
+    from fedgraph.bench import Conditions
+    from fedgraph.poisoning import ItemPromotion, attack_table, format_table
+
+    config = config_from_args(args)
+    attack = ItemPromotion(num_targets=args.targets, num_fillers=args.fillers,
+                           boost=args.boost)
+    conditions = Conditions()
+    rows = attack_table(config, attack, args.fractions, args.defences, args.seeds, args.out,
+                        progress=not args.quiet)
+    print(format_table(rows))
+    print(conditions)
 
 
 def _describe(args: argparse.Namespace) -> None:
@@ -199,6 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument('--plot', action='store_true',
                               help='write the run\'s figures into OUT/figures at the end')
     train_parser.set_defaults(run=_train)
+
+    from fedgraph.poisoning import DEFENCES
+    attack_parser = commands.add_parser(
+        'attack', help='item promotion by boosted fake users, with and without each defence: '
+                       "the targets' exposure (ER@10) and the benign users' accuracy",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_flags(attack_parser)
+    attack_parser.add_argument('--fractions', type=float, nargs='+', default=[0.0, 0.01, 0.05],
+                               help='fake users as shares of the real users (0: no attack)')
+    attack_parser.add_argument('--defences', nargs='+', default=list(DEFENCES),
+                               choices=DEFENCES, help='the server aggregations to compare')
+    attack_parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    attack_parser.add_argument('--boost', type=float, default=30.0,
+                               help="the factor on the fake users' target rows")
+    attack_parser.add_argument('--targets', type=int, default=1, help='target items')
+    attack_parser.add_argument('--fillers', type=int, default=20,
+                               help="popular items in a fake user's profile")
+    attack_parser.add_argument('--out', type=Path, default=None,
+                               help='JSON-lines file of the results; cells already in it are '
+                                    'not run again')
+    attack_parser.add_argument('--quiet', action='store_true', help='no progress output')
+    attack_parser.set_defaults(run=_attack)
 
     describe_parser = commands.add_parser(
         'describe', help='load a data set and print its counts, sparsity and split sizes')

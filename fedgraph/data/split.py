@@ -52,7 +52,7 @@ class SampledSplit:
         edge_index = torch.cat([self.train[RATES].edge_index,
                                 torch.stack([users, self.val_item]),
                                 torch.stack([users, self.test_item])], dim=1)
-        return ClientPartition.from_edge_index(edge_index, users.numel(),
+        return ClientPartition.from_edge_index(edge_index, self.train[USER].num_nodes,
                                                self.train[ITEM].num_nodes)
 
 

@@ -21,7 +21,7 @@ averaged by plain FedAvg.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -140,6 +140,12 @@ class RoundEngine:
     (:class:`~fedgraph.federated.server.Server`). The graph models' engine overrides them."""
 
     @property
+    def federated(self) -> Optional['FederatedEngine']:
+        """The federated engine that runs this engine's client rounds (``None``: a
+        centralized engine)."""
+        return None
+
+    @property
     def device(self) -> torch.device:
         """Where the engine's tensors live: scores are asked for with tensors there."""
         return self.model.item.device
@@ -214,6 +220,13 @@ class FederatedEngine(RoundEngine):
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
+        #: What stands between the clients' honest uploads and the server in a simulated
+        #: attack (:mod:`fedgraph.poisoning`): ``ClientRound -> ClientRound``.
+        self.adversary: Optional[Callable[[ClientRound], ClientRound]] = None
+
+    @property
+    def federated(self) -> 'FederatedEngine':
+        return self
 
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
@@ -225,6 +238,8 @@ class FederatedEngine(RoundEngine):
         round_seed = draw_round_seed(generator) if self.streams is not None else None
         base = self.model.item.detach().clone()
         result = self.local_round(clients, generator, round_seed)
+        if self.adversary is not None:
+            result = self.adversary(result)
         result, _, dropped = screen(result, self.model.num_items)
         return self.aggregate(base, result, dropped, generator), result
 

@@ -142,6 +142,10 @@ class GraphFederatedEngine(RoundEngine):
         self.assignment: Optional[Tensor] = None
         self.cluster_tables: Optional[Tensor] = None
 
+    @property
+    def federated(self) -> FederatedEngine:
+        return self.engine
+
     def enroll(self, randomness: Union[torch.Generator, Sequence[torch.Generator]]) -> None:
         """Every client uploads a first noised user embedding when it enrolls (the graph
         came with its items), drawn from one shared generator or from each client's stream
