@@ -189,8 +189,9 @@ class TrainConfig:
         Aggregation(self.aggregation, self.trim_ratio, self.norm_bound or None)
         if self.patience < 0:
             raise ValueError('patience must be >= 0')
-        if min(self.dim, self.batch_size, self.local_epochs) < 1 or self.num_negatives < 0:
-            raise ValueError('dim, batch_size and local_epochs must be >= 1, num_negatives >= 0')
+        for name in ('dim', 'batch_size', 'local_epochs', 'num_negatives', 'eval_negatives'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
 
     def __getattr__(self, name: str) -> Any:

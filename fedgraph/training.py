@@ -9,6 +9,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -21,8 +22,9 @@ from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, predefined_split, ratio_split
 from fedgraph.data.hetero import RATES
 from fedgraph.data.source import load_configured
+from fedgraph.federated.engine import RoundEngine, RoundStats
 from fedgraph.federated.evaluation import Split, evaluate
-from fedgraph.files import save_tensors
+from fedgraph.files import folder_lock, save_tensors
 from fedgraph.records import (best_round, metrics_of, round_record, stops_early, summary_line,
                               write_metrics)
 from fedgraph.run import Run
@@ -31,6 +33,46 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = 'checkpoint.pt'
 EMBEDDINGS = 'embeddings.pt'
+#: What a run writes besides its config.json (``--overwrite`` removes them first).
+RUN_FILES = ('metrics.json', CHECKPOINT, EMBEDDINGS)
+
+
+#: A training loss this many times the chance loss means local training diverged.
+EXPLODED = 10.0
+
+
+class TrainingDiverged(RuntimeError):
+    """A round produced a non-finite loss or parameter, or a loss far above chance."""
+
+
+def divergence(stats: RoundStats, engine: RoundEngine) -> Optional[str]:
+    """What diverged in the round just run, or ``None``: its training loss (not finite, or
+    :data:`EXPLODED` times the clients' loss at chance,
+    :attr:`~fedgraph.federated.local.LocalLoss.chance_loss`), or a tensor of the engine's
+    state that is not finite."""
+    if stats.num_clients and not math.isfinite(stats.loss):
+        return f'the training loss is {stats.loss}'
+    federated = engine.federated
+    chance = federated.training.loss.chance_loss if federated is not None else None
+    if chance is not None and stats.loss > EXPLODED * chance:
+        return (f'the training loss {stats.loss:.3g} is over {EXPLODED:g} times that of a '
+                f'model that scores every item alike ({chance:.3g})')
+    name = non_finite_tensor(engine.state_dict())
+    return None if name is None else f'{name} is not finite'
+
+
+def non_finite_tensor(state, name: str = 'state') -> Optional[str]:
+    """The path of the first floating-point tensor in ``state`` (nested dicts, lists) with a
+    NaN or infinite entry, or ``None``."""
+    if isinstance(state, torch.Tensor):
+        return name if state.is_floating_point() and not torch.isfinite(state).all() else None
+    items = (state.items() if isinstance(state, dict) else
+             enumerate(state) if isinstance(state, (list, tuple)) else ())
+    for key, value in items:
+        found = non_finite_tensor(value, f'{name}/{key}')
+        if found is not None:
+            return found
+    return None
 
 
 def prepare_split(config: TrainConfig):
@@ -56,6 +98,9 @@ def prepare_split(config: TrainConfig):
 def build_run(config: TrainConfig, split):
     """The engine of a run and its random generator, seeded by ``config.seed`` (the engine's
     initialization draws from it first)."""
+    if config.device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'--device {config.device}: this PyTorch ({torch.__version__}) has no '
+                         f'CUDA device; use --device cpu')
     generator = torch.Generator().manual_seed(config.seed)
     engine = build_engine(config, ClientPartition.from_data(split.train), generator,
                           split.known_items())
@@ -90,18 +135,28 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         if held:
             raise FileExistsError(f'{out} holds a run already ({", ".join(held)}): resume it, '
                                   f'overwrite it (--overwrite) or choose another --out')
+    if resume and (out is None or not (out / CHECKPOINT).exists()):
+        raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
     split = split if split is not None else prepare_split(config)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    engine, generator = build_run(config, split)  # a run that cannot start writes nothing
+    if out is None:
+        return _run(config, None, engine, generator, split, resume, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        if overwrite and not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
         config.save(out / 'config.json')
-    engine, generator = build_run(config, split)
+        return _run(config, out, engine, generator, split, resume, progress)
 
+
+def _run(config: TrainConfig, out: Optional[Path], engine: RoundEngine,
+         generator: torch.Generator, split: Split, resume: bool, progress: bool) -> Run:
+    """The rounds of :func:`train`, from the start or from ``out``'s checkpoint."""
     history: List[Dict] = []
     pretraining = None
     start_round = 0
     if resume:
-        if out is None or not (out / CHECKPOINT).exists():
-            raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
         state = torch.load(out / CHECKPOINT, map_location=config.device, weights_only=True)
         engine.load_state_dict(state['engine'])
         generator.set_state(state['generator'])
@@ -115,9 +170,18 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
     rounds = range(start_round, end)
     bar = tqdm(rounds, desc=config.algorithm, unit='round', disable=not progress,
                initial=start_round, total=config.rounds)
+    saved = start_round if resume else None
     for round_index in bar:
         began = time.perf_counter()
         stats = engine.run_round(generator)
+        problem = divergence(stats, engine)
+        if problem is not None:
+            bar.close()
+            kept = ('no checkpoint was written' if saved is None else
+                    f'{out / CHECKPOINT} (after round {saved - 1}) is kept' if out else
+                    'nothing was saved')
+            raise TrainingDiverged(f'{config.algorithm} diverged in round {round_index}: '
+                                   f'{problem}; lower the learning rate (--lr). {kept}')
         record = round_record(round_index, stats, engine)
         record.update(engine.round_report())
         if config.evaluates_after(round_index + 1):
@@ -133,6 +197,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
                 'engine': engine.state_dict(), 'generator': generator.get_state(),
                 'history': history, 'round': round_index + 1, 'pretraining': pretraining})
             write_metrics(out, metrics_of(history, pretraining, config))
+            saved = round_index + 1
         if stop:
             log.info('%s: no better validation %s in %d evaluations; stopped after round %d '
                      '(best: round %d)', config.algorithm, config.select_by, config.patience,

@@ -1,6 +1,8 @@
 """Helpers shared by the test modules: small synthetic engines, candidate lists, metrics files
 and interrupted training runs. (Shared fixtures: ``conftest.py``.)"""
+import contextlib
 import json
+import re
 
 import pytest
 import torch
@@ -108,3 +110,17 @@ class HostilePayload:
 
     def __reduce__(self):
         return (open, (self.target, 'w'))
+
+
+@contextlib.contextmanager
+def cli_misuse(capsys, match):
+    """The command run inside ends as argparse ends on a bad flag: exit status 2, the usage
+    line and an error matching ``match`` on stderr, no traceback; the dict it yields holds
+    that stderr as ``'err'`` afterwards."""
+    caught = {}
+    with pytest.raises(SystemExit) as raised:
+        yield caught
+    assert raised.value.code == 2
+    err = caught['err'] = capsys.readouterr().err
+    assert err.startswith('usage: fedgraph') and 'Traceback' not in err, err
+    assert re.search(match, err), err

@@ -10,7 +10,7 @@ from fedgraph.algorithms import build_engine
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.nn import NCFHead
-from helpers import candidates, engine_data
+from helpers import candidates, cli_misuse, engine_data
 
 MLP = ['layers.0.weight', 'layers.0.bias', 'layers.1.weight', 'layers.1.bias',
        'output.weight', 'output.bias']
@@ -116,5 +116,5 @@ def test_fedncf_trains_from_the_command_line(tmp_path, capsys):
     losses = [r['train_loss'] for r in metrics['rounds']]
     assert losses[-1] < losses[0]
     assert 0 < metrics['best']['test']['hr@10'] <= 1
-    with pytest.raises(SystemExit, match='fedncf has no setting num_layers'):
+    with cli_misuse(capsys, 'fedncf has no setting num_layers'):
         main(['train', '--algorithm', 'fedncf', '--num-layers', '2', '--quiet'])

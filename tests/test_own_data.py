@@ -12,7 +12,8 @@ from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, load_dataset, synthetic_interactions
 from fedgraph.data.reader import parse_time
-from helpers import HostilePayload, read_metrics, train_interrupted, without_seconds
+from helpers import (HostilePayload, cli_misuse, read_metrics, train_interrupted,
+                     without_seconds)
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -73,16 +74,16 @@ def test_a_csv_trains_resumes_and_plots_from_the_command_line(ratings_csv, tmp_p
 
     # The file changed: the run refuses to go on with other data.
     ratings_csv.write_text(ratings_csv.read_text().replace('user-0,', 'user-00,', 1))
-    with pytest.raises(SystemExit, match='is not the data this run trained on'):
+    with cli_misuse(capsys, 'is not the data this run trained on'):
         main(['train', '--resume', str(again), '--quiet'])
 
 
-def test_file_flags_are_checked_against_the_data_set():
-    with pytest.raises(SystemExit, match='--dataset csv is a file format: give the file with'):
+def test_file_flags_are_checked_against_the_data_set(capsys):
+    with cli_misuse(capsys, '--dataset csv is a file format: give the file with'):
         main(['train', '--dataset', 'csv', '--quiet'])
-    with pytest.raises(SystemExit, match="--user-col applies to file formats"):
+    with cli_misuse(capsys, "--user-col applies to file formats"):
         main(['describe', '--dataset', 'synthetic', '--user-col', 'uid'])
-    with pytest.raises(SystemExit, match='pfedrec has a fixed layout'):
+    with cli_misuse(capsys, 'pfedrec has a fixed layout'):
         main(['describe', '--dataset', 'pfedrec', '--data-path', 'x.dat', '--time-col', 't'])
 
 
@@ -139,12 +140,12 @@ def test_graphs_with_their_own_node_type_names_split():
     assert split.train['user', 'rates', 'item'].edge_index.size(1) == edge_index.size(1) - 60
 
 
-def test_too_many_negatives_is_explained_in_the_users_terms(tmp_path):
+def test_too_many_negatives_is_explained_in_the_users_terms(tmp_path, capsys):
     path = tmp_path / 'small.csv'
     path.write_text('user,item\n' + ''.join(f'u{u},i{i}\n' for u in range(4) for i in range(12)))
-    with pytest.raises(SystemExit) as error:
+    with cli_misuse(capsys, 'describe: error: ') as caught:
         main(['describe', '--dataset', 'csv', '--data-path', str(path)])
-    message = str(error.value)
+    message = caught['err']
     assert 'user u0 interacted with 12 of 12 items, leaving 0' in message
     assert '99 validation and 99 test negatives' in message
     assert '--eval-negatives' in message and '--protocol full' in message

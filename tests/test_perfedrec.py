@@ -579,7 +579,7 @@ def test_cli_parses_graph_flags():
     assert config.dual_personalization is True and config.num_layers == 3
     assert config.level_weights == (1.0, 0.0, 0.0)
     # A setting of another algorithm is an error that names it.
-    with pytest.raises(SystemExit, match='fedlightgcn has no setting num_clusters'):
+    with pytest.raises(ValueError, match='fedlightgcn has no setting num_clusters'):
         _parsed_config(['--algorithm', 'fedlightgcn', '--num-clusters', '2'])
     with pytest.raises(SystemExit):
         build_parser().parse_args(['train', '--dual-personalization', 'maybe'])

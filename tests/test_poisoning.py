@@ -12,6 +12,7 @@ from fedgraph.data.hetero import ITEM, RATES, USER
 from fedgraph.federated.engine import ClientRound, RowUpload
 from fedgraph.poisoning import (ItemPromotion, TargetBooster, choose_targets, exposure_ratio,
                                 run_attack, with_fake_users)
+from helpers import cli_misuse
 
 
 def test_fake_users_rate_the_targets_and_popular_fillers(tiny_sampled_split):
@@ -117,5 +118,5 @@ def test_attack_command_prints_the_grid_and_resumes_from_its_file(tmp_path, caps
     main(argv)  # every cell is in the file: nothing runs again
     assert out.read_text().count('\n') == 4
     assert capsys.readouterr().out.split('threads')[0] == first.split('threads')[0]
-    with pytest.raises(SystemExit, match='needs --norm-bound'):
+    with cli_misuse(capsys, 'needs --norm-bound'):
         main(argv[:-7] + ['--seeds', '1', '--quiet'])

@@ -402,7 +402,7 @@ def test_lightgcn_non_integer_token(tmp_path, file, text, line, token):
     path = _write(tmp_path / file, text)
     with pytest.raises(DataFormatError,
                        match=_error(path, line, re.escape(
-                           f'expected integer ids "user item item ...", got {token!r}'))):
+                           f'expected 64-bit integer ids "user item item ...", got {token!r}'))):
         read_lightgcn(tmp_path)
 
 
@@ -411,3 +411,36 @@ def test_lightgcn_empty_train(tmp_path):
     _write(tmp_path / 'test.txt', '0 13\n')
     with pytest.raises(DataFormatError, match=_error(path, None, 'file is empty')):
         read_lightgcn(tmp_path)
+
+
+@pytest.mark.parametrize('reader, text', [
+    (read_amazon_csv, 'A1,B1,5.0,1\nA2,B1,4.0,2\n'),
+    (lambda path: read_csv(path, user=0, item=1, header=False), 'A1,B1\nA2,B1\n'),
+    (read_csv, 'user,item\nA1,B1\nA2,B1\n')])
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path, reader, text):
+    path = tmp_path / 'bom.csv'
+    path.write_bytes(b'\xef\xbb\xbf' + text.encode())
+    data = reader(path)
+    assert data[USER].raw_id == ['A1', 'A2']
+
+
+@pytest.mark.parametrize('reader', [read_movielens_100k, read_amazon_csv, read_csv])
+def test_a_directory_is_not_a_data_file(tmp_path, reader):
+    with pytest.raises(DataFormatError, match=_error(tmp_path, None, 'is a directory')):
+        reader(tmp_path)
+
+
+def test_an_integer_id_beyond_64_bits_is_an_error_with_its_line(tmp_path):
+    path = _write(tmp_path / 'u.data', '196\t242\t3\t881250949\n'
+                                       '100000000000000000000\t302\t3\t891717742\n')
+    with pytest.raises(DataFormatError, match=_error(path, 2, 'out of the 64-bit integer')):
+        read_movielens_100k(path)
+    lightgcn = tmp_path / 'lightgcn'
+    lightgcn.mkdir()
+    _write(lightgcn / 'train.txt', '0 1 2\n1 100000000000000000000\n')
+    _write(lightgcn / 'test.txt', '0 3\n1 2\n')
+    with pytest.raises(DataFormatError, match=_error(lightgcn / 'train.txt', 2, '64-bit')):
+        read_lightgcn(lightgcn)
+    # Ids that only might be integers stay strings when one of them is too long for 64 bits.
+    path = _write(tmp_path / 'r.csv', 'user,item\n1,5\n100000000000000000000,5\n')
+    assert read_csv(path)[USER].raw_id == ['1', '100000000000000000000']

@@ -1,6 +1,8 @@
 """Run folders that cannot be lost: an existing run is never overwritten without being asked,
 files are replaced atomically (a crash while writing a checkpoint leaves the previous one to
 resume from), and nothing read from a run folder runs code."""
+import os
+
 import pytest
 import torch
 
@@ -8,21 +10,49 @@ import fedgraph.files
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.training import CHECKPOINT, EMBEDDINGS, train
-from helpers import HostilePayload, read_metrics, without_seconds
+from helpers import HostilePayload, cli_misuse, read_metrics, without_seconds
 
 SMALL = ['--dataset', 'synthetic', '--dim', '8', '--rounds', '2', '--quiet']
 
 
-def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path):
+def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, capsys):
     out = tmp_path / 'run'
     main(['train', '--out', str(out)] + SMALL)
     before = read_metrics(out)
-    with pytest.raises(SystemExit, match='holds a run already .*--overwrite'):
+    with cli_misuse(capsys, 'holds a run already .*--overwrite'):
         main(['train', '--out', str(out), '--seed', '1'] + SMALL)
     assert read_metrics(out) == before
     main(['train', '--out', str(out), '--seed', '1', '--overwrite'] + SMALL)
     assert read_metrics(out) != before
     assert not list(out.glob('.*.partial'))  # every file was renamed into place
+
+
+def test_an_overwrite_that_cannot_start_leaves_the_old_run_and_one_that_does_leaves_no_trace(
+        tmp_path, capsys):
+    """A configuration that fails when the run is built writes nothing; an overwrite that
+    starts removes the old run's files first, so a run folder never mixes two runs."""
+    out = tmp_path / 'run'
+    main(['train', '--out', str(out), '--checkpoint-every', '1'] + SMALL)
+    config_before, metrics_before = (out / 'config.json').read_text(), read_metrics(out)
+    with cli_misuse(capsys, 'unknown data set'):
+        main(['train', '--out', str(out), '--overwrite', '--dataset', 'no-such-data'])
+    assert (out / 'config.json').read_text() == config_before
+    assert read_metrics(out) == metrics_before
+    with pytest.raises(SystemExit, match='diverged in round 0'):
+        main(['train', '--out', str(out), '--overwrite', '--lr', '1e6'] + SMALL)
+    assert not (out / 'metrics.json').exists() and not (out / CHECKPOINT).exists()
+    assert '"lr": 1000000.0' in (out / 'config.json').read_text()
+
+
+def test_a_folder_being_written_is_locked(tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    with fedgraph.files.folder_lock(out):
+        with cli_misuse(capsys, f'{out} is being written by process {os.getpid()}'):
+            main(['train', '--out', str(out)] + SMALL)
+    assert not (out / 'config.json').exists()
+    main(['train', '--out', str(out)] + SMALL)  # released
+    assert read_metrics(out)['rounds']
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -4,13 +4,15 @@ import json
 import math
 
 import pytest
+import torch
 
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, ratio_split, synthetic_interactions
 from fedgraph.records import best_round
-from fedgraph.training import CHECKPOINT, train
-from helpers import train_interrupted, read_metrics, without_seconds
+import fedgraph.training
+from fedgraph.training import CHECKPOINT, TrainingDiverged, train
+from helpers import cli_misuse, read_metrics, train_interrupted, without_seconds
 
 ROUND_KEYS = {'round', 'train_loss', 'clients', 'upload_bytes_per_client',
               'download_bytes_per_client', 'seconds', 'val', 'test'}
@@ -225,9 +227,9 @@ def test_reference_engine_option_full_ranking(ranking_split, float64):
 
 
 @pytest.mark.parametrize('kwargs', [
-    {'algorithm': 'fedavg'}, {'protocol': 'bogus'}, {'aggregation': 'median'},
+    {'algorithm': 'fedavg'}, {'protocol': 'bogus'}, {'aggregation': 'krum'},
     {'engine': 'gpu'}, {'split_mode': 'sorted'}, {'rounds': 0}, {'eval_every': 0},
-    {'checkpoint_every': 0},
+    {'checkpoint_every': 0}, {'num_negatives': 0}, {'dim': 0}, {'batch_size': 0},
 ])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
@@ -260,23 +262,91 @@ def test_cli_train_and_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize('argv,message', [
     (['train', '--protocol', 'bogus'], "protocol must be one of"),
-    (['train', '--algorithm', 'fedavg'], None),
-    (['train', '--rounds', 'two'], None),
-    (['train', '--no-such-flag'], None),
+    (['train', '--algorithm', 'fedavg'], "invalid choice: 'fedavg'"),
+    (['train', '--rounds', 'two'], "invalid int value: 'two'"),
+    (['train', '--no-such-flag'], 'unrecognized arguments'),
     (['train', '--algorithm', 'pfedrec', '--num-layers', '2'], 'pfedrec has no setting num_layers'),
     (['train', '--algorithm', 'mf', '--ldp-scale', '0.1'], 'mf does not use ldp_scale'),
-    (['no-such-command'], None),
+    (['train', '--dim', '0'], 'dim must be >= 1, got 0'),
+    (['train', '--batch-size', '0'], 'batch_size must be >= 1'),
+    (['train', '--num-negatives', '0'], 'num_negatives must be >= 1'),
+    (['train', '--dataset', 'csv', '--data-path', '.'], 'is a directory; expected a file'),
+    (['train', '--aggregation', 'trimmed_mean', '--trim-ratio', '0.6'], 'trim_ratio must be'),
+    (['no-such-command'], 'invalid choice'),
 ])
-def test_cli_rejects_invalid_flags(tmp_path, capsys, argv, message):
+def test_cli_answers_misuse_like_argparse(tmp_path, capsys, argv, message):
+    out = tmp_path / 'run'
+    with cli_misuse(capsys, message):
+        main(argv + ['--dataset', 'synthetic', '--rounds', '1', '--out', str(out), '--quiet']
+             if argv[0] == 'train' and '--dataset' not in argv else
+             argv + ['--rounds', '1', '--out', str(out), '--quiet'] if argv[0] == 'train'
+             else argv)
+    assert not out.exists()  # nothing was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_cuda_without_cuda_is_a_misuse(tmp_path, capsys):
+    with cli_misuse(capsys, '--device cuda: this PyTorch .* has no CUDA device'):
+        main(['train', '--dataset', 'synthetic', '--device', 'cuda', '--rounds', '1',
+              '--out', str(tmp_path / 'run'), '--quiet'])
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_diverging_run_stops_naming_the_round_and_keeps_its_checkpoint(tmp_path, capsys,
+                                                                         sampled_split):
+    """PFedRec at lr 1e6 drives its loss far above chance at once; with the learning rate
+    raised after round 3 (a checkpoint every 2 rounds) the run stops in round 3 and keeps
+    the checkpoint of round 1."""
+    from fedgraph.federated.local import BCELoss
+
+    out = tmp_path / 'run'
+    config = TrainConfig(rounds=6, dim=8, checkpoint_every=2)
+    engine_of = {}
+    real_divergence = fedgraph.training.divergence
+
+    def spy(stats, engine):
+        engine_of['engine'] = engine
+        if len(engine_of.setdefault('rounds', [])) == 2:
+            engine.training.lr = engine.training.item_lr = 1e6
+        engine_of['rounds'].append(stats.loss)
+        return real_divergence(stats, engine)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fedgraph.training, 'divergence', spy)
+        with pytest.raises(TrainingDiverged, match=r'diverged in round 3: the training loss '
+                                                   r'.* over 10 times .*checkpoint.pt \(after '
+                                                   r'round 1\) is kept'):
+            train(config, out, progress=False, split=sampled_split)
+    assert engine_of['rounds'][-1] > 10 * BCELoss.chance_loss
+    assert torch.load(out / CHECKPOINT, weights_only=True)['round'] == 2
+    assert len(read_metrics(out)['rounds']) == 2
+
+
+def test_a_non_finite_parameter_is_divergence():
+    from fedgraph.federated.engine import RoundStats
+    from fedgraph.training import divergence
+
+    class Engine:
+        federated = None
+
+        def state_dict(self):
+            return {'heads': [torch.zeros(2), torch.tensor([0.0, float('nan')])]}
+
+    stats = RoundStats(0.5, 3, 0.0, 0.0, None)
+    assert divergence(stats, Engine()) == 'state/heads/1 is not finite'
+    stats.loss = float('inf')
+    assert divergence(stats, Engine()) == 'the training loss is inf'
+
+
+def test_the_command_line_reports_divergence_without_a_traceback(tmp_path, capsys):
     out = tmp_path / 'run'
     with pytest.raises(SystemExit) as raised:
-        main(argv + ['--dataset', 'synthetic', '--rounds', '1', '--out', str(out), '--quiet']
-             if argv[0] == 'train' else argv)
-    if message is None:  # argparse's own error
-        assert raised.value.code == 2 and 'error:' in capsys.readouterr().err
-    else:
-        assert message in str(raised.value)
-    assert not (out / 'metrics.json').exists()
+        main(['train', '--dataset', 'synthetic', '--lr', '1e6', '--rounds', '3', '--out',
+              str(out), '--quiet'])
+    assert str(raised.value).startswith('error: pfedrec diverged in round 0')
+    assert 'no checkpoint was written' in str(raised.value)
+    assert 'Traceback' not in capsys.readouterr().err
+    assert not (out / 'metrics.json').exists() and not (out / CHECKPOINT).exists()
 
 
 def test_pfedrec_accuracy_on_movielens_100k():

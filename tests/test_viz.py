@@ -9,6 +9,7 @@ from fedgraph.cli import main
 from fedgraph.metrics import uniformity
 from fedgraph.viz import (plot_clusters, plot_personalized_views, plot_runs,
                           plot_training_curves, plot_uniformity, project_2d)
+from helpers import cli_misuse
 
 matplotlib.use('Agg')
 
@@ -109,8 +110,8 @@ def test_plot_runs_and_the_cli_write_png_files(tmp_path, capsys):
                      'other-uniformity.png']
 
 
-def test_train_plot_needs_an_output_folder():
-    with pytest.raises(SystemExit, match='--plot needs --out'):
+def test_train_plot_needs_an_output_folder(capsys):
+    with cli_misuse(capsys, '--plot needs --out'):
         main(['train', '--rounds', '1', '--plot'])
 
 

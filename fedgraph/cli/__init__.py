@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from fedgraph.cli.flags import add_config_flags, config_from_args
+from fedgraph.cli.flags import add_config_flags, config_from_args, remember_parsers, run_command
 from fedgraph.config import SECTIONS, TrainConfig
 from fedgraph.data import leave_one_out_split
 from fedgraph.data.source import load_configured
@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> None:
     from fedgraph.training import train
 
     if args.plot and not (args.out or args.resume):
-        raise SystemExit('--plot needs --out (or --resume)')
+        raise ValueError('--plot needs --out (or --resume)')
     if args.resume:
         out = Path(args.resume)
         config = TrainConfig.load(out / 'config.json')
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser('bench', help='speed and memory benchmarks')
     add_arguments(bench_parser)
     bench_parser.set_defaults(run=_bench)
+    remember_parsers(commands)
     return parser
 
 
@@ -331,7 +332,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         _flower(argv[1:])
         return
     args = build_parser().parse_args(argv)
+    from fedgraph.training import TrainingDiverged
     try:
-        args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:  # say what, not where
+        run_command(args)
+    except TrainingDiverged as error:
         raise SystemExit(f'error: {error}') from None

@@ -96,7 +96,24 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     values.update({name: getattr(args, name) for name in algorithm_settings()
                    if hasattr(args, name)})
     values.update(overrides)
+    return TrainConfig(**{'algorithm': args.algorithm, **values})
+
+
+#: What a command raises when it was given something it cannot use (a value out of range, a
+#: file that is missing, a folder that holds a run): reported as argparse reports a bad flag.
+MISUSE = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def remember_parsers(commands: argparse._SubParsersAction) -> None:
+    """Gives every subcommand's parser to its own parsed arguments (``args.parser``)."""
+    for parser in commands.choices.values():
+        parser.set_defaults(parser=parser)
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """``args.run(args)``; a misuse (:data:`MISUSE`) ends like a bad flag: the command's usage
+    line and ``error: ...`` on stderr, exit status 2."""
     try:
-        return TrainConfig(**{'algorithm': args.algorithm, **values})
-    except ValueError as error:
-        raise SystemExit(f'error: {error}') from None
+        args.run(args)
+    except MISUSE as error:
+        args.parser.error(str(error))

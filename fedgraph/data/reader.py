@@ -6,6 +6,7 @@ right place. Nothing is skipped silently.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass
@@ -53,11 +54,26 @@ def _parse_float(token: str) -> float:
 _INTEGER = re.compile(r'[+-]?[0-9]+')
 
 
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+class OutOfRange(ValueError):
+    """An integer that does not fit in 64 bits."""
+
+
 def _parse_int(token: str) -> int:
-    """An integer written with ASCII digits only (``int`` alone would accept ``1_000``)."""
+    """An integer written with ASCII digits only (``int`` alone would accept ``1_000``) that
+    fits in 64 bits."""
     if not _INTEGER.fullmatch(token):
         raise ValueError(token)
-    return int(token)
+    value = int(token)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise OutOfRange(token)
+    return value
+
+
+def _is_int64(token: str) -> bool:
+    return bool(_INTEGER.fullmatch(token)) and _INT64[0] <= int(token) <= _INT64[1]
 
 
 def parse_time(token: str, time_format: Optional[str] = None) -> int:
@@ -98,7 +114,11 @@ def _converter(kind: str, integer_ids, time_format: Optional[str]) -> Callable[[
 
 
 def _lines(path: PathLike, encoding: str) -> Iterator[Tuple[int, str]]:
-    with open(path, encoding=encoding, errors='strict') as handle:
+    """The numbered lines of ``path``; a UTF-8 byte-order mark is not part of the first."""
+    if os.path.isdir(path):
+        raise DataFormatError(path, None, 'is a directory; expected a file')
+    decoding = 'utf-8-sig' if codecs.lookup(encoding).name == 'utf-8' else encoding
+    with open(path, encoding=decoding, errors='strict') as handle:
         try:
             for number, line in enumerate(handle, start=1):
                 yield number, line.rstrip('\r\n')
@@ -167,6 +187,10 @@ def read_delimited(
                 raise DataFormatError(path, number, f'field {column.name!r} is empty: {line!r}')
             try:
                 out.append(convert(token))
+            except OutOfRange:
+                raise DataFormatError(
+                    path, number, f'field {column.name!r} (field {column.position + 1}) is '
+                    f'out of the 64-bit integer range: {token!r}') from None
             except ValueError:
                 kind = 'an integer id' if column.kind == 'id' else _KIND_TEXT[column.kind]
                 raise DataFormatError(
@@ -184,7 +208,7 @@ def _to_array(values: list, kind: str, integer_ids: Union[bool, str]) -> np.ndar
         return np.asarray(values, dtype=np.float64)
     if kind in ('int', 'time') or integer_ids is True:
         return np.asarray(values, dtype=np.int64)
-    if integer_ids == 'auto' and all(_INTEGER.fullmatch(value) for value in values):
+    if integer_ids == 'auto' and all(_is_int64(value) for value in values):
         return np.asarray([int(value) for value in values], dtype=np.int64)
     return np.asarray(values, dtype=object)
 
@@ -217,10 +241,11 @@ def read_adjacency_lists(path: PathLike, encoding: str = 'utf-8') -> Tuple[np.nd
         if not fields:
             continue
         seen_line = True
-        bad = [token for token in fields if not _INTEGER.fullmatch(token)]
+        bad = [token for token in fields if not _is_int64(token)]
         if bad:
             raise DataFormatError(
-                path, number, f'expected integer ids "user item item ...", got {bad[0]!r}')
+                path, number, f'expected 64-bit integer ids "user item item ...", got '
+                f'{bad[0]!r}')
         parsed = [int(token) for token in fields]
         users.extend([parsed[0]] * (len(parsed) - 1))
         items.extend(parsed[1:])

@@ -12,7 +12,8 @@ reference engine.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Tuple
+import math
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ class LocalLoss:
 
     #: A positive and its negatives stay together, in this order, in one mini-batch.
     keeps_groups: bool = False
+    #: The loss of a model that scores every item alike (``None``: not known); a run whose
+    #: training loss exceeds it tenfold has diverged (:mod:`fedgraph.training`).
+    chance_loss: Optional[float] = None
 
     def __call__(self, logits: Tensor, label: Tensor, group: int) -> Tensor:
         raise NotImplementedError
@@ -43,6 +47,8 @@ class LocalLoss:
 
 class BCELoss(LocalLoss):
     """Pointwise binary cross-entropy on every sample (PFedRec, FedMF, NCF): :func:`bce`."""
+
+    chance_loss = math.log(2)  # sigma(s) = 1/2 for every sample
 
     def __call__(self, logits: Tensor, label: Tensor, group: int) -> Tensor:
         return bce(logits, label)
@@ -59,6 +65,7 @@ class BPRLoss(LocalLoss):
     mean over its groups."""
 
     keeps_groups = True
+    chance_loss = math.log(2)  # s_ui = s_uj for every pair
 
     def __call__(self, logits: Tensor, label: Tensor, group: int) -> Tensor:
         scores = logits.view(-1, group)

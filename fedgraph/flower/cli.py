@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fedgraph.cli.flags import add_config_flags, config_from_args
+from fedgraph.cli.flags import add_config_flags, config_from_args, remember_parsers, run_command
 from fedgraph.config import TrainConfig
 
 
@@ -46,9 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument('--out', default='runs/flower', help="the ServerApp's metrics folder")
     app.add_argument('--timeout', type=float, default=600.0)
     app.add_argument('--min-nodes', type=int, default=1)
-    for sub, rounds in ((deploy, 3), (simulate, 3), (bench, 3), (app, 100)):
+    for sub, rounds, run in ((deploy, 3, _deploy), (simulate, 3, _simulate),
+                             (bench, 3, _bench), (app, 100, _app)):
         add_config_flags(sub)
-        sub.set_defaults(rounds=rounds)
+        sub.set_defaults(rounds=rounds, run=run)
+    remember_parsers(actions)
     return parser
 
 
@@ -174,5 +176,4 @@ def _app(args: argparse.Namespace) -> None:
 
 
 def main(argv: List[str]) -> None:
-    args = _parser().parse_args(argv)
-    {'deploy': _deploy, 'simulate': _simulate, 'bench': _bench, 'app': _app}[args.action](args)
+    run_command(_parser().parse_args(argv))
