@@ -46,15 +46,16 @@ def test_in_process_a_bad_upload_is_dropped_and_counted(algorithm, value, dense)
 
 
 class HostileTransport(LocalTransport):
-    """Devices in this process; node 0 tampers with its training replies."""
+    """Devices in this process; node 0 tampers with its replies to ``step``."""
 
-    def __init__(self, devices, tamper):
+    def __init__(self, devices, tamper, step='train'):
         super().__init__(devices)
         self.tamper = tamper
+        self.step = step
 
     def send(self, step, payloads):
         replies = super().send(step, payloads)
-        if step == 'train' and 0 in replies:
+        if step == self.step and 0 in replies:
             replies[0] = self.tamper(dict(replies[0]), replies)
         return replies
 
@@ -112,3 +113,55 @@ def test_a_deployment_drops_what_a_device_should_not_send(algorithm, tamper, rea
     assert torch.isfinite(server.federated.model.item).all()
     if algorithm == 'fedlightgcn':
         assert torch.isfinite(server.engine.server_users).all()
+
+
+def _claims_a_foreign_user(reply, replies):
+    """Node 0 enrolls node 1's first user as its own, with an edge to item 0 and a user
+    embedding of NaN for its own first user."""
+    foreign = replies[1]['users'][:1]
+    reply['edge-user'] = torch.cat([reply['edge-user'], foreign])
+    reply['edge-item'] = torch.cat([reply['edge-item'], torch.zeros(1, dtype=torch.long)])
+    reply['users'] = torch.cat([reply['users'], foreign])
+    reply['user-update'] = torch.cat([reply['user-update'], reply['user-update'][:1] * 1e3])
+    reply['user-update'][0] = float('nan')
+    return reply
+
+
+def _nan_and_foreign_views(reply, replies):
+    reply['views'] = reply['views'].clone()
+    reply['views'][0] = float('nan')
+    reply['users'] = reply['users'].clone()
+    reply['users'][1] = replies[1]['users'][0]
+    return reply
+
+
+def _misshapen_views(reply, replies):
+    reply['views'] = reply['views'][:-1]
+    return reply
+
+
+@pytest.mark.parametrize('step, tamper, dropped', [
+    ('init', _claims_a_foreign_user, {'not_held': 2, 'non_finite': 1}),
+    ('pretrain-views', _nan_and_foreign_views, {'not_held': 1, 'non_finite': 1}),
+    ('pretrain-views', _misshapen_views, {'malformed': 1})])
+def test_enrollment_and_pretraining_uploads_pass_the_same_checks(step, tamper, dropped):
+    """A device that enrolls another device's user, uploads a NaN user embedding or sends
+    pre-training views for users it does not hold is cut to what it holds; the graph has no
+    edge it invented, pre-training stays finite, and metrics.json counts the drops."""
+    config = TrainConfig(algorithm='perfedrec++', pretrain_rounds=2, **SMALL)
+    split = prepare_split(config)
+    population = (split, ClientPartition.from_data(split.train), split.known_items())
+    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    server = Server(config, progress=False)
+    metrics = server.run(HostileTransport(devices, tamper, step))
+    counts = metrics['uploads_dropped_outside_rounds'][step]
+    assert counts == (dropped if step == 'init' else
+                      {reason: count * 2 for reason, count in dropped.items()})  # 2 rounds
+    if step == 'init':  # the edge node 0 invented is not in the graph; node 1's edges are
+        graph = server.engine.graph.edge_index
+        foreign = devices[1].users[0]
+        assert not ((graph[0] == foreign) & (graph[1] == 0)).any()
+        assert (graph[0] == foreign).sum() >= devices[1].train.degree[0]
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in metrics['pretraining']['loss'])
+    assert torch.isfinite(server.engine.server_users).all()
+    assert torch.isfinite(server.federated.model.item).all()

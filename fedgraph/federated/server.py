@@ -35,7 +35,7 @@ from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import Device, Payload, grouped
 from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundStats, RowUpload
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
-from fedgraph.federated.trust import screen
+from fedgraph.federated.trust import restrict_reply, screen
 from fedgraph.records import metrics_of, round_record, stops_early, summary_line, write_metrics
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,45 @@ class LocalTransport(Transport):
                 for node, payload in payloads.items()}
 
 
+class ScreenedTransport(Transport):
+    """``transport`` whose replies outside the rounds (the enrollment uploads of ``init``,
+    pre-training) pass the server's checks (:func:`~fedgraph.federated.trust.restrict_reply`)
+    against the users each node enrolled with; what it drops is counted by step and reason
+    in :attr:`dropped`. Round uploads are checked by :meth:`Server.aggregate_round`."""
+
+    #: Steps whose replies are checked elsewhere or carry no user data.
+    UNCHECKED = ('enroll', 'train', 'evaluate')
+
+    def __init__(self, transport: Transport, num_items: int, dim: int):
+        super().__init__()
+        self.transport = transport
+        self.nodes = transport.nodes
+        self.num_items = num_items
+        self.dim = dim
+        self.dropped: Dict[str, Dict[str, int]] = {}
+
+    def node_ids(self) -> List[int]:
+        return self.transport.node_ids()
+
+    def send(self, step: str, payloads: Mapping[int, Payload]) -> Dict[int, Payload]:
+        replies = self.transport.send(step, payloads)
+        if step in self.UNCHECKED:
+            return replies
+        kept = {}
+        for node, reply in replies.items():
+            reply, dropped = restrict_reply(reply, self.nodes[node], self.num_items, self.dim)
+            counts = self.dropped.setdefault(step, {})
+            for reason, count in dropped.items():
+                counts[reason] = counts.get(reason, 0) + count
+            if reply is not None:
+                kept[node] = reply
+        if self.dropped.get(step):
+            log.warning('%s: dropped %s', step, self.dropped[step])
+        else:
+            self.dropped.pop(step, None)
+        return kept
+
+
 class Server:
     """The server of a deployment (see the module docstring).
 
@@ -143,6 +182,7 @@ class Server:
         self.pretraining: Optional[Dict[str, object]] = None
         self.history: List[Dict[str, object]] = []
         self.out: Optional[Path] = None
+        self.screened: Optional[ScreenedTransport] = None
         self._sent: Dict[int, Payload] = {}
 
     # ------------------------------------------------------------------ enrollment
@@ -169,6 +209,7 @@ class Server:
                                          algorithm.build_selector(num_users), None,
                                          ClientStreams())
         transport.nodes = self.node_users
+        transport = self.screened = ScreenedTransport(transport, num_items, model.dim)
 
         def enroll_devices(seed: int) -> List[Payload]:
             payloads = {node: {'enroll-seed': seed, **grouped('private', {
@@ -182,9 +223,11 @@ class Server:
         log.info('enrolled %d users on %d nodes, %d items', num_users, len(self.node_users),
                  num_items)
 
-    def pretrain(self, transport: Transport) -> None:
-        """The algorithm's pre-training over messages, if it has one."""
-        self.pretraining = self.engine.pretrain_remote(transport, self.generator, self.progress)
+    def pretrain(self) -> None:
+        """The algorithm's pre-training over messages, if it has one, over the transport of
+        the enrollment with its checks."""
+        self.pretraining = self.engine.pretrain_remote(self.screened, self.generator,
+                                                       self.progress)
 
     # ------------------------------------------------------------------ rounds
     def configure_round(self) -> Dict[int, Payload]:
@@ -317,8 +360,13 @@ class Server:
 
     # ------------------------------------------------------------------ a whole run
     def metrics(self) -> Dict:
-        """The run's ``metrics.json`` so far (the in-process format)."""
-        return metrics_of(self.history, self.pretraining, self.config)
+        """The run's ``metrics.json`` so far (the in-process format; with
+        ``uploads_dropped_outside_rounds``, by step and reason, when the server dropped any
+        enrollment or pre-training upload)."""
+        metrics = metrics_of(self.history, self.pretraining, self.config)
+        if self.screened is not None and self.screened.dropped:
+            metrics['uploads_dropped_outside_rounds'] = self.screened.dropped
+        return metrics
 
     def start(self, transport: Transport, out: Optional[Path] = None) -> None:
         """Enrollment and pre-training; writes ``out/config.json``."""
@@ -327,7 +375,7 @@ class Server:
             out.mkdir(parents=True, exist_ok=True)
             self.config.save(out / 'config.json')
         self.enroll(transport, transport.node_ids())
-        self.pretrain(transport)
+        self.pretrain()
 
     def run(self, transport: Transport, out: Optional[Path] = None) -> Dict:
         """A whole run over ``transport``'s devices, every step through :meth:`Transport.send`

@@ -11,7 +11,7 @@ model and does not count in the mean; the round's record counts the drops by rea
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -70,3 +70,50 @@ def screen(result: 'ClientRound', num_items: int, extra: Optional[Dict[str, Tens
         generators=None if result.generators is None else
         [g for g, kept_one in zip(result.generators, keep.tolist()) if kept_one])
     return kept, {k: v[keep] for k, v in extra.items()}, dropped
+
+
+#: The per-user tensors of a device's replies outside a round (enrollment uploads,
+#: pre-training): an index tensor of user ids, and the tensors with one entry per entry of
+#: it (float: one row per entry ``[n, ..., d]``; ``edge-item``: item ids).
+BY_INDEX = {'users': ('user-update', 'views'), 'edge-user': ('edge-item',)}
+
+
+def restrict_reply(reply: Mapping[str, object], held: Tensor, num_items: int, dim: int
+                   ) -> Tuple[Optional[Dict[str, object]], Dict[str, int]]:
+    """A device's reply outside a round with only the entries the server can accept: for
+    users the device holds (``held``), of finite values, naming items that exist.
+
+    Returns:
+        ``(reply, {reason: entries dropped})``; the reply is ``None`` (reason ``malformed``)
+        when an index is not a vector of ids or a tensor does not line up with its index.
+    """
+    out, dropped = dict(reply), {}
+    for index_key, aligned in BY_INDEX.items():
+        index = reply.get(index_key)
+        if index is None:
+            continue
+        if not isinstance(index, Tensor) or index.dim() != 1 or index.is_floating_point():
+            return None, {'malformed': 1}
+        keep = torch.ones_like(index, dtype=torch.bool)
+        reasons = {'not_held': ~torch.isin(index, held)}
+        for key in (key for key in aligned if key in reply):
+            value = reply[key]
+            if (not isinstance(value, Tensor) or value.dim() == 0
+                    or value.size(0) != index.numel()
+                    or value.is_floating_point() != (value.dim() > 1)
+                    or (value.is_floating_point() and value.size(-1) != dim)):
+                return None, {'malformed': 1}
+            if value.is_floating_point():
+                reasons['non_finite'] = reasons.get('non_finite', False) | ~finite_rows(value)
+            else:
+                reasons['bad_item'] = (value < 0) | (value >= num_items)
+        for reason, bad in reasons.items():
+            count = int((bad & keep).sum())
+            if count:
+                dropped[reason] = dropped.get(reason, 0) + count
+            keep &= ~bad
+        if not bool(keep.all()):
+            out[index_key] = index[keep]
+            for key in (key for key in aligned if key in reply):
+                out[key] = reply[key][keep]
+    return out, dropped
