@@ -4,14 +4,18 @@ import math
 
 import pytest
 import torch
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
+from flwr.serverapp import Grid
 
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
 from fedgraph.federated.device import Device
 from fedgraph.flower.deploy import deploy, write_app
+from fedgraph.flower.certificates import write_credentials
+from fedgraph.flower.client import make_client_app
 from fedgraph.flower.records import (config_to_run_config, from_record, load,
-                                     run_config_to_config, store, to_record)
+                                     run_config_to_config, store, to_content, to_record)
+from fedgraph.flower.server import RowFedAvg
 from fedgraph.flower.simulation import simulate
 from fedgraph.training import prepare_split, train
 
@@ -180,3 +184,141 @@ def test_the_deploy_comparison_shows_the_largest_difference_per_round():
                         [record(0, 0.5 + 1e-3), record(1, 0.25)]).splitlines()
     assert table[2].endswith('| 1.0e-03 |') and '0.1250' in table[2]
     assert table[3].endswith('| 0.0e+00 |')
+
+
+class InProcessGrid(Grid):
+    """A ``Grid`` that hands each message to the ``ClientApp`` of its node in this process
+    (node ``100 + p`` holds partition ``p``), node 100's train replies through ``tamper``:
+    Flower's messages, records and strategy loop without processes."""
+
+    run = None
+
+    def __init__(self, app, num_nodes, tamper):
+        self.app, self.tamper = app, tamper
+        self.contexts = {100 + p: Context(run_id=1, node_id=100 + p, state=RecordDict(),
+                                          node_config={'partition-id': p,
+                                                       'num-partitions': num_nodes},
+                                          run_config={})
+                         for p in range(num_nodes)}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            reply = self.app(message, self.contexts[node])
+            if node == 100 and message.metadata.message_type == MessageType.TRAIN:
+                reply = self.tamper(reply)
+            replies.append(reply)
+        return replies
+
+    def set_run(self, run_id):
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def task_identity():
+    """The run and node identity Flower's Message needs outside a running ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _payload_tamper(change):
+    def tamper(reply):
+        payload = load(reply.content)
+        change(payload)
+        reply.content = to_content(payload)
+        return reply
+    return tamper
+
+
+def _undecodable(reply):
+    reply.content = RecordDict({'arrays': ConfigRecord({'update': 'not an array'})})
+    return reply
+
+
+@pytest.mark.parametrize('tamper, dropped, node_left_out', [
+    (_payload_tamper(lambda p: p['update'].__setitem__(0, float('nan'))),
+     {'non_finite': 1}, False),
+    (_payload_tamper(lambda p: p['update'].__setitem__(0, 1e30)), {'non_finite': 1}, False),
+    (_payload_tamper(lambda p: p['row-item'].__setitem__(0, -5)), {'bad_item': 1}, False),
+    (_payload_tamper(lambda p: p.__setitem__('users', p['users'] + 1)),
+     {'not_selected': 250}, False),
+    (_undecodable, {}, True)])
+def test_a_hostile_client_app_on_flower_is_dropped_and_the_run_goes_on(
+        task_identity, tamper, dropped, node_left_out):
+    """Node 100 of four tampers with its Flower train replies (250 users each): a NaN or
+    huge row, an unknown item, another node's users, a record that does not decode. The
+    strategy drops what it must, counts it, and the model stays finite."""
+    config = TrainConfig(rounds=2, dim=8, **CONFIG)
+    strategy = RowFedAvg(config, timeout=5, progress=False)
+    metrics = strategy.run(InProcessGrid(make_client_app(config), 4, tamper))
+    for record in metrics['rounds']:
+        assert record['uploads_dropped'] == dropped
+        assert record['clients'] == (750 if node_left_out else 1000 - sum(dropped.values()))
+        assert 0 < record['val']['hr@10'] <= 1
+    assert torch.isfinite(strategy.server.federated.model.item).all()
+
+
+def test_the_local_credentials_chain_to_their_authority(tmp_path):
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import (load_ssh_private_key,
+                                                              load_ssh_public_key)
+
+    credentials = write_credentials(tmp_path, num_nodes=2)
+    ca = x509.load_pem_x509_certificate(credentials.ca_certificate.read_bytes())
+    link = x509.load_pem_x509_certificate(credentials.superlink_certificate.read_bytes())
+    link.verify_directly_issued_by(ca)  # raises when the signature does not verify
+    names = link.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address('127.0.0.1') in names.get_values_for_type(x509.IPAddress)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert credentials.superlink_key.stat().st_mode & 0o777 == 0o600
+    publics = []
+    for node in range(2):
+        key = load_ssh_private_key(credentials.node_keys[node].read_bytes(), None)
+        public = load_ssh_public_key(credentials.node_public_key(node).read_bytes())
+        assert isinstance(key.curve, ec.SECP384R1)
+        assert key.public_key().public_numbers() == public.public_numbers()
+        assert credentials.node_keys[node].stat().st_mode & 0o777 == 0o600
+        publics.append(public.public_numbers())
+    assert publics[0] != publics[1]
+
+
+def test_a_supernode_whose_key_was_not_registered_is_refused(tmp_path):
+    import subprocess
+
+    from fedgraph.flower.deploy import LocalDeployment, _executable, free_port
+
+    with LocalDeployment(tmp_path, num_nodes=1) as deployment:
+        stranger = write_credentials(tmp_path / 'stranger', num_nodes=1)
+        log = tmp_path / 'logs' / 'stranger.log'
+        with open(log, 'w') as handle:
+            node = subprocess.Popen(
+                [_executable('flower-supernode'), '--root-certificates',
+                 str(tmp_path / 'credentials' / 'ca.crt'), '--auth-supernode-private-key',
+                 str(stranger.node_keys[0]), '--superlink', f'127.0.0.1:{deployment.link_port}',
+                 '--port', str(free_port()), '--max-retries', '2', '--max-wait-time', '30',
+                 '--node-config', 'partition-id=0 num-partitions=1'],
+                stdout=handle, stderr=subprocess.STDOUT, env=deployment._env())
+            code = node.wait(timeout=120)
+        assert 'Uvicorn running on https://' in (tmp_path / 'logs' / 'superlink.log').read_text()
+    assert code != 0
+    assert 'Failed to activate SuperNode' in log.read_text()

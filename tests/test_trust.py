@@ -140,10 +140,16 @@ def _misshapen_views(reply, replies):
     return reply
 
 
+def _no_user_update(reply, replies):
+    del reply['user-update']
+    return reply
+
+
 @pytest.mark.parametrize('step, tamper, dropped', [
     ('init', _claims_a_foreign_user, {'not_held': 2, 'non_finite': 1}),
     ('pretrain-views', _nan_and_foreign_views, {'not_held': 1, 'non_finite': 1}),
-    ('pretrain-views', _misshapen_views, {'malformed': 1})])
+    ('pretrain-views', _misshapen_views, {'malformed': 1}),
+    ('init', _no_user_update, {'malformed': 1})])
 def test_enrollment_and_pretraining_uploads_pass_the_same_checks(step, tamper, dropped):
     """A device that enrolls another device's user, uploads a NaN user embedding or sends
     pre-training views for users it does not hold is cut to what it holds; the graph has no

@@ -24,7 +24,7 @@ engine run with ``client_streams=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -55,6 +55,10 @@ def grouped(name: str, tensors: Mapping[str, Tensor]) -> Payload:
 class DeviceHooks:
     """The device-side halves of an algorithm's steps beyond local training; the base class
     has none (PFedRec, FedMF, FedNCF). State they keep goes into ``device.extra``."""
+
+    #: The tensors a reply to each of its steps carries (``init``: the enrollment upload);
+    #: the server drops a reply without them as malformed.
+    replies: Dict[str, Tuple[str, ...]] = {}
 
     def enroll(self, device: 'Device', seed: int) -> Payload:
         """What the users upload when they enroll, drawn from their streams of ``seed``."""

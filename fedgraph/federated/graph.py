@@ -547,6 +547,9 @@ class GraphDeviceHooks(DeviceHooks):
         user_vector: the name of the head's private user vector.
     """
 
+    replies = {'init': ('edge-user', 'edge-item', 'users', 'user-update'),
+               'pretrain-views': ('users', 'views'), 'upload-users': ('users', 'user-update')}
+
     def __init__(self, num_layers: int, pseudo_ratio: float, level_weights: Sequence[float],
                  num_clusters: int = 0, pretrain_lr: float = 0.05, user_vector: str = 'user'):
         self.num_layers = num_layers

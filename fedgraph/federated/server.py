@@ -121,19 +121,24 @@ class LocalTransport(Transport):
 
 class ScreenedTransport(Transport):
     """``transport`` whose replies outside the rounds (the enrollment uploads of ``init``,
-    pre-training) pass the server's checks (:func:`~fedgraph.federated.trust.restrict_reply`)
-    against the users each node enrolled with; what it drops is counted by step and reason
-    in :attr:`dropped`. Round uploads are checked by :meth:`Server.aggregate_round`."""
+    pre-training) pass the server's checks: a reply without the tensors its step's reply
+    carries (``expected``, :attr:`DeviceHooks.replies
+    <fedgraph.federated.device.DeviceHooks.replies>`) is dropped as malformed, the others are
+    cut to what :func:`~fedgraph.federated.trust.restrict_reply` accepts from the users each
+    node enrolled with. What it drops is counted by step and reason in :attr:`dropped`.
+    Round uploads are checked by :meth:`Server.aggregate_round`."""
 
     #: Steps whose replies are checked elsewhere or carry no user data.
     UNCHECKED = ('enroll', 'train', 'evaluate')
 
-    def __init__(self, transport: Transport, num_items: int, dim: int):
+    def __init__(self, transport: Transport, num_items: int, dim: int,
+                 expected: Mapping[str, Tuple[str, ...]]):
         super().__init__()
         self.transport = transport
         self.nodes = transport.nodes
         self.num_items = num_items
         self.dim = dim
+        self.expected = expected
         self.dropped: Dict[str, Dict[str, int]] = {}
 
     def node_ids(self) -> List[int]:
@@ -145,7 +150,11 @@ class ScreenedTransport(Transport):
             return replies
         kept = {}
         for node, reply in replies.items():
-            reply, dropped = restrict_reply(reply, self.nodes[node], self.num_items, self.dim)
+            if all(isinstance(reply.get(key), Tensor) for key in self.expected.get(step, ())):
+                reply, dropped = restrict_reply(reply, self.nodes[node], self.num_items,
+                                                self.dim)
+            else:
+                reply, dropped = None, {'malformed': 1}
             counts = self.dropped.setdefault(step, {})
             for reason, count in dropped.items():
                 counts[reason] = counts.get(reason, 0) + count
@@ -209,7 +218,8 @@ class Server:
                                          algorithm.build_selector(num_users), None,
                                          ClientStreams())
         transport.nodes = self.node_users
-        transport = self.screened = ScreenedTransport(transport, num_items, model.dim)
+        transport = self.screened = ScreenedTransport(transport, num_items, model.dim,
+                                                      algorithm.device_hooks().replies)
 
         def enroll_devices(seed: int) -> List[Payload]:
             payloads = {node: {'enroll-seed': seed, **grouped('private', {

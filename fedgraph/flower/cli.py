@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument('--kill-partition', type=int, default=0)
     deploy.add_argument('--no-compare', action='store_true',
                         help='skip the in-process run with the same seed')
+    deploy.add_argument('--insecure', action='store_true',
+                        help='no TLS and no SuperNode authentication (default: a local '
+                             'certificate authority signs the SuperLink\'s certificate and '
+                             'every SuperNode authenticates with its own key)')
     simulate = actions.add_parser('simulate', help="Flower's Ray simulation engine")
     simulate.add_argument('--nodes', type=int, default=None,
                           help='virtual SuperNodes (default: one per user)')
@@ -66,10 +70,13 @@ def _deploy(args: argparse.Namespace) -> None:
 
     config = config_from_args(args, client_streams=True)
     result = deploy(config, args.nodes, args.workdir, timeout=args.timeout,
-                    kill_after_round=args.kill_after_round, kill_partition=args.kill_partition)
+                    kill_after_round=args.kill_after_round, kill_partition=args.kill_partition,
+                    insecure=args.insecure)
     rounds = result['metrics']['rounds']
-    print(f"{len(rounds)} rounds on {args.nodes} SuperNodes in {result['seconds']:.1f} s "
-          f"(logs: {args.workdir / 'logs'})")
+    security = ('without TLS or node authentication (--insecure)' if args.insecure else
+                'over TLS with authenticated SuperNodes')
+    print(f"{len(rounds)} rounds on {args.nodes} SuperNodes {security} in "
+          f"{result['seconds']:.1f} s (logs: {args.workdir / 'logs'})")
     reference = None if args.no_compare else train(config, progress=False)['rounds']
     print(_comparison(rounds, reference))
     print(_wire_table(result, rounds, args.nodes))

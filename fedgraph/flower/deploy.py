@@ -7,8 +7,11 @@ wire are measured, not estimated), and submits the run with ``flwr run``. Across
 the same commands run with the SuperLink's address in place of ``127.0.0.1`` (see
 ``docs/flower.md``).
 
-Flower 1.41's Fleet API, which SuperNodes use, is HTTP (earlier releases spoke gRPC):
-``--insecure`` here, TLS certificates in a real deployment.
+Flower 1.41's Fleet API, which SuperNodes use, is HTTP (earlier releases spoke gRPC). By
+default every connection is TLS and every SuperNode authenticates: the deployment writes a
+certificate authority, the SuperLink's certificate and a key pair per SuperNode
+(:mod:`fedgraph.flower.certificates`) and registers the SuperNodes' public keys with the
+SuperLink before they start; ``insecure=True`` (``--insecure``) runs without either.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from fedgraph.config import TrainConfig
+from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.records import config_to_run_config
 
 LINK_NAME = 'fedgraph-local'
@@ -121,12 +125,14 @@ class LocalDeployment:
     """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, each a separate process.
 
     Node ``p`` holds users ``p, p + num_nodes, ...`` (its ``node-config`` partition). Logs,
-    the Flower App and ``FLWR_HOME`` go to ``workdir``.
+    the Flower App, ``FLWR_HOME`` and the credentials (``workdir/credentials``) go to
+    ``workdir``. ``insecure``: no TLS and no node authentication.
     """
 
-    def __init__(self, workdir: Path, num_nodes: int):
+    def __init__(self, workdir: Path, num_nodes: int, insecure: bool = False):
         self.workdir = Path(workdir).resolve()
         self.num_nodes = num_nodes
+        self.insecure = insecure
         self.link_port = free_port()
         self.home = self.workdir / 'flwr-home'
         self.logs = self.workdir / 'logs'
@@ -151,22 +157,46 @@ class LocalDeployment:
     def start(self, startup_timeout: float = 60.0) -> 'LocalDeployment':
         self.logs.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
+        credentials = None if self.insecure else write_credentials(
+            self.workdir / 'credentials', num_nodes=self.num_nodes)
+        connection = ('insecure = true' if credentials is None else
+                      f'root-certificates = "{credentials.ca_certificate}"')
         (self.home / 'config.toml').write_text(
             f'[superlink]\ndefault = "{LINK_NAME}"\n\n[superlink.{LINK_NAME}]\n'
-            f'address = "127.0.0.1:{self.link_port}"\ninsecure = true\n')
-        self.link = self._spawn([_executable('flower-superlink'), '--insecure',
+            f'address = "127.0.0.1:{self.link_port}"\n{connection}\n')
+        link_security = ['--insecure'] if credentials is None else [
+            '--ssl-ca-certfile', str(credentials.ca_certificate),
+            '--ssl-certfile', str(credentials.superlink_certificate),
+            '--ssl-keyfile', str(credentials.superlink_key), '--enable-supernode-auth']
+        self.link = self._spawn([_executable('flower-superlink'), *link_security,
                                  '--port', str(self.link_port),
                                  '--disable-runtime-dependency-installation'], 'superlink.log')
         _wait_for_port(self.link_port, startup_timeout)
         for partition in range(self.num_nodes):
+            if credentials is None:
+                node_security = ['--insecure']
+            else:
+                self._register(credentials.node_public_key(partition), startup_timeout)
+                node_security = ['--root-certificates', str(credentials.ca_certificate),
+                                 '--auth-supernode-private-key',
+                                 str(credentials.node_keys[partition])]
             counter = ByteCounter(self.link_port)
             self.counters.append(counter)
             self.nodes.append(self._spawn([
-                _executable('flower-supernode'), '--insecure',
+                _executable('flower-supernode'), *node_security,
                 '--superlink', f'127.0.0.1:{counter.port}', '--port', str(free_port()),
                 '--node-config', f'partition-id={partition} num-partitions={self.num_nodes}'],
                 f'supernode-{partition}.log'))
         return self
+
+    def _register(self, public_key: Path, timeout: float) -> None:
+        """``flwr supernode register``: the SuperLink will serve the holder of this key."""
+        result = subprocess.run([_executable('flwr'), 'supernode', 'register', str(public_key),
+                                 LINK_NAME], capture_output=True, text=True, env=self._env(),
+                                timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f'could not register {public_key} with the SuperLink: '
+                               f'{result.stdout}{result.stderr}')
 
     def submit(self, app: Path) -> subprocess.Popen:
         """``flwr run APP`` on this deployment's SuperLink, streaming the run's logs."""
@@ -220,11 +250,12 @@ def _rounds_done(metrics_path: Path) -> int:
 
 def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 60.0,
            kill_after_round: Optional[int] = None, kill_partition: int = 0,
-           run_timeout: Optional[float] = None) -> Dict:
+           run_timeout: Optional[float] = None, insecure: bool = False) -> Dict:
     """Runs ``config`` on a :class:`LocalDeployment` of ``num_nodes`` SuperNodes.
 
     Args:
         timeout: seconds the server waits for a round's replies.
+        insecure: without TLS and node authentication.
         kill_after_round: kill SuperNode ``kill_partition`` as soon as this many rounds are
             done (a fault in the middle of the run).
         run_timeout: seconds the whole run may take (``None``: no limit).
@@ -237,7 +268,7 @@ def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 
     out = workdir / 'run'
     app = workdir / 'app'
     write_app(app, config, out=str(out), timeout=timeout, **{'min-nodes': num_nodes})
-    with LocalDeployment(workdir, num_nodes) as deployment:
+    with LocalDeployment(workdir, num_nodes, insecure) as deployment:
         idle_began = time.monotonic()
         time.sleep(5)  # the SuperNodes connect and poll: what an idle node costs
         idle = [counter.snapshot() for counter in deployment.counters]

@@ -66,14 +66,19 @@ class FlowerTransport(Transport):
 
     @staticmethod
     def answered(replies: Iterable[Message]) -> Dict[int, Payload]:
-        """The payloads of the replies without error, by node."""
+        """The payloads of the replies without error that decode, by node (a node whose
+        reply does not is left out of the step, as if it had not answered)."""
         answered = {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning('node %d failed: %s', node, reply.error.reason)
-            else:
+                continue
+            try:
                 answered[node] = load(reply.content)
+            except Exception as error:  # whatever a hostile node's records make load raise
+                log.warning('node %d sent a reply that does not decode (%s: %s); left out',
+                            node, type(error).__name__, error)
         return answered
 
     def send(self, step: str, payloads: Mapping[int, Payload]) -> Dict[int, Payload]:
