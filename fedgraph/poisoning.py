@@ -261,17 +261,19 @@ def attack_table(config: TrainConfig, attack: ItemPromotion, fractions: Sequence
 
 def format_table(rows: List[Dict]) -> str:
     """The grid's results as a Markdown table, mean ± std over seeds per (fraction,
-    defence)."""
+    defence), with the median over seeds of the benign row updates' 99th-percentile norm
+    in the last round (what a norm bound could be set to)."""
     metric = next(name for name in BENIGN_METRIC.values() if name in rows[0])
     cells: Dict[Tuple[float, str], List[Dict]] = {}
     for row in rows:
         cells.setdefault((row['fraction'], row['defence']), []).append(row)
-    lines = [f'| fake users | defence | seeds | ER@10 of the targets | benign test {metric} |',
-             '|---|---|---|---|---|']
+    lines = [f'| fake users | defence | seeds | ER@10 of the targets | benign test {metric} '
+             '| benign row-update norm, 99th percentile |', '|---|---|---|---|---|---|']
     for (fraction, defence), group in cells.items():
         lines.append(f"| {fraction:.0%} ({group[0]['fake_users']}) | {defence} | {len(group)} "
                      f"| {_mean_std([r['er@10'] for r in group])} "
-                     f"| {_mean_std([r[metric] for r in group])} |")
+                     f"| {_mean_std([r[metric] for r in group])} "
+                     f"| {statistics.median(r['benign_norm_q99'] for r in group):.1f} |")
     return '\n'.join(lines)
 
 
