@@ -7,7 +7,7 @@ wire are measured, not estimated), and submits the run with ``flwr run``. Across
 the same commands run with the SuperLink's address in place of ``127.0.0.1`` (see
 ``docs/flower.md``).
 
-Flower 1.41's Fleet API, which SuperNodes use, is HTTP (earlier releases spoke gRPC). By
+Since Flower 1.41 the Fleet API, which SuperNodes use, is HTTP (earlier releases spoke gRPC). By
 default every connection is TLS and every SuperNode authenticates: the deployment writes a
 certificate authority, the SuperLink's certificate and a key pair per SuperNode
 (:mod:`fedgraph.flower.certificates`) and registers the SuperNodes' public keys with the
