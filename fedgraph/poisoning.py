@@ -33,8 +33,8 @@ from tqdm import tqdm
 from fedgraph.config import TrainConfig
 from fedgraph.data.hetero import ITEM, RATED_BY, RATES, USER
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import ClientRound
 from fedgraph.data.split import SampledSplit
+from fedgraph.federated.engine import ClientRound
 from fedgraph.federated.evaluation import Split, evaluate
 from fedgraph.training import build_run, prepare_split
 
@@ -53,8 +53,7 @@ class ItemPromotion:
             tenth of the catalogue.
         boost: the factor by which a fake user scales its uploaded target rows (1: plain
             data poisoning by fake profiles).
-        seed: the seed of the targets, the profiles and nothing else, so that the benign
-            clients' randomness is the run's.
+        seed: the seed of the targets and the profiles (the run's own seed draws the rest).
     """
     fraction: float = 0.01
     num_targets: int = 1
@@ -79,7 +78,8 @@ def choose_targets(train: HeteroData, attack: ItemPromotion) -> Tensor:
     popularity = torch.bincount(train[RATES].edge_index[1], minlength=train[ITEM].num_nodes)
     tail = torch.argsort(popularity, stable=True)[:train[ITEM].num_nodes // 2]
     generator = torch.Generator().manual_seed(attack.seed)
-    return tail[torch.randperm(tail.numel(), generator=generator)[:attack.num_targets]].sort().values
+    chosen = torch.randperm(tail.numel(), generator=generator)[:attack.num_targets]
+    return tail[chosen].sort().values
 
 
 def with_fake_users(train: HeteroData, targets: Tensor, attack: ItemPromotion) -> HeteroData:
@@ -187,7 +187,8 @@ def run_attack(config: TrainConfig, attack: ItemPromotion, split: Split,
     engine, generator = build_run(config, poisoned)
     federated = engine.federated
     if federated is None:
-        raise ValueError(f'{config.algorithm} is not federated: there is no client to be')
+        raise ValueError(f'{config.algorithm} on the {config.engine} engine runs no federated '
+                         f'rounds for fake clients to join')
     fake_users = torch.arange(num_users, poisoned.train[USER].num_nodes)
     booster = TargetBooster(fake_users, targets, attack.boost)
     federated.adversary = booster

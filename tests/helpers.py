@@ -47,8 +47,8 @@ def local_training(algorithm, num_items, local_epochs=1, weighted=False, clip=No
     item_lr = 0.1 * num_items * 80 if personal else 0.1 * num_items
     return LocalTraining(lr=0.1, item_lr=item_lr, batch_size=batch_size,
                          local_epochs=local_epochs, num_negatives=4, alternating=personal,
-                         personalize_items=personal, aggregation=Aggregation('weighted' if weighted else 'mean'),
-                         upload=UploadTransform(clip=clip))
+                         personalize_items=personal, upload=UploadTransform(clip=clip),
+                         aggregation=Aggregation('weighted' if weighted else 'mean'))
 
 
 def make_engine(cls, data, algorithm, dim, ratio=None, seed=0, **training):

@@ -93,7 +93,7 @@ def test_boosted_fake_users_promote_a_target_and_a_defence_stops_them(defence):
 
 
 def test_centralized_models_have_no_clients_to_attack(tiny_sampled_split):
-    with pytest.raises(ValueError, match='not federated'):
+    with pytest.raises(ValueError, match='runs no federated rounds'):
         run_attack(TrainConfig(algorithm='mf', rounds=1, dim=8), ItemPromotion(),
                    tiny_sampled_split, progress=False)
 

@@ -7,6 +7,8 @@ names an item that does not exist; a deployment's server also drops users a devi
 asked to train, users uploaded twice, and a device's malformed reply
 (:meth:`~fedgraph.federated.server.Server.aggregate_round`). A dropped upload never enters the
 model and does not count in the mean; the round's record counts the drops by reason.
+Outside the rounds (enrollment uploads, pre-training) a device's reply is cut to the
+entries the server can accept (:func:`restrict_reply`).
 """
 from __future__ import annotations
 
