@@ -102,3 +102,13 @@ def test_commands_refuse_a_hostile_file_without_running_it(graph_run, tmp_path, 
     with pytest.raises(Exception, match='Weights only load failed'):
         main(argv)
     assert not target.exists()
+
+
+def test_a_user_the_run_does_not_know_is_a_misuse(tmp_path, capsys):
+    out = tmp_path / 'run'
+    main(['train', '--out', str(out)] + SMALL)
+    capsys.readouterr()
+    with cli_misuse(capsys, 'no user 999999 in the data this run trained on'):
+        main(['recommend', str(out), '--user', '999999'])
+    with cli_misuse(capsys, "the user ids of this run are integers, got 'abc'"):
+        main(['export', str(out), '--user', 'abc', '--out', str(tmp_path / 'abc.pt')])

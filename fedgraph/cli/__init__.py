@@ -132,7 +132,12 @@ def _recommend(args: argparse.Namespace) -> None:
 def _user_id(run, text: str):
     """A user id from the command line as the run's data writes it (an integer when its
     ids are integers)."""
-    return text if isinstance(run.split.train['user'].raw_id, list) else int(text)
+    if isinstance(run.split.train['user'].raw_id, list):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f'the user ids of this run are integers, got {text!r}') from None
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -100,8 +100,9 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
 
 
 #: What a command raises when it was given something it cannot use (a value out of range, a
-#: file that is missing, a folder that holds a run): reported as argparse reports a bad flag.
-MISUSE = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+#: file that is missing, a folder that holds a run, a user a run does not know): reported as
+#: argparse reports a bad flag.
+MISUSE = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 def remember_parsers(commands: argparse._SubParsersAction) -> None:
@@ -116,4 +117,6 @@ def run_command(args: argparse.Namespace) -> None:
     try:
         args.run(args)
     except MISUSE as error:
-        args.parser.error(str(error))
+        # A KeyError's str() is the repr of its message.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        args.parser.error(str(message))
