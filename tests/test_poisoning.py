@@ -74,10 +74,14 @@ def test_exposure_counts_users_who_never_had_the_target():
     assert exposure_ratio(_Scores(), split, torch.tensor([0]), k=3) == 0.0
 
 
-@pytest.mark.parametrize('defence', [dict(norm_bound=60.0), dict(aggregation='median')])
-def test_boosted_fake_users_promote_a_target_and_a_defence_stops_them(defence):
+@pytest.mark.parametrize('defence, stops', [
+    (dict(norm_bound=60.0), True), (dict(aggregation='median'), True),
+    (dict(aggregation='trimmed_mean'), False)])
+def test_boosted_fake_users_promote_a_target_and_a_defence_stops_them(defence, stops):
     """2% fake users (6 of 300) put a long-tail item into nearly every benign top 10 of
-    PFedRec; a norm bound and the median each keep it out."""
+    PFedRec; a norm bound and the median each keep it out. The 20%-trimmed mean does not:
+    the target's row is uploaded by about 18 benign clients (as a sampled negative) and the
+    6 fake ones, more than the fifth it trims at each end."""
     split = leave_one_out_split(synthetic_interactions(num_users=300, num_items=1000,
                                                        mean_degree=20, seed=2))
     config = dict(algorithm='pfedrec', rounds=10, dim=8)
@@ -88,8 +92,11 @@ def test_boosted_fake_users_promote_a_target_and_a_defence_stops_them(defence):
     defended = run_attack(TrainConfig(**config, **defence), attack, split, progress=False)
     assert clean['fake_users'] == 0 and attacked['fake_users'] == 6
     assert clean['er@10'] < 0.05 and attacked['er@10'] > 0.8
-    assert defended['er@10'] < 0.05
-    assert defended['hr@10'] > clean['hr@10'] - 0.05
+    if stops:
+        assert defended['er@10'] < 0.05
+        assert defended['hr@10'] > clean['hr@10'] - 0.05
+    else:
+        assert defended['er@10'] > 0.8
 
 
 def test_centralized_models_have_no_clients_to_attack(tiny_sampled_split):
