@@ -177,9 +177,9 @@ def _run(config: TrainConfig, out: Optional[Path], engine: RoundEngine,
         problem = divergence(stats, engine)
         if problem is not None:
             bar.close()
-            kept = ('no checkpoint was written' if saved is None else
+            kept = ('No checkpoint was written' if saved is None else
                     f'{out / CHECKPOINT} (after round {saved - 1}) is kept' if out else
-                    'nothing was saved')
+                    'Nothing was saved')
             raise TrainingDiverged(f'{config.algorithm} diverged in round {round_index}: '
                                    f'{problem}; lower the learning rate (--lr). {kept}')
         record = round_record(round_index, stats, engine)

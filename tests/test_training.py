@@ -344,7 +344,7 @@ def test_the_command_line_reports_divergence_without_a_traceback(tmp_path, capsy
         main(['train', '--dataset', 'synthetic', '--lr', '1e6', '--rounds', '3', '--out',
               str(out), '--quiet'])
     assert str(raised.value).startswith('error: pfedrec diverged in round 0')
-    assert 'no checkpoint was written' in str(raised.value)
+    assert 'No checkpoint was written' in str(raised.value)
     assert 'Traceback' not in capsys.readouterr().err
     assert not (out / 'metrics.json').exists() and not (out / CHECKPOINT).exists()
 
