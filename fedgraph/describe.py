@@ -20,7 +20,7 @@ def describe(data: HeteroData) -> Dict[str, object]:
     num_users, num_items = data[USER].num_nodes, data[ITEM].num_nodes
     ones = torch.ones(partition.num_interactions, dtype=torch.float64)
     degree = partition.reduce(ones, 'sum')
-    item_degree = torch.bincount(partition.col, minlength=num_items).double()
+    item_degree = partition.item_degree.double()
     summary = {
         'users': num_users,
         'items': num_items,

@@ -75,7 +75,7 @@ class ItemPromotion:
 def choose_targets(train: HeteroData, attack: ItemPromotion) -> Tensor:
     """``attack.num_targets`` items drawn uniformly from the less popular half of the
     catalogue (by training interactions): the long tail an adversary would promote."""
-    popularity = torch.bincount(train[RATES].edge_index[1], minlength=train[ITEM].num_nodes)
+    popularity = ClientPartition.from_data(train).item_degree
     tail = torch.argsort(popularity, stable=True)[:train[ITEM].num_nodes // 2]
     generator = torch.Generator().manual_seed(attack.seed)
     chosen = torch.randperm(tail.numel(), generator=generator)[:attack.num_targets]
@@ -88,7 +88,7 @@ def with_fake_users(train: HeteroData, targets: Tensor, attack: ItemPromotion) -
     fake edges (time, rating) takes its largest value in ``train``."""
     num_users, num_items = train[USER].num_nodes, train[ITEM].num_nodes
     num_fake = attack.num_fake(num_users)
-    popularity = torch.bincount(train[RATES].edge_index[1], minlength=num_items)
+    popularity = ClientPartition.from_data(train).item_degree
     popular = torch.argsort(popularity, descending=True, stable=True)
     popular = popular[~torch.isin(popular, targets)][:max(attack.num_fillers, num_items // 10)]
     generator = torch.Generator().manual_seed(attack.seed + 1)
@@ -207,15 +207,15 @@ def run_attack(config: TrainConfig, attack: ItemPromotion, split: Split,
 DEFENCES = ('none', 'norm_bound', 'median', 'trimmed_mean')
 
 
-def defended(config: TrainConfig, defence: str, norm_bound: Optional[float]) -> TrainConfig:
-    """``config`` with the server's aggregation set to ``defence``: FedAvg as configured
-    (``none``), FedAvg with the norm bound ``norm_bound``, or a robust rule."""
+def defended(config: TrainConfig, defence: str, **overrides) -> TrainConfig:
+    """``config`` (with ``overrides``) with the server's aggregation set to ``defence``:
+    FedAvg as configured (``none``), FedAvg with ``config.norm_bound``, or a robust rule."""
     if defence not in DEFENCES:
         raise ValueError(f'defence must be one of {DEFENCES}, got {defence!r}')
-    if defence == 'norm_bound' and not norm_bound:
+    if defence == 'norm_bound' and not config.norm_bound:
         raise ValueError('the norm_bound defence needs --norm-bound')
-    values = config.to_dict()
-    values.update(norm_bound=norm_bound if defence == 'norm_bound' else None,
+    values = {**config.to_dict(), **overrides}
+    values.update(norm_bound=config.norm_bound if defence == 'norm_bound' else None,
                   aggregation=defence if defence in ('median', 'trimmed_mean')
                   else config.aggregation)
     return TrainConfig(**values)
@@ -229,7 +229,7 @@ def attack_table(config: TrainConfig, attack: ItemPromotion, fractions: Sequence
     appended to that JSON-lines file as it arrives, and cells already there are read back
     rather than run again. The split is prepared once per seed."""
     for defence in defences:  # a defence that cannot run fails before any run does
-        defended(config, defence, config.norm_bound)
+        defended(config, defence)
     done = {}
     if out is not None and out.exists():
         for line in out.read_text().splitlines():
@@ -243,8 +243,7 @@ def attack_table(config: TrainConfig, attack: ItemPromotion, fractions: Sequence
         if (fraction, defence, seed) in done:
             rows.append(done[(fraction, defence, seed)])
             continue
-        run_config = defended(TrainConfig(**{**config.to_dict(), 'seed': seed}), defence,
-                              config.norm_bound)
+        run_config = defended(config, defence, seed=seed)
         if split_seed != seed:
             split, split_seed = prepare_split(run_config), seed
         began, cpu = time.perf_counter(), time.process_time()

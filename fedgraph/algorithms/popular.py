@@ -32,8 +32,7 @@ class PopularityEngine(RoundEngine):
 
     def __init__(self, partition: ClientPartition):
         self.num_users = partition.num_clients
-        self.count = torch.bincount(partition.col,
-                                    minlength=partition.num_items).to(torch.float32)
+        self.count = partition.item_degree.to(torch.float32)
 
     @property
     def device(self) -> torch.device:

@@ -84,6 +84,11 @@ class ClientPartition:
         return self.ptr[1:] - self.ptr[:-1]
 
     @property
+    def item_degree(self) -> Tensor:
+        """``[num_items]`` number of clients of each item (its popularity)."""
+        return torch.bincount(self.col, minlength=self.num_items)
+
+    @property
     def row(self) -> Tensor:
         """``[E]`` the client of each entry of ``col``."""
         return torch.repeat_interleave(

@@ -8,6 +8,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from fedgraph.federated.upload import bound_norm
+
 #: The aggregation rules: FedAvg unweighted or weighted by sample count, and the two robust
 #: statistics of Flower's FedMedian and FedTrimmedAvg.
 RULES = ('mean', 'weighted', 'median', 'trimmed_mean')
@@ -94,14 +96,6 @@ def grouped_order(values: Tensor, group: Tensor) -> Tensor:
     monotone = torch.where(bits < 0, ~bits & 0xFFFFFFFF, bits | 0x80000000)
     order = ((group.unsqueeze(0) << 32) | monotone).sort(dim=1).indices
     return values.t().gather(1, order).t()
-
-
-def bound_norm(update: Tensor, bound: float) -> Tensor:
-    """Each row of ``update`` ``[N, ...]`` scaled to L2 norm at most ``bound``:
-    :math:`\\Delta \\min(1, C / \\lVert \\Delta \\rVert_2)`."""
-    flat = update.reshape(update.size(0), -1)
-    scale = (bound / flat.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-    return (flat * scale.unsqueeze(1)).view_as(update)
 
 
 @dataclass(frozen=True)

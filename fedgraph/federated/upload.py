@@ -49,8 +49,7 @@ class UploadTransform:
         if self.clip is not None and self.mode == 'coordinate':
             update = update.clamp(-self.clip, self.clip)
         elif self.clip is not None:
-            norm = update.norm(dim=-1, keepdim=True)
-            update = update * (self.clip / norm.clamp_min(1e-12)).clamp(max=1.0)
+            update = bound_norm(update, self.clip)
         if self.laplace_scale > 0:
             update = update + laplace(update.shape, self.laplace_scale, generator,
                                       update.dtype).to(update.device)
@@ -77,3 +76,10 @@ def server_mean_noise(shape: torch.Size, scale: float, num_clients: int,
     not local differential privacy, and exists for like-for-like comparison only."""
     std = (2.0 / max(num_clients, 1)) ** 0.5 * scale
     return torch.randn(shape, generator=generator, dtype=dtype) * std
+
+
+def bound_norm(update: Tensor, bound: float) -> Tensor:
+    """Each vector of ``update`` along its last dimension scaled to L2 norm at most
+    ``bound``: :math:`\\Delta \\min(1, C / \\lVert \\Delta \\rVert_2)`."""
+    norm = update.norm(dim=-1, keepdim=True)
+    return update * (bound / norm.clamp_min(1e-12)).clamp(max=1.0)
