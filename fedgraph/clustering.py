@@ -27,6 +27,9 @@ class ClusterSelector:
     clients contributes ``floor(n_c / N * count)`` clients drawn uniformly from it, and the
     remaining places go to clients drawn uniformly from everyone not yet chosen."""
 
+    #: Not every set of ``count`` clients is equally likely.
+    uniform = False
+
     def __init__(self, assignment: Tensor, count: int):
         self.assignment = assignment
         self.num_clients = assignment.numel()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from fedgraph.federated.aggregation import RULES, Aggregation
+from fedgraph.privacy.gaussian import NOISE_AT
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ SECTIONS = {
     'federation': ('rounds', 'seed', 'dim', 'batch_size', 'local_epochs', 'num_negatives',
                    'client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
                    'norm_bound'),
-    'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at'),
+    'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon', 'dp_delta',
+                'dp_noise_multiplier', 'dp_clip', 'dp_noise_at'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
             'client_streams'),
 }
@@ -38,7 +40,14 @@ _FALLBACKS = {'clip_mode': 'l2'}
 _CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': RULES,
             'engine': ('vectorized', 'reference'),
             'split_mode': (None, 'random', 'temporal', 'predefined'),
-            'clip_mode': (None, 'l2', 'coordinate'), 'noise_at': ('client', 'server')}
+            'clip_mode': (None, 'l2', 'coordinate'), 'noise_at': ('client', 'server'),
+            'dp_noise_at': NOISE_AT}
+
+#: The shared settings that turn on user-level DP (DP-FedAvg); with one of them set, the
+#: algorithm's defaults for the Laplace mechanism's settings are not applied, and without
+#: them its default DP clip bound is not.
+DP_SETTINGS = ('dp_epsilon', 'dp_noise_multiplier')
+_LAPLACE_SETTINGS = ('clip', 'clip_mode', 'ldp_scale')
 
 
 @dataclass(init=False)
@@ -127,6 +136,20 @@ class TrainConfig:
         "'client': each client noises its upload (local DP); 'server': the server adds the "
         "mean of the round's clients' draws to the aggregate, as the PerFedRec++ code does "
         "(NOT local DP: for like-for-like comparison only)")
+    dp_epsilon: Optional[float] = setting(None,
+        'user-level DP (DP-FedAvg): the epsilon the whole run may spend; the noise '
+        'multiplier is calibrated to it before training (instead of --dp-noise-multiplier)')
+    dp_delta: Optional[float] = setting(None,
+        'user-level DP: delta of the (epsilon, delta) reported every round (default: '
+        '1 / number of users)')
+    dp_noise_multiplier: Optional[float] = setting(None,
+        'user-level DP: the Gaussian noise\'s standard deviation over --dp-clip')
+    dp_clip: Optional[float] = setting(None,
+        'user-level DP: the L2 bound of a client\'s whole update (default: the '
+        'algorithm\'s)')
+    dp_noise_at: str = setting('server',
+        "user-level DP: 'server' adds the noise to the sum (central DP), 'client' to each "
+        "upload (local DP)")
     # run
     eval_every: int = setting(1,
         'evaluate every N rounds')
@@ -158,6 +181,7 @@ class TrainConfig:
             raise ValueError(
                 f'{algorithm} has no setting {", ".join(sorted(unknown))}; its own settings: '
                 f'{", ".join(cls.Settings.names()) or "none"}')
+        private = any(values.get(name) is not None for name in DP_SETTINGS)
         for name, field in shared.items():
             value = values.get(name, field.default)
             if name in cls.unused_settings and value != field.default:
@@ -165,7 +189,9 @@ class TrainConfig:
                 raise ValueError(f'{algorithm} does not use {name} (set to {value!r}); '
                                  f'leave it {unset}')
             if value is None and name not in cls.unused_settings:
-                value = cls.shared_defaults.get(name, _FALLBACKS.get(name))
+                skipped = (name in _LAPLACE_SETTINGS) if private else (name == 'dp_clip')
+                value = _FALLBACKS.get(name) if skipped else cls.shared_defaults.get(
+                    name, _FALLBACKS.get(name))
             setattr(self, name, value)
         if settings is None:
             settings = cls.Settings(**own)
@@ -193,6 +219,35 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
+        self._validate_dp()
+
+    def _validate_dp(self) -> None:
+        if self.dp_epsilon is not None and self.dp_noise_multiplier is not None:
+            raise ValueError('give dp_epsilon (the noise is calibrated to it) or '
+                             'dp_noise_multiplier, not both')
+        if self.dp_epsilon is None and self.dp_noise_multiplier is None:
+            given = [name for name in ('dp_delta', 'dp_clip') if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f'{", ".join(given)} set without user-level DP: give '
+                                 'dp_epsilon or dp_noise_multiplier')
+            return
+        if self.dp_epsilon is not None and not 0 < self.dp_epsilon < float('inf'):
+            raise ValueError(f'dp_epsilon must be finite and > 0, got {self.dp_epsilon}')
+        if self.dp_noise_multiplier is not None and not self.dp_noise_multiplier >= 0:
+            raise ValueError(f'dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}')
+        if self.dp_delta is not None and not 0 < self.dp_delta < 1:
+            raise ValueError(f'dp_delta must be in (0, 1), got {self.dp_delta}')
+        if self.dp_clip is None or not self.dp_clip > 0:
+            raise ValueError(f'user-level DP needs dp_clip > 0, got {self.dp_clip}')
+        if self.ldp_scale:
+            raise ValueError('user-level DP (dp_epsilon / dp_noise_multiplier) replaces the '
+                             'Laplace noise of ldp_scale: give one of them')
+        if self.aggregation != 'mean':
+            raise ValueError('user-level DP needs the unweighted mean (aggregation=mean): its '
+                             f'noise is calibrated to one client in the sum, got '
+                             f'{self.aggregation!r}')
+        if self.engine != 'vectorized':
+            raise ValueError('user-level DP runs on the vectorized engine')
 
     def __getattr__(self, name: str) -> Any:
         # Called only for names that are not attributes: the algorithm's own settings.

@@ -53,15 +53,15 @@ def summary_line(record: Dict, select_by: str) -> str:
 
 
 def round_record(round_index: int, stats, engine) -> Dict:
-    """A round's ``metrics.json`` record before evaluation: its loss, clients, bytes, LDP
-    budget and the uploads the server dropped (``{reason: count}``). ``epsilon_spent`` is the budget spent so far by the client that uploaded most
-    often (``engine.participation`` counts each client's uploads; sequential composition,
-    every upload spending ``stats.epsilon`` per coordinate)."""
-    spent = None if stats.epsilon is None else stats.epsilon * int(engine.participation.max())
+    """A round's ``metrics.json`` record before evaluation: its loss, clients, bytes, the
+    uploads the server dropped (``{reason: count}``) and, for a federated engine, the
+    privacy spent so far (:meth:`~fedgraph.privacy.ledger.PrivacyLedger.report`)."""
+    ledger = engine.ledger
     return {'round': round_index, 'train_loss': stats.loss, 'clients': stats.num_clients,
             'upload_bytes_per_client': stats.upload_bytes,
             'download_bytes_per_client': stats.download_bytes,
-            'epsilon': stats.epsilon, 'epsilon_spent': spent, 'uploads_dropped': stats.dropped}
+            'privacy': None if ledger is None else ledger.report(),
+            'uploads_dropped': stats.dropped}
 
 
 def metrics_of(history: List[Dict], pretraining: Optional[Dict],

@@ -9,8 +9,9 @@ import torch
 
 import fedgraph.training
 from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
-from fedgraph.federated import Aggregation, ClientSelector, LocalTraining, UploadTransform
+from fedgraph.federated import Aggregation, ClientSelector, LocalTraining
 from fedgraph.nn import DotProductHead, FederatedRecommender, LinearScoreHead
+from fedgraph.privacy.upload import UploadTransform
 
 # --------------------------------------------------------------------------------------
 # Small synthetic engines

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import fedgraph.nn
-from fedgraph.federated import UploadTransform
 from fedgraph.nn import (ClientDropout, CollaborativeGraph, Compose, LaplaceLDP, PseudoItems,
                          SimGCLNoise)
 from fedgraph.nn.contrastive import info_nce
+from fedgraph.privacy.upload import UploadTransform
 
 
 def _graph(degrees, num_items, seed=0):
@@ -215,7 +215,8 @@ def test_laplace_ldp_is_the_upload_transform():
     clipped = update * (0.5 / update.norm(dim=1, keepdim=True))
     assert not torch.allclose(noised, clipped)
     assert (noised - clipped).abs().max() < 5  # Laplace(0.1) noise, not the raw update
-    assert ldp.epsilon == pytest.approx(10.0)
+    # One row of 4 coordinates in the L2 ball of radius 0.5: L1 sensitivity 2 * 0.5 * 2.
+    assert ldp.noise_multiplier(4) == pytest.approx(0.1 / 2.0)
 
 
 # --------------------------------------------------------------------------------------

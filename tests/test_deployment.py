@@ -40,7 +40,7 @@ def test_server_and_devices_match_the_in_process_engine(algorithm):
         assert ours['clients'] == theirs['clients']
         assert ours['train_loss'] == pytest.approx(theirs['train_loss'], rel=1e-6)
         assert ours['upload_bytes_per_client'] == pytest.approx(theirs['upload_bytes_per_client'])
-        assert ours['epsilon_spent'] == theirs['epsilon_spent']
+        assert ours['privacy'] == theirs['privacy']
         for split in ('val', 'test'):
             for metric in ('hr@10', 'ndcg@10'):
                 assert ours[split][metric] == pytest.approx(theirs[split][metric], abs=1e-6)

@@ -347,18 +347,15 @@ def test_laplace_noise_is_finite_at_uniform_boundary(monkeypatch):
     assert torch.isfinite(out).all()
 
 
-def test_epsilon():
-    assert UploadTransform(clip=0.5, laplace_scale=0.25).epsilon == pytest.approx(4.0)
-    assert UploadTransform(clip=2.0, laplace_scale=1.0).epsilon == pytest.approx(4.0)
-    assert UploadTransform(clip=1.0, laplace_scale=4.0).epsilon == pytest.approx(0.5)
-
-
-def test_epsilon_is_none_without_noise():
-    """No noise, no privacy budget: ``None`` (as ``RoundStats.epsilon`` documents), not a
-    float that json writes as the non-standard ``Infinity``."""
-    assert UploadTransform().epsilon is None
-    assert UploadTransform(clip=1.0).epsilon is None
-    assert UploadTransform(clip=1.0, laplace_scale=0.0).epsilon is None
+def test_laplace_rows_l1_sensitivity_and_noise_multiplier():
+    """Two rows of d coordinates clipped to L2 norm C are at most 2C apart in L2, so at most
+    2C sqrt(d) in L1; clamped to [-C, C] per coordinate, 2C d."""
+    assert UploadTransform(clip=0.5, laplace_scale=0.25).l1_sensitivity(16) == pytest.approx(4.0)
+    assert UploadTransform(clip=0.5, laplace_scale=0.25,
+                           mode='coordinate').l1_sensitivity(16) == pytest.approx(16.0)
+    assert UploadTransform(clip=2.0, laplace_scale=1.0).noise_multiplier(4) == pytest.approx(0.125)
+    assert UploadTransform(clip=1.0).noise_multiplier(4) == 0.0
+    assert UploadTransform().l1_sensitivity(4) == float('inf')
 
 
 @pytest.mark.parametrize('kwargs', [

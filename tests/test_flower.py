@@ -121,7 +121,7 @@ def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm, se
     in_process = train(config, progress=False)
     _rounds_match(flower['metrics'], in_process, rounds=2)
     for ours, theirs in zip(flower['metrics']['rounds'], in_process['rounds']):
-        assert ours['epsilon_spent'] == theirs['epsilon_spent']
+        assert ours['privacy'] == theirs['privacy']
     if 'pretraining' in in_process:
         assert flower['metrics']['pretraining']['loss'] == pytest.approx(
             in_process['pretraining']['loss'], rel=1e-5)

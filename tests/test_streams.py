@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from fedgraph.federated import ClientSelector, FederatedEngine, UploadTransform
+from fedgraph.federated import ClientSelector, FederatedEngine
 from fedgraph.federated.aggregation import aggregate_rows
 from fedgraph.federated.plan import plan_round
 from fedgraph.federated.streams import ClientStreams, client_seed, draw_round_seed, merge_plans
+from fedgraph.privacy.upload import UploadTransform
 from helpers import engine_data, local_training, make_model
 
 

@@ -67,7 +67,8 @@ def test_cluster_plot_has_one_legend_entry_per_cluster_with_its_size():
 
 
 def _metrics(offset):
-    rounds = [{'round': r, 'train_loss': 1.0 - 0.1 * r, 'epsilon_spent': 10.0 * (r + 1),
+    rounds = [{'round': r, 'train_loss': 1.0 - 0.1 * r,
+               'privacy': {'epsilon': 10.0 * (r + 1), 'delta': 1e-3},
                'uniformity': {'user': -3.0 + r, 'item': -3.5 + r},
                'val': {'recall@20': 0.1 * r + offset}, 'test': {'recall@20': 0.1 * r}}
               for r in range(3)]
@@ -81,7 +82,7 @@ def test_training_curves_draw_every_recorded_series_per_run():
     assert [ax.get_title() for ax in visible] == [
         'validation recall@20', 'test recall@20', 'training loss',
         'user uniformity (lower: more uniform)', 'item uniformity (lower: more uniform)',
-        'LDP budget spent (ε)']
+        'privacy spent: ε at δ (RDP accountant)']
     assert all(len(ax.get_lines()) == 2 for ax in visible)
     assert list(visible[0].get_lines()[1].get_ydata()) == pytest.approx([0.05, 0.15, 0.25])
 

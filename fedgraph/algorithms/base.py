@@ -47,7 +47,9 @@ from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss
 from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
-from fedgraph.federated.upload import UploadTransform
+from fedgraph.privacy import accountant
+from fedgraph.privacy.gaussian import UserLevelDP
+from fedgraph.privacy.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
 
 
@@ -66,7 +68,8 @@ class AlgorithmSettings:
 
 #: The shared settings of federation and privacy that no centralized model uses.
 CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
-                      'norm_bound', 'clip', 'clip_mode', 'ldp_scale', 'noise_at', 'engine',
+                      'norm_bound', 'clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon',
+                      'dp_delta', 'dp_noise_multiplier', 'dp_clip', 'dp_noise_at', 'engine',
                       'client_streams')
 
 #: The local losses and optimizers a client can train with, by setting value.
@@ -191,6 +194,38 @@ class Algorithm:
         config = self.config
         return (config.ldp_scale or 0.0) if config.noise_at == 'server' else 0.0
 
+    def user_level_dp(self, num_clients: int) -> Optional[UserLevelDP]:
+        """DP-FedAvg's mechanism (``None`` without ``dp_epsilon`` or
+        ``dp_noise_multiplier``): the clip bound ``dp_clip`` and the noise multiplier given,
+        or the smallest that keeps :meth:`planned_releases` within ``dp_epsilon`` at
+        ``dp_delta`` (default :math:`1/N`)."""
+        config = self.config
+        if config.dp_epsilon is None and config.dp_noise_multiplier is None:
+            return None
+        sigma = config.dp_noise_multiplier
+        if sigma is None:
+            delta = config.dp_delta or 1.0 / num_clients
+            sample_size = self.build_selector(num_clients).count
+            sigma = accountant.calibrate(config.dp_epsilon, delta, lambda noise: (
+                self.planned_releases(noise, num_clients, sample_size)))
+        return UserLevelDP(config.dp_clip, sigma, config.dp_noise_at)
+
+    def planned_releases(self, noise_multiplier: float, num_clients: int, sample_size: int):
+        """The Gaussian releases of a run of ``config.rounds`` rounds for its most exposed
+        client -- one taken in every round -- as :func:`~fedgraph.privacy.accountant.epsilon`
+        takes them: a sampled aggregate each round, and :meth:`releases_per_round` others."""
+        sampled, others = self.releases_per_round()
+        rounds = self.config.rounds
+        return [(accountant.gaussian_event(noise_multiplier, sample_size, num_clients),
+                 rounds if sampled else 0),
+                (accountant.gaussian_event(noise_multiplier), rounds * others)]
+
+    def releases_per_round(self) -> Tuple[bool, int]:
+        """What a client releases in a round under DP-FedAvg: whether the aggregate is a
+        release amplified by uniform sampling (central noise), and how many releases are
+        not (a local upload). Algorithms with more uploads add theirs."""
+        return (True, 0) if self.config.dp_noise_at == 'server' else (False, 1)
+
     def build_selector(self, num_clients: int) -> ClientSelector:
         """The clients of a round: ``clients_per_round`` (at most all) or ``client_ratio``
         of them (default: all)."""
@@ -208,6 +243,7 @@ class Algorithm:
         model = self.build_model(partition.num_clients, partition.num_items,
                                  generator).to(config.device)
         training = self.local_training(partition.num_items)
+        training.privacy = self.user_level_dp(partition.num_clients)
         selector = self.build_selector(partition.num_clients)
         if config.engine == 'vectorized':
             streams = ClientStreams() if config.client_streams else None
@@ -216,6 +252,8 @@ class Algorithm:
             raise ValueError('client streams need the vectorized engine')
         else:
             engine = ReferenceEngine(model, partition, training, selector, known)
+        if config.dp_delta is not None:
+            engine.ledger.delta = config.dp_delta
         return self.extend(engine, partition, generator)
 
     def extend(self, engine: FederatedEngine, partition: ClientPartition,

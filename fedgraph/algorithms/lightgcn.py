@@ -184,7 +184,7 @@ class CentralizedLightGCN(RoundEngine):
             total += float(loss.detach()) * batch.numel()
         self._final = None
         return RoundStats(loss=total / max(user.numel(), 1), num_clients=self.num_users,
-                          upload_bytes=0.0, download_bytes=0.0, epsilon=None)
+                          upload_bytes=0.0, download_bytes=0.0)
 
     def contrastive_loss(self, users: Tensor, items: Tensor, noise: SimGCLNoise) -> Tensor:
         """InfoNCE between two noisy propagations, over the distinct ``users`` and

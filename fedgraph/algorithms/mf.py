@@ -75,7 +75,7 @@ class CentralizedMF(RoundEngine):
             self.optimizer.step()
             total += float(loss.detach()) * batch.numel()
         return RoundStats(loss=total / item.numel(), num_clients=part.num_clients,
-                          upload_bytes=0.0, download_bytes=0.0, epsilon=None)
+                          upload_bytes=0.0, download_bytes=0.0)
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:

@@ -55,6 +55,18 @@ class PerFedRec(FedLightGCN):
     summary = 'PerFedRec++ (TIST 2024): FedLightGCN + contrastive pre-training, clusters, levels'
     Settings = PerFedRecSettings
 
+    def releases_per_round(self) -> Tuple[bool, int]:
+        """FedLightGCN's; with clusters, selection is cluster-aware (not uniform: the
+        aggregate is not amplified by sampling) and under central noise a scoring cluster
+        level releases each cluster's noised sum too."""
+        sampled, others = super().releases_per_round()
+        settings = self.settings
+        if not settings.num_clusters:
+            return sampled, others
+        cluster_release = int(self.config.dp_noise_at == 'server'
+                              and settings.level_weights[1] > 0)
+        return False, others + int(sampled) + cluster_release
+
     def device_hooks(self) -> GraphDeviceHooks:
         settings = self.settings
         return GraphDeviceHooks(settings.num_layers, settings.pseudo_ratio,

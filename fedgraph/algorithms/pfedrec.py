@@ -34,6 +34,9 @@ class PFedRec(Algorithm):
     name = 'pfedrec'
     summary = 'PFedRec (IJCAI 2023): private linear score head, fine-tuned item rows'
     Settings = PFedRecSettings
+    #: DP-FedAvg's clip bound: about a tenth of the median whole-update norm on MovieLens-100K
+    #: (``docs/privacy.md``).
+    shared_defaults = dict(dp_clip=30.0)
 
     def build_model(self, num_clients: int, num_items: int,
                     generator: torch.Generator) -> FederatedRecommender:

@@ -40,7 +40,7 @@ class PopularityEngine(RoundEngine):
 
     def run_round(self, generator: torch.Generator) -> RoundStats:
         return RoundStats(loss=0.0, num_clients=self.num_users, upload_bytes=0.0,
-                          download_bytes=0.0, epsilon=None)
+                          download_bytes=0.0)
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:

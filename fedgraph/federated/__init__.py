@@ -9,8 +9,7 @@ from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
-from fedgraph.federated.upload import UploadTransform
 
 __all__ = ['Aggregation', 'aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
            'RoundEngine', 'RoundStats', 'evaluate', 'PersonalItemRows', 'RoundPlan',
-           'plan_round', 'ReferenceEngine', 'ClientSelector', 'UploadTransform']
+           'plan_round', 'ReferenceEngine', 'ClientSelector']

@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from fedgraph.federated.upload import bound_norm
+from fedgraph.privacy.upload import bound_norm
 
 #: The aggregation rules: FedAvg unweighted or weighted by sample count, and the two robust
 #: statistics of Flower's FedMedian and FedTrimmedAvg.

@@ -35,7 +35,9 @@ from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import screen
-from fedgraph.federated.upload import UploadTransform, server_mean_noise
+from fedgraph.privacy.gaussian import UserLevelDP
+from fedgraph.privacy.ledger import PrivacyLedger
+from fedgraph.privacy.upload import UploadTransform, server_mean_noise
 from fedgraph.nn.recommender import FederatedRecommender
 
 BYTES_PER_INDEX = 8
@@ -59,6 +61,8 @@ class LocalTraining:
         aggregation: how the server combines the uploads (FedAvg, weighted or not, or a
             robust rule; :class:`~fedgraph.federated.aggregation.Aggregation`).
         upload: the transform applied to uploaded row updates.
+        privacy: user-level DP-FedAvg (:class:`~fedgraph.privacy.gaussian.UserLevelDP`):
+            each client's whole update clipped, Gaussian noise on the aggregate.
         loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
         optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
         l2_reg: :math:`\\lambda` of the L2 regularization each sample adds to its loss,
@@ -66,7 +70,7 @@ class LocalTraining:
             over its item row and its client's private parameters.
         server_noise: the Laplace scale whose mean over the round's clients the server
             adds to the aggregated item table
-            (:func:`~fedgraph.federated.upload.server_mean_noise`; not local DP).
+            (:func:`~fedgraph.privacy.upload.server_mean_noise`; not local DP).
     """
     lr: float = 0.1
     item_lr: float = 0.1 * 80
@@ -77,6 +81,7 @@ class LocalTraining:
     personalize_items: bool = True
     aggregation: Aggregation = field(default_factory=Aggregation)
     upload: UploadTransform = field(default_factory=UploadTransform)
+    privacy: Optional[UserLevelDP] = None
     loss: LocalLoss = field(default_factory=BCELoss)
     optimizer: LocalOptimizer = field(default_factory=SGD)
     l2_reg: float = 0.0
@@ -86,14 +91,12 @@ class LocalTraining:
 @dataclass
 class RoundStats:
     """What one round measured: the clients' mean local training loss, the number of
-    clients, the mean bytes a client uploaded and downloaded, the LDP budget each
-    uploaded coordinate spent (``None`` without noise), and the uploads the server dropped
-    by reason (:mod:`fedgraph.federated.trust`)."""
+    clients, the mean bytes a client uploaded and downloaded, and the uploads the server
+    dropped by reason (:mod:`fedgraph.federated.trust`)."""
     loss: float
     num_clients: int
     upload_bytes: float
     download_bytes: float
-    epsilon: Optional[float]
     dropped: Dict[str, int] = field(default_factory=dict)
 
 
@@ -138,6 +141,9 @@ class RoundEngine:
     """What a run asks of an engine besides rounds, scores and state: optional steps with
     defaults that do nothing, and the server's halves of a round over messages
     (:class:`~fedgraph.federated.server.Server`). The graph models' engine overrides them."""
+
+    #: The privacy releases of a federated engine's clients (``None``: centralized).
+    ledger: Optional[PrivacyLedger] = None
 
     @property
     def federated(self) -> Optional['FederatedEngine']:
@@ -218,6 +224,9 @@ class FederatedEngine(RoundEngine):
         self.streams = streams
         self.broadcast = model.item.detach().clone()
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
+        #: The privacy releases so far (``metrics.json``'s ``privacy`` record).
+        self.ledger = PrivacyLedger(model.num_clients, selector.count, model.dim,
+                                    training.privacy, training.upload)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
         #: What stands between the clients' honest uploads and the server in a simulated
@@ -251,20 +260,29 @@ class FederatedEngine(RoundEngine):
         shared parameters, their participation counted. ``result`` holds the uploads that
         passed the server's checks (:func:`~fedgraph.federated.trust.screen`), ``dropped``
         counts the others; with none left, the model stays as it was. With
-        :attr:`LocalTraining.server_noise` the server then adds noise to the whole table,
-        drawn from ``generator``."""
+        :attr:`LocalTraining.privacy`, each client's whole update is clipped and the mean
+        carries Gaussian noise on every coordinate
+        (:class:`~fedgraph.privacy.gaussian.UserLevelDP`); with
+        :attr:`LocalTraining.server_noise` the server adds Laplace-like noise to the whole
+        table. Noise is drawn from ``generator``; the releases are counted in
+        :attr:`ledger`."""
         upload = result.upload
         num_clients = upload.clients.numel()
         if num_clients == 0:
-            return RoundStats(float('nan'), 0, 0.0, 0.0, self.training.upload.epsilon,
-                              dict(dropped or {}))
-        rule = self.training.aggregation
-        dense = rule.bound_dense(upload.dense)
+            return RoundStats(float('nan'), 0, 0.0, 0.0, dict(dropped or {}))
+        rule, privacy = self.training.aggregation, self.training.privacy
+        update, dense = upload.update, rule.bound_dense(upload.dense)
+        if privacy is not None:
+            update, dense = privacy.clip_clients(upload.row_owner, update, dense, num_clients)
         with torch.no_grad():
             self.model.item.copy_(rule.rows(base, upload.row_item, upload.row_owner,
-                                            upload.update, num_clients, result.num_samples))
+                                            update, num_clients, result.num_samples))
             for name, value in self.model.shared_dense().items():
                 value.add_(rule.dense(dense[name], result.num_samples))
+            if privacy is not None:
+                for value in [self.model.item, *self.model.shared_dense().values()]:
+                    value.add_(privacy.sum_noise(value.shape, num_clients, generator,
+                                                 value.dtype).to(value.device) / num_clients)
             if self.training.server_noise:
                 self.model.item.add_(server_mean_noise(
                     base.shape, self.training.server_noise, num_clients, generator,
@@ -272,12 +290,15 @@ class FederatedEngine(RoundEngine):
         self.participation[upload.clients.cpu()] += 1
         self.broadcast = base
         rows_per_client = torch.bincount(upload.row_owner, minlength=num_clients)
+        self.ledger.record_aggregate(upload.clients, self.selector.uniform, rows_per_client)
+        dense_upload = (privacy is not None and not privacy.central)
+        row_bytes = (base.numel() * base.element_size() if dense_upload
+                     else float(rows_per_client.double().mean()) * self.row_bytes)
         return RoundStats(
             loss=float(result.loss.mean()), num_clients=num_clients,
-            upload_bytes=float(rows_per_client.double().mean()) * self.row_bytes
-            + self.model.dense_bytes(),
+            upload_bytes=row_bytes + self.model.dense_bytes(),
             download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes(),
-            epsilon=self.training.upload.epsilon, dropped=dict(dropped or {}))
+            dropped=dict(dropped or {}))
 
     def count_participation(self, clients: Tensor) -> None:
         """Counts an upload of ``clients`` outside a round (enrollment, pre-training)."""
@@ -464,10 +485,12 @@ class FederatedEngine(RoundEngine):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:
         return {'model': self.model.state_dict(), 'broadcast': self.broadcast,
-                'personal': self.personal.state_dict(), 'participation': self.participation}
+                'personal': self.personal.state_dict(), 'participation': self.participation,
+                'ledger': self.ledger.state_dict()}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.model.load_state_dict(state['model'])
         self.broadcast = state['broadcast']
         self.personal.load_state_dict(state['personal'])
         self.participation = state['participation']
+        self.ledger.load_state_dict(state['ledger'])

@@ -33,7 +33,7 @@ from fedgraph.federated.device import Device, DeviceHooks, Payload, group
 from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundEngine, RoundStats
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import finite_rows
-from fedgraph.federated.upload import UploadTransform
+from fedgraph.privacy.upload import UploadTransform
 from fedgraph.metrics.representation import uniformity
 from fedgraph.nn.augment import Compose, PseudoItems, SimGCLNoise
 from fedgraph.nn.contrastive import info_nce
@@ -174,6 +174,11 @@ class GraphFederatedEngine(RoundEngine):
     def selector(self):
         """Which clients take part in a round (the engine's; cluster-aware once clustered)."""
         return self.engine.selector
+
+    @property
+    def ledger(self):
+        """The privacy releases (the engine's)."""
+        return self.engine.ledger
 
     @property
     def participation(self) -> Tensor:
@@ -335,13 +340,19 @@ class GraphFederatedEngine(RoundEngine):
 
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
+        """A round: the context, the engine's round, then the round's clients upload their
+        user embeddings -- but under DP-FedAvg, whose guarantee covers the averaged shared
+        parameters only: a user's own embedding would be a release of its own each round,
+        and noise of the clip bound's scale on it drowns it; the server's view keeps what
+        the users uploaded before the rounds."""
         self.before_round()
         stats, result = self.engine.train_round(generator)
-        randomness = generator if result.generators is None else result.generators
-        dropped = self.upload_users(result.upload.clients, randomness)
-        if dropped:
-            stats.dropped['non_finite'] = stats.dropped.get('non_finite', 0) + dropped
-        self.finish_round(result)
+        if self.training.privacy is None:
+            randomness = generator if result.generators is None else result.generators
+            dropped = self.upload_users(result.upload.clients, randomness)
+            if dropped:
+                stats.dropped['non_finite'] = stats.dropped.get('non_finite', 0) + dropped
+        self.finish_round(result, generator)
         return stats
 
     # The server's halves of a round over messages (see fedgraph.federated.server.Server).
@@ -372,12 +383,17 @@ class GraphFederatedEngine(RoundEngine):
                         'clusters/tables': self.cluster_tables})
         return out
 
-    def finish_round(self, result: ClientRound) -> None:
-        """The server's steps after a round's uploads ``result``: the cluster tables take
-        the round's row updates, and every ``cluster_every`` rounds the clients are
-        clustered again."""
+    def finish_round(self, result: ClientRound,
+                     generator: Optional[torch.Generator] = None) -> None:
+        """The server's steps after a round's uploads ``result`` and the users' uploads
+        (counted in the privacy ledger, when they upload): the cluster tables take the
+        round's row updates
+        (under DP-FedAvg with noise drawn from ``generator``), and every ``cluster_every``
+        rounds the clients are clustered again."""
+        if self.training.privacy is None:
+            self.ledger.record_vectors(result.upload.clients)
         if self.cluster_tables is not None:
-            self._update_cluster_tables(result)
+            self._update_cluster_tables(result, generator)
         self.rounds_done += 1
         if self.num_clusters and self.rounds_done % self.cluster_every == 0:
             self.recluster()
@@ -406,20 +422,35 @@ class GraphFederatedEngine(RoundEngine):
         self.assignment = assignment
         self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
 
-    def _update_cluster_tables(self, result: ClientRound) -> None:
+    def _update_cluster_tables(self, result: ClientRound,
+                               generator: Optional[torch.Generator] = None) -> None:
         """Each cluster's table becomes the mean of its clients' tables this round (the
         broadcast table plus their uploaded row changes); clusters without a client this
-        round keep theirs."""
+        round keep theirs. Under DP-FedAvg the members' updates are clipped as for the
+        global table and each cluster's sum carries its own Gaussian noise: a central
+        release of its own when the cluster level scores (counted in the ledger), the sum of
+        the members' own noise under local DP."""
         upload, base = result.upload, self.engine.broadcast
+        privacy = self.training.privacy
+        update = upload.update
+        if privacy is not None:
+            update, _ = privacy.clip_clients(upload.row_owner, update, upload.dense,
+                                             upload.clients.numel())
+            if privacy.central and self.level_weights[1]:
+                self.ledger.record_release(upload.clients)
         num_items = self.model.num_items
         cluster = self.assignment[upload.clients]
         members = torch.bincount(cluster, minlength=self.num_clusters)
         key = cluster[upload.row_owner] * num_items + upload.row_item
         total = torch.zeros(self.num_clusters * num_items, base.size(1), dtype=base.dtype)
-        total.index_add_(0, key, upload.update)
+        total.index_add_(0, key, update)
+        total = total.view(self.num_clusters, num_items, -1)
+        if privacy is not None:
+            for index in torch.nonzero(members).view(-1).tolist():
+                total[index] += privacy.sum_noise(base.shape, int(members[index]), generator,
+                                                  base.dtype)
         active = members > 0
-        mean = total.view(self.num_clusters, num_items, -1)[active]
-        self.cluster_tables[active] = base + mean / members[active].view(-1, 1, 1)
+        self.cluster_tables[active] = base + total[active] / members[active].view(-1, 1, 1)
 
     # ------------------------------------------------------------------ scoring
     def _level_rows(self, users: Tensor, items: Tensor):

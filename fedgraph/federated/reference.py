@@ -21,6 +21,7 @@ from fedgraph.federated.engine import (BYTES_PER_INDEX, ClientRound, LocalTraini
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.recommender import FederatedRecommender
+from fedgraph.privacy.ledger import PrivacyLedger
 
 
 class ClientModel(nn.Module):
@@ -63,6 +64,9 @@ class ReferenceEngine(RoundEngine):
         if training.server_noise:
             raise ValueError('the reference engine checks local DP only: it has no '
                              'server-side noise')
+        if training.privacy is not None:
+            raise ValueError('the reference engine checks local training: it has no '
+                             'user-level DP (DP-FedAvg)')
         if not training.aggregation.is_mean:
             raise ValueError('the reference engine checks local training: it aggregates by '
                              'FedAvg only, without a norm bound')
@@ -73,6 +77,8 @@ class ReferenceEngine(RoundEngine):
         self.selector = selector
         self.broadcast = model.item.detach().clone()
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
+        self.ledger = PrivacyLedger(model.num_clients, selector.count, model.dim,
+                                    laplace=training.upload)
         self.local_tables: Dict[int, Tensor] = {}
         self.touched_rows: Dict[int, Tensor] = {}
 
@@ -111,6 +117,9 @@ class ReferenceEngine(RoundEngine):
         weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
         self.broadcast = global_items
         self.participation[plan.clients] += 1
+        self.ledger.record_aggregate(plan.clients, self.selector.uniform,
+                                     torch.bincount(torch.cat([u[0] for u in uploads]),
+                                                    minlength=len(tables)))
         dense = {name: torch.cat([d[name] for d in dense_updates]) for name in shared_dense}
         upload = RowUpload(plan.clients, *(torch.cat(parts) for parts in zip(*uploads)), dense)
         with torch.no_grad():
@@ -124,8 +133,7 @@ class ReferenceEngine(RoundEngine):
                            upload_bytes=upload.row_owner.numel() / len(tables) * row_bytes
                            + dense_bytes,
                            download_bytes=float(global_items.numel()
-                                                * global_items.element_size()) + dense_bytes,
-                           epsilon=cfg.upload.epsilon)
+                                                * global_items.element_size()) + dense_bytes)
         return stats, ClientRound(upload, plan.num_samples, torch.tensor(losses))
 
     def count_participation(self, clients: Tensor) -> None:
@@ -189,7 +197,7 @@ class ReferenceEngine(RoundEngine):
     def state_dict(self) -> Dict[str, object]:
         return {'model': self.model.state_dict(), 'broadcast': self.broadcast,
                 'local_tables': self.local_tables, 'touched_rows': self.touched_rows,
-                'participation': self.participation}
+                'participation': self.participation, 'ledger': self.ledger.state_dict()}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.model.load_state_dict(state['model'])
@@ -197,6 +205,7 @@ class ReferenceEngine(RoundEngine):
         self.local_tables = state['local_tables']
         self.touched_rows = state['touched_rows']
         self.participation = state['participation']
+        self.ledger.load_state_dict(state['ledger'])
 
     def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k, d]`` each user's own rows of ``items[u]``: the rows it fine-tuned in its

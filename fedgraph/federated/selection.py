@@ -15,6 +15,10 @@ class ClientSelector:
     clients, ``count=n`` takes ``n``.
     """
 
+    #: Every set of ``count`` clients is equally likely (what privacy amplification by
+    #: sampling assumes, :mod:`fedgraph.privacy.accountant`).
+    uniform = True
+
     def __init__(self, num_clients: int, ratio: Optional[float] = None,
                  count: Optional[int] = None):
         if ratio is not None and count is not None:

@@ -181,6 +181,9 @@ class Server:
             raise ValueError(f'{config.algorithm} is centralized: nothing to federate')
         if config.protocol != 'sampled':
             raise ValueError('deployments evaluate on devices under the sampled protocol only')
+        if config.dp_epsilon is not None or config.dp_noise_multiplier is not None:
+            raise ValueError('user-level DP (DP-FedAvg) runs in-process only: a deployment '
+                             'clips and noises per row (--clip, --ldp-scale)')
         self.config = dataclasses.replace(config, client_streams=True)
         self.algorithm = algorithm
         self.progress = progress

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.plan import RoundPlan, plan_round
-from fedgraph.federated.upload import UploadTransform
+from fedgraph.privacy.upload import UploadTransform
 
 _MASK = (1 << 64) - 1
 

@@ -48,8 +48,9 @@ def plot_training_curves(runs: Mapping[str, Run], metric: Optional[str] = None,
     if any('uniformity' in r for m in loaded.values() for r in m['rounds']):
         panels += [('uniformity', 'user', 'user uniformity (lower: more uniform)'),
                    ('uniformity', 'item', 'item uniformity (lower: more uniform)')]
-    if any(r.get('epsilon_spent') is not None for m in loaded.values() for r in m['rounds']):
-        panels.append((None, 'epsilon_spent', 'LDP budget spent (ε)'))
+    if any((r.get('privacy') or {}).get('epsilon') is not None
+           for m in loaded.values() for r in m['rounds']):
+        panels.append(('privacy', 'epsilon', 'privacy spent: ε at δ (RDP accountant)'))
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure = figure or Figure(figsize=(4.2 * columns, 3.1 * rows), layout='constrained')

@@ -1,5 +1,6 @@
-"""What a client does to its update before uploading it: clipping and local DP noise; and,
-for comparison with the PerFedRec++ code, the noise its server adds instead."""
+"""What a client does to a row before uploading it: clipping and Laplace noise (local DP per
+uploaded row); and, for comparison with the PerFedRec++ code, the noise its server adds
+instead."""
 from __future__ import annotations
 
 from typing import Optional
@@ -16,10 +17,14 @@ class UploadTransform:
 
     where :math:`\\mathrm{clip}_C` scales the row to L2 norm at most :math:`C`
     (``mode='l2'``: :math:`\\Delta \\min(1, C / \\lVert \\Delta \\rVert_2)`) or clamps each
-    coordinate to :math:`[-C, C]` (``mode='coordinate'``, the PerFedRec++ code's). Either way
-    every coordinate lies in :math:`[-C, C]`, so each uploaded coordinate is
-    :math:`\\epsilon`-LDP with :math:`\\epsilon = 2C / \\lambda` per round (the accounting of
-    FedPerGNN / PerFedRec++); :attr:`epsilon` is ``None`` without noise.
+    coordinate to :math:`[-C, C]` (``mode='coordinate'``, the PerFedRec++ code's).
+
+    Each uploaded row is a Laplace mechanism on its own. Its L1 sensitivity -- how far apart
+    two clipped rows of :math:`d` coordinates can be -- is
+    :math:`\\Delta_1 = 2C\\sqrt{d}` under the L2 clip and :math:`2Cd` under the coordinate
+    clamp, so one row is :math:`\\Delta_1 / \\lambda`-DP and a client that uploads :math:`k`
+    rows composes :math:`k` such releases (:mod:`fedgraph.privacy.accountant`). The
+    FedPerGNN / PerFedRec++ papers' :math:`2C / \\lambda` is the budget of one coordinate.
 
     Args:
         clip: the bound :math:`C` (``None``: no clipping).
@@ -39,11 +44,16 @@ class UploadTransform:
         self.laplace_scale = laplace_scale
         self.mode = mode
 
-    @property
-    def epsilon(self) -> Optional[float]:
-        """The per-round, per-coordinate privacy budget :math:`2C / \\lambda`; ``None``
-        without noise."""
-        return None if self.laplace_scale == 0 else 2 * self.clip / self.laplace_scale
+    def l1_sensitivity(self, dim: int) -> float:
+        """:math:`\\Delta_1` of one clipped row of ``dim`` coordinates."""
+        if self.clip is None:
+            return float('inf')
+        return 2 * self.clip * (dim if self.mode == 'coordinate' else dim ** 0.5)
+
+    def noise_multiplier(self, dim: int) -> float:
+        """The Laplace scale over the L1 sensitivity, :math:`\\lambda / \\Delta_1`, of a row
+        of ``dim`` coordinates; 0 without noise."""
+        return self.laplace_scale / self.l1_sensitivity(dim) if self.laplace_scale else 0.0
 
     def __call__(self, update: Tensor, generator: torch.Generator) -> Tensor:
         if self.clip is not None and self.mode == 'coordinate':

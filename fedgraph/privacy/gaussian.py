@@ -1,0 +1,85 @@
+"""User-level differential privacy for federated training: DP-FedAvg's Gaussian mechanism
+(McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Recurrent Language
+Models", ICLR 2018)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+from torch import Tensor
+from torch_scatter import scatter
+
+#: Where the Gaussian noise is added: by the server to the sum (central DP) or by each client
+#: to its own upload (local DP).
+NOISE_AT = ('server', 'client')
+
+
+@dataclass(frozen=True)
+class UserLevelDP:
+    """DP-FedAvg: each client's **whole** update -- every item row it changed and every dense
+    shared parameter, as one vector :math:`\\Delta_c` -- is clipped to L2 norm :math:`S`,
+
+    .. math::
+        \\bar\\Delta_c = \\Delta_c \\min\\left(1, \\frac{S}{\\lVert \\Delta_c \\rVert_2}\\right),
+
+    and the server's mean over the round's :math:`B` clients carries Gaussian noise on
+    **every** coordinate of the shared parameters (rows nobody touched too, so that which
+    rows moved says nothing):
+
+    .. math::
+        \\Delta = \\frac{1}{B}\\Big(\\sum_c \\bar\\Delta_c + Z\\Big), \\qquad
+        Z \\sim \\begin{cases} N(0, \\sigma^2 S^2 I) & \\text{central: the server draws it}
+        \\\\ \\sum_c N(0, \\sigma^2 S^2 I) = N(0, B \\sigma^2 S^2 I) &
+        \\text{local: each client noises its own upload.} \\end{cases}
+
+    Central DP protects what the server publishes (the model) from everyone but the server;
+    local DP protects each upload from the server itself, at :math:`\\sqrt{B}` times the
+    noise in the mean. A local client's upload is its noised update of the whole table (a
+    dense upload); the simulation draws the sum of the :math:`B` draws at once, which is
+    equal in distribution.
+
+    Args:
+        clip: the bound :math:`S` of a client's whole update.
+        noise_multiplier: :math:`\\sigma`, the noise's standard deviation over :math:`S`.
+        noise_at: ``'server'`` (central) or ``'client'`` (local).
+    """
+    clip: float
+    noise_multiplier: float
+    noise_at: str = 'server'
+
+    def __post_init__(self):
+        if not self.clip > 0 or not self.noise_multiplier >= 0:
+            raise ValueError(f'the DP clip must be > 0 and the noise multiplier >= 0, got '
+                             f'{self.clip} and {self.noise_multiplier}')
+        if self.noise_at not in NOISE_AT:
+            raise ValueError(f'noise_at must be one of {NOISE_AT}, got {self.noise_at!r}')
+
+    @property
+    def central(self) -> bool:
+        """Whether the server adds the noise (central DP)."""
+        return self.noise_at == 'server'
+
+    @property
+    def std(self) -> float:
+        """The standard deviation :math:`\\sigma S` of one draw."""
+        return self.noise_multiplier * self.clip
+
+    def clip_clients(self, row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
+                     num_clients: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Each client's row updates (``update[r]`` is client ``row_owner[r]``'s) and dense
+        updates (``{name: [B, ...]}``) scaled together to L2 norm at most :math:`S`."""
+        squared = scatter(update.pow(2).sum(1), row_owner, dim=0, dim_size=num_clients,
+                          reduce='sum')
+        for value in dense.values():
+            squared = squared + value.reshape(num_clients, -1).pow(2).sum(1)
+        scale = (self.clip / squared.sqrt().clamp_min(1e-12)).clamp(max=1.0)
+        return (update * scale[row_owner].unsqueeze(-1).to(update.dtype),
+                {name: value * scale.view(-1, *([1] * (value.dim() - 1))).to(value.dtype)
+                 for name, value in dense.items()})
+
+    def sum_noise(self, shape: torch.Size, num_clients: int, generator: torch.Generator,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+        """:math:`Z`, the noise on the sum of ``num_clients`` clipped updates."""
+        copies = 1 if self.central else num_clients
+        return torch.randn(shape, generator=generator, dtype=dtype) * (self.std * copies ** 0.5)
