@@ -1,4 +1,6 @@
-"""User-level DP (DP-FedAvg), the accountant, the Laplace accounting and the privacy record."""
+"""User-level DP (DP-FedAvg), the accountant, the Laplace accounting, the privacy record, the
+frontier and the item-set leak."""
+import json
 import math
 
 import numpy as np
@@ -6,11 +8,13 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import synthetic_interactions, ratio_split
 from fedgraph.federated.server import Server
 from fedgraph.privacy import accountant
 from fedgraph.privacy.gaussian import UserLevelDP
+from fedgraph.privacy.leak import item_set_leak, precision_recall, value_guess
 from fedgraph.privacy.ledger import PrivacyLedger
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.training import build_run, train
@@ -259,3 +263,74 @@ def test_the_ledger_counts_each_client_and_reports_the_most_exposed():
     laplace.record_vectors(torch.tensor([2]))
     assert laplace.report()['rows'] == 8
     assert np.isclose(laplace.report()['noise_multiplier'], 0.5 / (2 * 8 ** 0.5))
+
+
+# --------------------------------------------------------------------------------------
+# The item-set leak
+# --------------------------------------------------------------------------------------
+def test_the_value_guess_finds_the_positives_of_collinear_rows():
+    # Two positives move along w (by more), eight negatives against it, as one local step
+    # of a score that is linear in the item row moves them.
+    w = torch.tensor([0.6, -0.8, 0.0])
+    rows = torch.cat([torch.tensor([[3.0], [2.0]]) * w, -torch.linspace(0.5, 1.0, 8)[:, None] * w])
+    items = torch.arange(10) + 100
+    assert set(value_guess(rows, items, 2).tolist()) == {100, 101}
+    assert set(value_guess(-rows, items, 2).tolist()) == {100, 101}  # whatever the sign of v
+    assert precision_recall(torch.tensor([1, 2, 3, 3]), torch.tensor([2, 3, 4, 5, 6])) == {
+        'precision': 2 / 3, 'recall': 2 / 5}
+
+
+def test_a_round_of_uploads_gives_the_items_away_and_pseudo_items_blur_only_the_graph(
+        planted_split):
+    plain = item_set_leak(TrainConfig(algorithm='pfedrec', protocol='full', **SMALL),
+                          planted_split, warmup_rounds=1, max_clients=40)
+    # The rows hold the positives and 4 sampled negatives each: recall 1, precision ~ 1/5.
+    assert plain['rows']['recall'] == 1.0 and plain['rows']['precision'] < 0.35
+    # Their values tell which are which.
+    assert plain['values']['precision'] > 0.9
+    graph = item_set_leak(TrainConfig(algorithm='fedlightgcn', protocol='full', pseudo_ratio=0.5,
+                                      clients_per_round=40, **SMALL),
+                          planted_split, warmup_rounds=1, max_clients=40)
+    assert graph['graph']['recall'] == 1.0
+    assert graph['graph']['precision'] == pytest.approx(1 / 1.5, abs=0.05)
+    assert graph['values']['precision'] > 0.9  # the round's uploads undo the pseudo-items
+
+
+def test_a_dense_upload_hides_the_items_only_with_noise(planted_split):
+    config = TrainConfig(algorithm='pfedrec', protocol='full', **SMALL)
+    clean = item_set_leak(config, planted_split, warmup_rounds=1, max_clients=40,
+                          local_dp=UserLevelDP(10.0, 0.0, 'client'))
+    assert set(clean) == {'values', 'clients', 'chance'}
+    assert clean['values']['precision'] > 0.9
+    noised = item_set_leak(config, planted_split, warmup_rounds=1, max_clients=40,
+                           local_dp=UserLevelDP(10.0, 5.0, 'client'))
+    # Chance: a client's training items are about 12 of the 300 items.
+    assert noised['chance'] < 0.1 and noised['values']['precision'] < 2 * noised['chance']
+
+
+# --------------------------------------------------------------------------------------
+# The frontier command and its figure
+# --------------------------------------------------------------------------------------
+def test_frontier_command_resumes_from_its_file_and_plots(tmp_path, capsys):
+    data = tmp_path / 'data.csv'
+    generator = torch.Generator().manual_seed(0)
+    lines = ['user,item'] + [f'{u},{int(i)}' for u in range(30)
+                             for i in torch.randperm(200, generator=generator)[:15]]
+    data.write_text('\n'.join(lines) + '\n')
+    out = tmp_path / 'frontier.jsonl'
+    argv = ['frontier', '--dataset', 'csv', '--data-path', str(data), '--eval-negatives', '20',
+            '--rounds', '3', '--dim', '8', '--epsilons', '2', 'inf', '--seeds', '0', '1',
+            '--out', str(out), '--quiet']
+    main(argv)
+    first = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r['target_epsilon'], r['seed']) for r in rows] == [(2.0, 0), (None, 0),
+                                                                (2.0, 1), (None, 1)]
+    assert all(0 < r['epsilon'] <= 2.0 for r in rows if r['target_epsilon'] == 2.0)
+    assert all(r['epsilon'] is None and r['noise_multiplier'] is None
+               for r in rows if r['target_epsilon'] is None)
+    assert '| 2 | 2 |' in first and '| ∞ (no DP) | 2 | – | – |' in first
+    main(argv)  # every run is in the file: nothing runs again
+    assert out.read_text().count('\n') == 4
+    main(['plot', str(out), '--out', str(tmp_path / 'figures')])
+    assert (tmp_path / 'figures' / 'frontier.png').stat().st_size > 0

@@ -60,7 +60,7 @@ class FedLightGCN(FedMF):
     summary = 'FedLightGCN: FedMF over the clients\' collaborative graph (LDP uploads)'
     Settings = FedLightGCNSettings
     shared_defaults = dict(clients_per_round=256, clip=0.5, clip_mode='coordinate',
-                           ldp_scale=0.1, dp_clip=2.0)
+                           ldp_scale=0.1, dp_clip=5.0)
 
     def local_training(self, num_items: int) -> LocalTraining:
         """With K GNN layers the ego embeddings enter each side of the score divided by

@@ -36,7 +36,7 @@ class PFedRec(Algorithm):
     Settings = PFedRecSettings
     #: DP-FedAvg's clip bound: about a tenth of the median whole-update norm on MovieLens-100K
     #: (``docs/privacy.md``).
-    shared_defaults = dict(dp_clip=30.0)
+    shared_defaults = dict(dp_clip=10.0)
 
     def build_model(self, num_clients: int, num_items: int,
                     generator: torch.Generator) -> FederatedRecommender:

@@ -10,6 +10,10 @@
 * ``bench``    -- time the vectorized engine against the reference engine, and at scale;
 * ``flower``   -- the same algorithms on Flower: local deployment, simulation, benchmark;
 * ``attack``   -- item promotion by fake users against each defence: exposure and accuracy;
+* ``frontier`` -- the privacy-utility frontier: one configuration under user-level DP at
+  several target epsilons, several seeds;
+* ``leak``     -- what an honest-but-curious server guesses of a client's items from its
+  uploads;
 * ``describe`` -- load a data set and print its counts, sparsity and split sizes;
 * ``synthesize`` -- write a sparse synthetic data set with planted communities as a LightGCN
   folder (train/valid/test files).
@@ -60,6 +64,29 @@ def _attack(args: argparse.Namespace) -> None:
     rows = attack_table(config, attack, args.fractions, args.defences, args.seeds, args.out,
                         progress=not args.quiet)
     print(format_table(rows))
+    print(conditions)
+
+
+def _frontier(args: argparse.Namespace) -> None:
+    from fedgraph.bench import Conditions
+    from fedgraph.privacy.frontier import format_frontier, frontier_table
+    from fedgraph.viz.frontier import frontier_metric
+
+    config = config_from_args(args)
+    conditions = Conditions()
+    rows = frontier_table(config, args.epsilons, args.seeds, args.out, progress=not args.quiet)
+    print(format_frontier(rows, frontier_metric(config.protocol)))
+    print(conditions)
+
+
+def _leak(args: argparse.Namespace) -> None:
+    from fedgraph.bench import Conditions
+    from fedgraph.privacy.leak import format_leak, leak_table
+
+    conditions = Conditions()
+    data = {name: getattr(args, name) for name in SECTIONS['data']}
+    rows = leak_table(data, args.warmup, args.clients, args.seed)
+    print(format_leak(rows))
     print(conditions)
 
 
@@ -241,6 +268,31 @@ def build_parser() -> argparse.ArgumentParser:
                                     'not run again')
     attack_parser.add_argument('--quiet', action='store_true', help='no progress output')
     attack_parser.set_defaults(run=_attack)
+
+    frontier_parser = commands.add_parser(
+        'frontier', help='the privacy-utility frontier: the configuration under user-level DP '
+                         '(DP-FedAvg) at each target epsilon and seed, and without DP')
+    add_config_flags(frontier_parser)
+    frontier_parser.add_argument('--epsilons', type=float, nargs='+',
+                                 default=[1.0, 2.0, 4.0, 8.0, float('inf')],
+                                 help="target epsilons ('inf': no privacy mechanism)")
+    frontier_parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    frontier_parser.add_argument('--out', type=Path, default=None,
+                                 help='JSON-lines file: each run appended as it ends; runs '
+                                      'already in it are not run again')
+    frontier_parser.add_argument('--quiet', action='store_true', help='no progress output')
+    frontier_parser.set_defaults(run=_frontier)
+
+    leak_parser = commands.add_parser(
+        'leak', help="an honest-but-curious server's guesses of each client's training items "
+                     'from its uploads: precision and recall, by upload and mechanism')
+    add_config_flags(leak_parser, sections=('data',), algorithms=False)
+    leak_parser.add_argument('--warmup', type=int, default=5,
+                             help='rounds trained before the round the server watches')
+    leak_parser.add_argument('--clients', type=int, default=200,
+                             help='clients of the watched round scored')
+    leak_parser.add_argument('--seed', type=int, default=0)
+    leak_parser.set_defaults(run=_leak)
 
     describe_parser = commands.add_parser(
         'describe', help='load a data set and print its counts, sparsity and split sizes')

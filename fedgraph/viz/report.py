@@ -1,6 +1,7 @@
 """All the figures of finished runs, written as PNG files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Sequence, Union
 
@@ -10,6 +11,7 @@ from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.training import CHECKPOINT, EMBEDDINGS
 from fedgraph.viz.clusters import plot_clusters
 from fedgraph.viz.curves import plot_training_curves
+from fedgraph.viz.frontier import plot_frontier
 from fedgraph.viz.personal import plot_personalized_views
 from fedgraph.viz.uniformity import plot_uniformity
 
@@ -38,7 +40,8 @@ def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
     """Writes to ``out``: ``curves.png`` (all runs together), ``uniformity.png`` (the final
     user and item embeddings of every graph-model run side by side, when there are several)
     and, per run ``NAME``, ``NAME-uniformity.png`` and ``NAME-clusters.png`` (graph models)
-    and ``NAME-personalized-views.png`` (runs with dual personalization). Returns the
+    and ``NAME-personalized-views.png`` (runs with dual personalization). JSON-lines files of
+    ``fedgraph frontier`` among ``runs`` are drawn together as ``frontier.png``. Returns the
     paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,6 +52,14 @@ def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
         figure.savefig(path, dpi=130, bbox_inches='tight')
         written.append(path)
 
+    frontiers = [Path(run) for run in runs if Path(run).suffix == '.jsonl']
+    if frontiers:
+        save(plot_frontier([json.loads(line) for path in frontiers
+                            for line in path.read_text().splitlines() if line.strip()]),
+             'frontier.png')
+    runs = [run for run in runs if Path(run).suffix != '.jsonl']
+    if not runs:
+        return written
     save(plot_training_curves({Path(run).name: run for run in runs}), 'curves.png')
     embedded = {run.name: torch.load(run / EMBEDDINGS, weights_only=True)
                 for run in map(Path, runs) if (run / EMBEDDINGS).exists()}

@@ -1,0 +1,92 @@
+"""The privacy-utility frontier: one configuration trained under user-level DP at several
+target :math:`\\epsilon` (and without DP, :math:`\\epsilon = \\infty`), several seeds; its
+test metric at the best validation round against :math:`\\epsilon`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from tqdm import tqdm
+
+from fedgraph.config import TrainConfig
+from fedgraph.training import prepare_split, train
+
+
+def at_epsilon(config: TrainConfig, epsilon: float, seed: int) -> TrainConfig:
+    """``config`` with seed ``seed`` under DP-FedAvg calibrated to ``epsilon``, which replaces
+    the Laplace mechanism; infinite: no privacy mechanism at all (no Laplace noise either,
+    the non-private reference)."""
+    values = {**config.to_dict(), 'seed': seed, 'dp_noise_multiplier': None}
+    if math.isinf(epsilon):
+        values.update(dp_epsilon=None, dp_clip=None, ldp_scale=0.0)
+    else:
+        values.update(dp_epsilon=epsilon, clip=None, clip_mode=None, ldp_scale=None)
+    return TrainConfig(**values)
+
+
+def frontier_table(config: TrainConfig, epsilons: Sequence[float], seeds: Sequence[int],
+                   out: Optional[Path] = None, progress: bool = True) -> List[Dict]:
+    """Trains ``config`` at every target :math:`\\epsilon` and seed and returns one row per
+    run: the test metrics at the best validation round, the :math:`\\epsilon` spent by the
+    end, the calibrated noise multiplier, wall and CPU seconds. With ``out`` every row is
+    appended to that JSON-lines file as it arrives, and runs already there are read back
+    rather than run again. The split is prepared once per seed."""
+    done = {}
+    if out is not None and out.exists():
+        for line in out.read_text().splitlines():
+            row = json.loads(line)
+            done[(row['target_epsilon'], row['seed'])] = row
+    cells = [(epsilon, seed) for seed in seeds for epsilon in epsilons]
+    rows, split, split_seed = [], None, None
+    for epsilon, seed in tqdm(cells, desc='privacy frontier', unit='run', disable=not progress):
+        key = (None if math.isinf(epsilon) else epsilon, seed)
+        if key in done:
+            rows.append(done[key])
+            continue
+        run_config = at_epsilon(config, epsilon, seed)
+        if split_seed != seed:
+            split, split_seed = prepare_split(run_config), seed
+        began, cpu = time.perf_counter(), time.process_time()
+        metrics = train(run_config, progress=False, split=split)
+        privacy = metrics['rounds'][-1]['privacy']
+        row = {'algorithm': config.algorithm, 'protocol': config.protocol,
+               'target_epsilon': key[0], 'seed': seed, 'epsilon': privacy['epsilon'],
+               'delta': privacy['delta'], 'noise_multiplier': privacy.get('noise_multiplier'),
+               'clip': privacy.get('clip'), 'best_round': metrics['best']['round'],
+               'test': metrics['best']['test'], 'wall_s': round(time.perf_counter() - began, 1),
+               'cpu_s': round(time.process_time() - cpu, 1)}
+        rows.append(row)
+        if out is not None:
+            with open(out, 'a') as handle:
+                handle.write(json.dumps(row) + '\n')
+    return rows
+
+
+def format_frontier(rows: List[Dict], metric: str) -> str:
+    """The rows as a Markdown table, mean ± std over seeds per target :math:`\\epsilon`."""
+    cells: Dict[Optional[float], List[Dict]] = {}
+    for row in rows:
+        cells.setdefault(row['target_epsilon'], []).append(row)
+    order = sorted(cells, key=lambda value: math.inf if value is None else value)
+    lines = [f'| target ε | seeds | ε spent | noise multiplier σ | test {metric} |',
+             '|---|---|---|---|---|']
+    for target in order:
+        group = cells[target]
+        spent = [r['epsilon'] for r in group if r['epsilon'] is not None]
+        sigma = group[0]['noise_multiplier'] if target is not None else None
+        lines.append(f"| {'∞ (no DP)' if target is None else f'{target:g}'} | {len(group)} "
+                     f"| {f'{max(spent):.2f}' if spent else '–'} "
+                     f"| {'–' if sigma is None else f'{sigma:.3g}'} "
+                     f"| {_mean_std([r['test'][metric] for r in group])} |")
+    return '\n'.join(lines)
+
+
+def _mean_std(values: List[float]) -> str:
+    if len(values) == 1:
+        return f'{values[0]:.4f}'
+    return f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}'
