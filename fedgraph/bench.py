@@ -4,9 +4,15 @@
   on the same data, seed and plans, PFedRec's defaults: seconds per round (training and
   evaluation) and peak memory of each, and the ratio.
 * ``scale`` -- the vectorized engine on synthetic power-law data from 1k to 1M users with
-  partial participation: seconds per training round and peak memory at each size.
+  partial participation: seconds per training round and peak memory at each size (any
+  federated algorithm: ``--algorithm perfedrec++`` includes the server's propagation).
+* ``contention`` -- the vectorized engine's rounds on a quiet machine and beside busy
+  processes that compete for the cores: how much slower a shared machine makes it.
 
-Every measurement runs in a fresh subprocess so that its peak resident memory is its own.
+Every measurement runs in a fresh subprocess so that its peak resident memory is its own,
+with the threads ``--threads`` asks for (default: :func:`fedgraph.runtime.choose_threads`),
+and reports the threads, the CPU seconds and the minor page faults per round beside the
+wall seconds; each command prints the load average it ran under.
 """
 from __future__ import annotations
 
@@ -22,26 +28,35 @@ from typing import Dict, List, Optional
 
 import torch
 
+from fedgraph import runtime
 from fedgraph.algorithms import algorithm_names, build_engine
+from fedgraph.algorithms.registry import resolve
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, synthetic_interactions
 from fedgraph.federated.evaluation import evaluate
 
 
 class Conditions:
-    """The conditions of a measurement, from its creation to when it is printed: the
-    threads, the load average (1 minute) at both ends, wall and CPU time of this process."""
+    """The conditions of a measurement, from its creation to when it is printed: this
+    process's threads, the load average (1 minute) at both ends, wall time, and the CPU time
+    of this process and of the subprocesses it waited for."""
 
     def __init__(self):
         self.load = os.getloadavg()[0]
         self.wall = time.perf_counter()
-        self.cpu = time.process_time()
+        self.cpu = _cpu_seconds()
 
     def __str__(self) -> str:
         return (f'threads {torch.get_num_threads()}, load average {self.load:.2f} at the '
                 f'start and {os.getloadavg()[0]:.2f} at the end, '
                 f'{time.perf_counter() - self.wall:.1f} s wall, '
-                f'{time.process_time() - self.cpu:.1f} s CPU')
+                f'{_cpu_seconds() - self.cpu:.1f} s CPU')
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU seconds of this process and its finished subprocesses."""
+    spent = os.times()
+    return spent.user + spent.system + spent.children_user + spent.children_system
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -58,26 +73,35 @@ def _sync(device: str) -> None:
 def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
                    split=None, known: Optional[ClientPartition] = None) -> Dict[str, float]:
     """Runs one warm-up round, then ``rounds`` timed rounds, evaluating after each when a
-    ``split`` is given; returns the median seconds of training and of evaluation."""
+    ``split`` is given, with ``config.threads`` (:func:`fedgraph.runtime.configure`);
+    returns the median wall seconds of training and of evaluation, and the median CPU
+    seconds and minor page faults of a training round."""
+    threads = runtime.configure(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     engine = build_engine(config, partition, generator, known)
-    train_seconds, eval_seconds = [], []
+    train_seconds, eval_seconds, cpu_seconds, faults = [], [], [], []
     for index in range(rounds + 1):
         _sync(config.device)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
+        faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         engine.run_round(generator)
         _sync(config.device)
         trained = time.perf_counter()
+        if index:  # the first round warms up
+            cpu_seconds.append(time.process_time() - cpu)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
         if split is not None:
             evaluate(engine, split)
             _sync(config.device)
-        if index:  # the first round warms up
+        if index:
             train_seconds.append(trained - began)
             eval_seconds.append(time.perf_counter() - trained)
     return {'users': partition.num_clients, 'items': partition.num_items,
-            'interactions': partition.num_interactions,
+            'interactions': partition.num_interactions, 'threads': threads,
             'train_seconds': statistics.median(train_seconds),
             'eval_seconds': statistics.median(eval_seconds),
+            'cpu_seconds': statistics.median(cpu_seconds),
+            'page_faults': statistics.median(faults),
             'peak_memory_mb': _peak_memory_mb(config.device)}
 
 
@@ -105,10 +129,11 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _engines(args: argparse.Namespace) -> List[Dict]:
+    conditions = Conditions()
     rows = []
     for engine in ('vectorized', 'reference'):
         config = dict(algorithm=args.algorithm, dataset=args.dataset, seed=args.seed,
-                      device=args.device, engine=engine)
+                      device=args.device, engine=engine, threads=args.threads)
         if args.clients_per_round:
             config['clients_per_round'] = args.clients_per_round
         result = _run_worker({'config': config, 'rounds': args.rounds})
@@ -119,31 +144,88 @@ def _engines(args: argparse.Namespace) -> List[Dict]:
               f"peak {result['peak_memory_mb']:.0f} MiB", flush=True)
     fast, slow = rows
     total = {row['engine']: row['train_seconds'] + row['eval_seconds'] for row in rows}
-    print("\n| engine | s/round (train) | s/round (eval) | peak memory (MiB) |\n|---|---|---|---|")
+    print("\n| engine | threads | s/round (train) | CPU s/round (train) | page faults/round "
+          "| s/round (eval) | peak memory (MiB) |\n|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['engine']} | {row['train_seconds']:.3f} | {row['eval_seconds']:.3f} | "
-              f"{row['peak_memory_mb']:.0f} |")
+        print(f"| {row['engine']} | {row['threads']} | {row['train_seconds']:.3f} "
+              f"| {row['cpu_seconds']:.3f} | {row['page_faults']:,.0f} "
+              f"| {row['eval_seconds']:.3f} | {row['peak_memory_mb']:.0f} |")
     print(f"\nspeed-up (train + eval): {total['reference'] / total['vectorized']:.1f}x; "
           f"training alone: {slow['train_seconds'] / fast['train_seconds']:.1f}x")
+    print(conditions)
     return rows
 
 
 def _scale(args: argparse.Namespace) -> List[Dict]:
+    conditions = Conditions()
     rows = []
-    print('| users | items | interactions | clients/round | s/round | peak memory (MiB) |')
-    print('|---|---|---|---|---|---|')
+    print(f'{args.algorithm}, {args.rounds} timed rounds after one warm-up')
+    print('| users | items | interactions | clients/round | threads | s/round | CPU s/round '
+          '| page faults/round | peak memory (MiB) |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for users in args.sizes:
         items = max(1000, users // 20)
         count = min(args.clients_per_round, users)
-        config = dict(dataset='synthetic', seed=args.seed, device=args.device,
-                      clients_per_round=count)
+        config = dict(algorithm=args.algorithm, dataset='synthetic', seed=args.seed,
+                      device=args.device, clients_per_round=count, threads=args.threads)
         synthetic = dict(num_users=users, num_items=items, mean_degree=args.mean_degree,
                          seed=args.seed)
         result = _run_worker({'config': config, 'rounds': args.rounds, 'synthetic': synthetic})
         rows.append(result)
-        print(f"| {users:,} | {items:,} | {result['interactions']:,} | {count:,} | "
-              f"{result['train_seconds']:.3f} | {result['peak_memory_mb']:.0f} |", flush=True)
+        print(f"| {users:,} | {items:,} | {result['interactions']:,} | {count:,} "
+              f"| {result['threads']} | {result['train_seconds']:.3f} "
+              f"| {result['cpu_seconds']:.3f} | {result['page_faults']:,.0f} "
+              f"| {result['peak_memory_mb']:.0f} |", flush=True)
+    print(conditions)
     return rows
+
+
+def busy_processes(count: int) -> List[subprocess.Popen]:
+    """``count`` processes that keep one core busy each until they are killed."""
+    return [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(count)]
+
+
+def _contention(args: argparse.Namespace) -> List[Dict]:
+    conditions = Conditions()
+    rows = []
+    config = dict(algorithm=args.algorithm, dataset=args.dataset, seed=args.seed,
+                  device=args.device)
+    for threads in args.threads_list:
+        for competitors in (0, args.competitors):
+            busy = busy_processes(competitors)
+            try:
+                time.sleep(1.0 if competitors else 0.0)
+                result = _run_worker({'config': {**config, 'threads': threads},
+                                      'rounds': args.rounds})
+            finally:
+                for process in busy:
+                    process.kill()
+                    process.wait()
+            result.update(competitors=competitors, load=os.getloadavg()[0])
+            rows.append(result)
+    quiet = {row['threads']: row['train_seconds'] for row in rows if not row['competitors']}
+    fastest_quiet = min(quiet.values())
+    print(f'{args.algorithm} on {args.dataset}, {args.rounds} timed training rounds after one '
+          f'warm-up; {available_cpus_line()}')
+    print('| threads | busy competitors | s/round | CPU s/round | load (1 min) '
+          '| × its quiet time | × the fastest quiet |')
+    print('|---|---|---|---|---|---|---|')
+    for row in rows:
+        print(f"| {row['threads']} | {row['competitors']} | {row['train_seconds']:.3f} "
+              f"| {row['cpu_seconds']:.3f} | {row['load']:.2f} "
+              f"| {row['train_seconds'] / quiet[row['threads']]:.2f} "
+              f"| {row['train_seconds'] / fastest_quiet:.2f} |")
+    print(conditions)
+    return rows
+
+
+def available_cpus_line() -> str:
+    """The CPUs this process may use, in words."""
+    limit = runtime.cgroup_cpu_limit()
+    return (f'{runtime.available_cpus()} CPUs available (affinity '
+            f'{len(os.sched_getaffinity(0))}, cgroup quota '
+            f'{"none" if limit is None else f"{limit:g}"}), OMP_WAIT_POLICY='
+            f'{os.environ.get("OMP_WAIT_POLICY")}')
 
 
 def _export(args: argparse.Namespace) -> List[Dict]:
@@ -192,6 +274,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="default: the algorithm's (pfedrec: all; perfedrec++: 256)")
     engines.add_argument('--rounds', type=int, default=3, help='timed rounds (after 1 warm-up)')
     scale = kinds.add_parser('scale', help='vectorized engine from 1k to 1M users')
+    scale.add_argument('--algorithm', default='pfedrec',
+                       choices=[name for name in algorithm_names() if resolve(name).federated])
     scale.add_argument('--sizes', type=int, nargs='+',
                        default=[1_000, 10_000, 100_000, 1_000_000])
     scale.add_argument('--clients-per-round', type=int, default=1000)
@@ -203,7 +287,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument('--users', type=int, default=20, help='how many users to export')
     export.add_argument('--repeats', type=int, default=50, help='top-10 calls timed per user')
     export.add_argument('--out', default=None, help='also write the rows as JSON here')
+    contention = kinds.add_parser('contention',
+                                  help='rounds on a quiet machine and beside busy processes')
+    contention.add_argument('--dataset', default='ml-100k')
+    contention.add_argument('--algorithm', default='pfedrec', choices=algorithm_names())
+    contention.add_argument('--competitors', type=int, default=2,
+                            help='busy processes that share the cores')
+    contention.add_argument('--rounds', type=int, default=5,
+                            help='timed rounds (after 1 warm-up)')
+    contention.add_argument('--threads', dest='threads_list', type=int, nargs='+',
+                            default=[runtime.choose_threads(), 1],
+                            help='thread counts to measure (default: the chosen one and 1)')
     for sub in (engines, scale):
+        sub.add_argument('--threads', type=int, default=None,
+                         help='intra-op threads (default: fedgraph.runtime.choose_threads)')
+    for sub in (engines, scale, contention):
         sub.add_argument('--seed', type=int, default=0)
         sub.add_argument('--device', default='cpu')
         sub.add_argument('--out', default=None, help='also write the rows as JSON here')
@@ -215,7 +313,8 @@ def main(args: argparse.Namespace) -> None:
     if args.kind == 'worker':
         _worker(args)
         return
-    rows = {'engines': _engines, 'scale': _scale, 'export': _export}[args.kind](args)
+    rows = {'engines': _engines, 'scale': _scale, 'export': _export,
+            'contention': _contention}[args.kind](args)
     if args.out:
         with open(args.out, 'w') as handle:
             json.dump(rows, handle, indent=1)

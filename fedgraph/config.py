@@ -26,7 +26,7 @@ SECTIONS = {
     'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon', 'dp_delta',
                 'dp_noise_multiplier', 'dp_clip', 'dp_noise_at'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
-            'client_streams'),
+            'client_streams', 'threads'),
 }
 
 def setting(default: Any, help: str) -> Any:
@@ -164,6 +164,9 @@ class TrainConfig:
     client_streams: bool = setting(False,
         'each client draws its randomness from its own stream, as on devices '
         '(the Flower apps do)')
+    threads: Optional[int] = setting(None,
+        'intra-op CPU threads (default: OMP_NUM_THREADS, else the CPUs this process may use: '
+        'its affinity and cgroup quota)')
     # the algorithm's own section
     settings: Any = None
 
@@ -215,6 +218,8 @@ class TrainConfig:
         Aggregation(self.aggregation, self.trim_ratio, self.norm_bound or None)
         if self.patience < 0:
             raise ValueError('patience must be >= 0')
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f'threads must be >= 1, got {self.threads}')
         for name in ('dim', 'batch_size', 'local_epochs', 'num_negatives', 'eval_negatives'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')

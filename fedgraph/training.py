@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from tqdm import tqdm
 
+from fedgraph import runtime
 from fedgraph.algorithms import build_engine
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, predefined_split, ratio_split
@@ -112,7 +113,8 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
           overwrite: bool = False) -> Run:
     """Trains ``config.algorithm`` for ``config.rounds`` rounds, or fewer with
     ``config.patience``: the run stops once that many evaluations in a row found no better
-    validation metric than the best so far.
+    validation metric than the best so far. It first sets the process's threads and memory
+    reuse (:func:`fedgraph.runtime.configure`).
 
     Args:
         config: the run's configuration.
@@ -137,6 +139,7 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
                                   f'overwrite it (--overwrite) or choose another --out')
     if resume and (out is None or not (out / CHECKPOINT).exists()):
         raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
+    runtime.configure(config.threads)
     split = split if split is not None else prepare_split(config)
     engine, generator = build_run(config, split)  # a run that cannot start writes nothing
     if out is None:

@@ -1,0 +1,92 @@
+"""The CPU resources of the process: how many threads PyTorch runs, and how freed memory is
+kept for the next round.
+
+* **Threads.** PyTorch's default is one thread per physical core of the machine, whatever
+  share of it this process may use. A container limited by a CPU quota, a job pinned to some
+  cores, or a machine shared with other busy processes then runs more threads than it has
+  cores, and OpenMP threads that spin while they wait for each other stall. fedgraph runs as
+  many intra-op threads as the CPUs this process may use (its affinity mask and its cgroup's
+  CPU quota, whichever is smaller), unless ``--threads`` or ``OMP_NUM_THREADS`` says
+  otherwise; and importing fedgraph before torch makes OpenMP's idle threads sleep rather
+  than spin (``OMP_WAIT_POLICY=PASSIVE``, unless the environment sets it).
+* **Freed memory.** A round allocates and frees tensors of tens of megabytes. glibc's
+  ``malloc`` serves those from fresh ``mmap`` regions and returns them on ``free``, so every
+  round faults in its memory page by page again. :func:`keep_freed_memory` tells it to serve
+  them from the heap and keep what is freed (``mallopt``): the next round reuses the pages.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+#: glibc's ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+
+
+def cgroup_cpu_limit(root: Path = Path('/sys/fs/cgroup')) -> Optional[float]:
+    """The CPUs this process's cgroup may use (quota over period; ``None``: no quota),
+    from cgroup v2's ``cpu.max`` or v1's ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``."""
+    try:
+        quota, period = (root / 'cpu.max').read_text().split()
+        return None if quota == 'max' else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / 'cpu' / 'cpu.cfs_quota_us').read_text())
+        period = int((root / 'cpu' / 'cpu.cfs_period_us').read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 else quota / period
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by its cgroup's quota
+    (rounded up), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, math.ceil(limit))
+    return max(1, cpus or 1)
+
+
+def choose_threads(requested: Optional[int] = None) -> int:
+    """``requested``, else ``OMP_NUM_THREADS``, else :func:`available_cpus`."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f'threads must be >= 1, got {requested}')
+        return requested
+    from_environment = os.environ.get('OMP_NUM_THREADS', '').strip()
+    if from_environment.isdigit() and int(from_environment) >= 1:
+        return int(from_environment)
+    return available_cpus()
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's ``malloc`` serve every allocation from the heap and keep freed memory
+    in it (no ``mmap`` per allocation, no trimming), so that a round reuses the previous
+    round's pages instead of faulting fresh ones in. Returns whether it applied (glibc
+    only)."""
+    name = ctypes.util.find_library('c')
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return all(mallopt(option, value) == 1 for option, value in
+               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 0)))
+
+
+def configure(threads: Optional[int] = None) -> int:
+    """Sets PyTorch's intra-op threads (:func:`choose_threads`) and keeps freed memory
+    (:func:`keep_freed_memory`); returns the threads."""
+    count = choose_threads(threads)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    keep_freed_memory()
+    return count
