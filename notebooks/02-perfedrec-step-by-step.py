@@ -172,7 +172,7 @@ def run_one_round():
     index = len(history)
     stats = engine.run_round(generator)
     record = {'round': index, 'train_loss': stats.loss, 'uniformity': engine.uniformity(),
-              'epsilon_spent': stats.epsilon * int(engine.participation.max())}
+              'privacy': engine.ledger.report()}
     if (index + 1) % EVAL_EVERY == 0 or index + 1 == ROUNDS:
         record.update(evaluate(engine, split))
     history.append(record)
@@ -216,9 +216,12 @@ plot_training_curves({'PerFedRec++': {'rounds': history}})
 # %% [markdown]
 # The same panels `train` produces from its `metrics.json`: validation and test
 # Recall@20 (every few rounds), the local training loss, the uniformity of the global
-# model's propagated user and item embeddings, and the LDP budget spent by the client
-# that uploaded most often (each upload spends ε = 2 · clip / scale = 10 per coordinate,
-# composed sequentially; enrollment and pre-training count as uploads).
+# model's propagated user and item embeddings, and the privacy spent by the most exposed
+# client: each row it uploaded (item rows and its user-embedding change, each coordinate
+# clamped to ±0.5, Laplace noise of scale 0.1) is a Laplace mechanism of L1 sensitivity
+# 2 · 0.5 · d, and the accountant composes them all. ε = 2 · clip / scale = 10 is the
+# budget of one coordinate; what the rows add up to is no guarantee
+# (`docs/privacy.md`, and DP-FedAvg with `dp_epsilon` for one).
 #
 # ## 6. Three levels of personalization
 #
