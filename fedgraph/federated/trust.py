@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 
 def finite_rows(values: Tensor) -> Tensor:
-    """``[N]`` whether each row of ``values`` ``[N, ...]`` is finite, norm included."""
-    flat = values.reshape(values.size(0), -1)
-    return torch.isfinite(flat).all(dim=1) & torch.isfinite(flat.norm(dim=1))
+    """``[N]`` whether each row of ``values`` ``[N, ...]`` is finite, norm included: a NaN
+    or an infinite entry makes the row's L2 norm NaN or infinite, as do entries whose squares
+    overflow, so the norm alone tells (one pass over the rows)."""
+    return torch.isfinite(values.reshape(values.size(0), -1).norm(dim=1))
 
 
 def screen(result: 'ClientRound', num_items: int, extra: Optional[Dict[str, Tensor]] = None
