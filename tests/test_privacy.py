@@ -334,3 +334,21 @@ def test_frontier_command_resumes_from_its_file_and_plots(tmp_path, capsys):
     assert out.read_text().count('\n') == 4
     main(['plot', str(out), '--out', str(tmp_path / 'figures')])
     assert (tmp_path / 'figures' / 'frontier.png').stat().st_size > 0
+
+
+def test_leak_command_prints_every_scenario_and_its_conditions(tmp_path, capsys):
+    data = tmp_path / 'data.csv'
+    generator = torch.Generator().manual_seed(0)
+    lines = ['user,item'] + [f'{u},{int(i)}' for u in range(30)
+                             for i in torch.randperm(200, generator=generator)[:15]]
+    data.write_text('\n'.join(lines) + '\n')
+    main(['leak', '--dataset', 'csv', '--data-path', str(data), '--eval-negatives', '20',
+          '--warmup', '1', '--clients', '10'])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith('| ') and 'guess' not in line]
+    # PFedRec's rows and values, FedLightGCN's three guesses in three scenarios, and the
+    # values guess of four dense uploads.
+    assert len(rows) == 2 + 3 * 3 + 4
+    assert '| PFedRec, rows it trained | values |' in out
+    assert '| FedLightGCN, Laplace LDP, pseudo-items 0.5 | graph |' in out
+    assert 'load average' in out
