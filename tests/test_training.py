@@ -330,7 +330,7 @@ def test_a_non_finite_parameter_is_divergence():
         def state_dict(self):
             return {'heads': [torch.zeros(2), torch.tensor([0.0, float('nan')])]}
 
-    stats = RoundStats(0.5, 3, 0.0, 0.0, None)
+    stats = RoundStats(0.5, 3, 0.0, 0.0)
     assert divergence(stats, Engine()) == 'state/heads/1 is not finite'
     stats.loss = float('inf')
     assert divergence(stats, Engine()) == 'the training loss is inf'

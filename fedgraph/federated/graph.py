@@ -387,9 +387,8 @@ class GraphFederatedEngine(RoundEngine):
                      generator: Optional[torch.Generator] = None) -> None:
         """The server's steps after a round's uploads ``result`` and the users' uploads
         (counted in the privacy ledger, when they upload): the cluster tables take the
-        round's row updates
-        (under DP-FedAvg with noise drawn from ``generator``), and every ``cluster_every``
-        rounds the clients are clustered again."""
+        round's row updates (under DP-FedAvg with noise drawn from ``generator``), and every
+        ``cluster_every`` rounds the clients are clustered again."""
         if self.training.privacy is None:
             self.ledger.record_vectors(result.upload.clients)
         if self.cluster_tables is not None:

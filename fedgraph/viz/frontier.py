@@ -5,6 +5,7 @@ import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 
 def frontier_metric(protocol: str) -> str:
@@ -21,7 +22,7 @@ def plot_frontier(rows: Sequence[Dict], figure: Optional[Figure] = None) -> Figu
         metric = frontier_metric(row['protocol'])
         by_epsilon = panels.setdefault(row['protocol'], {}).setdefault(row['algorithm'], {})
         by_epsilon.setdefault(row['target_epsilon'], []).append(row['test'][metric])
-    figure = figure or Figure(figsize=(5.0 * len(panels), 3.6), layout='constrained')
+    figure = figure or Figure(figsize=(6.4 * len(panels), 3.6), layout='constrained')
     axes = figure.subplots(1, len(panels), squeeze=False).ravel()
     for ax, (protocol, algorithms) in zip(axes, sorted(panels.items())):
         for index, (algorithm, by_epsilon) in enumerate(sorted(algorithms.items())):
@@ -35,10 +36,14 @@ def plot_frontier(rows: Sequence[Dict], figure: Optional[Figure] = None) -> Figu
                 ax.axhline(statistics.mean(by_epsilon[None]), color=colour, linestyle='--',
                            linewidth=1, label=f'{algorithm}, no DP')
         ax.set_xscale('log')
+        ticks = sorted({eps for by_epsilon in algorithms.values() for eps in by_epsilon
+                        if eps is not None})
+        ax.set_xticks(ticks, [f'{eps:g}' for eps in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel('target ε (user level, δ = 1/users)')
         ax.set_ylabel(f'test {frontier_metric(protocol)}')
         ax.set_title(f'{protocol} protocol')
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
     return figure
 
 
