@@ -9,9 +9,9 @@ import torch
 
 from fedgraph.data import ClientPartition
 from fedgraph.federated import (ClientSelector, FederatedEngine, PersonalItemRows,
-                                ReferenceEngine, UploadTransform, aggregate_rows, evaluate,
-                                plan_round)
+                                ReferenceEngine, aggregate_rows, evaluate, plan_round)
 from fedgraph.nn import DotProductHead, LinearScoreHead
+from fedgraph.privacy.upload import UploadTransform
 from helpers import candidates, engine_data, make_engine
 
 DIM = 8
