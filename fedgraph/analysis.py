@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Union
+
+
+def mean_std(values: List[float]) -> str:
+    """``mean ± std`` over runs (sample standard deviation) to four decimals; one value
+    alone."""
+    if len(values) == 1:
+        return f'{values[0]:.4f}'
+    return f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}'
 
 
 def load_metrics(run: Union[str, Path]) -> Dict:

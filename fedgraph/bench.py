@@ -71,12 +71,13 @@ def _sync(device: str) -> None:
 
 
 def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
-                   split=None, known: Optional[ClientPartition] = None) -> Dict[str, float]:
+                   split=None, known: Optional[ClientPartition] = None,
+                   keep_memory: bool = True) -> Dict[str, float]:
     """Runs one warm-up round, then ``rounds`` timed rounds, evaluating after each when a
-    ``split`` is given, with ``config.threads`` (:func:`fedgraph.runtime.configure`);
-    returns the median wall seconds of training and of evaluation, and the median CPU
-    seconds and minor page faults of a training round."""
-    threads = runtime.configure(config.threads)
+    ``split`` is given, with ``config.threads`` and freed memory kept or not
+    (:func:`fedgraph.runtime.configure`); returns the median wall seconds of training and
+    of evaluation, and the median CPU seconds and minor page faults of a training round."""
+    threads = runtime.configure(config.threads, keep_memory)
     generator = torch.Generator().manual_seed(config.seed)
     engine = build_engine(config, partition, generator, known)
     train_seconds, eval_seconds, cpu_seconds, faults = [], [], [], []
@@ -118,13 +119,14 @@ def _worker(args: argparse.Namespace) -> None:
 
     payload = json.loads(args.payload)
     config = TrainConfig(**payload['config'])
+    keep = payload.get('keep_memory', True)
     if 'synthetic' in payload:
         partition = ClientPartition.from_data(synthetic_interactions(**payload['synthetic']))
-        result = measure_engine(config, partition, payload['rounds'])
+        result = measure_engine(config, partition, payload['rounds'], keep_memory=keep)
     else:
         split = prepare_split(config)
         result = measure_engine(config, ClientPartition.from_data(split.train),
-                                payload['rounds'], split, split.known_items())
+                                payload['rounds'], split, split.known_items(), keep)
     print(json.dumps(result))
 
 
@@ -136,7 +138,8 @@ def _engines(args: argparse.Namespace) -> List[Dict]:
                       device=args.device, engine=engine, threads=args.threads)
         if args.clients_per_round:
             config['clients_per_round'] = args.clients_per_round
-        result = _run_worker({'config': config, 'rounds': args.rounds})
+        result = _run_worker({'config': config, 'rounds': args.rounds,
+                              'keep_memory': not args.return_freed_memory})
         result['engine'] = engine
         rows.append(result)
         print(f"{engine:>10}: {result['train_seconds']:.3f} s/round training, "
@@ -170,7 +173,8 @@ def _scale(args: argparse.Namespace) -> List[Dict]:
                       device=args.device, clients_per_round=count, threads=args.threads)
         synthetic = dict(num_users=users, num_items=items, mean_degree=args.mean_degree,
                          seed=args.seed)
-        result = _run_worker({'config': config, 'rounds': args.rounds, 'synthetic': synthetic})
+        result = _run_worker({'config': config, 'rounds': args.rounds, 'synthetic': synthetic,
+                              'keep_memory': not args.return_freed_memory})
         rows.append(result)
         print(f"| {users:,} | {items:,} | {result['interactions']:,} | {count:,} "
               f"| {result['threads']} | {result['train_seconds']:.3f} "
@@ -224,7 +228,8 @@ def available_cpus_line() -> str:
     limit = runtime.cgroup_cpu_limit()
     return (f'{runtime.available_cpus()} CPUs available (affinity '
             f'{len(os.sched_getaffinity(0))}, cgroup quota '
-            f'{"none" if limit is None else f"{limit:g}"}), OMP_WAIT_POLICY='
+            f'{"none" if limit is None else f"{limit:g}"}), GOMP_SPINCOUNT='
+            f'{os.environ.get("GOMP_SPINCOUNT")}, OMP_WAIT_POLICY='
             f'{os.environ.get("OMP_WAIT_POLICY")}')
 
 
@@ -301,6 +306,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for sub in (engines, scale):
         sub.add_argument('--threads', type=int, default=None,
                          help='intra-op threads (default: fedgraph.runtime.choose_threads)')
+    for sub in (engines, scale):
+        sub.add_argument('--return-freed-memory', action='store_true',
+                         help="leave glibc's malloc as it is (fedgraph.runtime."
+                              "keep_freed_memory off): the page faults it costs")
     for sub in (engines, scale, contention):
         sub.add_argument('--seed', type=int, default=0)
         sub.add_argument('--device', default='cpu')

@@ -17,10 +17,8 @@ interacted with a target item and yet find it in their top K, averaged over the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,12 +28,14 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from tqdm import tqdm
 
+from fedgraph.analysis import mean_std
 from fedgraph.config import TrainConfig
 from fedgraph.data.hetero import ITEM, RATED_BY, RATES, USER
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
 from fedgraph.federated.engine import ClientRound
 from fedgraph.federated.evaluation import Split, evaluate
+from fedgraph.grid import resumable_grid
 from fedgraph.training import build_run, prepare_split
 
 #: The benign metric reported beside the exposure, by protocol.
@@ -227,36 +227,26 @@ def attack_table(config: TrainConfig, attack: ItemPromotion, fractions: Sequence
     """Runs the grid fractions x defences x seeds (``seed`` seeds the run and the attack's
     targets and profiles) and returns one result per cell. With ``out`` every result is
     appended to that JSON-lines file as it arrives, and cells already there are read back
-    rather than run again. The split is prepared once per seed."""
+    rather than run again (:func:`~fedgraph.grid.resumable_grid`). The split is prepared
+    once per seed."""
     for defence in defences:  # a defence that cannot run fails before any run does
         defended(config, defence)
-    done = {}
-    if out is not None and out.exists():
-        for line in out.read_text().splitlines():
-            row = json.loads(line)
-            done[(row['fraction'], row['defence'], row['seed'])] = row
-    cells = [(f, d, s) for s in seeds for f in fractions for d in defences]
-    rows = []
-    split_seed, split = None, None
-    for fraction, defence, seed in tqdm(cells, desc='attack grid', unit='run',
-                                        disable=not progress):
-        if (fraction, defence, seed) in done:
-            rows.append(done[(fraction, defence, seed)])
-            continue
+    splits: Dict[int, object] = {}
+
+    def run(cell) -> Dict:
+        fraction, defence, seed = cell
         run_config = defended(config, defence, seed=seed)
-        if split_seed != seed:
-            split, split_seed = prepare_split(run_config), seed
-        began, cpu = time.perf_counter(), time.process_time()
+        if seed not in splits:
+            splits.clear()
+            splits[seed] = prepare_split(run_config)
         result = run_attack(run_config, dataclasses.replace(attack, fraction=fraction,
-                                                            seed=seed), split, progress)
-        row = {'algorithm': config.algorithm, 'fraction': fraction, 'defence': defence,
-               'seed': seed, **result, 'wall_s': round(time.perf_counter() - began, 1),
-               'cpu_s': round(time.process_time() - cpu, 1)}
-        rows.append(row)
-        if out is not None:
-            with open(out, 'a') as handle:
-                handle.write(json.dumps(row) + '\n')
-    return rows
+                                                            seed=seed), splits[seed], progress)
+        return {'algorithm': config.algorithm, 'fraction': fraction, 'defence': defence,
+                'seed': seed, **result}
+
+    cells = [(f, d, s) for s in seeds for f in fractions for d in defences]
+    return resumable_grid(cells, lambda row: (row['fraction'], row['defence'], row['seed']),
+                          run, out, 'attack grid', progress)
 
 
 def format_table(rows: List[Dict]) -> str:
@@ -271,13 +261,8 @@ def format_table(rows: List[Dict]) -> str:
              '| benign row-update norm, 99th percentile |', '|---|---|---|---|---|---|']
     for (fraction, defence), group in cells.items():
         lines.append(f"| {fraction:.0%} ({group[0]['fake_users']}) | {defence} | {len(group)} "
-                     f"| {_mean_std([r['er@10'] for r in group])} "
-                     f"| {_mean_std([r[metric] for r in group])} "
+                     f"| {mean_std([r['er@10'] for r in group])} "
+                     f"| {mean_std([r[metric] for r in group])} "
                      f"| {statistics.median(r['benign_norm_q99'] for r in group):.1f} |")
     return '\n'.join(lines)
 
-
-def _mean_std(values: List[float]) -> str:
-    if len(values) == 1:
-        return f'{values[0]:.4f}'
-    return f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}'

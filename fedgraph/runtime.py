@@ -2,13 +2,18 @@
 kept for the next round.
 
 * **Threads.** PyTorch's default is one thread per physical core of the machine, whatever
-  share of it this process may use. A container limited by a CPU quota, a job pinned to some
-  cores, or a machine shared with other busy processes then runs more threads than it has
-  cores, and OpenMP threads that spin while they wait for each other stall. fedgraph runs as
-  many intra-op threads as the CPUs this process may use (its affinity mask and its cgroup's
-  CPU quota, whichever is smaller), unless ``--threads`` or ``OMP_NUM_THREADS`` says
-  otherwise; and importing fedgraph before torch makes OpenMP's idle threads sleep rather
-  than spin (``OMP_WAIT_POLICY=PASSIVE``, unless the environment sets it).
+  share of it this process may use; and its OpenMP threads spin for a long while (GNU
+  OpenMP: 300,000 iterations) before they sleep when they wait for each other. A container
+  limited by a CPU quota, a job pinned to some cores, or a machine shared with other busy
+  processes then runs more threads than it has cores, and spinning threads take the cores
+  the working ones need. fedgraph runs as many intra-op threads as the CPUs this process
+  may use (its affinity mask and its cgroup's CPU quota, whichever is smaller), unless
+  ``--threads`` or ``OMP_NUM_THREADS`` says otherwise; and importing fedgraph before torch
+  shortens the spin to 1,000 iterations (``GOMP_SPINCOUNT``, unless the environment sets
+  it): as fast as the default on a quiet machine, and faster on a busy one, where spinning
+  threads burn the CPU time the working ones need (the README's contention benchmark).
+  Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) is slower on a quiet machine: the
+  reference engine's many small operations took twice as long.
 * **Freed memory.** A round allocates and frees tensors of tens of megabytes. glibc's
   ``malloc`` serves those from fresh ``mmap`` regions and returns them on ``free``, so every
   round faults in its memory page by page again. :func:`keep_freed_memory` tells it to serve
@@ -82,11 +87,12 @@ def keep_freed_memory() -> bool:
                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 0)))
 
 
-def configure(threads: Optional[int] = None) -> int:
-    """Sets PyTorch's intra-op threads (:func:`choose_threads`) and keeps freed memory
-    (:func:`keep_freed_memory`); returns the threads."""
+def configure(threads: Optional[int] = None, keep_memory: bool = True) -> int:
+    """Sets PyTorch's intra-op threads (:func:`choose_threads`) and, with ``keep_memory``,
+    keeps freed memory (:func:`keep_freed_memory`); returns the threads."""
     count = choose_threads(threads)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
-    keep_freed_memory()
+    if keep_memory:
+        keep_freed_memory()
     return count

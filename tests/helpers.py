@@ -125,3 +125,13 @@ def cli_misuse(capsys, match):
     err = caught['err'] = capsys.readouterr().err
     assert err.startswith('usage: fedgraph') and 'Traceback' not in err, err
     assert re.search(match, err), err
+
+
+def write_small_csv(path, num_users=30, num_items=200, per_user=15):
+    """A ``user,item`` CSV file of ``num_users`` users with ``per_user`` random items each
+    (of ``num_items``); returns ``path``."""
+    generator = torch.Generator().manual_seed(0)
+    lines = ['user,item'] + [f'{u},{int(i)}' for u in range(num_users)
+                             for i in torch.randperm(num_items, generator=generator)[:per_user]]
+    path.write_text('\n'.join(lines) + '\n')
+    return path

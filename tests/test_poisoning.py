@@ -12,7 +12,7 @@ from fedgraph.data.hetero import ITEM, RATES, USER
 from fedgraph.federated.engine import ClientRound, RowUpload
 from fedgraph.poisoning import (ItemPromotion, TargetBooster, choose_targets, exposure_ratio,
                                 run_attack, with_fake_users)
-from helpers import cli_misuse
+from helpers import cli_misuse, write_small_csv
 
 
 def test_fake_users_rate_the_targets_and_popular_fillers(tiny_sampled_split):
@@ -106,11 +106,7 @@ def test_centralized_models_have_no_clients_to_attack(tiny_sampled_split):
 
 
 def test_attack_command_prints_the_grid_and_resumes_from_its_file(tmp_path, capsys):
-    data = tmp_path / 'data.csv'
-    generator = torch.Generator().manual_seed(0)
-    lines = ['user,item'] + [f'{u},{int(i)}' for u in range(30)
-                             for i in torch.randperm(200, generator=generator)[:15]]
-    data.write_text('\n'.join(lines) + '\n')
+    data = write_small_csv(tmp_path / 'data.csv')
     out = tmp_path / 'grid.jsonl'
     argv = ['attack', '--dataset', 'csv', '--data-path', str(data), '--eval-negatives', '20',
             '--rounds', '2',

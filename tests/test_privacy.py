@@ -18,7 +18,7 @@ from fedgraph.privacy.leak import item_set_leak, precision_recall, value_guess
 from fedgraph.privacy.ledger import PrivacyLedger
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.training import build_run, train
-from helpers import read_metrics, train_interrupted, without_seconds
+from helpers import read_metrics, train_interrupted, without_seconds, write_small_csv
 
 SMALL = dict(dim=8, rounds=6, eval_every=3, batch_size=32)
 
@@ -312,11 +312,7 @@ def test_a_dense_upload_hides_the_items_only_with_noise(planted_split):
 # The frontier command and its figure
 # --------------------------------------------------------------------------------------
 def test_frontier_command_resumes_from_its_file_and_plots(tmp_path, capsys):
-    data = tmp_path / 'data.csv'
-    generator = torch.Generator().manual_seed(0)
-    lines = ['user,item'] + [f'{u},{int(i)}' for u in range(30)
-                             for i in torch.randperm(200, generator=generator)[:15]]
-    data.write_text('\n'.join(lines) + '\n')
+    data = write_small_csv(tmp_path / 'data.csv')
     out = tmp_path / 'frontier.jsonl'
     argv = ['frontier', '--dataset', 'csv', '--data-path', str(data), '--eval-negatives', '20',
             '--rounds', '3', '--dim', '8', '--epsilons', '2', 'inf', '--seeds', '0', '1',
@@ -337,11 +333,7 @@ def test_frontier_command_resumes_from_its_file_and_plots(tmp_path, capsys):
 
 
 def test_leak_command_prints_every_scenario_and_its_conditions(tmp_path, capsys):
-    data = tmp_path / 'data.csv'
-    generator = torch.Generator().manual_seed(0)
-    lines = ['user,item'] + [f'{u},{int(i)}' for u in range(30)
-                             for i in torch.randperm(200, generator=generator)[:15]]
-    data.write_text('\n'.join(lines) + '\n')
+    data = write_small_csv(tmp_path / 'data.csv')
     main(['leak', '--dataset', 'csv', '--data-path', str(data), '--eval-negatives', '20',
           '--warmup', '1', '--clients', '10'])
     out = capsys.readouterr().out

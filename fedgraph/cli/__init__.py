@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from fedgraph.analysis import mean_std
 from fedgraph.cli.flags import add_config_flags, config_from_args, remember_parsers, run_command
 from fedgraph.config import SECTIONS, TrainConfig
 from fedgraph.data import leave_one_out_split
@@ -127,10 +127,7 @@ def _summarize(args: argparse.Namespace) -> None:
         print(f"| {run} | {best['round']} | "
               + ' | '.join(f"{best['test'][n]:.4f}" for n in names) + ' |')
     if len(rows) > 1:
-        cells = []
-        for name in names:
-            values = [best['test'][name] for _, best in rows]
-            cells.append(f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}')
+        cells = [mean_std([best['test'][name] for _, best in rows]) for name in names]
         print(f'| mean ± std ({len(rows)} runs) | | ' + ' | '.join(cells) + ' |')
 
 

@@ -3,17 +3,13 @@ target :math:`\\epsilon` (and without DP, :math:`\\epsilon = \\infty`), several 
 test metric at the best validation round against :math:`\\epsilon`."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import statistics
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from tqdm import tqdm
-
+from fedgraph.analysis import mean_std
 from fedgraph.config import TrainConfig
+from fedgraph.grid import resumable_grid
 from fedgraph.training import prepare_split, train
 
 
@@ -33,38 +29,29 @@ def frontier_table(config: TrainConfig, epsilons: Sequence[float], seeds: Sequen
                    out: Optional[Path] = None, progress: bool = True) -> List[Dict]:
     """Trains ``config`` at every target :math:`\\epsilon` and seed and returns one row per
     run: the test metrics at the best validation round, the :math:`\\epsilon` spent by the
-    end, the calibrated noise multiplier, wall and CPU seconds. With ``out`` every row is
-    appended to that JSON-lines file as it arrives, and runs already there are read back
-    rather than run again. The split is prepared once per seed."""
-    done = {}
-    if out is not None and out.exists():
-        for line in out.read_text().splitlines():
-            row = json.loads(line)
-            done[(row['target_epsilon'], row['seed'])] = row
-    cells = [(epsilon, seed) for seed in seeds for epsilon in epsilons]
-    rows, split, split_seed = [], None, None
-    for epsilon, seed in tqdm(cells, desc='privacy frontier', unit='run', disable=not progress):
-        key = (None if math.isinf(epsilon) else epsilon, seed)
-        if key in done:
-            rows.append(done[key])
-            continue
-        run_config = at_epsilon(config, epsilon, seed)
-        if split_seed != seed:
-            split, split_seed = prepare_split(run_config), seed
-        began, cpu = time.perf_counter(), time.process_time()
-        metrics = train(run_config, progress=False, split=split)
+    end, the calibrated noise multiplier, wall and CPU seconds. With ``out`` the rows go to
+    a JSON-lines file as they arrive, and runs already there are not run again
+    (:func:`~fedgraph.grid.resumable_grid`). The split is prepared once per seed."""
+    splits: Dict[int, object] = {}
+
+    def run(cell) -> Dict:
+        target, seed = cell
+        run_config = at_epsilon(config, math.inf if target is None else target, seed)
+        if seed not in splits:
+            splits.clear()
+            splits[seed] = prepare_split(run_config)
+        metrics = train(run_config, progress=False, split=splits[seed])
         privacy = metrics['rounds'][-1]['privacy']
-        row = {'algorithm': config.algorithm, 'protocol': config.protocol,
-               'target_epsilon': key[0], 'seed': seed, 'epsilon': privacy['epsilon'],
-               'delta': privacy['delta'], 'noise_multiplier': privacy.get('noise_multiplier'),
-               'clip': privacy.get('clip'), 'best_round': metrics['best']['round'],
-               'test': metrics['best']['test'], 'wall_s': round(time.perf_counter() - began, 1),
-               'cpu_s': round(time.process_time() - cpu, 1)}
-        rows.append(row)
-        if out is not None:
-            with open(out, 'a') as handle:
-                handle.write(json.dumps(row) + '\n')
-    return rows
+        return {'algorithm': config.algorithm, 'protocol': config.protocol,
+                'target_epsilon': target, 'seed': seed, 'epsilon': privacy['epsilon'],
+                'delta': privacy['delta'], 'noise_multiplier': privacy.get('noise_multiplier'),
+                'clip': privacy.get('clip'), 'best_round': metrics['best']['round'],
+                'test': metrics['best']['test']}
+
+    cells = [(None if math.isinf(epsilon) else epsilon, seed)
+             for seed in seeds for epsilon in epsilons]
+    return resumable_grid(cells, lambda row: (row['target_epsilon'], row['seed']), run, out,
+                          'privacy frontier', progress)
 
 
 def format_frontier(rows: List[Dict], metric: str) -> str:
@@ -82,11 +69,6 @@ def format_frontier(rows: List[Dict], metric: str) -> str:
         lines.append(f"| {'∞ (no DP)' if target is None else f'{target:g}'} | {len(group)} "
                      f"| {f'{max(spent):.2f}' if spent else '–'} "
                      f"| {'–' if sigma is None else f'{sigma:.3g}'} "
-                     f"| {_mean_std([r['test'][metric] for r in group])} |")
+                     f"| {mean_std([r['test'][metric] for r in group])} |")
     return '\n'.join(lines)
 
-
-def _mean_std(values: List[float]) -> str:
-    if len(values) == 1:
-        return f'{values[0]:.4f}'
-    return f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}'
