@@ -104,8 +104,8 @@ class PrivacyLedger:
     def report(self) -> Dict[str, object]:
         """``metrics.json``'s ``privacy`` record: the accountant's :math:`\\epsilon` at
         :math:`\\delta` so far (``None``: no guarantee, :math:`\\epsilon = \\infty`: no
-        mechanism, or no noise), the mechanism, its
-        noise multiplier and clip bound, and the counts it composed."""
+        mechanism, or no noise), the mechanism, its noise multiplier and clip bound, and the
+        counts it composed."""
         out: Dict[str, object] = {'mechanism': self.mechanism, 'epsilon': None,
                                   'delta': self.delta}
         if self.gaussian is None and self.laplace is None:
