@@ -87,16 +87,16 @@ def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
         faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         engine.run_round(generator)
         _sync(config.device)
-        trained = time.perf_counter()
-        if index:  # the first round warms up
-            cpu_seconds.append(time.process_time() - cpu)
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
+        trained, cpu = time.perf_counter(), time.process_time() - cpu
+        faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted
         if split is not None:
             evaluate(engine, split)
             _sync(config.device)
-        if index:
+        if index:  # the first round warms up
             train_seconds.append(trained - began)
             eval_seconds.append(time.perf_counter() - trained)
+            cpu_seconds.append(cpu)
+            faults.append(faulted)
     return {'users': partition.num_clients, 'items': partition.num_items,
             'interactions': partition.num_interactions, 'threads': threads,
             'train_seconds': statistics.median(train_seconds),

@@ -64,9 +64,13 @@ def divergence(stats: RoundStats, engine: RoundEngine) -> Optional[str]:
 
 def non_finite_tensor(state, name: str = 'state') -> Optional[str]:
     """The path of the first floating-point tensor in ``state`` (nested dicts, lists) with a
-    NaN or infinite entry, or ``None``."""
+    NaN or infinite entry, or ``None``. A tensor whose sum is finite has none (a NaN or an
+    infinity makes every sum over it NaN or infinite), and summing is one cheap pass: the
+    entries are checked one by one only when the sum is not finite (it may overflow)."""
     if isinstance(state, torch.Tensor):
-        return name if state.is_floating_point() and not torch.isfinite(state).all() else None
+        finite = (not state.is_floating_point() or bool(torch.isfinite(state.sum()))
+                  or bool(torch.isfinite(state).all()))
+        return None if finite else name
     items = (state.items() if isinstance(state, dict) else
              enumerate(state) if isinstance(state, (list, tuple)) else ())
     for key, value in items:

@@ -223,6 +223,16 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that runs a grid of seeds (:func:`fedgraph.grid.resumable_grid`):
+    ``--seeds``, ``--out`` and ``--quiet``."""
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--out', type=Path, default=None,
+                        help='JSON-lines file: each run appended as it ends; runs already in '
+                             'it are not run again')
+    parser.add_argument('--quiet', action='store_true', help='no progress output')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fedgraph', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,16 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
                                help='fake users as shares of the real users (0: no attack)')
     attack_parser.add_argument('--defences', nargs='+', default=list(DEFENCES),
                                choices=DEFENCES, help='the server aggregations to compare')
-    attack_parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     attack_parser.add_argument('--boost', type=float, default=30.0,
                                help="the factor on the fake users' target rows")
     attack_parser.add_argument('--targets', type=int, default=1, help='target items')
     attack_parser.add_argument('--fillers', type=int, default=20,
                                help="popular items in a fake user's profile")
-    attack_parser.add_argument('--out', type=Path, default=None,
-                               help='JSON-lines file of the results; cells already in it are '
-                                    'not run again')
-    attack_parser.add_argument('--quiet', action='store_true', help='no progress output')
+    add_grid_flags(attack_parser)
     attack_parser.set_defaults(run=_attack)
 
     frontier_parser = commands.add_parser(
@@ -273,11 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     frontier_parser.add_argument('--epsilons', type=float, nargs='+',
                                  default=[1.0, 2.0, 4.0, 8.0, float('inf')],
                                  help="target epsilons ('inf': no privacy mechanism)")
-    frontier_parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    frontier_parser.add_argument('--out', type=Path, default=None,
-                                 help='JSON-lines file: each run appended as it ends; runs '
-                                      'already in it are not run again')
-    frontier_parser.add_argument('--quiet', action='store_true', help='no progress output')
+    add_grid_flags(frontier_parser)
     frontier_parser.set_defaults(run=_frontier)
 
     leak_parser = commands.add_parser(

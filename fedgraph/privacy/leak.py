@@ -30,7 +30,7 @@ from torch import Tensor
 from fedgraph.config import TrainConfig
 from fedgraph.federated.engine import ClientRound
 from fedgraph.privacy.gaussian import UserLevelDP
-from fedgraph.training import build_run
+from fedgraph.training import build_run, prepare_split
 
 
 def oriented_projection(rows: Tensor, noise_std: float = 0.0) -> Tensor:
@@ -152,8 +152,6 @@ def leak_table(data: Dict[str, object], warmup_rounds: int = 5, max_clients: int
     for name, algorithm, settings, epsilon in SCENARIOS:
         config = TrainConfig(algorithm=algorithm, seed=seed, **data, **settings)
         if config.protocol not in splits:
-            from fedgraph.training import prepare_split
-
             splits[config.protocol] = prepare_split(config)
         split = splits[config.protocol]
         local_dp = None
