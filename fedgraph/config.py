@@ -26,7 +26,7 @@ SECTIONS = {
     'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon', 'dp_delta',
                 'dp_noise_multiplier', 'dp_clip', 'dp_noise_at'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
-            'client_streams', 'threads'),
+            'closed_form', 'client_streams', 'threads'),
 }
 
 def setting(default: Any, help: str) -> Any:
@@ -161,6 +161,9 @@ class TrainConfig:
         'cpu or cuda')
     engine: str = setting('vectorized',
         "'vectorized' or 'reference' (one model per client, for checking)")
+    closed_form: bool = setting(True,
+        'train a linear or dot-product head with BCE and SGD in closed form, in one compiled '
+        'kernel per round (numba); off: autograd, as for every other model')
     client_streams: bool = setting(False,
         'each client draws its randomness from its own stream, as on devices '
         '(the Flower apps do)')

@@ -247,7 +247,8 @@ class Algorithm:
         selector = self.build_selector(partition.num_clients)
         if config.engine == 'vectorized':
             streams = ClientStreams() if config.client_streams else None
-            engine = FederatedEngine(model, partition, training, selector, known, streams)
+            engine = FederatedEngine(model, partition, training, selector, known, streams,
+                                     config.closed_form)
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:

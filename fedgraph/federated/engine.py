@@ -28,6 +28,7 @@ from torch import Tensor
 from torch_scatter import scatter
 
 from fedgraph.data.partition import ClientPartition
+from fedgraph.federated import fused
 from fedgraph.federated.aggregation import Aggregation, per_client_vector
 from fedgraph.federated.local import SGD, BCELoss, LocalLoss, LocalOptimizer
 from fedgraph.federated.personal import PersonalItemRows
@@ -210,13 +211,17 @@ class FederatedEngine(RoundEngine):
         streams: draw each client's randomness from its own stream
             (:class:`~fedgraph.federated.streams.ClientStreams`) rather than from one
             generator shared by the round, as clients on their own devices do.
+        closed_form: train a bilinear head with binary cross-entropy and SGD in closed form, in
+            one compiled kernel (:mod:`fedgraph.federated.fused`), where the model allows;
+            ``False``: autograd for every model.
     """
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,
                  known: Optional[ClientPartition] = None,
-                 streams: Optional[ClientStreams] = None):
+                 streams: Optional[ClientStreams] = None, closed_form: bool = True):
         self.model = model
+        self.closed_form = closed_form
         self.partition = partition.to(model.item.device)
         self.known = known.to(model.item.device) if known is not None else None
         self.training = training
@@ -362,6 +367,8 @@ class FederatedEngine(RoundEngine):
         """
         cfg = self.training
         model = self.model
+        if self.closed_form and fused.supports(model, cfg):
+            return fused.train_clients(model, cfg, plan, initial)
         local = initial.clone()
         private = {name: tensor.detach()[plan.clients].clone()
                    for name, tensor in self.model.private_parameters().items()}

@@ -7,7 +7,7 @@ A head maps a client's private parameters and an item vector :math:`e_i` to a lo
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,11 @@ class ScoreHead(nn.Module):
     """
 
     user_vector: str = ''
+    #: ``(vector, bias)``: the names of :math:`\theta_c` and :math:`b_c` (``None``: no
+    #: bias) when the logit is :math:`\theta_c^\top e_i + b_c`, for the engine's
+    #: closed-form local training (:mod:`fedgraph.federated.fused`); ``None`` for any other
+    #: score, and in a subclass that changes :meth:`logits`.
+    bilinear: Optional[Tuple[str, Optional[str]]] = None
 
     def __init__(self, num_clients: int, dim: int):
         super().__init__()
@@ -72,6 +77,7 @@ class LinearScoreHead(ScoreHead):
     """
 
     user_vector = 'weight'
+    bilinear = ('weight', 'bias')
 
     def __init__(self, num_clients: int, dim: int, generator: Optional[torch.Generator] = None):
         super().__init__(num_clients, dim)
@@ -100,6 +106,7 @@ class DotProductHead(ScoreHead):
     :math:`\\mathcal{N}(0, \\sigma^2)` per client."""
 
     user_vector = 'user'
+    bilinear = ('user', None)
 
     def __init__(self, num_clients: int, dim: int, std: float = 1.0,
                  generator: Optional[torch.Generator] = None):

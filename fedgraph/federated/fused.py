@@ -1,0 +1,224 @@
+"""Closed-form local training of bilinear score heads, compiled (numba).
+
+For a head whose logit is :math:`s_{ci} = \\theta_c^\\top e_i + b_c` (PFedRec's linear head;
+FedMF's dot product, :math:`b_c = 0`) trained with binary cross-entropy and plain SGD, the
+gradients of a client's mini-batch loss :math:`L = \\sum_n \\omega_n \\ell_n`
+(:math:`\\omega_n` = 1 / the mini-batch's size) have a closed form. With
+:math:`p_n = \\sigma(s_n)` and :math:`g_n = \\partial L / \\partial s_n`,
+
+.. math::
+    g_n = \\omega_n \\frac{p_n - y_n}{\\max(p_n (1 - p_n), 10^{-12})} \\, p_n (1 - p_n),
+    \\qquad
+    \\frac{\\partial L}{\\partial \\theta_c} = \\sum_n g_n e_{i_n},
+    \\quad \\frac{\\partial L}{\\partial b_c} = \\sum_n g_n,
+    \\quad \\frac{\\partial L}{\\partial e_{i_n}} \\mathrel{+}= g_n \\theta_c,
+
+plus :math:`\\omega_n \\lambda` times each parameter for the L2 term
+:math:`\\tfrac{\\lambda}{2}(\\lVert e_i \\rVert^2 + \\lVert \\theta_c \\rVert^2 + b_c^2)`.
+:math:`g_n` is written as autograd computes it through ``BCELoss(sigmoid(s))``
+(:func:`~fedgraph.federated.local.bce`): it vanishes where :math:`\\sigma` saturates in
+float32, as the papers' code does, instead of staying :math:`\\pm \\omega_n`.
+
+One kernel call trains every client of a round: clients run in parallel, each walking its
+own mini-batches in order, its head and rows in cache, with float32 arithmetic as the
+autograd engine's (:meth:`~fedgraph.federated.engine.FederatedEngine.train_clients`, whose
+results these equal up to float rounding). The rows of a mini-batch are read before any of
+them is stepped, as in the batched engine.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedgraph.federated.local import SGD, BCELoss
+from fedgraph.federated.plan import RoundPlan
+
+_ONE = np.float32(1.0)
+_HALF = np.float32(0.5)
+_EPSILON = np.float32(1e-12)
+_LOG_FLOOR = np.float32(-100.0)
+CLIENTS_PER_CHUNK = 16
+
+
+def supports(model, training) -> bool:
+    """Whether the model and recipe of a round have the closed form: a bilinear head
+    (:attr:`~fedgraph.nn.heads.ScoreHead.bilinear`), no graph context and no dense shared
+    parameters, binary cross-entropy, plain SGD, on the CPU."""
+    return (model.head.bilinear is not None and model.user_context is None
+            and model.item_context is None and not model.shared_dense()
+            and type(training.loss) is BCELoss and type(training.optimizer) is SGD
+            and model.item.device.type == 'cpu' and model.item.dtype == torch.float32)
+
+
+def train_clients(model, training, plan: RoundPlan, initial: Tensor
+                  ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
+    """:meth:`FederatedEngine.train_clients
+    <fedgraph.federated.engine.FederatedEngine.train_clients>` in closed form: the trained
+    local rows ``[R, d]``, the trained private parameters ``{name: [B, ...]}`` and each
+    client's mean training loss ``[B]``."""
+    vector_name, bias_name = model.head.bilinear
+    private = model.private_parameters()
+    vector = private[vector_name].detach()[plan.clients].contiguous()
+    bias = (private[bias_name].detach()[plan.clients].contiguous() if bias_name
+            else torch.zeros(plan.clients.numel(), dtype=vector.dtype))
+    local = torch.empty_like(initial)
+    step = torch.repeat_interleave(torch.arange(plan.num_steps), plan.step_ptr.diff())
+    sample_loss = torch.empty(plan.item.numel(), dtype=local.dtype)
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    # Clients differ in size: threads take them a few at a time.
+    chunksize = numba.set_parallel_chunksize(CLIENTS_PER_CHUNK)
+    try:
+        _local_sgd(initial.contiguous().numpy(), local.numpy(), plan.row_owner.numpy(),
+                   vector.numpy(), bias.numpy(), bias_name is not None, plan.row.numpy(),
+                   plan.owner.numpy(), step.numpy(), plan.label.numpy(), plan.weight.numpy(),
+                   np.float32(training.lr), np.float32(training.item_lr),
+                   np.float32(training.l2_reg), training.alternating, sample_loss.numpy())
+    finally:
+        numba.set_parallel_chunksize(chunksize)
+    trained = {vector_name: vector}
+    if bias_name:
+        trained[bias_name] = bias
+    loss_sum = torch.zeros(plan.clients.numel(), dtype=local.dtype).index_add_(
+        0, plan.owner, sample_loss)
+    num_samples = plan.num_samples.to(local.dtype) * training.local_epochs
+    return local, trained, loss_sum / num_samples
+
+
+@numba.njit(cache=True, nogil=True)
+def _by_owner(owner: np.ndarray, num_clients: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A stable counting sort of the samples by client: ``order[start[c]:start[c + 1]]``
+    are client ``c``'s samples in plan order (local step by local step)."""
+    start = np.zeros(num_clients + 1, np.int64)
+    for sample in range(owner.size):
+        start[owner[sample] + 1] += 1
+    for client in range(num_clients):
+        start[client + 1] += start[client]
+    fill = start[:-1].copy()
+    order = np.empty(owner.size, np.int64)
+    for sample in range(owner.size):
+        order[fill[owner[sample]]] = sample
+        fill[owner[sample]] += 1
+    return order, start
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _local_sgd(initial, local, row_owner, vector, bias, fit_bias, row, owner, step, label,
+               weight, lr, item_lr, l2_reg, alternating, sample_loss):
+    order, start = _by_owner(owner, vector.shape[0])
+    _, row_start = _by_owner(row_owner, vector.shape[0])
+    for client in numba.prange(vector.shape[0]):
+        # A client's rows are contiguous: copied in order, they are in cache when trained.
+        local[row_start[client]:row_start[client + 1]] = \
+            initial[row_start[client]:row_start[client + 1]]
+        _train_client(local, vector[client], bias[client:client + 1], fit_bias,
+                      order[start[client]:start[client + 1]], row, step, label, weight, lr,
+                      item_lr, l2_reg, alternating, sample_loss)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={'reassoc', 'contract'})
+def _dot(left, right):
+    """:math:`\\sum_k l_k r_k` in float32, summed in the order the CPU's vectors like."""
+    total = np.float32(0.0)
+    for k in range(left.size):
+        total += left[k] * right[k]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _probability_gradient(vector, bias, row_values, label, weight):
+    """:math:`p_n = \\sigma(s_n)` and the logit's loss gradient :math:`g_n`."""
+    p = _ONE / (_ONE + np.exp(-(_dot(vector, row_values) + bias)))
+    slope = (_ONE - p) * p
+    return p, weight * (p - label) / max(slope, _EPSILON) * (_ONE - p) * p
+
+
+@numba.njit(cache=True, nogil=True)
+def _bce(p, label):
+    """``binary_cross_entropy(p, label)`` with its logs floored at -100, for a 0/1 label."""
+    if label == _ONE:
+        return -max(np.float32(np.log(p)), _LOG_FLOOR)
+    return -max(np.float32(np.log1p(-p)), _LOG_FLOOR)
+
+
+@numba.njit(cache=True, nogil=True)
+def _squared_norm(values):
+    return _dot(values, values)
+
+
+@numba.njit(cache=True, nogil=True)
+def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weight, lr,
+                  item_lr, l2_reg, alternating, sample_loss):
+    """One client's local steps: its mini-batches are the runs of equal ``step`` in
+    ``samples``."""
+    dim = vector.size
+    vector_grad = np.empty(dim, np.float32)
+    head_vector = np.empty(dim, np.float32)
+    row_delta = np.empty((0, dim), np.float32)
+    gradients = np.empty(0, np.float32)
+    first = 0
+    while first < samples.size:
+        last = first
+        while last < samples.size and step[samples[last]] == step[samples[first]]:
+            last += 1
+        batch = samples[first:last]
+        if row_delta.shape[0] < batch.size:
+            row_delta = np.empty((batch.size, dim), np.float32)
+            gradients = np.empty(batch.size, np.float32)
+        # The head's step (alternating) or gradient (joint), from the rows as they are.
+        vector_grad[:] = 0
+        bias_grad = np.float32(0.0)
+        head_vector[:] = vector
+        for position in range(batch.size):
+            sample = batch[position]
+            values = local[row[sample]]
+            p, gradient = _probability_gradient(vector, bias[0], values, label[sample],
+                                                weight[sample])
+            gradients[position] = gradient
+            if not alternating:
+                sample_loss[sample] = _bce(p, label[sample])
+            for k in range(dim):
+                vector_grad[k] += gradient * values[k]
+            bias_grad += gradient
+            if l2_reg:
+                decay = weight[sample] * l2_reg
+                for k in range(dim):
+                    vector_grad[k] += decay * vector[k]
+                bias_grad += decay * bias[0] if fit_bias else np.float32(0.0)
+                if not alternating:
+                    sample_loss[sample] += l2_reg * _HALF * (_squared_norm(values)
+                                                         + _squared_norm(vector)
+                                                         + bias[0] * bias[0])
+        for k in range(dim):
+            vector[k] = vector[k] - lr * vector_grad[k]
+        if fit_bias:
+            bias[0] = bias[0] - lr * bias_grad
+        if alternating:  # a fresh forward pass with the stepped head
+            for position in range(batch.size):
+                sample = batch[position]
+                values = local[row[sample]]
+                p, gradient = _probability_gradient(vector, bias[0], values, label[sample],
+                                                    weight[sample])
+                gradients[position] = gradient
+                loss = _bce(p, label[sample])
+                if l2_reg:
+                    loss += l2_reg * _HALF * (_squared_norm(values) + _squared_norm(vector)
+                                          + bias[0] * bias[0])
+                sample_loss[sample] = loss
+            head_vector[:] = vector
+        # The rows' gradients, all from the rows as the mini-batch found them, then the step.
+        for position in range(batch.size):
+            sample = batch[position]
+            values = local[row[sample]]
+            decay = weight[sample] * l2_reg
+            for k in range(dim):
+                row_delta[position, k] = -item_lr * (gradients[position] * head_vector[k]
+                                                     + decay * values[k])
+        for position in range(batch.size):
+            values = local[row[batch[position]]]
+            for k in range(dim):
+                values[k] += row_delta[position, k]
+        first = last
