@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
@@ -185,23 +187,39 @@ class ClientPartition:
         todo = torch.arange(clients.numel(), device=clients.device)
         width = max(int(num * oversample), num + 8)
         while todo.numel():
-            rows = clients[todo]
             candidates = torch.randint(self.num_items, (todo.numel(), width),
-                                       generator=generator, device='cpu').to(clients.device)
-            valid = ~self.contains(rows.unsqueeze(1), candidates)
-            valid &= ~_repeats_earlier_in_row(candidates)
-            rank = valid.cumsum(1)
-            done = rank[:, -1] >= num
-            keep = valid & (rank <= num) & done.unsqueeze(1)
-            out[todo[done]] = candidates[keep].view(-1, num)
-            todo = todo[~done]
+                                       generator=generator, device='cpu')
+            held = self.contains(clients[todo].unsqueeze(1), candidates.to(clients.device))
+            fresh = torch.empty(todo.numel(), num, dtype=torch.long)
+            done = torch.from_numpy(_first_fresh(candidates.numpy(), held.cpu().numpy(),
+                                                 fresh.numpy()))
+            out[todo[done.to(todo.device)]] = fresh[done].to(out.device)
+            todo = todo[~done.to(todo.device)]
             width *= 2
         return out
 
 
-def _repeats_earlier_in_row(values: Tensor) -> Tensor:
-    """Marks entries equal to an entry to their left in the same row."""
-    sorted_values, order = torch.sort(values, dim=1, stable=True)
-    repeat = torch.zeros_like(values, dtype=torch.bool)
-    repeat[:, 1:] = sorted_values[:, 1:] == sorted_values[:, :-1]
-    return torch.zeros_like(repeat).scatter_(1, order, repeat)
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _first_fresh(candidates: np.ndarray, held: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Row by row, the first ``fresh.shape[1]`` candidates that are not ``held`` and not
+    equal to one before them, written into ``fresh``; whether the row had that many."""
+    wanted = fresh.shape[1]
+    done = np.zeros(candidates.shape[0], np.bool_)
+    for row in numba.prange(candidates.shape[0]):
+        found = 0
+        for position in range(candidates.shape[1]):
+            if found == wanted:
+                break
+            candidate = candidates[row, position]
+            if held[row, position]:
+                continue
+            seen = False
+            for earlier in range(found):
+                if fresh[row, earlier] == candidate:
+                    seen = True
+                    break
+            if not seen:
+                fresh[row, found] = candidate
+                found += 1
+        done[row] = found == wanted
+    return done

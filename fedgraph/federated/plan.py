@@ -11,10 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor
 
 from fedgraph.data.partition import ClientPartition
+
+#: The bits of the random keys that shuffle a client's samples each epoch.
+NOISE_BITS = 31
 
 
 @dataclass
@@ -67,20 +72,19 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
       instead, each followed by its negatives, and a mini-batch holds ``batch_size``
       positives with their negatives.
     """
-    clients = torch.sort(clients.to(partition.ptr.device)).values
+    device = partition.ptr.device
+    clients = torch.sort(clients.to(device)).values
     num_clients = clients.numel()
-    device = clients.device
     batch = partition.batch(clients)
     known = partition if known is None else known
-    negatives = known.sample_negatives(clients[batch.owner], num_negatives, generator)
+    negatives = known.sample_negatives(clients[batch.owner], num_negatives, generator).cpu()
     # Each positive followed by its negatives, grouped by client (the reference code's order).
     group = 1 + num_negatives
-    owner = batch.owner.repeat_interleave(group)
-    item = torch.cat([batch.item.unsqueeze(1), negatives], dim=1).view(-1)
+    item = torch.cat([batch.item.cpu().unsqueeze(1), negatives], dim=1).view(-1)
     dtype = torch.get_default_dtype()
-    label = torch.zeros(owner.numel(), dtype=dtype, device=device)
+    label = torch.zeros(item.numel(), dtype=dtype)
     label[::group] = 1
-    num_samples = batch.ptr.diff() * group
+    num_samples = batch.ptr.diff().cpu() * group
     if keep_groups:
         batch_size *= group
     start = torch.cumsum(num_samples, 0) - num_samples
@@ -90,44 +94,113 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     # batch t (local step t) holds min(batch_size, n_o - (t mod batches[o]) * batch_size).
     steps_of = local_epochs * batches
     first_batch = torch.cumsum(steps_of, 0) - steps_of
-    batch_owner = torch.repeat_interleave(torch.arange(num_clients, device=device), steps_of)
-    batch_step = torch.arange(batch_owner.numel(), device=device) - first_batch[batch_owner]
+    batch_owner = torch.repeat_interleave(torch.arange(num_clients), steps_of)
+    batch_step = torch.arange(batch_owner.numel()) - first_batch[batch_owner]
     batch_fill = (num_samples[batch_owner]
                   - (batch_step % batches[batch_owner]) * batch_size).clamp(max=batch_size)
-    # Lay the batches out by (step, client) and place each sample inside its batch.
+    # Lay the batches out by (step, client).
     batch_order = torch.sort(batch_step * num_clients + batch_owner).indices
     batch_start = torch.empty_like(batch_fill)
     batch_start[batch_order] = torch.cumsum(batch_fill[batch_order], 0) - batch_fill[batch_order]
     num_steps = int(batch_step.max()) + 1 if batch_step.numel() else 0
-    step_ptr = torch.zeros(num_steps + 1, dtype=torch.long, device=device)
-    torch.cumsum(torch.zeros(num_steps, dtype=torch.long, device=device)
-                 .index_add_(0, batch_step, batch_fill), 0, out=step_ptr[1:])
+    step_ptr = torch.zeros(num_steps + 1, dtype=torch.long)
+    torch.cumsum(torch.zeros(num_steps, dtype=torch.long).index_add_(0, batch_step, batch_fill),
+                 0, out=step_ptr[1:])
 
-    # Every epoch shuffles each client's samples: sort by (client, random key); the rank in
-    # that order picks the batch and the place in it.
+    # Every epoch shuffles each client's samples (a stable sort by a random key); the rank
+    # in that order picks the batch and the place in it.
     if keep_groups:  # one key per positive and its negatives: a stable sort keeps them
-        noise = torch.randint(1 << 31, (local_epochs, owner.numel() // group),
+        noise = torch.randint(1 << NOISE_BITS, (local_epochs, item.numel() // group),
                               generator=generator).repeat_interleave(group, dim=1)
     else:
-        noise = torch.randint(1 << 31, (local_epochs, owner.numel()), generator=generator)
-    key = owner.cpu() * (1 << 31)
-    # One 1-D sort per epoch: sorting rows of a 2-D tensor is several times slower.
-    order = torch.stack([torch.sort(key + epoch_noise, stable=True).indices
-                         for epoch_noise in noise]).to(device)
-    rank = (torch.arange(owner.numel(), device=device) - start[owner]).expand_as(order)
-    epoch = torch.arange(local_epochs, device=device).unsqueeze(1)
-    batch_id = first_batch[owner] + epoch * batches[owner] + torch.div(
-        rank, batch_size, rounding_mode='floor')
-    destination = (batch_start[batch_id] + rank % batch_size).view(-1)
-    source = order.reshape(-1)
-    layout = torch.empty_like(source).index_copy_(0, destination, source)
-    owner, item, label = owner[layout], item[layout], label[layout]
-    weight = torch.empty(layout.numel(), dtype=dtype, device=device).index_copy_(
-        0, destination, (1.0 / batch_fill[batch_id].to(dtype)).view(-1))
-
-    row_key, row = torch.unique(owner * partition.num_items + item, return_inverse=True)
+        noise = torch.randint(1 << NOISE_BITS, (local_epochs, item.numel()), generator=generator)
+    sample_ptr = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), num_samples]), 0)
+    local_row, row_count, row_items = _client_rows(sample_ptr.numpy(), item.numpy(),
+                                                   partition.num_items.bit_length())
+    row_count = torch.from_numpy(row_count)
+    row_start = torch.cumsum(row_count, 0) - row_count
+    total = local_epochs * item.numel()
+    owner_out, item_out = (torch.empty(total, dtype=torch.long) for _ in range(2))
+    label_out, weight_out = torch.empty(total, dtype=dtype), torch.empty(total, dtype=dtype)
+    row_out, row_item = torch.empty_like(owner_out), torch.empty(int(row_count.sum()),
+                                                                 dtype=torch.long)
+    _lay_out(sample_ptr.numpy(), noise.numpy(), item.numpy(), label.numpy(), local_row,
+             row_start.numpy(), row_count.numpy(), row_items, batch_size, batches.numpy(), first_batch.numpy(),
+             batch_start.numpy(), (1.0 / batch_fill.to(dtype)).numpy(), owner_out.numpy(),
+             item_out.numpy(), label_out.numpy(), weight_out.numpy(), row_out.numpy(),
+             row_item.numpy())
     return RoundPlan(
-        clients=clients, owner=owner, item=item, label=label, step_ptr=step_ptr,
-        weight=weight, row=row,
-        row_owner=torch.div(row_key, partition.num_items, rounding_mode='floor'),
-        row_item=row_key % partition.num_items, num_samples=num_samples)
+        clients=clients, owner=owner_out.to(device), item=item_out.to(device),
+        label=label_out.to(device), step_ptr=step_ptr.to(device),
+        weight=weight_out.to(device), row=row_out.to(device),
+        row_owner=torch.repeat_interleave(torch.arange(num_clients), row_count).to(device),
+        row_item=row_item.to(device), num_samples=num_samples.to(device))
+
+
+@numba.njit(cache=True, nogil=True)
+def _stable_order(values, bits):
+    """The permutation that sorts ``values`` (non-negative, below ``2 ** bits``) stably: a
+    least-significant-digit radix sort, one byte a pass."""
+    order = np.arange(values.size)
+    spare = np.empty_like(order)
+    count = np.empty(257, np.int64)
+    for shift in range(0, bits, 8):
+        count[:] = 0
+        for index in order:
+            count[((values[index] >> shift) & 255) + 1] += 1
+        for digit in range(256):
+            count[digit + 1] += count[digit]
+        for index in order:
+            digit = (values[index] >> shift) & 255
+            spare[count[digit]] = index
+            count[digit] += 1
+        order, spare = spare, order
+    return order
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _client_rows(sample_ptr, item, item_bits):
+    """Each client's local rows: its distinct items, ascending. Returns the row of every
+    sample within its client's rows, each client's row count, and the rows' items at the
+    start of the client's samples."""
+    local_row = np.empty(item.size, np.int64)
+    row_count = np.zeros(sample_ptr.size - 1, np.int64)
+    row_items = np.empty(item.size, np.int64)
+    for client in numba.prange(sample_ptr.size - 1):
+        first, last = sample_ptr[client], sample_ptr[client + 1]
+        order = _stable_order(item[first:last], item_bits)
+        count = 0
+        for position in range(order.size):
+            value = item[first + order[position]]
+            if count == 0 or row_items[first + count - 1] != value:
+                row_items[first + count] = value
+                count += 1
+            local_row[first + order[position]] = count - 1
+        row_count[client] = count
+    return local_row, row_count, row_items
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _lay_out(sample_ptr, noise, item, label, local_row, row_start, row_count, row_items,
+             batch_size,
+             batches, first_batch, batch_start, batch_weight, owner_out, item_out, label_out,
+             weight_out, row_out, row_item):
+    """Places every client's samples, epoch by epoch, in the plan's (step, client, place)
+    order: its ``rank``-th sample after a stable sort by ``noise`` goes to place
+    ``rank % batch_size`` of its batch ``rank // batch_size`` of the epoch; and the client's
+    rows' items after those of the clients before it."""
+    for client in numba.prange(sample_ptr.size - 1):
+        first, last = sample_ptr[client], sample_ptr[client + 1]
+        for epoch in range(noise.shape[0]):
+            order = _stable_order(noise[epoch, first:last], NOISE_BITS)
+            for rank in range(order.size):
+                source = first + order[rank]
+                batch = first_batch[client] + epoch * batches[client] + rank // batch_size
+                place = batch_start[batch] + rank % batch_size
+                owner_out[place] = client
+                item_out[place] = item[source]
+                label_out[place] = label[source]
+                weight_out[place] = batch_weight[batch]
+                row_out[place] = row_start[client] + local_row[source]
+        count = row_count[client]
+        row_item[row_start[client]:row_start[client] + count] = row_items[first:first + count]
