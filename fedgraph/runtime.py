@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numba
 import torch
 
 #: glibc's ``mallopt`` parameters (malloc.h).
@@ -88,11 +89,13 @@ def keep_freed_memory() -> bool:
 
 
 def configure(threads: Optional[int] = None, keep_memory: bool = True) -> int:
-    """Sets PyTorch's intra-op threads (:func:`choose_threads`) and, with ``keep_memory``,
-    keeps freed memory (:func:`keep_freed_memory`); returns the threads."""
+    """Sets PyTorch's intra-op threads and the compiled kernels' (numba's, at most the
+    threads it started with) to :func:`choose_threads` and, with ``keep_memory``, keeps freed
+    memory (:func:`keep_freed_memory`); returns the threads."""
     count = choose_threads(threads)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     if keep_memory:
         keep_freed_memory()
     return count

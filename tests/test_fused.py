@@ -40,20 +40,22 @@ def test_closed_form_equals_autograd(data, algorithm, epochs, l2_reg):
     pairs = torch.stack([torch.repeat_interleave(torch.arange(plan.num_steps),
                                                  plan.step_ptr.diff()), rows])
     assert torch.unique(pairs, dim=1).size(1) < rows.numel()  # a row twice in a mini-batch
-    initial = engine.model.item.detach().index_select(0, plan.row_item)
+    table = engine.model.item.detach()
 
     engine.closed_form = False
-    expected = engine.train_clients(plan, initial)
+    expected = engine.train_clients(plan, table)
     engine.closed_form = True
-    local, private, loss = engine.train_clients(plan, initial)
+    local, change, private, loss = engine.train_clients(plan, table)
 
-    assert not torch.equal(local, initial)
+    assert torch.equal(change, local - table[plan.row_item])
+    assert change.abs().sum(1).gt(0).all()
     torch.testing.assert_close(local, expected[0], rtol=1e-5, atol=1e-5)
-    assert private.keys() == expected[1].keys()
+    torch.testing.assert_close(change, expected[1], rtol=1e-5, atol=1e-5)
+    assert private.keys() == expected[2].keys()
     for name, value in private.items():
         assert not torch.equal(value, engine.model.private_parameters()[name][plan.clients])
-        torch.testing.assert_close(value, expected[1][name], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, expected[2], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(value, expected[2][name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, expected[3], rtol=1e-5, atol=1e-6)
 
 
 def test_saturated_scores_stop_learning(data):
@@ -61,18 +63,19 @@ def test_saturated_scores_stop_learning(data):
     (the closed form p - y would move every misclassified row), its loss is floored at 100."""
     engine = make_engine(FederatedEngine, data, 'pfedrec', dim=DIM)
     plan = _plan(engine)
-    initial = engine.model.item.detach().index_select(0, plan.row_item) * 1e4
+    table = engine.model.item.detach() * 1e4
     results = []
     for closed_form in (True, False):
         engine.closed_form = closed_form
-        results.append(engine.train_clients(plan, initial))
-    (local, private, loss), expected = results
-    assert torch.equal(local, initial)
+        results.append(engine.train_clients(plan, table))
+    (local, change, private, loss), expected = results
+    assert torch.equal(local, table[plan.row_item])
+    assert not change.any()
     assert torch.equal(local, expected[0])
     for name, value in private.items():
         assert torch.equal(value, engine.model.private_parameters()[name][plan.clients])
     assert loss.max() > 10
-    torch.testing.assert_close(loss, expected[2])
+    torch.testing.assert_close(loss, expected[3])
 
 
 def test_closed_form_leaves_the_model_to_the_engine(data):
@@ -80,7 +83,7 @@ def test_closed_form_leaves_the_model_to_the_engine(data):
     engine = make_engine(FederatedEngine, data, 'pfedrec', dim=DIM)
     before = {name: value.detach().clone() for name, value in engine.model.state_dict().items()}
     plan = _plan(engine)
-    engine.train_clients(plan, engine.model.item.detach().index_select(0, plan.row_item))
+    engine.train_clients(plan, engine.model.item.detach())
     for name, value in engine.model.state_dict().items():
         assert torch.equal(value, before[name]), name
 

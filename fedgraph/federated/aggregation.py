@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
+import numba
 import torch
 from torch import Tensor
 
@@ -31,11 +32,31 @@ def aggregate_rows(table: Tensor, row_item: Tensor, row_owner: Tensor, update: T
     the clients' sample counts.
     """
     if client_weight is None:
-        total = torch.zeros_like(table).index_add_(0, row_item, update)
-        return table + total / num_clients
+        return table + sum_rows(table, row_item, update) / num_clients
     weighted = update * client_weight[row_owner].unsqueeze(-1).to(update.dtype)
-    total = torch.zeros_like(table).index_add_(0, row_item, weighted)
-    return table + total / client_weight.sum().to(table.dtype)
+    return table + sum_rows(table, row_item, weighted) / client_weight.sum().to(table.dtype)
+
+
+def sum_rows(table: Tensor, row_item: Tensor, rows: Tensor) -> Tensor:
+    """``[I, d]`` the sum of the rows ``rows`` ``[R, d]`` of each item ``row_item[r]``
+    (``table``: shape, type and device), each entry summed in row order; on the CPU by
+    threads that split the columns."""
+    if table.device.type != 'cpu' or rows.dim() != 2:
+        return torch.zeros_like(table).index_add_(0, row_item, rows)
+    total = torch.zeros_like(table)
+    _sum_rows_by_columns(row_item.numpy(), rows.contiguous().numpy(), total.numpy(),
+                         min(rows.size(1), torch.get_num_threads()))
+    return total
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _sum_rows_by_columns(row_item, rows, total, blocks):
+    columns = rows.shape[1]
+    for block in numba.prange(blocks):
+        start, stop = block * columns // blocks, (block + 1) * columns // blocks
+        for row in range(rows.shape[0]):
+            for column in range(start, stop):
+                total[row_item[row], column] += rows[row, column]
 
 
 def aggregate_dense(update: Tensor, client_weight: Optional[Tensor] = None) -> Tensor:

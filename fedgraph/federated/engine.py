@@ -334,17 +334,15 @@ class FederatedEngine(RoundEngine):
             plan = self.streams.plan(self.partition, clients, cfg.num_negatives,
                                      cfg.batch_size, cfg.local_epochs, generators, self.known,
                                      cfg.loss.keeps_groups)
-        initial = self.model.item.detach().index_select(0, plan.row_item)
-        local, private, loss = self.train_clients(plan, initial)
+        local, change, private, loss = self.train_clients(plan, self.model.item.detach())
         shared_dense = self.model.shared_dense()
         dense = {name: private.pop(name) - value.detach() for name, value in shared_dense.items()}
         if self.streams is None:
             generators = None
-            update = cfg.upload(local - initial, generator)
+            update = cfg.upload(change, generator)
             dense = dense_transform(cfg.upload, dense, generator)
         else:
-            update = self.streams.transform(cfg.upload, local - initial, plan.row_owner,
-                                            generators)
+            update = self.streams.transform(cfg.upload, change, plan.row_owner, generators)
             dense = dense_transform(cfg.upload, dense, generators)
         upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update, dense)
         with torch.no_grad():
@@ -355,20 +353,21 @@ class FederatedEngine(RoundEngine):
                                   local)
         return ClientRound(upload, plan.num_samples, loss, generators)
 
-    def train_clients(self, plan: RoundPlan, initial: Tensor
-                      ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
-        """Runs every selected client's local steps side by side, starting from the local item
-        rows ``initial`` ``[R, d]`` (the broadcast rows of ``plan.row_item``).
+    def train_clients(self, plan: RoundPlan, table: Tensor
+                      ) -> Tuple[Tensor, Tensor, Dict[str, Tensor], Tensor]:
+        """Runs every selected client's local steps side by side, each starting from its
+        rows of the item table ``table`` ``[I, d]`` (the broadcast one).
 
-        Returns ``(local, private, loss)``: the trained local item rows ``[R, d]`` (row ``r``
-        is client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), the trained
-        private parameters and local copies of the dense shared parameters ``{name: [B,
-        ...]}``, and each client's mean training loss ``[B]``.
+        Returns ``(local, change, private, loss)``: the trained local item rows ``[R, d]``
+        (row ``r`` is client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), their
+        change in the round, the trained private parameters and local copies of the dense
+        shared parameters ``{name: [B, ...]}``, and each client's mean training loss ``[B]``.
         """
         cfg = self.training
         model = self.model
         if self.closed_form and fused.supports(model, cfg):
-            return fused.train_clients(model, cfg, plan, initial)
+            return fused.train_clients(model, cfg, plan, table)
+        initial = table.index_select(0, plan.row_item)
         local = initial.clone()
         private = {name: tensor.detach()[plan.clients].clone()
                    for name, tensor in self.model.private_parameters().items()}
@@ -422,7 +421,8 @@ class FederatedEngine(RoundEngine):
             sample_loss[start:end] = losses.detach()
         loss_sum = scatter(sample_loss, plan.owner, dim_size=plan.clients.numel(), reduce='sum')
         num_samples = plan.num_samples.to(loss_sum.dtype) * cfg.local_epochs
-        return local, {k: v.detach() for k, v in private.items()}, loss_sum / num_samples
+        return (local, local - initial, {k: v.detach() for k, v in private.items()},
+                loss_sum / num_samples)
 
     def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
         """The tables a device scores its users with: the table broadcast in the latest
@@ -452,6 +452,10 @@ class FederatedEngine(RoundEngine):
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k]`` logits of ``items[u, j]`` for ``users[u]``, each user with its own
         head and (with dual personalization) its own item view."""
+        if self.closed_form and fused.supports(self.model, self.training):
+            if self.training.personalize_items:
+                return fused.scores(self.model, users, items, self.broadcast, self.personal)
+            return fused.scores(self.model, users, items, self.model.item.detach())
         params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
                   for name, value in self.model.client_params(users).items()}
         return self.model.head.logits(params, self._item_view(users, items))

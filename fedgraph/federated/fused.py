@@ -35,12 +35,12 @@ import torch
 from torch import Tensor
 
 from fedgraph.federated.local import SGD, BCELoss
+from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan
 
 _ONE = np.float32(1.0)
 _HALF = np.float32(0.5)
 _EPSILON = np.float32(1e-12)
-_LOG_FLOOR = np.float32(-100.0)
 CLIENTS_PER_CHUNK = 16
 
 
@@ -54,38 +54,82 @@ def supports(model, training) -> bool:
             and model.item.device.type == 'cpu' and model.item.dtype == torch.float32)
 
 
-def train_clients(model, training, plan: RoundPlan, initial: Tensor
-                  ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
+def train_clients(model, training, plan: RoundPlan, table: Tensor
+                  ) -> Tuple[Tensor, Tensor, Dict[str, Tensor], Tensor]:
     """:meth:`FederatedEngine.train_clients
     <fedgraph.federated.engine.FederatedEngine.train_clients>` in closed form: the trained
-    local rows ``[R, d]``, the trained private parameters ``{name: [B, ...]}`` and each
-    client's mean training loss ``[B]``."""
+    local rows ``[R, d]`` (each client's rows of ``table`` trained), their change, the
+    trained private parameters ``{name: [B, ...]}`` and each client's mean training loss
+    ``[B]``."""
     vector_name, bias_name = model.head.bilinear
     private = model.private_parameters()
     vector = private[vector_name].detach()[plan.clients].contiguous()
     bias = (private[bias_name].detach()[plan.clients].contiguous() if bias_name
             else torch.zeros(plan.clients.numel(), dtype=vector.dtype))
-    local = torch.empty_like(initial)
+    table = table.contiguous()
+    local = table.new_empty(plan.row_item.numel(), table.size(1))
+    change = torch.empty_like(local)
     step = torch.repeat_interleave(torch.arange(plan.num_steps), plan.step_ptr.diff())
-    sample_loss = torch.empty(plan.item.numel(), dtype=local.dtype)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    probability = torch.empty(plan.item.numel(), dtype=local.dtype)
+    penalty = torch.zeros_like(probability)
     # Clients differ in size: threads take them a few at a time.
     chunksize = numba.set_parallel_chunksize(CLIENTS_PER_CHUNK)
     try:
-        _local_sgd(initial.contiguous().numpy(), local.numpy(), plan.row_owner.numpy(),
+        _local_sgd(table.numpy(), plan.row_item.numpy(), local.numpy(), change.numpy(),
+                   plan.row_owner.numpy(),
                    vector.numpy(), bias.numpy(), bias_name is not None, plan.row.numpy(),
                    plan.owner.numpy(), step.numpy(), plan.label.numpy(), plan.weight.numpy(),
                    np.float32(training.lr), np.float32(training.item_lr),
-                   np.float32(training.l2_reg), training.alternating, sample_loss.numpy())
+                   np.float32(training.l2_reg), training.alternating, probability.numpy(),
+                   penalty.numpy())
     finally:
         numba.set_parallel_chunksize(chunksize)
+    # BCE with its logs floored at -100, as BCELoss computes it, for 0/1 labels.
+    likelihood = torch.where(plan.label == 1, probability, 1 - probability)
+    sample_loss = likelihood.log_().clamp_min_(-100).neg_().add_(penalty)
     trained = {vector_name: vector}
     if bias_name:
         trained[bias_name] = bias
     loss_sum = torch.zeros(plan.clients.numel(), dtype=local.dtype).index_add_(
         0, plan.owner, sample_loss)
     num_samples = plan.num_samples.to(local.dtype) * training.local_epochs
-    return local, trained, loss_sum / num_samples
+    return local, change, trained, loss_sum / num_samples
+
+
+def scores(model, users: Tensor, items: Tensor, base: Tensor,
+           personal: Optional[PersonalItemRows] = None) -> Tensor:
+    """``[U, k]`` logits :math:`\\theta_u^\\top e_i + b_u` of ``items[u, j]`` for ``users[u]``,
+    with each user's stored rows of ``personal`` over the table ``base`` (without
+    ``personal``: ``base`` alone), in one parallel pass that gathers no ``[U, k, d]``
+    tensor."""
+    vector_name, bias_name = model.head.bilinear
+    private = model.private_parameters()
+    vector = private[vector_name].detach()[users].contiguous()
+    bias = (private[bias_name].detach()[users].contiguous() if bias_name
+            else torch.zeros(users.numel(), dtype=vector.dtype))
+    keys = personal.keys if personal is not None else torch.empty(0, dtype=torch.long)
+    values = personal.values if personal is not None else base[:0]
+    out = torch.empty(items.shape, dtype=vector.dtype)
+    _bilinear_scores(vector.numpy(), bias.numpy(), users.numpy(), items.contiguous().numpy(),
+                     keys.numpy(), values.contiguous().numpy(), base.contiguous().numpy(),
+                     model.num_items, out.numpy())
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _bilinear_scores(vector, bias, users, items, keys, values, base, num_items, out):
+    for position in numba.prange(users.size):
+        # The user's stored rows are the run of keys in [user * I, (user + 1) * I).
+        first = np.searchsorted(keys, users[position] * num_items)
+        last = np.searchsorted(keys, (users[position] + 1) * num_items)
+        for column in range(items.shape[1]):
+            item = items[position, column]
+            found = first + np.searchsorted(keys[first:last], users[position] * num_items + item)
+            if found < last and keys[found] == users[position] * num_items + item:
+                row = values[found]
+            else:
+                row = base[item]
+            out[position, column] = _dot(vector[position], row) + bias[position]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -106,17 +150,23 @@ def _by_owner(owner: np.ndarray, num_clients: int) -> Tuple[np.ndarray, np.ndarr
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _local_sgd(initial, local, row_owner, vector, bias, fit_bias, row, owner, step, label,
-               weight, lr, item_lr, l2_reg, alternating, sample_loss):
+def _local_sgd(table, row_item, local, change, row_owner, vector, bias, fit_bias, row, owner,
+               step, label, weight, lr, item_lr, l2_reg, alternating, probability, penalty):
     order, start = _by_owner(owner, vector.shape[0])
     _, row_start = _by_owner(row_owner, vector.shape[0])
     for client in numba.prange(vector.shape[0]):
-        # A client's rows are contiguous: copied in order, they are in cache when trained.
-        local[row_start[client]:row_start[client + 1]] = \
-            initial[row_start[client]:row_start[client + 1]]
+        # A client's rows are contiguous: gathered in order, they are in cache when trained.
+        for local_row in range(row_start[client], row_start[client + 1]):
+            source, target = table[row_item[local_row]], local[local_row]
+            for k in range(source.size):
+                target[k] = source[k]
         _train_client(local, vector[client], bias[client:client + 1], fit_bias,
                       order[start[client]:start[client + 1]], row, step, label, weight, lr,
-                      item_lr, l2_reg, alternating, sample_loss)
+                      item_lr, l2_reg, alternating, probability, penalty)
+        for local_row in range(row_start[client], row_start[client + 1]):
+            source, trained, moved = table[row_item[local_row]], local[local_row], change[local_row]
+            for k in range(source.size):
+                moved[k] = trained[k] - source[k]
 
 
 @numba.njit(cache=True, nogil=True, fastmath={'reassoc', 'contract'})
@@ -137,23 +187,17 @@ def _probability_gradient(vector, bias, row_values, label, weight):
 
 
 @numba.njit(cache=True, nogil=True)
-def _bce(p, label):
-    """``binary_cross_entropy(p, label)`` with its logs floored at -100, for a 0/1 label."""
-    if label == _ONE:
-        return -max(np.float32(np.log(p)), _LOG_FLOOR)
-    return -max(np.float32(np.log1p(-p)), _LOG_FLOOR)
-
-
-@numba.njit(cache=True, nogil=True)
-def _squared_norm(values):
-    return _dot(values, values)
+def _l2_term(l2_reg, values, vector, bias):
+    """:math:`\\tfrac{\\lambda}{2} (\\lVert e \\rVert^2 + \\lVert \\theta \\rVert^2 + b^2)`."""
+    return l2_reg * _HALF * (_dot(values, values) + _dot(vector, vector) + bias * bias)
 
 
 @numba.njit(cache=True, nogil=True)
 def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weight, lr,
-                  item_lr, l2_reg, alternating, sample_loss):
+                  item_lr, l2_reg, alternating, probability, penalty):
     """One client's local steps: its mini-batches are the runs of equal ``step`` in
-    ``samples``."""
+    ``samples``. Writes each sample's :math:`p_n` and L2 term of the loss it reports (after
+    the head's step, when alternating)."""
     dim = vector.size
     vector_grad = np.empty(dim, np.float32)
     head_vector = np.empty(dim, np.float32)
@@ -165,9 +209,10 @@ def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weig
         while last < samples.size and step[samples[last]] == step[samples[first]]:
             last += 1
         batch = samples[first:last]
-        if row_delta.shape[0] < batch.size:
-            row_delta = np.empty((batch.size, dim), np.float32)
+        if gradients.size < batch.size:
             gradients = np.empty(batch.size, np.float32)
+            if l2_reg:
+                row_delta = np.empty((batch.size, dim), np.float32)
         # The head's step (alternating) or gradient (joint), from the rows as they are.
         vector_grad[:] = 0
         bias_grad = np.float32(0.0)
@@ -178,20 +223,18 @@ def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weig
             p, gradient = _probability_gradient(vector, bias[0], values, label[sample],
                                                 weight[sample])
             gradients[position] = gradient
-            if not alternating:
-                sample_loss[sample] = _bce(p, label[sample])
             for k in range(dim):
                 vector_grad[k] += gradient * values[k]
             bias_grad += gradient
+            if not alternating:
+                probability[sample] = p
             if l2_reg:
                 decay = weight[sample] * l2_reg
                 for k in range(dim):
                     vector_grad[k] += decay * vector[k]
                 bias_grad += decay * bias[0] if fit_bias else np.float32(0.0)
                 if not alternating:
-                    sample_loss[sample] += l2_reg * _HALF * (_squared_norm(values)
-                                                         + _squared_norm(vector)
-                                                         + bias[0] * bias[0])
+                    penalty[sample] = _l2_term(l2_reg, values, vector, bias[0])
         for k in range(dim):
             vector[k] = vector[k] - lr * vector_grad[k]
         if fit_bias:
@@ -200,25 +243,28 @@ def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weig
             for position in range(batch.size):
                 sample = batch[position]
                 values = local[row[sample]]
-                p, gradient = _probability_gradient(vector, bias[0], values, label[sample],
-                                                    weight[sample])
-                gradients[position] = gradient
-                loss = _bce(p, label[sample])
+                probability[sample], gradients[position] = _probability_gradient(
+                    vector, bias[0], values, label[sample], weight[sample])
                 if l2_reg:
-                    loss += l2_reg * _HALF * (_squared_norm(values) + _squared_norm(vector)
-                                          + bias[0] * bias[0])
-                sample_loss[sample] = loss
+                    penalty[sample] = _l2_term(l2_reg, values, vector, bias[0])
             head_vector[:] = vector
-        # The rows' gradients, all from the rows as the mini-batch found them, then the step.
-        for position in range(batch.size):
-            sample = batch[position]
-            values = local[row[sample]]
-            decay = weight[sample] * l2_reg
-            for k in range(dim):
-                row_delta[position, k] = -item_lr * (gradients[position] * head_vector[k]
-                                                     + decay * values[k])
-        for position in range(batch.size):
-            values = local[row[batch[position]]]
-            for k in range(dim):
-                values[k] += row_delta[position, k]
+        # The rows' step, every gradient taken from the rows as the mini-batch found them:
+        # without L2 a row's gradient does not read the row.
+        if l2_reg:
+            for position in range(batch.size):
+                sample = batch[position]
+                values = local[row[sample]]
+                decay = weight[sample] * l2_reg
+                for k in range(dim):
+                    row_delta[position, k] = -item_lr * (gradients[position] * head_vector[k]
+                                                         + decay * values[k])
+            for position in range(batch.size):
+                values = local[row[batch[position]]]
+                for k in range(dim):
+                    values[k] += row_delta[position, k]
+        else:
+            for position in range(batch.size):
+                values = local[row[batch[position]]]
+                for k in range(dim):
+                    values[k] += -item_lr * (gradients[position] * head_vector[k])
         first = last
