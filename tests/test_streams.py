@@ -5,7 +5,7 @@ import torch
 from fedgraph.federated import ClientSelector, FederatedEngine
 from fedgraph.federated.aggregation import aggregate_rows
 from fedgraph.federated.plan import plan_round
-from fedgraph.federated.streams import ClientStreams, client_seed, draw_round_seed, merge_plans
+from fedgraph.federated.streams import ClientStreams, client_seed, draw_round_seed
 from fedgraph.privacy.upload import UploadTransform
 from helpers import engine_data, local_training, make_model
 
@@ -17,27 +17,54 @@ def test_client_seeds_differ_by_round_and_key_and_repeat():
     assert all(0 <= s < 1 << 63 for s in seeds)
 
 
-def test_merged_plan_holds_each_clients_own_plan():
+@pytest.mark.parametrize('keep_groups', [False, True])
+def test_a_clients_part_of_the_plan_is_its_own_plan(keep_groups):
+    """Planned with others from counter-based streams, each client draws what it draws
+    alone; the joint plan is laid out by step, then client."""
     _, partition, known = engine_data(12, 300, 9, seed=1)
     clients = torch.tensor([1, 4, 5, 9])
-    single = [plan_round(partition, c.view(1), 4, 8, 2, torch.Generator().manual_seed(int(c)),
-                         known) for c in clients]
-    merged = merge_plans(single)
-    assert torch.equal(merged.clients, clients)
-    assert merged.num_steps == max(p.num_steps for p in single)
-    step = torch.repeat_interleave(torch.arange(merged.num_steps), merged.step_ptr.diff())
+    seeds = ClientStreams().seeds(17, clients)
+    joint = plan_round(partition, clients[[2, 0, 3, 1]], 4, 8, 2, None, known, keep_groups,
+                       seeds[[2, 0, 3, 1]])
+    single = [plan_round(partition, client.view(1), 4, 8, 2, None, known, keep_groups,
+                         seed.view(1)) for client, seed in zip(clients, seeds)]
+    assert torch.equal(joint.clients, clients)
+    assert joint.num_steps == max(p.num_steps for p in single)
+    step = torch.repeat_interleave(torch.arange(joint.num_steps), joint.step_ptr.diff())
     for position, plan in enumerate(single):
-        mine = merged.owner == position
-        assert torch.equal(merged.item[mine], plan.item)
-        assert torch.equal(merged.label[mine], plan.label)
-        assert torch.equal(merged.weight[mine], plan.weight)
+        mine = joint.owner == position
+        assert torch.equal(joint.item[mine], plan.item)
+        assert torch.equal(joint.label[mine], plan.label)
+        assert torch.equal(joint.weight[mine], plan.weight)
+        assert torch.equal(joint.row_item[joint.row_owner == position], plan.row_item)
         own_step = torch.repeat_interleave(torch.arange(plan.num_steps), plan.step_ptr.diff())
         assert torch.equal(step[mine], own_step)
-    # Samples are ordered by step, then client; every sample points at its own local row.
-    key = step * clients.numel() + merged.owner
+        negatives = plan.item[plan.label == 0]
+        assert not known.contains(clients[position], negatives).any()
+    key = step * clients.numel() + joint.owner
     assert bool((key[1:] >= key[:-1]).all())
-    assert torch.equal(merged.row_item[merged.row], merged.item)
-    assert torch.equal(merged.row_owner[merged.row], merged.owner)
+    assert torch.equal(joint.row_item[joint.row], joint.item)
+    assert torch.equal(joint.row_owner[joint.row], joint.owner)
+    other = plan_round(partition, clients, 4, 8, 2, None, known, keep_groups,
+                       ClientStreams().seeds(18, clients))
+    assert not torch.equal(other.item, joint.item)
+
+
+def test_stream_negatives_are_uniform_over_what_a_client_lacks():
+    _, partition, known = engine_data(12, 300, 9, seed=1)
+    client = torch.tensor([3])
+    counts = torch.zeros(partition.num_items)
+    for round_seed in range(400):
+        streams = torch.tensor([[client_seed(round_seed, 3), 0]])
+        drawn = known.sample_negatives(client, 20, streams=streams)[0]
+        assert drawn.unique().numel() == 20
+        counts[drawn] += 1
+    held = known.contains(client, torch.arange(partition.num_items))
+    assert not counts[held].any()
+    expected = 400 * 20 / int((~held).sum())
+    assert counts[~held].min() > 0.5 * expected and counts[~held].max() < 1.6 * expected
+    chi2 = float(((counts[~held] - expected) ** 2 / expected).sum())
+    assert chi2 < 2 * int((~held).sum())  # dof ~ 280: chi2 ~ 280 +- 24 when uniform
 
 
 def _device_engine(population, users, partition, known, training, keys):

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_scatter import segment_csr
 
+from fedgraph import rng
 from fedgraph.data.hetero import ITEM, RATES, USER
 
 
@@ -140,6 +141,18 @@ class ClientPartition:
         search in the sorted keys (memory linear in the interactions).
         """
         keys = clients * self.num_items + items
+        membership = self.membership
+        if membership.dtype == torch.bool:
+            return membership[keys]
+        if membership.numel() == 0:
+            return torch.zeros_like(keys, dtype=torch.bool)
+        position = torch.searchsorted(membership, keys).clamp_max(membership.numel() - 1)
+        return membership[position] == keys
+
+    @property
+    def membership(self) -> Tensor:
+        """What :meth:`contains` looks keys up in: the dense bitmap of the keys ``client *
+        num_items + item`` held, or the sorted keys (built once)."""
         if self._membership is None:
             edge_keys = self.row * self.num_items + self.col
             if self.num_clients * self.num_items <= self.DENSE_MEMBERSHIP_LIMIT:
@@ -148,13 +161,7 @@ class ClientPartition:
                 self._membership[edge_keys] = True
             else:
                 self._membership = torch.sort(edge_keys).values
-        if self._membership.dtype == torch.bool:
-            return self._membership[keys]
-        if self._membership.numel() == 0:
-            return torch.zeros_like(keys, dtype=torch.bool)
-        position = torch.searchsorted(self._membership, keys).clamp_max(
-            self._membership.numel() - 1)
-        return self._membership[position] == keys
+        return self._membership
 
     def dense_mask(self, clients: Tensor) -> Tensor:
         """``[B, num_items]`` boolean mask of the items of each of ``clients``."""
@@ -166,13 +173,16 @@ class ClientPartition:
 
     def sample_negatives(self, clients: Tensor, num: int,
                          generator: Optional[torch.Generator] = None,
-                         oversample: float = 2.0) -> Tensor:
+                         oversample: float = 2.0, streams: Optional[Tensor] = None) -> Tensor:
         """``[B, num]`` distinct items that each of ``clients`` does not hold, uniformly.
 
         Draws candidates with replacement and keeps, in draw order, the first ``num`` that
         are neither held by the client nor drawn before for it: this is exactly uniform
-        sampling without replacement from the client's non-items. Rows that run short are
-        drawn again with more candidates.
+        sampling without replacement from the client's non-items. From ``generator``, rows
+        that run short are drawn again with more candidates. With ``streams`` ``[B, 2]``,
+        row ``b``'s candidates are the draws ``(streams[b, 1] << 32) + j``, ``j = 0, 1, ...``
+        of the stream :data:`fedgraph.rng.NEGATIVES` of seed ``streams[b, 0]``
+        (:func:`fedgraph.rng.below`), as many as it takes.
 
         Raises:
             ValueError: a client holds more than ``num_items - num`` items.
@@ -183,6 +193,12 @@ class ClientPartition:
             worst = int(clients[free.argmin()])
             raise ValueError(f'client {worst} has only {int(free.min())} items it never '
                              f'interacted with; {num} negatives were asked for')
+        if streams is not None:
+            membership = self.membership.cpu()
+            out = torch.empty(clients.numel(), num, dtype=torch.long)
+            _stream_negatives(clients.cpu().numpy(), streams.cpu().numpy(), self.num_items,
+                              membership.numpy(), membership.dtype == torch.bool, out.numpy())
+            return out.to(clients.device)
         out = torch.empty(clients.numel(), num, dtype=torch.long, device=clients.device)
         todo = torch.arange(clients.numel(), device=clients.device)
         width = max(int(num * oversample), num + 8)
@@ -223,3 +239,33 @@ def _first_fresh(candidates: np.ndarray, held: np.ndarray, fresh: np.ndarray) ->
                 found += 1
         done[row] = found == wanted
     return done
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _stream_negatives(clients, streams, num_items, membership, dense, out):
+    """:meth:`ClientPartition.sample_negatives` from counter-based streams: row by row, the
+    first ``out.shape[1]`` draws that the row's client does not hold (``membership``: the
+    dense bitmap or the sorted keys of :attr:`ClientPartition.membership`) and that were not
+    drawn before."""
+    for row in numba.prange(clients.size):
+        found, attempt = 0, 0
+        while found < out.shape[1]:
+            candidate = rng.below(streams[row, 0], rng.NEGATIVES,
+                                  (streams[row, 1] << 32) + attempt, num_items)
+            attempt += 1
+            key = clients[row] * num_items + candidate
+            if dense:
+                held = membership[key] != 0
+            else:
+                position = np.searchsorted(membership, key)
+                held = position < membership.size and membership[position] == key
+            if held:
+                continue
+            seen = False
+            for earlier in range(found):
+                if out[row, earlier] == candidate:
+                    seen = True
+                    break
+            if not seen:
+                out[row, found] = candidate
+                found += 1

@@ -131,7 +131,7 @@ def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
     """Each client's change of the dense shared parameters, ``{name: [B, ...]}``, through
     ``upload`` as one row per client (all its dense parameters flattened together), with
     the round's shared generator or each client's own stream."""
-    if isinstance(randomness, torch.Generator):
+    if isinstance(randomness, torch.Generator) or not upload.draws:
         return per_client_vector(dense, lambda flat: upload(flat, randomness))
     return per_client_vector(dense, lambda flat: torch.cat([
         upload(flat[position:position + 1], generator)
@@ -320,9 +320,10 @@ class FederatedEngine(RoundEngine):
         their private parameters and fine-tuned rows, and return what they upload.
 
         Randomness comes from ``generator`` shared by all clients, or, with
-        :attr:`streams`, from each client's own stream of the round ``round_seed``; the
-        streams, positioned after the upload noise, come back in the result for what the
-        clients upload next (a graph model's user embeddings).
+        :attr:`streams`, from each client's own streams of the round ``round_seed``: its
+        plan from counter-based streams, its upload noise from its generator, which comes
+        back in the result, positioned after that noise, for what the client uploads next
+        (a graph model's user embeddings).
         """
         cfg = self.training
         clients = torch.sort(clients).values
@@ -330,9 +331,8 @@ class FederatedEngine(RoundEngine):
             plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
                               cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
         else:
-            generators = self.streams.generators(round_seed, clients)
             plan = self.streams.plan(self.partition, clients, cfg.num_negatives,
-                                     cfg.batch_size, cfg.local_epochs, generators, self.known,
+                                     cfg.batch_size, cfg.local_epochs, round_seed, self.known,
                                      cfg.loss.keeps_groups)
         local, change, private, loss = self.train_clients(plan, self.model.item.detach())
         shared_dense = self.model.shared_dense()
@@ -342,6 +342,7 @@ class FederatedEngine(RoundEngine):
             update = cfg.upload(change, generator)
             dense = dense_transform(cfg.upload, dense, generator)
         else:
+            generators = self.streams.generators(round_seed, clients)
             update = self.streams.transform(cfg.upload, change, plan.row_owner, generators)
             dense = dense_transform(cfg.upload, dense, generators)
         upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update, dense)

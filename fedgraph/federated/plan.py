@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedgraph import rng
 from fedgraph.data.partition import ClientPartition
 
 #: The bits of the random keys that shuffle a client's samples each epoch.
@@ -58,9 +59,13 @@ class RoundPlan:
 
 
 def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
-               batch_size: int, local_epochs: int, generator: torch.Generator,
-               known: Optional[ClientPartition] = None, keep_groups: bool = False) -> RoundPlan:
-    """Draws the samples and mini-batches of one round.
+               batch_size: int, local_epochs: int, generator: Optional[torch.Generator],
+               known: Optional[ClientPartition] = None, keep_groups: bool = False,
+               client_seeds: Optional[Tensor] = None) -> RoundPlan:
+    """Draws the samples and mini-batches of one round, from ``generator``, or with
+    ``client_seeds`` (``[B]``, in the order of ``clients`` sorted) from each client's own
+    counter-based streams (:mod:`fedgraph.rng`): then a client's part of the plan is the plan
+    of that client alone, whichever clients are planned with it.
 
     * Every training item of a client is a positive; each positive gets ``num_negatives``
       distinct items outside the client's ``known`` items (default: its training items),
@@ -73,11 +78,18 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
       positives with their negatives.
     """
     device = partition.ptr.device
-    clients = torch.sort(clients.to(device)).values
+    clients, order = torch.sort(clients.to(device))
     num_clients = clients.numel()
     batch = partition.batch(clients)
     known = partition if known is None else known
-    negatives = known.sample_negatives(clients[batch.owner], num_negatives, generator).cpu()
+    streams = None
+    if client_seeds is not None:
+        client_seeds = client_seeds.cpu()[order.cpu()]
+        owner = batch.owner.cpu()
+        rank = torch.arange(owner.numel()) - batch.ptr.cpu()[owner]
+        streams = torch.stack([client_seeds[owner], rank], dim=1)
+    negatives = known.sample_negatives(clients[batch.owner], num_negatives, generator,
+                                       streams=streams).cpu()
     # Each positive followed by its negatives, grouped by client (the reference code's order).
     group = 1 + num_negatives
     item = torch.cat([batch.item.cpu().unsqueeze(1), negatives], dim=1).view(-1)
@@ -109,12 +121,18 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
 
     # Every epoch shuffles each client's samples (a stable sort by a random key); the rank
     # in that order picks the batch and the place in it.
-    if keep_groups:  # one key per positive and its negatives: a stable sort keeps them
-        noise = torch.randint(1 << NOISE_BITS, (local_epochs, item.numel() // group),
-                              generator=generator).repeat_interleave(group, dim=1)
-    else:
-        noise = torch.randint(1 << NOISE_BITS, (local_epochs, item.numel()), generator=generator)
     sample_ptr = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), num_samples]), 0)
+    keys_per_client = num_samples // group if keep_groups else num_samples
+    if client_seeds is None:
+        noise = torch.randint(1 << NOISE_BITS, (local_epochs, int(keys_per_client.sum())),
+                              generator=generator)
+    else:
+        noise = torch.empty(local_epochs, int(keys_per_client.sum()), dtype=torch.long)
+        key_ptr = torch.cumsum(keys_per_client, 0) - keys_per_client
+        _stream_noise(client_seeds.numpy(), key_ptr.numpy(), keys_per_client.numpy(),
+                      noise.numpy())
+    if keep_groups:  # one key per positive and its negatives: a stable sort keeps them
+        noise = noise.repeat_interleave(group, dim=1)
     local_row, row_count, row_items = _client_rows(sample_ptr.numpy(), item.numpy(),
                                                    partition.num_items.bit_length())
     row_count = torch.from_numpy(row_count)
@@ -135,6 +153,17 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
         weight=weight_out.to(device), row=row_out.to(device),
         row_owner=torch.repeat_interleave(torch.arange(num_clients), row_count).to(device),
         row_item=row_item.to(device), num_samples=num_samples.to(device))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _stream_noise(seeds, key_ptr, keys_per_client, noise):
+    """Client ``c``'s shuffle keys of epoch ``e``: the draws ``0, 1, ...`` of its stream
+    :data:`fedgraph.rng.SHUFFLE` ``+ e``, cut to :data:`NOISE_BITS` bits."""
+    for client in numba.prange(seeds.size):
+        for epoch in range(noise.shape[0]):
+            for index in range(keys_per_client[client]):
+                bits = rng.draw(seeds[client], rng.SHUFFLE + epoch, index)
+                noise[epoch, key_ptr[client] + index] = np.int64(bits >> np.uint64(64 - NOISE_BITS))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -55,7 +55,12 @@ class UploadTransform:
         of ``dim`` coordinates; 0 without noise."""
         return self.laplace_scale / self.l1_sensitivity(dim) if self.laplace_scale else 0.0
 
-    def __call__(self, update: Tensor, generator: torch.Generator) -> Tensor:
+    @property
+    def draws(self) -> bool:
+        """Whether the transform draws random numbers (Laplace noise)."""
+        return self.laplace_scale > 0
+
+    def __call__(self, update: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         if self.clip is not None and self.mode == 'coordinate':
             update = update.clamp(-self.clip, self.clip)
         elif self.clip is not None:
