@@ -5,4 +5,8 @@ import os
 # loads its OpenMP runtime, so it is set before anything of fedgraph imports torch.
 os.environ.setdefault('GOMP_SPINCOUNT', '1000')
 
+from fedgraph import runtime  # noqa: E402  (after the environment it reads)
+
+runtime.start_kernel_threads()
+
 __version__ = '0.1.0'

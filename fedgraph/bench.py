@@ -1,8 +1,11 @@
 """Speed and memory benchmarks: ``python -m fedgraph bench engines|scale``.
 
-* ``engines`` -- the vectorized engine against the reference engine (one model per client)
-  on the same data, seed and plans, PFedRec's defaults: seconds per round (training and
-  evaluation) and peak memory of each, and the ratio.
+* ``engines`` -- the vectorized engine against itself with autograd instead of the closed
+  form, with per-client random streams, and against the reference engine (one model per
+  client) on the same data and seed, PFedRec's defaults: seconds per round (training and
+  evaluation) and peak memory of each, and the ratios.
+* ``rounds`` -- a whole training run (100 rounds, evaluation every round): its wall and CPU
+  time inside ``train()`` and in the process with its imports.
 * ``scale`` -- the vectorized engine on synthetic power-law data from 1k to 1M users with
   partial participation: seconds per training round and peak memory at each size (any
   federated algorithm: ``--algorithm perfedrec++`` includes the server's propagation).
@@ -114,13 +117,35 @@ def _run_worker(payload: Dict) -> Dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def measure_run(config: TrainConfig, folder: bool) -> Dict[str, float]:
+    """A whole :func:`~fedgraph.training.train` run (in a temporary run folder with its
+    checkpoints when ``folder``, else in memory): its wall and CPU seconds, minor page faults,
+    the median seconds of a round (training, evaluation and record) and its best round."""
+    import tempfile
+
+    from fedgraph.training import train
+
+    with tempfile.TemporaryDirectory() as out:
+        began, cpu = time.perf_counter(), time.process_time()
+        faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        run = train(config, out if folder else None, progress=False)
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted
+    return {'threads': torch.get_num_threads(), 'rounds': len(run['rounds']),
+            'train_wall': wall, 'train_cpu': cpu, 'page_faults': faulted,
+            'round_seconds': statistics.median(r['seconds'] for r in run['rounds']),
+            'best': run['best']}
+
+
 def _worker(args: argparse.Namespace) -> None:
     from fedgraph.training import prepare_split
 
     payload = json.loads(args.payload)
     config = TrainConfig(**payload['config'])
     keep = payload.get('keep_memory', True)
-    if 'synthetic' in payload:
+    if 'folder' in payload:
+        result = measure_run(config, payload['folder'])
+    elif 'synthetic' in payload:
         partition = ClientPartition.from_data(synthetic_interactions(**payload['synthetic']))
         result = measure_engine(config, partition, payload['rounds'], keep_memory=keep)
     else:
@@ -130,33 +155,70 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+#: The engines ``bench engines`` compares: a name and the run settings it stands for.
+ENGINES = {
+    'vectorized': {},
+    'autograd': {'closed_form': False},
+    'client-streams': {'client_streams': True},
+    'reference': {'engine': 'reference'},
+}
+
+
 def _engines(args: argparse.Namespace) -> List[Dict]:
     conditions = Conditions()
     rows = []
-    for engine in ('vectorized', 'reference'):
+    for engine in args.engines:
         config = dict(algorithm=args.algorithm, dataset=args.dataset, seed=args.seed,
-                      device=args.device, engine=engine, threads=args.threads)
+                      device=args.device, threads=args.threads, **ENGINES[engine])
         if args.clients_per_round:
             config['clients_per_round'] = args.clients_per_round
         result = _run_worker({'config': config, 'rounds': args.rounds,
                               'keep_memory': not args.return_freed_memory})
         result['engine'] = engine
         rows.append(result)
-        print(f"{engine:>10}: {result['train_seconds']:.3f} s/round training, "
+        print(f"{engine:>14}: {result['train_seconds']:.3f} s/round training, "
               f"{result['eval_seconds']:.3f} s evaluation, "
               f"peak {result['peak_memory_mb']:.0f} MiB", flush=True)
-    fast, slow = rows
-    total = {row['engine']: row['train_seconds'] + row['eval_seconds'] for row in rows}
     print("\n| engine | threads | s/round (train) | CPU s/round (train) | page faults/round "
           "| s/round (eval) | peak memory (MiB) |\n|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['engine']} | {row['threads']} | {row['train_seconds']:.3f} "
               f"| {row['cpu_seconds']:.3f} | {row['page_faults']:,.0f} "
               f"| {row['eval_seconds']:.3f} | {row['peak_memory_mb']:.0f} |")
-    print(f"\nspeed-up (train + eval): {total['reference'] / total['vectorized']:.1f}x; "
-          f"training alone: {slow['train_seconds'] / fast['train_seconds']:.1f}x")
+    seconds = {row['engine']: row['train_seconds'] for row in rows}
+    total = {row['engine']: row['train_seconds'] + row['eval_seconds'] for row in rows}
+    print()
+    if 'vectorized' in seconds:
+        for engine, words in (('reference', 'the reference engine takes'),
+                              ('autograd', 'autograd takes'),
+                              ('client-streams', 'per-client streams take')):
+            if engine in seconds:
+                print(f"{words} {seconds[engine] / seconds['vectorized']:.2f}x the vectorized "
+                      f"engine's training time ({total[engine] / total['vectorized']:.2f}x "
+                      f"with evaluation)")
     print(conditions)
     return rows
+
+
+def _rounds(args: argparse.Namespace) -> List[Dict]:
+    conditions = Conditions()
+    config = dict(algorithm=args.algorithm, dataset=args.dataset, seed=args.seed,
+                  device=args.device, threads=args.threads, rounds=args.rounds, eval_every=1)
+    began = time.perf_counter()
+    result = _run_worker({'config': config, 'folder': args.checkpoints})
+    result['process_wall'] = time.perf_counter() - began
+    best = result['best']
+    metric = next(iter(best['test']))
+    print(f"{args.algorithm} on {args.dataset}, {result['rounds']} rounds, evaluation every "
+          f"round, {'a run folder with checkpoints' if args.checkpoints else 'in memory'}")
+    print('| threads | train() wall | train() CPU | median s/round | page faults '
+          f'| process wall (with imports) | best round | test {metric} |')
+    print('|---|---|---|---|---|---|---|---|')
+    print(f"| {result['threads']} | {result['train_wall']:.2f} s | {result['train_cpu']:.2f} s "
+          f"| {result['round_seconds']:.3f} | {result['page_faults']:,} "
+          f"| {result['process_wall']:.2f} s | {best['round']} | {best['test'][metric]:.4f} |")
+    print(conditions)
+    return [result]
 
 
 def _scale(args: argparse.Namespace) -> List[Dict]:
@@ -278,6 +340,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engines.add_argument('--clients-per-round', type=int, default=None,
                          help="default: the algorithm's (pfedrec: all; perfedrec++: 256)")
     engines.add_argument('--rounds', type=int, default=3, help='timed rounds (after 1 warm-up)')
+    engines.add_argument('--engines', nargs='+', choices=list(ENGINES), default=list(ENGINES),
+                         help='vectorized (closed form where the model allows), autograd '
+                              '(--closed-form off), client-streams (--client-streams on), '
+                              'reference (one model per client)')
+    rounds = kinds.add_parser('rounds', help='a whole training run: wall and CPU time')
+    rounds.add_argument('--dataset', default='ml-100k')
+    rounds.add_argument('--algorithm', default='pfedrec', choices=algorithm_names())
+    rounds.add_argument('--rounds', type=int, default=100)
+    rounds.add_argument('--checkpoints', action='store_true',
+                        help='run in a temporary run folder, writing its checkpoints')
     scale = kinds.add_parser('scale', help='vectorized engine from 1k to 1M users')
     scale.add_argument('--algorithm', default='pfedrec',
                        choices=[name for name in algorithm_names() if resolve(name).federated])
@@ -303,14 +375,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     contention.add_argument('--threads', dest='threads_list', type=int, nargs='+',
                             default=[runtime.choose_threads(), 1],
                             help='thread counts to measure (default: the chosen one and 1)')
-    for sub in (engines, scale):
+    for sub in (engines, scale, rounds):
         sub.add_argument('--threads', type=int, default=None,
                          help='intra-op threads (default: fedgraph.runtime.choose_threads)')
     for sub in (engines, scale):
         sub.add_argument('--return-freed-memory', action='store_true',
                          help="leave glibc's malloc as it is (fedgraph.runtime."
                               "keep_freed_memory off): the page faults it costs")
-    for sub in (engines, scale, contention):
+    for sub in (engines, scale, contention, rounds):
         sub.add_argument('--seed', type=int, default=0)
         sub.add_argument('--device', default='cpu')
         sub.add_argument('--out', default=None, help='also write the rows as JSON here')
@@ -323,7 +395,7 @@ def main(args: argparse.Namespace) -> None:
         _worker(args)
         return
     rows = {'engines': _engines, 'scale': _scale, 'export': _export,
-            'contention': _contention}[args.kind](args)
+            'contention': _contention, 'rounds': _rounds}[args.kind](args)
     if args.out:
         with open(args.out, 'w') as handle:
             json.dump(rows, handle, indent=1)

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,3 +70,42 @@ def test_threads_come_from_the_flag_then_the_environment_then_the_cpus(monkeypat
 
 def test_freed_memory_is_kept_on_glibc():
     assert runtime.keep_freed_memory() is True
+
+
+def test_compiled_kernels_keep_the_threads_configured():
+    """Starting numba's thread pool must not reset PyTorch's threads (an OpenMP pool would)."""
+    code = ('import torch, numba\n'
+            'from fedgraph import runtime\n'
+            'from fedgraph.federated.aggregation import sum_rows\n'
+            'runtime.configure(1)\n'
+            'total = sum_rows(torch.zeros(3, 2), torch.tensor([0, 2, 0]), torch.ones(3, 2))\n'
+            'print(torch.get_num_threads(), numba.get_num_threads(), total[0, 0].item())\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ['1', '1', '2.0']
+
+
+def test_bench_rounds_times_a_whole_run(tmp_path, capsys):
+    out = tmp_path / 'rounds.json'
+    main(['bench', 'rounds', '--dataset', 'synthetic', '--rounds', '2', '--threads', '1',
+          '--checkpoints', '--out', str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == ('pfedrec on synthetic, 2 rounds, evaluation every round, a run folder '
+                        'with checkpoints')
+    assert lines[1].startswith('| threads | train() wall | train() CPU | median s/round |')
+    assert lines[3].split('|')[1].strip() == '1'
+    assert 'load average' in lines[-1]
+    (row,) = json.loads(out.read_text())
+    assert row['rounds'] == 2 and row['threads'] == 1
+    assert 0 < row['round_seconds'] < row['train_wall'] < row['process_wall']
+    assert row['best']['round'] in (0, 1)
+
+
+def test_bench_engines_compares_closed_form_autograd_and_client_streams(capsys):
+    main(['bench', 'engines', '--dataset', 'synthetic', '--engines', 'vectorized', 'autograd',
+          'client-streams', '--rounds', '1', '--threads', '1'])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split('|')[1].strip() for line in lines if line.startswith('| ')][1:] == [
+        'vectorized', 'autograd', 'client-streams']
+    assert any(line.startswith('autograd takes') for line in lines)
+    assert any(line.startswith('per-client streams take') for line in lines)

@@ -40,7 +40,7 @@ def test_one_gaussian_release_is_its_closed_form_and_within_the_exact_profile(si
     # Replace-one sensitivity 2S, noise sigma S: the Renyi DP of order a is a (2S)^2 /
     # (2 sigma^2 S^2) = 2a / sigma^2, and T rounds compose to T times that.
     event = accountant.gaussian_event(sigma)
-    assert accountant.unit_rdp(event) == pytest.approx(2 * accountant.ORDERS / sigma ** 2)
+    assert accountant.unit_rdp(event) == pytest.approx(2 * accountant.orders() / sigma ** 2)
     delta = 1e-5
     spent = accountant.epsilon([(event, 1)], delta)
     # A valid bound: the exact mechanism is (spent, delta)-DP ...

@@ -26,24 +26,31 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import rdp_privacy_accountant
+
+if TYPE_CHECKING:  # dp-accounting takes a second to import: it is imported when first used
+    import dp_accounting
 
 #: The accountant's name, as ``metrics.json`` records it.
 ACCOUNTANT = 'rdp'
 #: The neighbouring relation, as ``metrics.json`` records it.
 NEIGHBOURS = 'replace one user'
-_RELATION = dp_accounting.NeighboringRelation.REPLACE_ONE
 
 
-def _fresh_accountant() -> rdp_privacy_accountant.RdpAccountant:
-    return rdp_privacy_accountant.RdpAccountant(neighboring_relation=_RELATION)
+def _fresh_accountant():
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    return rdp_privacy_accountant.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
 
 
-ORDERS = np.asarray(_fresh_accountant()._orders)
+@functools.lru_cache(maxsize=1)
+def orders() -> np.ndarray:
+    """The Rényi orders the accountant evaluates."""
+    return np.asarray(_fresh_accountant()._orders)
 
 
 def gaussian_event(noise_multiplier: float, sample_size: int = 1,
@@ -51,6 +58,8 @@ def gaussian_event(noise_multiplier: float, sample_size: int = 1,
     """One Gaussian release of noise standard deviation ``noise_multiplier`` times the clip
     bound, over ``sample_size`` of ``population`` users sampled without replacement (equal:
     no sampling)."""
+    import dp_accounting
+
     event = dp_accounting.GaussianDpEvent(noise_multiplier / 2)
     if sample_size == population:
         return event
@@ -59,12 +68,14 @@ def gaussian_event(noise_multiplier: float, sample_size: int = 1,
 
 def laplace_event(noise_multiplier: float) -> dp_accounting.DpEvent:
     """One Laplace release of scale ``noise_multiplier`` times its L1 sensitivity."""
+    import dp_accounting
+
     return dp_accounting.LaplaceDpEvent(noise_multiplier)
 
 
 @functools.lru_cache(maxsize=64)
 def unit_rdp(event: dp_accounting.DpEvent) -> np.ndarray:
-    """The Rényi DP of one ``event`` at every order of :data:`ORDERS`."""
+    """The Rényi DP of one ``event`` at every order of :func:`orders`."""
     accountant = _fresh_accountant()
     accountant.compose(event)
     return np.array(accountant._rdp, dtype=np.float64)
@@ -75,15 +86,18 @@ def epsilon(releases: Sequence[Tuple[dp_accounting.DpEvent, int]], delta: float)
     the Rényi DP curves add up, then the accountant's conversion to :math:`(\\epsilon,
     \\delta)`. Laplace releases alone are also pure DP, :math:`\\sum_k \\mathrm{count}_k /
     b_k` by basic composition; the smaller of the two holds. No releases: 0."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     if not 0 < delta < 1:
         raise ValueError(f'delta must be in (0, 1), got {delta}')
-    total = np.zeros_like(ORDERS, dtype=np.float64)
+    total = np.zeros_like(orders(), dtype=np.float64)
     for event, count in releases:
         if count:
             total = total + count * unit_rdp(event)
     if not total.any():
         return 0.0
-    spent = float(rdp_privacy_accountant.compute_epsilon(ORDERS, total, delta)[0])
+    spent = float(rdp_privacy_accountant.compute_epsilon(orders(), total, delta)[0])
     if all(isinstance(event, dp_accounting.LaplaceDpEvent) for event, _ in releases):
         spent = min(spent, sum(count / event.noise_multiplier for event, count in releases))
     return spent

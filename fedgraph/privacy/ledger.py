@@ -3,15 +3,17 @@ to (``metrics.json``'s ``privacy`` record)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-import dp_accounting
 import torch
 from torch import Tensor
 
 from fedgraph.privacy import accountant
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.upload import UploadTransform
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 
 class PrivacyLedger:
