@@ -88,9 +88,11 @@ def test_closed_form_leaves_the_model_to_the_engine(data):
         assert torch.equal(value, before[name]), name
 
 
-def test_rounds_with_and_without_closed_form_agree(data):
-    """Three whole rounds (planning, uploads, aggregation, personal rows) and the scores."""
-    engines = [make_engine(FederatedEngine, data, 'pfedrec', dim=DIM) for _ in range(2)]
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'fedmf'])
+def test_rounds_with_and_without_closed_form_agree(data, algorithm):
+    """Three whole rounds (planning, uploads, aggregation, personal rows) and the scores,
+    with each user's fine-tuned rows (PFedRec) or the global table (FedMF)."""
+    engines = [make_engine(FederatedEngine, data, algorithm, dim=DIM) for _ in range(2)]
     engines[1].closed_form = False
     for engine in engines:
         generator = torch.Generator().manual_seed(7)
@@ -101,6 +103,13 @@ def test_rounds_with_and_without_closed_form_agree(data):
     users = torch.arange(fast.model.num_clients)
     torch.testing.assert_close(fast.scores_all(users), slow.scores_all(users),
                                rtol=1e-4, atol=1e-3)
+    items = torch.randint(fast.model.num_items, (users.numel(), 50),
+                          generator=torch.Generator().manual_seed(0))
+    items[:, :10] = fast.personal.keys[:10] % fast.model.num_items if len(fast.personal) else 0
+    scores = fast.scores(users, items)
+    torch.testing.assert_close(scores, slow.scores(users, items), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(scores, fast.scores_all(users).gather(1, items),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_what_has_no_closed_form(data):

@@ -227,3 +227,24 @@ def test_sample_negatives_no_clients():
     p = _partition()
     out = p.sample_negatives(torch.tensor([], dtype=torch.long), 2)
     assert out.shape == (0, 2)
+
+
+@pytest.mark.parametrize('streams', [False, True])
+def test_sample_negatives_the_same_from_the_bitmap_and_the_sorted_keys(monkeypatch, streams):
+    """Large data looks a client's items up by binary search in its sorted keys instead of a
+    dense bitmap: the same negatives, from the generator or from counter-based streams."""
+    clients = torch.tensor([5, 0, 39, 5, 17])
+    seeds = torch.tensor([[11, 0], [12, 1], [13, 2], [11, 0], [14, 4]])
+    draws = []
+    for limit in (ClientPartition.DENSE_MEMBERSHIP_LIMIT, 0):
+        monkeypatch.setattr(ClientPartition, 'DENSE_MEMBERSHIP_LIMIT', limit)
+        p = _random_partition()
+        assert p.membership.dtype == (torch.bool if limit else torch.long)
+        draws.append(p.sample_negatives(clients, 20, torch.Generator().manual_seed(0),
+                                        streams=seeds if streams else None))
+        for row, c in zip(draws[-1].tolist(), clients.tolist()):
+            assert len(set(row)) == 20 and not set(row) & set(p.items_of(c).tolist())
+    assert torch.equal(draws[0], draws[1])
+    if streams:  # a client's draws depend on its stream alone
+        assert torch.equal(draws[0][0], draws[0][3]) and not torch.equal(draws[0][0],
+                                                                          draws[0][1])

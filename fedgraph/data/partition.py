@@ -193,79 +193,76 @@ class ClientPartition:
             worst = int(clients[free.argmin()])
             raise ValueError(f'client {worst} has only {int(free.min())} items it never '
                              f'interacted with; {num} negatives were asked for')
+        membership = self.membership.cpu()
+        lookup = (membership.numpy(), membership.dtype == torch.bool)
+        out = torch.empty(clients.numel(), num, dtype=torch.long)
         if streams is not None:
-            membership = self.membership.cpu()
-            out = torch.empty(clients.numel(), num, dtype=torch.long)
             _stream_negatives(clients.cpu().numpy(), streams.cpu().numpy(), self.num_items,
-                              membership.numpy(), membership.dtype == torch.bool, out.numpy())
+                              *lookup, out.numpy())
             return out.to(clients.device)
-        out = torch.empty(clients.numel(), num, dtype=torch.long, device=clients.device)
-        todo = torch.arange(clients.numel(), device=clients.device)
+        todo = torch.arange(clients.numel())
         width = max(int(num * oversample), num + 8)
+        clients = clients.cpu()
         while todo.numel():
             candidates = torch.randint(self.num_items, (todo.numel(), width),
                                        generator=generator, device='cpu')
-            held = self.contains(clients[todo].unsqueeze(1), candidates.to(clients.device))
             fresh = torch.empty(todo.numel(), num, dtype=torch.long)
-            done = torch.from_numpy(_first_fresh(candidates.numpy(), held.cpu().numpy(),
-                                                 fresh.numpy()))
-            out[todo[done.to(todo.device)]] = fresh[done].to(out.device)
-            todo = todo[~done.to(todo.device)]
+            done = torch.from_numpy(_first_fresh(candidates.numpy(), clients[todo].numpy(),
+                                                 self.num_items, *lookup, fresh.numpy()))
+            out[todo[done]] = fresh[done]
+            todo = todo[~done]
             width *= 2
-        return out
+        return out.to(self.ptr.device)
+
+
+@numba.njit(cache=True, nogil=True)
+def _holds(membership, dense, key):
+    """Whether :attr:`ClientPartition.membership` (the dense bitmap, or the sorted keys)
+    holds ``key``."""
+    if dense:
+        return membership[key] != 0
+    position = np.searchsorted(membership, key)
+    return position < membership.size and membership[position] == key
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_if_fresh(out, row, found, candidate):
+    """Appends ``candidate`` to ``out[row, :found]`` unless it is there; the new count."""
+    for earlier in range(found):
+        if out[row, earlier] == candidate:
+            return found
+    out[row, found] = candidate
+    return found + 1
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _first_fresh(candidates: np.ndarray, held: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-    """Row by row, the first ``fresh.shape[1]`` candidates that are not ``held`` and not
-    equal to one before them, written into ``fresh``; whether the row had that many."""
-    wanted = fresh.shape[1]
+def _first_fresh(candidates, clients, num_items, membership, dense, fresh):
+    """Row by row, the first ``fresh.shape[1]`` candidates that the row's client does not
+    hold and that are not equal to one before them, written into ``fresh``; whether the row
+    had that many."""
     done = np.zeros(candidates.shape[0], np.bool_)
     for row in numba.prange(candidates.shape[0]):
         found = 0
         for position in range(candidates.shape[1]):
-            if found == wanted:
+            if found == fresh.shape[1]:
                 break
             candidate = candidates[row, position]
-            if held[row, position]:
-                continue
-            seen = False
-            for earlier in range(found):
-                if fresh[row, earlier] == candidate:
-                    seen = True
-                    break
-            if not seen:
-                fresh[row, found] = candidate
-                found += 1
-        done[row] = found == wanted
+            if not _holds(membership, dense, clients[row] * num_items + candidate):
+                found = _keep_if_fresh(fresh, row, found, candidate)
+        done[row] = found == fresh.shape[1]
     return done
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _stream_negatives(clients, streams, num_items, membership, dense, out):
     """:meth:`ClientPartition.sample_negatives` from counter-based streams: row by row, the
-    first ``out.shape[1]`` draws that the row's client does not hold (``membership``: the
-    dense bitmap or the sorted keys of :attr:`ClientPartition.membership`) and that were not
-    drawn before."""
+    first ``out.shape[1]`` draws that the row's client does not hold and that were not drawn
+    before."""
     for row in numba.prange(clients.size):
         found, attempt = 0, 0
         while found < out.shape[1]:
             candidate = rng.below(streams[row, 0], rng.NEGATIVES,
                                   (streams[row, 1] << 32) + attempt, num_items)
             attempt += 1
-            key = clients[row] * num_items + candidate
-            if dense:
-                held = membership[key] != 0
-            else:
-                position = np.searchsorted(membership, key)
-                held = position < membership.size and membership[position] == key
-            if held:
-                continue
-            seen = False
-            for earlier in range(found):
-                if out[row, earlier] == candidate:
-                    seen = True
-                    break
-            if not seen:
-                out[row, found] = candidate
-                found += 1
+            if not _holds(membership, dense, clients[row] * num_items + candidate):
+                found = _keep_if_fresh(out, row, found, candidate)

@@ -112,24 +112,29 @@ def scores(model, users: Tensor, items: Tensor, base: Tensor,
     out = torch.empty(items.shape, dtype=vector.dtype)
     _bilinear_scores(vector.numpy(), bias.numpy(), users.numpy(), items.contiguous().numpy(),
                      keys.numpy(), values.contiguous().numpy(), base.contiguous().numpy(),
-                     model.num_items, out.numpy())
+                     model.num_items, max(1, min(users.numel(), 4 * torch.get_num_threads())),
+                     out.numpy())
     return out
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _bilinear_scores(vector, bias, users, items, keys, values, base, num_items, out):
-    for position in numba.prange(users.size):
-        # The user's stored rows are the run of keys in [user * I, (user + 1) * I).
-        first = np.searchsorted(keys, users[position] * num_items)
-        last = np.searchsorted(keys, (users[position] + 1) * num_items)
-        for column in range(items.shape[1]):
-            item = items[position, column]
-            found = first + np.searchsorted(keys[first:last], users[position] * num_items + item)
-            if found < last and keys[found] == users[position] * num_items + item:
-                row = values[found]
-            else:
-                row = base[item]
-            out[position, column] = _dot(vector[position], row) + bias[position]
+def _bilinear_scores(vector, bias, users, items, keys, values, base, num_items, lots, out):
+    # Users in lots, a thread's at a time; a lot marks each user's stored rows in an
+    # item-indexed scratch array, so that a candidate's row is one lookup.
+    for lot in numba.prange(lots):
+        stored = np.full(num_items, -1, np.int64)
+        for position in range(lot * users.size // lots, (lot + 1) * users.size // lots):
+            # The user's stored rows are the run of keys in [user * I, (user + 1) * I).
+            first = np.searchsorted(keys, users[position] * num_items)
+            last = np.searchsorted(keys, (users[position] + 1) * num_items)
+            for index in range(first, last):
+                stored[keys[index] - users[position] * num_items] = index
+            for column in range(items.shape[1]):
+                item = items[position, column]
+                row = values[stored[item]] if stored[item] >= 0 else base[item]
+                out[position, column] = _dot(vector[position], row) + bias[position]
+            for index in range(first, last):
+                stored[keys[index] - users[position] * num_items] = -1
 
 
 @numba.njit(cache=True, nogil=True)
