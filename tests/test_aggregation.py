@@ -6,7 +6,7 @@ import torch
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated import Aggregation, aggregate_rows
-from fedgraph.federated.aggregation import grouped_statistic
+from fedgraph.federated.aggregation import grouped_statistic, sum_rows
 
 
 def _rows(seed=0, num_items=9, dim=4, num_clients=7):
@@ -160,3 +160,13 @@ def test_single_precision_sorts_exactly_as_double(rule):
     _, double, _ = grouped_statistic(values.double(), group, rule)
     assert single.dtype == torch.float32
     torch.testing.assert_close(single.double(), double, rtol=1e-6, atol=0)
+
+
+def test_row_sums_by_column_threads_equal_index_add_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    item = torch.randint(50, (20_000,), generator=generator)
+    rows = torch.randn(20_000, 12, generator=generator) * 1e3
+    table = torch.zeros(50, 12)
+    expected = torch.zeros_like(table).index_add_(0, item, rows)
+    assert torch.equal(sum_rows(table, item, rows), expected)
+    assert torch.equal(sum_rows(table, item[:0], rows[:0]), table)

@@ -76,15 +76,15 @@ def train_clients(model, training, plan: RoundPlan, table: Tensor
     chunksize = numba.set_parallel_chunksize(CLIENTS_PER_CHUNK)
     try:
         _local_sgd(table.numpy(), plan.row_item.numpy(), local.numpy(), change.numpy(),
-                   plan.row_owner.numpy(),
-                   vector.numpy(), bias.numpy(), bias_name is not None, plan.row.numpy(),
-                   plan.owner.numpy(), step.numpy(), plan.label.numpy(), plan.weight.numpy(),
-                   np.float32(training.lr), np.float32(training.item_lr),
+                   plan.row_owner.numpy(), vector.numpy(), bias.numpy(), bias_name is not None,
+                   plan.row.numpy(), plan.owner.numpy(), step.numpy(), plan.label.numpy(),
+                   plan.weight.numpy(), np.float32(training.lr), np.float32(training.item_lr),
                    np.float32(training.l2_reg), training.alternating, probability.numpy(),
                    penalty.numpy())
     finally:
         numba.set_parallel_chunksize(chunksize)
-    # BCE with its logs floored at -100, as BCELoss computes it, for 0/1 labels.
+    # BCE with its logs floored at -100, as BCELoss computes it (up to rounding: log(1 - p)
+    # for its log1p(-p)), for 0/1 labels.
     likelihood = torch.where(plan.label == 1, probability, 1 - probability)
     sample_loss = likelihood.log_().clamp_min_(-100).neg_().add_(penalty)
     trained = {vector_name: vector}

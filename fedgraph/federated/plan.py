@@ -63,7 +63,7 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
                known: Optional[ClientPartition] = None, keep_groups: bool = False,
                client_seeds: Optional[Tensor] = None) -> RoundPlan:
     """Draws the samples and mini-batches of one round, from ``generator``, or with
-    ``client_seeds`` (``[B]``, in the order of ``clients`` sorted) from each client's own
+    ``client_seeds`` (``[B]``, the seed of each of ``clients``) from each client's own
     counter-based streams (:mod:`fedgraph.rng`): then a client's part of the plan is the plan
     of that client alone, whichever clients are planned with it.
 
@@ -99,7 +99,6 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     num_samples = batch.ptr.diff().cpu() * group
     if keep_groups:
         batch_size *= group
-    start = torch.cumsum(num_samples, 0) - num_samples
     batches = (num_samples + batch_size - 1) // batch_size
 
     # Mini-batches: client o has batches[o] per epoch, local_epochs * batches[o] in all; its
@@ -138,15 +137,14 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     row_count = torch.from_numpy(row_count)
     row_start = torch.cumsum(row_count, 0) - row_count
     total = local_epochs * item.numel()
-    owner_out, item_out = (torch.empty(total, dtype=torch.long) for _ in range(2))
-    label_out, weight_out = torch.empty(total, dtype=dtype), torch.empty(total, dtype=dtype)
-    row_out, row_item = torch.empty_like(owner_out), torch.empty(int(row_count.sum()),
-                                                                 dtype=torch.long)
+    owner_out, item_out, row_out = (torch.empty(total, dtype=torch.long) for _ in range(3))
+    label_out, weight_out = (torch.empty(total, dtype=dtype) for _ in range(2))
+    row_item = torch.empty(int(row_count.sum()), dtype=torch.long)
     _lay_out(sample_ptr.numpy(), noise.numpy(), item.numpy(), label.numpy(), local_row,
-             row_start.numpy(), row_count.numpy(), row_items, batch_size, batches.numpy(), first_batch.numpy(),
-             batch_start.numpy(), (1.0 / batch_fill.to(dtype)).numpy(), owner_out.numpy(),
-             item_out.numpy(), label_out.numpy(), weight_out.numpy(), row_out.numpy(),
-             row_item.numpy())
+             row_start.numpy(), row_count.numpy(), row_items, batch_size, batches.numpy(),
+             first_batch.numpy(), batch_start.numpy(), (1.0 / batch_fill.to(dtype)).numpy(),
+             owner_out.numpy(), item_out.numpy(), label_out.numpy(), weight_out.numpy(),
+             row_out.numpy(), row_item.numpy())
     return RoundPlan(
         clients=clients, owner=owner_out.to(device), item=item_out.to(device),
         label=label_out.to(device), step_ptr=step_ptr.to(device),
