@@ -131,11 +131,10 @@ def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
     """Each client's change of the dense shared parameters, ``{name: [B, ...]}``, through
     ``upload`` as one row per client (all its dense parameters flattened together), with
     the round's shared generator or each client's own stream."""
-    if isinstance(randomness, torch.Generator) or not upload.draws:
+    if isinstance(randomness, torch.Generator):
         return per_client_vector(dense, lambda flat: upload(flat, randomness))
-    return per_client_vector(dense, lambda flat: torch.cat([
-        upload(flat[position:position + 1], generator)
-        for position, generator in enumerate(randomness)]))
+    return per_client_vector(dense, lambda flat: ClientStreams.transform(
+        upload, flat, torch.arange(flat.size(0)), randomness))
 
 
 class RoundEngine:

@@ -78,15 +78,13 @@ class ClientStreams:
     @staticmethod
     def transform(upload: UploadTransform, update: Tensor, row_owner: Tensor,
                   generators: Sequence[torch.Generator]) -> Tensor:
-        """Each client's row updates through ``upload`` with that client's generator; the
-        rows are grouped by client in the order of ``generators`` (as a round plan's are);
-        a transform that draws nothing takes all rows at once."""
+        """Each client's row updates through ``upload``, its noise drawn from its generator;
+        the rows are grouped by client in the order of ``generators`` (as a round plan's
+        are). Only the draws go client by client; the transform takes all rows at once."""
         if not upload.draws:
             return upload(update, None)
-        out = torch.empty_like(update)
         count = torch.bincount(row_owner, minlength=len(generators)).tolist()
-        start = 0
-        for rows, generator in zip(count, generators):
-            out[start:start + rows] = upload(update[start:start + rows], generator)
-            start += rows
-        return out
+        uniform = torch.cat([torch.rand(rows, *update.shape[1:], generator=generator,
+                                        dtype=update.dtype)
+                             for rows, generator in zip(count, generators)])
+        return upload.with_uniforms(update, uniform)

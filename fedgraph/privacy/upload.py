@@ -61,24 +61,31 @@ class UploadTransform:
         return self.laplace_scale > 0
 
     def __call__(self, update: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        """``update`` clipped, with Laplace noise from ``generator`` (one uniform per
+        coordinate, :func:`laplace`)."""
+        uniform = (torch.rand(update.shape, generator=generator, dtype=update.dtype)
+                   if self.draws else None)
+        return self.with_uniforms(update, uniform)
+
+    def with_uniforms(self, update: Tensor, uniform: Optional[Tensor]) -> Tensor:
+        """``update`` clipped, with the Laplace noise of the :math:`U(0, 1)` draws
+        ``uniform`` (one per coordinate; ``None`` without noise)."""
         if self.clip is not None and self.mode == 'coordinate':
             update = update.clamp(-self.clip, self.clip)
         elif self.clip is not None:
             update = bound_norm(update, self.clip)
-        if self.laplace_scale > 0:
-            update = update + laplace(update.shape, self.laplace_scale, generator,
-                                      update.dtype).to(update.device)
+        if self.draws:
+            update = update + laplace(uniform, self.laplace_scale).to(update.device)
         return update
 
 
-def laplace(shape: torch.Size, scale: float, generator: torch.Generator,
-            dtype: torch.dtype = torch.float32) -> Tensor:
-    """Laplace(0, ``scale``) draws by the inverse CDF, :math:`-b\\,\\mathrm{sign}(u)
-    \\log(1 - 2|u|)` for :math:`u \\sim U(-1/2, 1/2)`; the clamp keeps the
-    (probability-zero in exact arithmetic) draw :math:`u = -1/2` finite."""
-    uniform = torch.rand(shape, generator=generator, dtype=dtype) - 0.5
-    tail = (1 - 2 * uniform.abs()).clamp_min(torch.finfo(dtype).tiny)
-    return -scale * torch.sign(uniform) * torch.log(tail)
+def laplace(uniform: Tensor, scale: float) -> Tensor:
+    """Laplace(0, ``scale``) draws by the inverse CDF from :math:`U(0, 1)` draws ``uniform``:
+    :math:`-b\\,\\mathrm{sign}(u) \\log(1 - 2|u|)` for :math:`u = \\mathrm{uniform} - 1/2`;
+    the clamp keeps the (probability-zero in exact arithmetic) draw :math:`u = -1/2` finite."""
+    centred = uniform - 0.5
+    tail = (1 - 2 * centred.abs()).clamp_min(torch.finfo(uniform.dtype).tiny)
+    return -scale * torch.sign(centred) * torch.log(tail)
 
 
 def server_mean_noise(shape: torch.Size, scale: float, num_clients: int,
