@@ -209,9 +209,8 @@ def _client_rows(sample_ptr, item, item_bits):
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _lay_out(sample_ptr, noise, item, label, local_row, row_start, row_count, row_items,
-             batch_size,
-             batches, first_batch, batch_start, batch_weight, owner_out, item_out, label_out,
-             weight_out, row_out, row_item):
+             batch_size, batches, first_batch, batch_start, batch_weight, owner_out, item_out,
+             label_out, weight_out, row_out, row_item):
     """Places every client's samples, epoch by epoch, in the plan's (step, client, place)
     order: its ``rank``-th sample after a stable sort by ``noise`` goes to place
     ``rank % batch_size`` of its batch ``rank // batch_size`` of the epoch; and the client's
@@ -220,14 +219,17 @@ def _lay_out(sample_ptr, noise, item, label, local_row, row_start, row_count, ro
         first, last = sample_ptr[client], sample_ptr[client + 1]
         for epoch in range(noise.shape[0]):
             order = _stable_order(noise[epoch, first:last], NOISE_BITS)
-            for rank in range(order.size):
-                source = first + order[rank]
-                batch = first_batch[client] + epoch * batches[client] + rank // batch_size
-                place = batch_start[batch] + rank % batch_size
-                owner_out[place] = client
-                item_out[place] = item[source]
-                label_out[place] = label[source]
-                weight_out[place] = batch_weight[batch]
-                row_out[place] = row_start[client] + local_row[source]
+            batch = first_batch[client] + epoch * batches[client]
+            for batch_first in range(0, order.size, batch_size):
+                place = batch_start[batch]
+                for rank in range(batch_first, min(batch_first + batch_size, order.size)):
+                    source = first + order[rank]
+                    owner_out[place] = client
+                    item_out[place] = item[source]
+                    label_out[place] = label[source]
+                    weight_out[place] = batch_weight[batch]
+                    row_out[place] = row_start[client] + local_row[source]
+                    place += 1
+                batch += 1
         count = row_count[client]
         row_item[row_start[client]:row_start[client] + count] = row_items[first:first + count]
