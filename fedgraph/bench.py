@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks: ``python -m fedgraph bench engines|scale``.
+"""Speed and memory benchmarks: ``python -m fedgraph bench engines|rounds|scale|contention|export``.
 
 * ``engines`` -- the vectorized engine against itself with autograd instead of the closed
   form, with per-client random streams, and against the reference engine (one model per

@@ -199,7 +199,7 @@ class ClientPartition:
         if streams is not None:
             _stream_negatives(clients.cpu().numpy(), streams.cpu().numpy(), self.num_items,
                               *lookup, out.numpy())
-            return out.to(clients.device)
+            return out.to(self.ptr.device)
         todo = torch.arange(clients.numel())
         width = max(int(num * oversample), num + 8)
         clients = clients.cpu()
