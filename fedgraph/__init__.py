@@ -7,6 +7,6 @@ os.environ.setdefault('GOMP_SPINCOUNT', '1000')
 
 from fedgraph import runtime  # noqa: E402  (after the environment it reads)
 
-runtime.start_kernel_threads()
+runtime.set_threads()  # the kernels' pool starts with PyTorch's threads, PyTorch's kept
 
 __version__ = '0.1.0'

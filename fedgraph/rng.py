@@ -8,6 +8,8 @@ client computes alone on its device. :math:`h` is SplitMix64 (Steele, Lea & Floo
 2014) in counter mode: the stream's key is the mixed seed and stream,
 :math:`k = \\mathrm{mix}(\\mathrm{seed} \\oplus (s + 1) \\gamma)`, and draw ``n`` is
 :math:`\\mathrm{mix}(k + (n + 1) \\gamma)` with :math:`\\gamma` the golden-ratio increment.
+A client's seed in a round is two SplitMix64 steps, :math:`\\mathrm{mix}(\\mathrm{mix}(r +
+\\gamma) \\oplus \\mathrm{key} + \\gamma)` of the round seed :math:`r`, cut to 63 bits.
 """
 from __future__ import annotations
 
@@ -43,3 +45,14 @@ def below(seed, stream, counter, bound):
     """A uniform integer in ``[0, bound)`` from draw ``counter`` (its remainder: off uniform
     by at most ``bound / 2 ** 64``)."""
     return np.int64(draw(seed, stream, counter) % np.uint64(bound))
+
+
+@numba.njit(cache=True, nogil=True)
+def client_seeds(round_seed, keys):
+    """``[B]`` the seeds of clients ``keys`` (non-negative) in the round seeded
+    ``round_seed``, below ``2 ** 63`` as ``torch.Generator`` seeds must be."""
+    base = _mix(np.uint64(round_seed) + _GOLDEN)
+    out = np.empty(keys.size, np.int64)
+    for index in range(keys.size):
+        out[index] = np.int64(_mix((base ^ np.uint64(keys[index])) + _GOLDEN) >> np.uint64(1))
+    return out

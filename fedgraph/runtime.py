@@ -88,23 +88,23 @@ def keep_freed_memory() -> bool:
                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 0)))
 
 
-def start_kernel_threads() -> None:
-    """Starts the compiled kernels' thread pool (numba's) with PyTorch's thread count. An
+def set_threads(count: Optional[int] = None) -> None:
+    """Sets the compiled kernels' threads (numba's, at most the threads its pool started
+    with) and PyTorch's to ``count`` (default: PyTorch's present count), numba's first: an
     OpenMP pool, numba's default where no TBB is installed, shares PyTorch's OpenMP runtime
-    and resets its thread count when it starts: PyTorch's is set back."""
-    threads = torch.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(threads)
-
-
-def configure(threads: Optional[int] = None, keep_memory: bool = True) -> int:
-    """Sets PyTorch's intra-op threads and the compiled kernels' (numba's, at most the
-    threads it started with) to :func:`choose_threads` and, with ``keep_memory``, keeps freed
-    memory (:func:`keep_freed_memory`); returns the threads."""
-    count = choose_threads(threads)
+    and resets its thread count when it starts."""
+    count = torch.get_num_threads() if count is None else count
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
+
+
+def configure(threads: Optional[int] = None, keep_memory: bool = True) -> int:
+    """Sets PyTorch's intra-op threads and the compiled kernels' to :func:`choose_threads`
+    (:func:`set_threads`) and, with ``keep_memory``, keeps freed memory
+    (:func:`keep_freed_memory`); returns the threads."""
+    count = choose_threads(threads)
+    set_threads(count)
     if keep_memory:
         keep_freed_memory()
     return count

@@ -62,10 +62,7 @@ def train_clients(model, training, plan: RoundPlan, table: Tensor
     trained private parameters ``{name: [B, ...]}`` and each client's mean training loss
     ``[B]``."""
     vector_name, bias_name = model.head.bilinear
-    private = model.private_parameters()
-    vector = private[vector_name].detach()[plan.clients].contiguous()
-    bias = (private[bias_name].detach()[plan.clients].contiguous() if bias_name
-            else torch.zeros(plan.clients.numel(), dtype=vector.dtype))
+    vector, bias = _head(model, plan.clients)
     table = table.contiguous()
     local = table.new_empty(plan.row_item.numel(), table.size(1))
     change = torch.empty_like(local)
@@ -102,11 +99,7 @@ def scores(model, users: Tensor, items: Tensor, base: Tensor,
     with each user's stored rows of ``personal`` over the table ``base`` (without
     ``personal``: ``base`` alone), in one parallel pass that gathers no ``[U, k, d]``
     tensor."""
-    vector_name, bias_name = model.head.bilinear
-    private = model.private_parameters()
-    vector = private[vector_name].detach()[users].contiguous()
-    bias = (private[bias_name].detach()[users].contiguous() if bias_name
-            else torch.zeros(users.numel(), dtype=vector.dtype))
+    vector, bias = _head(model, users)
     keys = personal.keys if personal is not None else torch.empty(0, dtype=torch.long)
     values = personal.values if personal is not None else base[:0]
     out = torch.empty(items.shape, dtype=vector.dtype)
@@ -115,6 +108,17 @@ def scores(model, users: Tensor, items: Tensor, base: Tensor,
                      model.num_items, max(1, min(users.numel(), 4 * torch.get_num_threads())),
                      out.numpy())
     return out
+
+
+def _head(model, clients: Tensor) -> Tuple[Tensor, Tensor]:
+    """Copies of ``clients``' :math:`\\theta_c` ``[B, d]`` and :math:`b_c` ``[B]`` (zeros
+    for a head without a bias)."""
+    vector_name, bias_name = model.head.bilinear
+    private = model.private_parameters()
+    vector = private[vector_name].detach()[clients].contiguous()
+    bias = (private[bias_name].detach()[clients].contiguous() if bias_name
+            else torch.zeros(clients.numel(), dtype=vector.dtype))
+    return vector, bias
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -158,7 +162,7 @@ def _by_owner(owner: np.ndarray, num_clients: int) -> Tuple[np.ndarray, np.ndarr
 def _local_sgd(table, row_item, local, change, row_owner, vector, bias, fit_bias, row, owner,
                step, label, weight, lr, item_lr, l2_reg, alternating, probability, penalty):
     order, start = _by_owner(owner, vector.shape[0])
-    _, row_start = _by_owner(row_owner, vector.shape[0])
+    row_start = np.searchsorted(row_owner, np.arange(vector.shape[0] + 1))  # sorted by client
     for client in numba.prange(vector.shape[0]):
         # A client's rows are contiguous: gathered in order, they are in cache when trained.
         for local_row in range(row_start[client], row_start[client + 1]):

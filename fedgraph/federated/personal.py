@@ -31,19 +31,17 @@ class PersonalItemRows:
         """Drops every row of ``clients`` and stores ``values`` at ``(row_client, row_item)``,
         which must be sorted by client, then item (as a round plan's rows are)."""
         new_keys = row_client * self.num_items + row_item
-        if clients.numel() == self.num_clients:  # everyone is replaced (full participation)
-            self.keys, self.values = new_keys, values.detach()
-            return
-        replaced = torch.zeros(self.num_clients, dtype=torch.bool, device=clients.device)
-        replaced[clients] = True
-        keep = ~replaced[torch.div(self.keys, self.num_items, rounding_mode='floor')]
-        if not keep.any():  # every stored client is replaced
-            self.keys, self.values = new_keys, values.detach()
-            return
-        keys = torch.cat([self.keys[keep], new_keys])
-        order = torch.sort(keys).indices
-        self.keys = keys[order]
-        self.values = torch.cat([self.values[keep], values.detach()])[order]
+        if clients.numel() < self.num_clients:  # (with all clients, none is kept)
+            replaced = torch.zeros(self.num_clients, dtype=torch.bool, device=clients.device)
+            replaced[clients] = True
+            keep = ~replaced[torch.div(self.keys, self.num_items, rounding_mode='floor')]
+            if keep.any():
+                keys = torch.cat([self.keys[keep], new_keys])
+                order = torch.sort(keys).indices
+                self.keys = keys[order]
+                self.values = torch.cat([self.values[keep], values.detach()])[order]
+                return
+        self.keys, self.values = new_keys, values.detach()
 
     def lookup(self, client: Tensor, item: Tensor):
         """``(found, index)``: whether ``(client, item)`` is stored, and where."""

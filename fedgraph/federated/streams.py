@@ -15,27 +15,20 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from fedgraph import rng
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.privacy.upload import UploadTransform
 
-_MASK = (1 << 64) - 1
-
-
-def _splitmix64(value: int) -> int:
-    """One step of the SplitMix64 mixer: nearby inputs give unrelated outputs."""
-    value = (value + 0x9E3779B97F4A7C15) & _MASK
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
-    return value ^ (value >> 31)
-
 
 def client_seed(round_seed: int, key: int) -> int:
-    """The seed of client ``key``'s generator in the round seeded ``round_seed``."""
-    return _splitmix64(_splitmix64(round_seed) ^ key) >> 1  # torch seeds are < 2 ** 63
+    """The seed of client ``key``'s streams in the round seeded ``round_seed``
+    (:func:`fedgraph.rng.client_seeds`)."""
+    return int(rng.client_seeds(round_seed, np.array([key], dtype=np.int64))[0])
 
 
 def draw_round_seed(generator: torch.Generator) -> int:
@@ -63,8 +56,8 @@ class ClientStreams:
 
     def seeds(self, round_seed: int, clients: Tensor) -> Tensor:
         """``[B]`` the seeds of ``clients``' streams in the round seeded ``round_seed``."""
-        keys = clients.tolist() if self.keys is None else self.keys[clients.cpu()].tolist()
-        return torch.tensor([client_seed(round_seed, key) for key in keys], dtype=torch.long)
+        keys = clients.cpu() if self.keys is None else self.keys[clients.cpu()]
+        return torch.from_numpy(rng.client_seeds(round_seed, keys.numpy()))
 
     def plan(self, partition: ClientPartition, clients: Tensor, num_negatives: int,
              batch_size: int, local_epochs: int, round_seed: int,
