@@ -162,7 +162,7 @@ def test_single_precision_sorts_exactly_as_double(rule):
     torch.testing.assert_close(single.double(), double, rtol=1e-6, atol=0)
 
 
-def test_row_sums_by_column_threads_equal_index_add_bit_for_bit():
+def test_compiled_row_sums_equal_index_add_bit_for_bit():
     generator = torch.Generator().manual_seed(0)
     item = torch.randint(50, (20_000,), generator=generator)
     rows = torch.randn(20_000, 12, generator=generator) * 1e3

@@ -76,13 +76,14 @@ def test_compiled_kernels_keep_the_threads_configured():
     """Starting numba's thread pool must not reset PyTorch's threads (an OpenMP pool would)."""
     code = ('import torch, numba\n'
             'from fedgraph import runtime\n'
-            'from fedgraph.federated.aggregation import sum_rows\n'
+            'from fedgraph.data.partition import ClientPartition\n'
             'runtime.configure(1)\n'
-            'total = sum_rows(torch.zeros(3, 2), torch.tensor([0, 2, 0]), torch.ones(3, 2))\n'
-            'print(torch.get_num_threads(), numba.get_num_threads(), total[0, 0].item())\n')
+            'data = ClientPartition(torch.tensor([0, 1]), torch.tensor([0]), 3)\n'
+            'drawn = data.sample_negatives(torch.tensor([0]), 2, torch.Generator())\n'
+            'print(torch.get_num_threads(), numba.get_num_threads(), sorted(drawn.tolist()[0]))\n')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.split() == ['1', '1', '2.0']
+    assert result.stdout.split() == ['1', '1', '[1,', '2]']
 
 
 def test_bench_rounds_times_a_whole_run(tmp_path, capsys):

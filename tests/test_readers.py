@@ -4,6 +4,7 @@ import re
 import pytest
 import torch
 
+from fedgraph.data import reader
 from fedgraph.data import (ITEM, RATED_BY, RATES, USER, DataFormatError, read_amazon_csv,
                            read_csv, read_lastfm_2k, read_lightgcn, read_movielens_1m,
                            read_movielens_100k, read_pfedrec_ratings)
@@ -444,3 +445,62 @@ def test_an_integer_id_beyond_64_bits_is_an_error_with_its_line(tmp_path):
     # Ids that only might be integers stay strings when one of them is too long for 64 bits.
     path = _write(tmp_path / 'r.csv', 'user,item\n1,5\n100000000000000000000,5\n')
     assert read_csv(path)[USER].raw_id == ['1', '100000000000000000000']
+
+
+# --------------------------------------------------------------------------------------
+# The column reader: the line-by-line reader's results, in blocks
+# --------------------------------------------------------------------------------------
+MIXED_COLUMNS = [reader.Column('user', 0), reader.Column('item', 2),
+                 reader.Column('rating', 1, 'float'), reader.Column('time', 3, 'time')]
+MIXED_TEXT = ('user,rating,item,time\r\n'
+              '\n'
+              ' 7 ,4.5,007,881250949\r\n'
+              '8,-1e3,12,+5\n'
+              '   \n'
+              '9,inf,u9,0,extra\n'
+              '10,0,x,-12\n')
+
+
+def _line_by_line(monkeypatch, *args, **kwargs):
+    with monkeypatch.context() as patch:
+        patch.setattr(reader, '_read_columns', lambda *_: None)
+        return reader.read_delimited(*args, **kwargs)
+
+
+@pytest.mark.parametrize('block_chars', [8, 40, None])
+@pytest.mark.parametrize('integer_ids', [True, False, 'auto'])
+def test_the_column_reader_reads_what_the_line_reader_reads(tmp_path, monkeypatch,
+                                                            block_chars, integer_ids):
+    text = MIXED_TEXT if integer_ids is not True else MIXED_TEXT.replace('u9', '9').replace(
+        ',x,', ',11,')
+    path = _write(tmp_path / 'mixed.csv', text)
+    if block_chars is not None:
+        monkeypatch.setattr(reader, 'BLOCK_CHARS', block_chars)
+    args = (path, MIXED_COLUMNS, ',')
+    columns = reader._read_columns(*args, True, integer_ids, 'utf-8', None)
+    expected = _line_by_line(monkeypatch, *args, header=True, integer_ids=integer_ids)
+    # Small blocks split the 'auto' item column into a block of integers and one of strings.
+    if integer_ids == 'auto' and block_chars is not None:
+        assert columns is None
+        return
+    assert columns is not None and columns.keys() == expected.keys()
+    for name, values in expected.items():
+        assert columns[name].dtype == values.dtype
+        assert columns[name].tolist() == values.tolist()
+    assert expected['item'].tolist() == (['007', '12', 'u9', 'x'] if integer_ids is not True
+                                         else [7, 12, 9, 11])
+    assert reader.read_delimited(path, MIXED_COLUMNS, ',', header=True,
+                                 integer_ids=integer_ids)['item'].tolist() == \
+        expected['item'].tolist()
+
+
+@pytest.mark.parametrize('line', ['1,2,nan,4', '1,2,3', '1,,3,4', '1,2_0,3,4', '1,2,3,4.5',
+                                  '1,2,3,2024-01-01', '99999999999999999999,2,3,4'])
+def test_the_column_reader_leaves_every_doubtful_line_to_the_line_reader(tmp_path, line):
+    path = _write(tmp_path / 'r.csv', f'1,2,3,4\n{line}\n')
+    columns = [reader.Column('user', 0, 'int'), reader.Column('item', 1, 'int'),
+               reader.Column('rating', 2, 'float'), reader.Column('time', 3, 'time')]
+    assert reader._read_columns(path, columns, ',', False, True, 'utf-8', None) is None
+    clean = _write(tmp_path / 'clean.csv', '1,2,3,4\n5,6,7e0,8\n')
+    read = reader._read_columns(clean, columns, ',', False, True, 'utf-8', None)
+    assert read['rating'].tolist() == [3.0, 7.0] and read['time'].tolist() == [4, 8]

@@ -39,24 +39,23 @@ def aggregate_rows(table: Tensor, row_item: Tensor, row_owner: Tensor, update: T
 
 def sum_rows(table: Tensor, row_item: Tensor, rows: Tensor) -> Tensor:
     """``[I, d]`` the sum of the rows ``rows`` ``[R, d]`` of each item ``row_item[r]``
-    (``table``: shape, type and device), each entry summed in row order; on the CPU by
-    threads that split the columns."""
+    (``table``: shape, type and device), each entry summed in row order, as ``index_add_``
+    sums it; on the CPU in one compiled pass over the rows."""
     if table.device.type != 'cpu' or rows.dim() != 2:
         return torch.zeros_like(table).index_add_(0, row_item, rows)
     total = torch.zeros_like(table)
-    _sum_rows_by_columns(row_item.numpy(), rows.contiguous().numpy(), total.numpy(),
-                         min(rows.size(1), torch.get_num_threads()))
+    _sum_rows(row_item.numpy(), rows.contiguous().numpy(), total.numpy())
     return total
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _sum_rows_by_columns(row_item, rows, total, blocks):
-    columns = rows.shape[1]
-    for block in numba.prange(blocks):
-        start, stop = block * columns // blocks, (block + 1) * columns // blocks
-        for row in range(rows.shape[0]):
-            for column in range(start, stop):
-                total[row_item[row], column] += rows[row, column]
+@numba.njit(cache=True, nogil=True)
+def _sum_rows(row_item, rows, total):
+    # One thread: the pass is bound by reading the rows, and threads that split the columns
+    # or the items would each read every row's cache lines (measured 2-4x slower).
+    for row in range(rows.shape[0]):
+        target, source = total[row_item[row]], rows[row]
+        for column in range(source.size):
+            target[column] += source[column]
 
 
 def aggregate_dense(update: Tensor, client_weight: Optional[Tensor] = None) -> Tensor:
