@@ -159,6 +159,15 @@ def test_plan_round_invariants(float64, data, local_epochs, batch_size):
     for start, end in zip(ptr[:-1], ptr[1:]):
         owners = plan.owner[start:end]
         assert torch.all(owners[1:] >= owners[:-1])
+    # A client's mini-batch spans are its samples of local steps 0, 1, ... in turn.
+    assert plan.batch_ptr[0] == 0 and plan.batch_ptr[-1] == plan.batch_start.numel()
+    for position in range(plan.clients.numel()):
+        spans = range(int(plan.batch_ptr[position]), int(plan.batch_ptr[position + 1]))
+        assert len(spans) == int(step[plan.owner == position].max()) + 1
+        for t, m in enumerate(spans):
+            start, fill = int(plan.batch_start[m]), int(plan.batch_fill[m])
+            expected = torch.nonzero((plan.owner == position) & (step == t)).view(-1)
+            assert torch.equal(torch.arange(start, start + fill), expected)
 
     batches = [math.ceil(int(s) / batch_size) for s in plan.num_samples]
     assert plan.num_steps == max(local_epochs * b for b in batches)

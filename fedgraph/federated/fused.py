@@ -41,6 +41,7 @@ from fedgraph.federated.plan import RoundPlan
 _ONE = np.float32(1.0)
 _HALF = np.float32(0.5)
 _EPSILON = np.float32(1e-12)
+_FLOOR = np.float32(-100.0)
 CLIENTS_PER_CHUNK = 16
 
 
@@ -66,29 +67,22 @@ def train_clients(model, training, plan: RoundPlan, table: Tensor
     table = table.contiguous()
     local = table.new_empty(plan.row_item.numel(), table.size(1))
     change = torch.empty_like(local)
-    step = torch.repeat_interleave(torch.arange(plan.num_steps), plan.step_ptr.diff())
-    probability = torch.empty(plan.item.numel(), dtype=local.dtype)
-    penalty = torch.zeros_like(probability)
+    row_ptr = torch.searchsorted(plan.row_owner, torch.arange(plan.clients.numel() + 1))
+    loss_sum = torch.empty(plan.clients.numel(), dtype=local.dtype)
     # Clients differ in size: threads take them a few at a time.
     chunksize = numba.set_parallel_chunksize(CLIENTS_PER_CHUNK)
     try:
-        _local_sgd(table.numpy(), plan.row_item.numpy(), local.numpy(), change.numpy(),
-                   plan.row_owner.numpy(), vector.numpy(), bias.numpy(), bias_name is not None,
-                   plan.row.numpy(), plan.owner.numpy(), step.numpy(), plan.label.numpy(),
-                   plan.weight.numpy(), np.float32(training.lr), np.float32(training.item_lr),
-                   np.float32(training.l2_reg), training.alternating, probability.numpy(),
-                   penalty.numpy())
+        _local_sgd(table.numpy(), plan.row_item.numpy(), row_ptr.numpy(), local.numpy(),
+                   change.numpy(), vector.numpy(), bias.numpy(), bias_name is not None,
+                   plan.batch_ptr.numpy(), plan.batch_start.numpy(), plan.batch_fill.numpy(),
+                   plan.row.numpy(), plan.label.numpy(), plan.weight.numpy(),
+                   np.float32(training.lr), np.float32(training.item_lr),
+                   np.float32(training.l2_reg), training.alternating, loss_sum.numpy())
     finally:
         numba.set_parallel_chunksize(chunksize)
-    # BCE with its logs floored at -100, as BCELoss computes it (up to rounding: log(1 - p)
-    # for its log1p(-p)), for 0/1 labels.
-    likelihood = torch.where(plan.label == 1, probability, 1 - probability)
-    sample_loss = likelihood.log_().clamp_min_(-100).neg_().add_(penalty)
     trained = {vector_name: vector}
     if bias_name:
         trained[bias_name] = bias
-    loss_sum = torch.zeros(plan.clients.numel(), dtype=local.dtype).index_add_(
-        0, plan.owner, sample_loss)
     num_samples = plan.num_samples.to(local.dtype) * training.local_epochs
     return local, change, trained, loss_sum / num_samples
 
@@ -141,38 +135,22 @@ def _bilinear_scores(vector, bias, users, items, keys, values, base, num_items, 
                 stored[keys[index] - users[position] * num_items] = -1
 
 
-@numba.njit(cache=True, nogil=True)
-def _by_owner(owner: np.ndarray, num_clients: int) -> Tuple[np.ndarray, np.ndarray]:
-    """A stable counting sort of the samples by client: ``order[start[c]:start[c + 1]]``
-    are client ``c``'s samples in plan order (local step by local step)."""
-    start = np.zeros(num_clients + 1, np.int64)
-    for sample in range(owner.size):
-        start[owner[sample] + 1] += 1
-    for client in range(num_clients):
-        start[client + 1] += start[client]
-    fill = start[:-1].copy()
-    order = np.empty(owner.size, np.int64)
-    for sample in range(owner.size):
-        order[fill[owner[sample]]] = sample
-        fill[owner[sample]] += 1
-    return order, start
-
-
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _local_sgd(table, row_item, local, change, row_owner, vector, bias, fit_bias, row, owner,
-               step, label, weight, lr, item_lr, l2_reg, alternating, probability, penalty):
-    order, start = _by_owner(owner, vector.shape[0])
-    row_start = np.searchsorted(row_owner, np.arange(vector.shape[0] + 1))  # sorted by client
+def _local_sgd(table, row_item, row_ptr, local, change, vector, bias, fit_bias, batch_ptr,
+               batch_start, batch_fill, row, label, weight, lr, item_lr, l2_reg, alternating,
+               loss_sum):
     for client in numba.prange(vector.shape[0]):
         # A client's rows are contiguous: gathered in order, they are in cache when trained.
-        for local_row in range(row_start[client], row_start[client + 1]):
+        for local_row in range(row_ptr[client], row_ptr[client + 1]):
             source, target = table[row_item[local_row]], local[local_row]
             for k in range(source.size):
                 target[k] = source[k]
-        _train_client(local, vector[client], bias[client:client + 1], fit_bias,
-                      order[start[client]:start[client + 1]], row, step, label, weight, lr,
-                      item_lr, l2_reg, alternating, probability, penalty)
-        for local_row in range(row_start[client], row_start[client + 1]):
+        loss_sum[client] = _train_client(
+            local, vector[client], bias[client:client + 1], fit_bias,
+            batch_start[batch_ptr[client]:batch_ptr[client + 1]],
+            batch_fill[batch_ptr[client]:batch_ptr[client + 1]], row, label, weight, lr,
+            item_lr, l2_reg, alternating)
+        for local_row in range(row_ptr[client], row_ptr[client + 1]):
             source, trained, moved = table[row_item[local_row]], local[local_row], change[local_row]
             for k in range(source.size):
                 moved[k] = trained[k] - source[k]
@@ -202,32 +180,35 @@ def _l2_term(l2_reg, values, vector, bias):
 
 
 @numba.njit(cache=True, nogil=True)
-def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weight, lr,
-                  item_lr, l2_reg, alternating, probability, penalty):
-    """One client's local steps: its mini-batches are the runs of equal ``step`` in
-    ``samples``. Writes each sample's :math:`p_n` and L2 term of the loss it reports (after
-    the head's step, when alternating)."""
+def _sample_loss(p, label, penalty):
+    """Binary cross-entropy with its log floored at -100, as ``BCELoss`` computes it (a NaN
+    stays NaN), plus the sample's L2 term."""
+    log_likelihood = np.log(p if label == _ONE else _ONE - p)
+    if log_likelihood < _FLOOR:
+        log_likelihood = _FLOOR
+    return -log_likelihood + penalty
+
+
+@numba.njit(cache=True, nogil=True)
+def _train_client(local, vector, bias, fit_bias, batch_start, batch_fill, row, label, weight,
+                  lr, item_lr, l2_reg, alternating):
+    """One client's local steps, its mini-batch ``m`` the samples ``batch_start[m]:
+    batch_start[m] + batch_fill[m]``. Returns the sum of its samples' losses (each with its
+    L2 term, taken after the head's step when alternating), in plan order."""
     dim = vector.size
     vector_grad = np.empty(dim, np.float32)
     head_vector = np.empty(dim, np.float32)
-    row_delta = np.empty((0, dim), np.float32)
-    gradients = np.empty(0, np.float32)
-    first = 0
-    while first < samples.size:
-        last = first
-        while last < samples.size and step[samples[last]] == step[samples[first]]:
-            last += 1
-        batch = samples[first:last]
-        if gradients.size < batch.size:
-            gradients = np.empty(batch.size, np.float32)
-            if l2_reg:
-                row_delta = np.empty((batch.size, dim), np.float32)
+    size = batch_fill.max() if batch_fill.size else 0
+    gradients = np.empty(size, np.float32)
+    row_delta = np.empty((size if l2_reg else 0, dim), np.float32)
+    loss_sum = np.float32(0.0)
+    for first, fill in zip(batch_start, batch_fill):
         # The head's step (alternating) or gradient (joint), from the rows as they are.
         vector_grad[:] = 0
         bias_grad = np.float32(0.0)
         head_vector[:] = vector
-        for position in range(batch.size):
-            sample = batch[position]
+        for position in range(fill):
+            sample = first + position
             values = local[row[sample]]
             p, gradient = _probability_gradient(vector, bias[0], values, label[sample],
                                                 weight[sample])
@@ -235,45 +216,44 @@ def _train_client(local, vector, bias, fit_bias, samples, row, step, label, weig
             for k in range(dim):
                 vector_grad[k] += gradient * values[k]
             bias_grad += gradient
-            if not alternating:
-                probability[sample] = p
             if l2_reg:
                 decay = weight[sample] * l2_reg
                 for k in range(dim):
                     vector_grad[k] += decay * vector[k]
                 bias_grad += decay * bias[0] if fit_bias else np.float32(0.0)
-                if not alternating:
-                    penalty[sample] = _l2_term(l2_reg, values, vector, bias[0])
+            if not alternating:
+                penalty = _l2_term(l2_reg, values, vector, bias[0]) if l2_reg else np.float32(0.0)
+                loss_sum += _sample_loss(p, label[sample], penalty)
         for k in range(dim):
             vector[k] = vector[k] - lr * vector_grad[k]
         if fit_bias:
             bias[0] = bias[0] - lr * bias_grad
         if alternating:  # a fresh forward pass with the stepped head
-            for position in range(batch.size):
-                sample = batch[position]
+            for position in range(fill):
+                sample = first + position
                 values = local[row[sample]]
-                probability[sample], gradients[position] = _probability_gradient(
+                p, gradients[position] = _probability_gradient(
                     vector, bias[0], values, label[sample], weight[sample])
-                if l2_reg:
-                    penalty[sample] = _l2_term(l2_reg, values, vector, bias[0])
+                penalty = _l2_term(l2_reg, values, vector, bias[0]) if l2_reg else np.float32(0.0)
+                loss_sum += _sample_loss(p, label[sample], penalty)
             head_vector[:] = vector
         # The rows' step, every gradient taken from the rows as the mini-batch found them:
         # without L2 a row's gradient does not read the row.
         if l2_reg:
-            for position in range(batch.size):
-                sample = batch[position]
+            for position in range(fill):
+                sample = first + position
                 values = local[row[sample]]
                 decay = weight[sample] * l2_reg
                 for k in range(dim):
                     row_delta[position, k] = -item_lr * (gradients[position] * head_vector[k]
                                                          + decay * values[k])
-            for position in range(batch.size):
-                values = local[row[batch[position]]]
+            for position in range(fill):
+                values = local[row[first + position]]
                 for k in range(dim):
                     values[k] += row_delta[position, k]
         else:
-            for position in range(batch.size):
-                values = local[row[batch[position]]]
+            for position in range(fill):
+                values = local[row[first + position]]
                 for k in range(dim):
                     values[k] += -item_lr * (gradients[position] * head_vector[k])
-        first = last
+    return loss_sum

@@ -41,6 +41,11 @@ class RoundPlan:
         row_item: ``[R]`` the item of each local row; rows are unique (client, item) pairs,
             sorted by client then item.
         num_samples: ``[B]`` samples per client and epoch.
+        batch_ptr: ``[B + 1]`` client ``o``'s mini-batches, in local-step order, are
+            ``batch_ptr[o]:batch_ptr[o + 1]``.
+        batch_start: ``[M]`` the first sample of each mini-batch; its samples are
+            ``batch_start[m]:batch_start[m] + batch_fill[m]``.
+        batch_fill: ``[M]`` the samples in each mini-batch.
     """
     clients: Tensor
     owner: Tensor
@@ -52,6 +57,9 @@ class RoundPlan:
     row_owner: Tensor
     row_item: Tensor
     num_samples: Tensor
+    batch_ptr: Tensor
+    batch_start: Tensor
+    batch_fill: Tensor
 
     @property
     def num_steps(self) -> int:
@@ -150,7 +158,9 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
         label=label_out.to(device), step_ptr=step_ptr.to(device),
         weight=weight_out.to(device), row=row_out.to(device),
         row_owner=torch.repeat_interleave(torch.arange(num_clients), row_count).to(device),
-        row_item=row_item.to(device), num_samples=num_samples.to(device))
+        row_item=row_item.to(device), num_samples=num_samples.to(device),
+        batch_ptr=torch.cat([first_batch, steps_of.sum().view(1)]).to(device),
+        batch_start=batch_start.to(device), batch_fill=batch_fill.to(device))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
