@@ -116,11 +116,13 @@ def test_batch_matches_items_of_on_random_partition():
     edges = torch.stack([torch.randint(30, (300,), generator=g),
                          torch.randint(50, (300,), generator=g)])
     p = ClientPartition.from_edge_index(edges, 35, 50)  # clients 30..34 are empty
-    clients = torch.randperm(35, generator=g)[:20]
-    b = p.batch(clients)
-    for j, c in enumerate(clients.tolist()):
-        assert b.item[b.ptr[j]:b.ptr[j + 1]].tolist() == p.items_of(c).tolist()
-        assert (b.owner[b.ptr[j]:b.ptr[j + 1]] == j).all()
+    for clients in (torch.randperm(35, generator=g)[:20], torch.randperm(35, generator=g),
+                    torch.arange(35)):  # (all of them, in order: the partition's own tensors)
+        b = p.batch(clients)
+        assert b.ptr[-1] == b.owner.numel() == b.item.numel()
+        for j, c in enumerate(clients.tolist()):
+            assert b.item[b.ptr[j]:b.ptr[j + 1]].tolist() == p.items_of(c).tolist()
+            assert (b.owner[b.ptr[j]:b.ptr[j + 1]] == j).all()
 
 
 def test_contains():
@@ -221,6 +223,7 @@ def test_sample_negatives_too_few_non_items():
     assert p.sample_negatives(torch.tensor([2]), 3).shape == (1, 3)
     with pytest.raises(ValueError, match='client 2'):
         p.sample_negatives(torch.tensor([0, 2, 3]), 4)
+    assert p.sample_negatives(torch.tensor([0, 1, 3]), 4).shape == (3, 4)  # others may
 
 
 def test_sample_negatives_no_clients():

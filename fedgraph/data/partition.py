@@ -55,6 +55,7 @@ class ClientPartition:
         self.col = col
         self.num_items = int(num_items)
         self._membership: Optional[Tensor] = None
+        self._row: Optional[Tensor] = None
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_clients: int,
@@ -93,9 +94,11 @@ class ClientPartition:
 
     @property
     def row(self) -> Tensor:
-        """``[E]`` the client of each entry of ``col``."""
-        return torch.repeat_interleave(
-            torch.arange(self.num_clients, device=self.ptr.device), self.degree)
+        """``[E]`` the client of each entry of ``col`` (built once)."""
+        if self._row is None:
+            self._row = torch.repeat_interleave(
+                torch.arange(self.num_clients, device=self.ptr.device), self.degree)
+        return self._row
 
     def edge_index(self) -> Tensor:
         """``[2, E]`` the ``(client, item)`` pairs in CSR order."""
@@ -122,8 +125,12 @@ class ClientPartition:
         return segment_csr(values, self.ptr, reduce=reduce)
 
     def batch(self, clients: Tensor) -> ClientBatch:
-        """The interactions of ``clients``, gathered into flat tensors."""
+        """The interactions of ``clients``, gathered into flat tensors (the partition's own,
+        not copies, when ``clients`` are all clients in order)."""
         clients = clients.to(self.ptr.device)
+        if clients.numel() == self.num_clients and bool(
+                (clients == torch.arange(self.num_clients, device=clients.device)).all()):
+            return ClientBatch(clients, self.ptr, self.row, self.col)
         start = self.ptr[clients]
         count = self.ptr[clients + 1] - start
         ptr = torch.zeros(clients.numel() + 1, dtype=torch.long, device=clients.device)
@@ -188,8 +195,9 @@ class ClientPartition:
             ValueError: a client holds more than ``num_items - num`` items.
         """
         clients = clients.to(self.ptr.device)
-        free = self.num_items - self.degree[clients]
-        if clients.numel() and int(free.min()) < num:
+        degree = self.degree
+        if clients.numel() and self.num_items - int(degree.max()) < num and int(
+                (free := self.num_items - degree[clients]).min()) < num:
             worst = int(clients[free.argmin()])
             raise ValueError(f'client {worst} has only {int(free.min())} items it never '
                              f'interacted with; {num} negatives were asked for')
@@ -202,17 +210,14 @@ class ClientPartition:
             return out.to(self.ptr.device)
         todo = torch.arange(clients.numel())
         width = max(int(num * oversample), num + 8)
-        clients = clients.cpu()
+        todo_clients = clients.cpu()
         while todo.numel():
             candidates = torch.randint(self.num_items, (todo.numel(), width),
                                        generator=generator, device='cpu')
-            fresh = torch.empty(todo.numel(), num, dtype=torch.long)
-            done = torch.from_numpy(_first_fresh(candidates.numpy(), clients[todo].numpy(),
-                                                 self.num_items, *lookup, fresh.numpy()))
-            if todo.numel() == out.size(0) and bool(done.all()):  # the first draw sufficed
-                return fresh.to(self.ptr.device)
-            out[todo[done]] = fresh[done]
-            todo = todo[~done]
+            done = torch.from_numpy(_first_fresh(candidates.numpy(), todo_clients.numpy(),
+                                                 self.num_items, *lookup, out.numpy(),
+                                                 todo.numpy()))
+            todo, todo_clients = todo[~done], todo_clients[~done]
             width *= 2
         return out.to(self.ptr.device)
 
@@ -238,20 +243,20 @@ def _keep_if_fresh(out, row, found, candidate):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _first_fresh(candidates, clients, num_items, membership, dense, fresh):
-    """Row by row, the first ``fresh.shape[1]`` candidates that the row's client does not
-    hold and that are not equal to one before them, written into ``fresh``; whether the row
-    had that many."""
+def _first_fresh(candidates, clients, num_items, membership, dense, out, rows):
+    """Row by row, the first ``out.shape[1]`` candidates that the row's client does not
+    hold and that are not equal to one before them, written into row ``rows[row]`` of
+    ``out``; whether the row had that many (a row that had not is drawn again)."""
     done = np.zeros(candidates.shape[0], np.bool_)
     for row in numba.prange(candidates.shape[0]):
         found = 0
         for position in range(candidates.shape[1]):
-            if found == fresh.shape[1]:
+            if found == out.shape[1]:
                 break
             candidate = candidates[row, position]
             if not _holds(membership, dense, clients[row] * num_items + candidate):
-                found = _keep_if_fresh(fresh, row, found, candidate)
-        done[row] = found == fresh.shape[1]
+                found = _keep_if_fresh(out, rows[row], found, candidate)
+        done[row] = found == out.shape[1]
     return done
 
 

@@ -147,17 +147,17 @@ def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,
     total = local_epochs * item.numel()
     owner_out, item_out, row_out = (torch.empty(total, dtype=torch.long) for _ in range(3))
     label_out, weight_out = (torch.empty(total, dtype=dtype) for _ in range(2))
-    row_item = torch.empty(int(row_count.sum()), dtype=torch.long)
+    row_item, row_owner = (torch.empty(int(row_count.sum()), dtype=torch.long) for _ in range(2))
     _lay_out(sample_ptr.numpy(), noise.numpy(), item.numpy(), label.numpy(), local_row,
              row_start.numpy(), row_count.numpy(), row_items, batch_size, batches.numpy(),
              first_batch.numpy(), batch_start.numpy(), (1.0 / batch_fill.to(dtype)).numpy(),
              owner_out.numpy(), item_out.numpy(), label_out.numpy(), weight_out.numpy(),
-             row_out.numpy(), row_item.numpy())
+             row_out.numpy(), row_item.numpy(), row_owner.numpy())
     return RoundPlan(
         clients=clients, owner=owner_out.to(device), item=item_out.to(device),
         label=label_out.to(device), step_ptr=step_ptr.to(device),
         weight=weight_out.to(device), row=row_out.to(device),
-        row_owner=torch.repeat_interleave(torch.arange(num_clients), row_count).to(device),
+        row_owner=row_owner.to(device),
         row_item=row_item.to(device), num_samples=num_samples.to(device),
         batch_ptr=torch.cat([first_batch, steps_of.sum().view(1)]).to(device),
         batch_start=batch_start.to(device), batch_fill=batch_fill.to(device))
@@ -220,11 +220,11 @@ def _client_rows(sample_ptr, item, item_bits):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _lay_out(sample_ptr, noise, item, label, local_row, row_start, row_count, row_items,
              batch_size, batches, first_batch, batch_start, batch_weight, owner_out, item_out,
-             label_out, weight_out, row_out, row_item):
+             label_out, weight_out, row_out, row_item, row_owner):
     """Places every client's samples, epoch by epoch, in the plan's (step, client, place)
     order: its ``rank``-th sample after a stable sort by ``noise`` goes to place
     ``rank % batch_size`` of its batch ``rank // batch_size`` of the epoch; and the client's
-    rows' items after those of the clients before it."""
+    rows (their items and owner) after those of the clients before it."""
     for client in numba.prange(sample_ptr.size - 1):
         first, last = sample_ptr[client], sample_ptr[client + 1]
         for epoch in range(noise.shape[0]):
@@ -243,3 +243,4 @@ def _lay_out(sample_ptr, noise, item, label, local_row, row_start, row_count, ro
                 batch += 1
         count = row_count[client]
         row_item[row_start[client]:row_start[client] + count] = row_items[first:first + count]
+        row_owner[row_start[client]:row_start[client] + count] = client
