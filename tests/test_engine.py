@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from fedgraph.data import ClientPartition
+from fedgraph.federated import plan as plan_module
+from fedgraph.federated.plan import NOISE_BITS
 from fedgraph.federated import (ClientSelector, FederatedEngine, PersonalItemRows,
                                 ReferenceEngine, aggregate_rows, evaluate, plan_round)
 from fedgraph.nn import DotProductHead, LinearScoreHead
@@ -558,3 +560,19 @@ def test_partial_round_leaves_other_heads_unchanged(float64, data, algorithm):
         assert torch.equal(value[others], before[name][others])
         delta = (value[selected] - before[name][selected]).reshape(selected.numel(), -1)
         assert (delta.abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize('keys', ['random', 'repeated', 'crowded', 'empty', 'one'])
+def test_sorting_random_keys_is_the_stable_byte_sort(keys):
+    """The bucket sort of the shuffle keys is the stable sort, also where keys repeat (a
+    pairwise loss's groups share one) or crowd a bucket (it falls back to the byte sort)."""
+    generator = torch.Generator().manual_seed(0)
+    values = {'random': torch.randint(1 << NOISE_BITS, (700,), generator=generator),
+              'repeated': torch.randint(1 << NOISE_BITS, (140,),
+                                        generator=generator).repeat_interleave(5),
+              'crowded': torch.randint(50, (700,), generator=generator),
+              'empty': torch.zeros(0, dtype=torch.long),
+              'one': torch.tensor([7])}[keys].numpy()
+    order = plan_module._stable_order_of_random(values, NOISE_BITS)
+    assert order.tolist() == plan_module._stable_order(values, NOISE_BITS).tolist()
+    assert order.tolist() == torch.sort(torch.from_numpy(values), stable=True).indices.tolist()

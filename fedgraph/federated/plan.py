@@ -195,6 +195,42 @@ def _stable_order(values, bits):
     return order
 
 
+#: The most keys :func:`_stable_order_of_random` lets share a bucket before it sorts by
+#: bytes instead.
+BUCKET_LIMIT = 32
+
+
+@numba.njit(cache=True, nogil=True)
+def _stable_order_of_random(values, bits):
+    """:func:`_stable_order` of keys drawn uniformly from ``[0, 2 ** bits)``: a stable
+    counting sort by their top ``log2(n) + 1`` bits puts about one key in each bucket, and an
+    insertion sort (which moves a key only past greater ones, so keeps equal keys in order)
+    finishes each bucket. Keys that crowd a bucket are sorted by :func:`_stable_order`."""
+    size = values.size
+    top = min(bits, int(np.log2(size + 1)) + 1)
+    shift = bits - top
+    count = np.zeros((1 << top) + 1, np.int64)
+    for value in values:
+        count[(value >> shift) + 1] += 1
+    if count.max() > BUCKET_LIMIT:
+        return _stable_order(values, bits)
+    for bucket in range(1 << top):
+        count[bucket + 1] += count[bucket]
+    order = np.empty(size, np.int64)
+    for index in range(size):
+        bucket = values[index] >> shift
+        order[count[bucket]] = index
+        count[bucket] += 1
+    for position in range(1, size):
+        index = order[position]
+        other = position - 1
+        while other >= 0 and values[order[other]] > values[index]:
+            order[other + 1] = order[other]
+            other -= 1
+        order[other + 1] = index
+    return order
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _client_rows(sample_ptr, item, item_bits):
     """Each client's local rows: its distinct items, ascending. Returns the row of every
@@ -228,7 +264,7 @@ def _lay_out(sample_ptr, noise, item, label, local_row, row_start, row_count, ro
     for client in numba.prange(sample_ptr.size - 1):
         first, last = sample_ptr[client], sample_ptr[client + 1]
         for epoch in range(noise.shape[0]):
-            order = _stable_order(noise[epoch, first:last], NOISE_BITS)
+            order = _stable_order_of_random(noise[epoch, first:last], NOISE_BITS)
             batch = first_batch[client] + epoch * batches[client]
             for batch_first in range(0, order.size, batch_size):
                 place = batch_start[batch]
