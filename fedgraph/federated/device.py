@@ -32,9 +32,9 @@ from torch import Tensor
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
 from fedgraph.federated.engine import ClientRound, FederatedEngine
+from fedgraph.federated.evaluation import sampled_evaluation
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
-from fedgraph.metrics.sampled import sampled_metrics
 
 #: A message: tensors and scalars by name.
 Payload = Dict[str, Union[Tensor, int, float, str, bool]]
@@ -232,8 +232,8 @@ class Device:
         self.hooks.configure(self, engine, payload, everyone)
         scorer = self.hooks.scorer(self, engine, payload)
         out: Payload = {'num-users': self.users.numel()}
-        for name, candidates in self.candidates.items():
-            scores = scorer.scores(everyone, candidates)
-            for metric, value in sampled_metrics(scores[:, 0], scores[:, 1:], k=10).items():
+        for name, metrics in sampled_evaluation(scorer.scores, everyone,
+                                                self.candidates).items():
+            for metric, value in metrics.items():
                 out[f'{name}-{metric}'] = value * self.users.numel()
         return out

@@ -1,7 +1,7 @@
 """Evaluating every user with its own model under either protocol."""
 from __future__ import annotations
 
-from typing import Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -23,24 +23,29 @@ def evaluate(engine, split: Split, batch_size: int = 4096) -> Dict[str, Dict[str
     items with the user's training items masked.
     """
     if isinstance(split, SampledSplit):
-        return _sampled(engine, {'val': (split.val_item, split.val_negatives),
-                                 'test': (split.test_item, split.test_negatives)}, batch_size)
+        device = engine.device
+        candidates = {'val': torch.cat([split.val_item.unsqueeze(1), split.val_negatives], 1),
+                      'test': torch.cat([split.test_item.unsqueeze(1), split.test_negatives], 1)}
+        return sampled_evaluation(
+            lambda users, items: engine.scores(users.to(device), items.to(device)).cpu(),
+            torch.arange(split.val_item.numel()), candidates, batch_size)
     train = ClientPartition.from_data(split.train)
     return {name: full_ranking_metrics(engine.scores_all, train, held_out,
                                        batch_size=max(1, batch_size // 4))
             for name, held_out in (('val', split.val), ('test', split.test))}
 
 
-def _sampled(engine, held_out: Dict[str, Tuple[Tensor, Tensor]], batch_size: int
-             ) -> Dict[str, Dict[str, float]]:
-    """The sampled metrics of each ``{name: (positive [U], negatives [U, n])}``, every
-    user's candidates of all of them scored in one call."""
-    candidates = torch.cat([torch.cat([positive.unsqueeze(1), negatives], dim=1)
-                            for positive, negatives in held_out.values()], dim=1)
-    users = torch.arange(candidates.size(0))
-    device = engine.device
-    scores = torch.cat([engine.scores(batch.to(device), candidates[batch].to(device)).cpu()
-                        for batch in users.split(batch_size)])
-    widths = [1 + negatives.size(1) for _, negatives in held_out.values()]
+def sampled_evaluation(scores: Callable[[Tensor, Tensor], Tensor], users: Tensor,
+                       candidates: Dict[str, Tensor], batch_size: Optional[int] = None
+                       ) -> Dict[str, Dict[str, float]]:
+    """HR@10 and NDCG@10 of ``users`` ``[U]`` for each ``{name: candidates [U, 1 + n]}``
+    (row ``u``: user ``users[u]``'s held-out item, then its negatives), every user's
+    candidates of all names scored in one call of ``scores(users, items)``, ``batch_size``
+    users at a time (default: all): the in-process engine and a device score alike."""
+    joined = torch.cat(list(candidates.values()), dim=1)
+    step = batch_size or max(1, users.numel())
+    scored = torch.cat([scores(users[start:start + step], joined[start:start + step])
+                        for start in range(0, users.numel(), step)])
+    widths = [part.size(1) for part in candidates.values()]
     return {name: sampled_metrics(part[:, 0], part[:, 1:], k=10)
-            for name, part in zip(held_out, scores.split(widths, dim=1))}
+            for name, part in zip(candidates, scored.split(widths, dim=1))}
