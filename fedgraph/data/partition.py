@@ -196,11 +196,12 @@ class ClientPartition:
         """
         clients = clients.to(self.ptr.device)
         degree = self.degree
-        if clients.numel() and self.num_items - int(degree.max()) < num and int(
-                (free := self.num_items - degree[clients]).min()) < num:
-            worst = int(clients[free.argmin()])
-            raise ValueError(f'client {worst} has only {int(free.min())} items it never '
-                             f'interacted with; {num} negatives were asked for')
+        if clients.numel() and self.num_items - int(degree.max()) < num:  # one may lack room
+            free = self.num_items - degree[clients]
+            if int(free.min()) < num:
+                worst = int(clients[free.argmin()])
+                raise ValueError(f'client {worst} has only {int(free.min())} items it never '
+                                 f'interacted with; {num} negatives were asked for')
         membership = self.membership.cpu()
         lookup = (membership.numpy(), membership.dtype == torch.bool)
         out = torch.empty(clients.numel(), num, dtype=torch.long)
