@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from fedgraph.data import ClientPartition
-from fedgraph.federated import plan as plan_module
-from fedgraph.federated.plan import NOISE_BITS
 from fedgraph.federated import (ClientSelector, FederatedEngine, PersonalItemRows,
                                 ReferenceEngine, aggregate_rows, evaluate, plan_round)
+from fedgraph.federated import plan as plan_module
+from fedgraph.federated.plan import NOISE_BITS
 from fedgraph.nn import DotProductHead, LinearScoreHead
 from fedgraph.privacy.upload import UploadTransform
 from helpers import candidates, engine_data, make_engine
