@@ -118,12 +118,16 @@ def _converter(kind: str, integer_ids, time_format: Optional[str]) -> Callable[[
     return str
 
 
+def _decoding(encoding: str) -> str:
+    """The codec that reads ``encoding``: a UTF-8 byte-order mark is not part of the text."""
+    return 'utf-8-sig' if codecs.lookup(encoding).name == 'utf-8' else encoding
+
+
 def _lines(path: PathLike, encoding: str) -> Iterator[Tuple[int, str]]:
     """The numbered lines of ``path``; a UTF-8 byte-order mark is not part of the first."""
     if os.path.isdir(path):
         raise DataFormatError(path, None, 'is a directory; expected a file')
-    decoding = 'utf-8-sig' if codecs.lookup(encoding).name == 'utf-8' else encoding
-    with open(path, encoding=decoding, errors='strict') as handle:
+    with open(path, encoding=_decoding(encoding), errors='strict') as handle:
         try:
             for number, line in enumerate(handle, start=1):
                 yield number, line.rstrip('\r\n')
@@ -225,12 +229,12 @@ def _read_columns(path: PathLike, columns: Sequence[Column], delimiter: Optional
     the line-by-line reader, which then finds the first problem and names its line. Only
     columns whose check needs no Python per token take this path: numbers, integer ids,
     Unix seconds written as integers, and string ids."""
-    decoding = 'utf-8-sig' if codecs.lookup(encoding).name == 'utf-8' else encoding
     parts: Dict[str, List[np.ndarray]] = {column.name: [] for column in columns}
     needed = max(column.position for column in columns) + 1
     header_pending = header
     try:
-        with open(path, encoding=decoding, errors='strict') as handle, _without_cycle_collection():
+        with open(path, encoding=_decoding(encoding), errors='strict') as handle, \
+                _without_cycle_collection():
             for block in iter(lambda: handle.readlines(BLOCK_CHARS), []):
                 lines = [line for line in block if line.strip()]
                 if header_pending and lines:
