@@ -1,6 +1,8 @@
 """fedgraph on Flower: records, the device state, Flower's simulation engine, and a real
 deployment (SuperLink and SuperNodes as separate processes) with a SuperNode killed."""
 import math
+import uuid
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.client import make_client_app
 from fedgraph.flower.records import (config_to_run_config, from_record, load,
                                      run_config_to_config, store, to_content, to_record)
-from fedgraph.flower.server import RowFedAvg
+from fedgraph.flower.server import PollingGrid, RowFedAvg
 from fedgraph.flower.simulation import simulate
 from fedgraph.training import prepare_split, train
 
@@ -93,7 +95,7 @@ def test_a_device_rejects_users_it_does_not_hold():
     (dict(protocol='full'), 'sampled protocol only'),
     (dict(algorithm='mf'), 'centralized')])
 def test_the_server_app_refuses_what_it_cannot_run(settings, message):
-    from fedgraph.flower.server import RowFedAvg
+    from fedgraph.flower.server import PollingGrid, RowFedAvg
 
     with pytest.raises(ValueError, match=message):
         RowFedAvg(TrainConfig(**settings))
@@ -171,6 +173,40 @@ def test_the_app_command_writes_a_flower_app_with_client_streams(tmp_path, capsy
     assert 'flwr run' in capsys.readouterr().out
 
 
+class SlowGrid:
+    """Replies to message ``i`` from the ``answers_at[i]``-th pull on (``None``: never);
+    counts the pulls."""
+
+    def __init__(self, answers_at):
+        self.answers_at = answers_at
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        return [str(i) for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+                for i in sorted(message_ids)
+                if self.answers_at[int(i)] is not None and self.answers_at[int(i)] <= self.pulls]
+
+
+def test_the_polling_grid_collects_every_reply_as_it_arrives():
+    slow = SlowGrid([1, 3, 2])
+    replies = PollingGrid(slow, interval=0.001).send_and_receive(['a', 'b', 'c'])
+    assert [reply.metadata.reply_to_message_id for reply in replies] == ['0', '2', '1']
+    assert slow.pulls == 3  # stops asking once all are in
+
+
+def test_the_polling_grid_gives_up_at_the_timeout_with_the_replies_it_has():
+    slow = SlowGrid([1, None])
+    replies = PollingGrid(slow, interval=0.001).send_and_receive(['a', 'b'], timeout=0.05)
+    assert [reply.metadata.reply_to_message_id for reply in replies] == ['0']
+    assert slow.pulls >= 2  # asked again before the deadline
+    with pytest.raises(ValueError, match='positive'):
+        PollingGrid(slow, interval=0)
+
+
 def test_the_deploy_comparison_shows_the_largest_difference_per_round():
     from fedgraph.flower.cli import _comparison
 
@@ -189,12 +225,14 @@ def test_the_deploy_comparison_shows_the_largest_difference_per_round():
 class InProcessGrid(Grid):
     """A ``Grid`` that hands each message to the ``ClientApp`` of its node in this process
     (node ``100 + p`` holds partition ``p``), node 100's train replies through ``tamper``:
-    Flower's messages, records and strategy loop without processes."""
+    Flower's messages, records and strategy loop without processes (a message is answered
+    when it is pushed)."""
 
     run = None
 
     def __init__(self, app, num_nodes, tamper):
         self.app, self.tamper = app, tamper
+        self.replies = {}
         self.contexts = {100 + p: Context(run_id=1, node_id=100 + p, state=RecordDict(),
                                           node_config={'partition-id': p,
                                                        'num-partitions': num_nodes},
@@ -204,26 +242,29 @@ class InProcessGrid(Grid):
     def get_node_ids(self):
         return list(self.contexts)
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Answers every message at once; its reply waits for :meth:`pull_messages`."""
+        ids = []
         for message in messages:
+            message.metadata.__dict__['_message_id'] = str(uuid.uuid4())  # as Flower's grids do
             node = message.metadata.dst_node_id
             reply = self.app(message, self.contexts[node])
             if node == 100 and message.metadata.message_type == MessageType.TRAIN:
                 reply = self.tamper(reply)
-            replies.append(reply)
-        return replies
+            self.replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in message_ids if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError
 
     def set_run(self, run_id):
         raise NotImplementedError
 
     def create_message(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
         raise NotImplementedError
 
 

@@ -152,6 +152,8 @@ class LocalDeployment:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])
         env = dict(os.environ, FLWR_HOME=str(self.home), PATH=path)
         env.setdefault('OMP_NUM_THREADS', '1')
+        # A SuperNode's SuperExec asks it for a task to start every second by default.
+        env.setdefault('FLWR_SUPEREXEC_TASK_POLL_INTERVAL', '0.1')
         return env
 
     def start(self, startup_timeout: float = 60.0) -> 'LocalDeployment':

@@ -9,7 +9,8 @@ builds, ``aggregate_train`` hands the replies to :meth:`Server.aggregate_round
 arrays the loop passes around are the item table. Enrollment and pre-training run before it
 through :class:`FlowerTransport`. A node that does not answer within ``timeout`` seconds
 (crashed, disconnected) is left out of that round: the round completes with the users that
-answered, and the node is asked again in later rounds.
+answered, and the node is asked again in later rounds. Replies are collected through a
+:class:`PollingGrid`, which looks for them every ``poll_interval`` seconds.
 """
 from __future__ import annotations
 
@@ -29,6 +30,62 @@ from fedgraph.flower.records import (config_to_run_config, load, run_config_to_c
                                      to_content, to_record)
 
 log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.1
+
+
+class PollingGrid(Grid):
+    """A ``Grid`` that waits for replies by asking ``grid`` for them every ``interval``
+    seconds; everything else is ``grid``'s.
+
+    Flower's deployment grid asks every 3 s, so a step whose replies are all in after 3.1 s
+    returns after 6 s; its simulation grid asks every 0.1 s.
+    """
+
+    def __init__(self, grid: Grid, interval: float = POLL_INTERVAL):
+        if not interval > 0:
+            raise ValueError(f'the poll interval must be positive, got {interval}')
+        self.grid = grid
+        self.interval = interval
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self):
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: Optional[float] = None) -> List[Message]:
+        """Pushes ``messages`` and returns the replies that arrive within ``timeout``
+        seconds (``None``: all of them, however long they take)."""
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: List[Message] = []
+        while waiting:
+            pulled = list(self.pull_messages(waiting))
+            replies.extend(pulled)
+            waiting.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
+            left = None if deadline is None else deadline - time.monotonic()
+            if not waiting or (left is not None and left <= 0):
+                break
+            time.sleep(self.interval if left is None else min(self.interval, left))
+        return replies
 
 
 class FlowerTransport(Transport):
@@ -97,10 +154,11 @@ class RowFedAvg(Strategy):
         timeout: seconds to wait for a round's replies; later replies are dropped.
         min_nodes: nodes to wait for before enrolling.
         progress: log a line per round.
+        poll_interval: seconds between two looks for a step's replies (:class:`PollingGrid`).
     """
 
     def __init__(self, config: TrainConfig, timeout: float = 120.0, min_nodes: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, poll_interval: float = POLL_INTERVAL):
         if config.patience:
             raise ValueError('Flower runs the rounds it is given: early stopping (patience) '
                              'runs in-process and with fedgraph.federated.server.Server.run')
@@ -108,6 +166,7 @@ class RowFedAvg(Strategy):
         self.config = self.server.config
         self.timeout = timeout
         self.min_nodes = min_nodes
+        self.poll_interval = poll_interval
         self.transport: Optional[FlowerTransport] = None
 
     def _items(self) -> ArrayRecord:
@@ -144,6 +203,7 @@ class RowFedAvg(Strategy):
     def run(self, grid: Grid, out: Optional[Path] = None) -> Dict:
         """Enrollment, pre-training and ``config.rounds`` rounds through
         :meth:`Strategy.start`; writes ``out/config.json`` and ``out/metrics.json``."""
+        grid = PollingGrid(grid, self.poll_interval)
         self.transport = FlowerTransport(grid, self.timeout, self.min_nodes)
         self.server.start(self.transport, out)
         self.start(grid, self._items(), self.config.rounds, timeout=self.timeout)
