@@ -95,7 +95,7 @@ def test_a_device_rejects_users_it_does_not_hold():
     (dict(protocol='full'), 'sampled protocol only'),
     (dict(algorithm='mf'), 'centralized')])
 def test_the_server_app_refuses_what_it_cannot_run(settings, message):
-    from fedgraph.flower.server import PollingGrid, RowFedAvg
+    from fedgraph.flower.server import RowFedAvg
 
     with pytest.raises(ValueError, match=message):
         RowFedAvg(TrainConfig(**settings))
