@@ -1,6 +1,9 @@
 """fedgraph on Flower: records, the device state, Flower's simulation engine, and a real
 deployment (SuperLink and SuperNodes as separate processes) with a SuperNode killed."""
+import json
 import math
+import subprocess
+import sys
 import uuid
 from types import SimpleNamespace
 
@@ -12,6 +15,7 @@ from flwr.serverapp import Grid
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
 from fedgraph.federated.device import Device
+from fedgraph.federated.server import LocalTransport, Server
 from fedgraph.flower.deploy import deploy, write_app
 from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.client import make_client_app
@@ -77,6 +81,45 @@ def test_devices_partition_the_users_and_survive_their_state():
     assert torch.equal(back.private['weight'], device.private['weight'])
     with pytest.raises(ValueError, match='partition 3 of 3'):
         Device.from_split(config, *population, 3, 3)
+
+
+# A ClientApp process answering a training message after its first: it loads the device from
+# its state, trains and writes the reply; it prints the PyTorch Geometric modules it imported.
+TRAIN_FROM_STATE = """
+import json, sys, torch
+from fedgraph.config import TrainConfig
+from fedgraph.flower.client import make_client_app
+from fedgraph.federated.device import Device
+saved = torch.load(sys.argv[2], weights_only=True)
+device = Device.from_state(TrainConfig(**json.loads(sys.argv[1])), saved['state'])
+torch.save(device.handle('train', saved['payload']), sys.argv[3])
+print(sorted(name for name in sys.modules if name.split('.')[0] == 'torch_geometric'))
+"""
+
+
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'fedmf'])
+def test_a_device_trains_from_its_state_without_pytorch_geometric(tmp_path, algorithm):
+    """Flower starts a process per message: one that only trains must not pay for PyTorch
+    Geometric's import (about a second and a half, most of it ``torch._dynamo``)."""
+    settings = dict(CONFIG, algorithm=algorithm)
+    config = TrainConfig(**settings)
+    split = prepare_split(config)
+    population = (split, ClientPartition.from_data(split.train), split.known_items())
+    devices = {p: Device.from_split(config, *population, p, 2) for p in range(2)}
+    server = Server(config, progress=False)
+    server.start(LocalTransport(devices), None)
+    payload = server.configure_round()[0]
+    torch.save({'state': devices[0].to_state(), 'payload': payload}, tmp_path / 'saved.pt')
+    done = subprocess.run([sys.executable, '-c', TRAIN_FROM_STATE, json.dumps(settings),
+                           str(tmp_path / 'saved.pt'), str(tmp_path / 'reply.pt')],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '[]'
+    reply = torch.load(tmp_path / 'reply.pt', weights_only=True)
+    expected = devices[0].handle('train', payload)
+    assert set(reply) == set(expected)
+    for name, value in expected.items():
+        assert torch.equal(torch.as_tensor(reply[name]), torch.as_tensor(value)), name
 
 
 def test_a_device_rejects_users_it_does_not_hold():

@@ -6,13 +6,17 @@ An algorithm registers itself with :func:`register` in its own module; every mod
 ``fedgraph.algorithms`` is imported on the first look-up (a new algorithm is a new file, and
 nothing else), and so are those a user names in ``FEDGRAPH_ALGORITHMS`` (``module`` or
 ``module:another``): an algorithm written outside the package becomes available to the CLI
-and the Flower apps by its name alone.
+and the Flower apps by its name alone. :func:`resolve` looks in the module named after the
+algorithm first (``perfedrec++``: ``fedgraph.algorithms.perfedrec``), so that resolving
+PFedRec does not import the graph algorithms and PyTorch Geometric with them.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pkgutil
+import re
 from typing import Dict, List, Type, TypeVar
 
 _REGISTRY: Dict[str, type] = {}
@@ -50,6 +54,12 @@ def _load() -> None:
         importlib.import_module(module)
 
 
+def _load_module_named_after(name: str) -> None:
+    module = f'{__package__}.{re.sub(r"[^0-9A-Za-z_]", "", name)}'
+    if module != f'{__package__}.' and importlib.util.find_spec(module) is not None:
+        importlib.import_module(module)
+
+
 def algorithm_names() -> List[str]:
     """The registered names: the package's (by module name), then those of
     ``FEDGRAPH_ALGORITHMS``."""
@@ -59,7 +69,10 @@ def algorithm_names() -> List[str]:
 
 def resolve(name: str) -> Type:
     """The algorithm class registered as ``name``."""
-    _load()
+    if name not in _REGISTRY:
+        _load_module_named_after(name)
+    if name not in _REGISTRY:
+        _load()
     try:
         return _REGISTRY[name]
     except KeyError:

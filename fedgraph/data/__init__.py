@@ -1,23 +1,23 @@
-"""Interaction data: loaders, the HeteroData graph, splits and client partitions."""
-from fedgraph.data.datasets import DATASETS, load_dataset
-from fedgraph.data.download import default_root
-from fedgraph.data.formats import (read_amazon_csv, read_csv, read_lastfm_2k, read_lightgcn,
-                                   read_movielens_1m, read_movielens_100k,
-                                   read_pfedrec_ratings, write_lightgcn)
-from fedgraph.data.hetero import (ITEM, RATED_BY, RATES, USER, interactions_to_hetero,
-                                  with_edges, with_users)
-from fedgraph.data.partition import ClientBatch, ClientPartition
-from fedgraph.data.reader import DataFormatError
-from fedgraph.data.split import (RankingSplit, SampledSplit, leave_one_out_split,
-                                 predefined_split, ratio_split)
-from fedgraph.data.synthetic import synthetic_interactions
+"""Interaction data: loaders, the HeteroData graph, splits and client partitions.
 
-__all__ = [
-    'DATASETS', 'load_dataset', 'default_root',
-    'read_amazon_csv', 'read_csv', 'read_lastfm_2k', 'read_lightgcn', 'read_movielens_1m',
-    'read_movielens_100k', 'read_pfedrec_ratings', 'write_lightgcn',
-    'USER', 'ITEM', 'RATES', 'RATED_BY', 'interactions_to_hetero', 'with_edges', 'with_users',
-    'ClientBatch', 'ClientPartition', 'DataFormatError',
-    'SampledSplit', 'RankingSplit', 'leave_one_out_split', 'ratio_split', 'predefined_split',
-    'synthetic_interactions',
-]
+Each name is imported from its module on first use, so that code which needs only the
+partitions, such as a device answering a training message, starts without the loaders and
+PyTorch Geometric.
+"""
+from fedgraph.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    'DATASETS': 'datasets', 'load_dataset': 'datasets',
+    'default_root': 'download',
+    'read_amazon_csv': 'formats', 'read_csv': 'formats', 'read_lastfm_2k': 'formats',
+    'read_lightgcn': 'formats', 'read_movielens_1m': 'formats',
+    'read_movielens_100k': 'formats', 'read_pfedrec_ratings': 'formats',
+    'write_lightgcn': 'formats',
+    'USER': 'hetero', 'ITEM': 'hetero', 'RATES': 'hetero', 'RATED_BY': 'hetero',
+    'interactions_to_hetero': 'hetero', 'with_edges': 'hetero', 'with_users': 'hetero',
+    'ClientBatch': 'partition', 'ClientPartition': 'partition',
+    'DataFormatError': 'reader',
+    'SampledSplit': 'split', 'RankingSplit': 'split', 'leave_one_out_split': 'split',
+    'ratio_split': 'split', 'predefined_split': 'split',
+    'synthetic_interactions': 'synthetic',
+})

@@ -12,12 +12,14 @@ interactions form one contiguous segment and its last entry is its latest intera
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
+
+if TYPE_CHECKING:  # imported where a graph is built: partitions and splits run without PyG
+    from torch_geometric.data import HeteroData
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,8 @@ def interactions_to_hetero(
     if len(user_index) == 0:
         raise ValueError(f'{name}: no positive interaction (every rating is <= 0)')
 
+    from torch_geometric.data import HeteroData
+
     data = HeteroData()
     data.name = name
     data.num_dropped = dropped
@@ -187,6 +191,8 @@ def as_user_item(data: HeteroData) -> HeteroData:
     edge_type = forward[0]
     user_type, _, item_type = edge_type
     store = data[edge_type]
+    from torch_geometric.data import HeteroData
+
     out = HeteroData()
     out.name = getattr(data, 'name', None) or '-'.join(edge_type)
     for node_type, source in ((USER, user_type), (ITEM, item_type)):

@@ -7,17 +7,19 @@ of gathers, so no code ever loops over clients in Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
 from torch_scatter import segment_csr
 
 from fedgraph import rng
 from fedgraph.data.hetero import ITEM, RATES, USER
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 
 @dataclass

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
 
 from fedgraph.data.hetero import ITEM, RATES, USER, in_client_order, with_edges, with_users
 from fedgraph.data.partition import ClientPartition
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 log = logging.getLogger(__name__)
 

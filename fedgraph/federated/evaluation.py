@@ -8,7 +8,6 @@ from torch import Tensor
 
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import RankingSplit, SampledSplit
-from fedgraph.metrics.ranking import full_ranking_metrics
 from fedgraph.metrics.sampled import sampled_metrics
 
 Split = Union[SampledSplit, RankingSplit]
@@ -29,6 +28,8 @@ def evaluate(engine, split: Split, batch_size: int = 4096) -> Dict[str, Dict[str
         return sampled_evaluation(
             lambda users, items: engine.scores(users.to(device), items.to(device)).cpu(),
             torch.arange(split.val_item.numel()), candidates, batch_size)
+    from fedgraph.metrics.ranking import full_ranking_metrics  # PyG's: devices run without it
+
     train = ClientPartition.from_data(split.train)
     return {name: full_ranking_metrics(engine.scores_all, train, held_out,
                                        batch_size=max(1, batch_size // 4))

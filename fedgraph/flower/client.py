@@ -22,7 +22,6 @@ from fedgraph.data.split import SampledSplit
 from fedgraph.federated.device import Device
 from fedgraph.flower.records import (config_to_run_config, load, run_config_to_config, store,
                                      to_content)
-from fedgraph.training import prepare_split
 
 STATE = 'device-'
 
@@ -32,7 +31,10 @@ def _population(data: Tuple[Tuple[str, object], ...],
                 seed: int) -> Tuple[SampledSplit, ClientPartition, ClientPartition]:
     """The split every node takes its users from (``data``: the data section's settings),
     with its training and known-item partitions; cached, so that a process serving many
-    virtual nodes (Ray simulation) builds them once."""
+    virtual nodes (Ray simulation) builds them once. Only a node's first message reads the
+    data set: the loaders (and PyTorch Geometric) are imported here, not by every message."""
+    from fedgraph.training import prepare_split
+
     split = prepare_split(TrainConfig(**dict(data), seed=seed))
     return split, ClientPartition.from_data(split.train), split.known_items()
 

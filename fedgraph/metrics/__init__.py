@@ -1,7 +1,11 @@
-"""Evaluation metrics: sampled ranking, full ranking and representation quality."""
-from fedgraph.metrics.ranking import FullRankingEvaluator, full_ranking_metrics
-from fedgraph.metrics.representation import alignment, uniformity
-from fedgraph.metrics.sampled import hit_ratio_at_k, ndcg_at_k, positive_rank, sampled_metrics
+"""Evaluation metrics: sampled ranking, full ranking and representation quality. Each name
+is imported from its module on first use (full ranking needs PyTorch Geometric, sampled
+ranking does not)."""
+from fedgraph.lazy import lazy_exports
 
-__all__ = ['FullRankingEvaluator', 'full_ranking_metrics', 'alignment', 'uniformity',
-           'hit_ratio_at_k', 'ndcg_at_k', 'positive_rank', 'sampled_metrics']
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    'FullRankingEvaluator': 'ranking', 'full_ranking_metrics': 'ranking',
+    'alignment': 'representation', 'uniformity': 'representation',
+    'hit_ratio_at_k': 'sampled', 'ndcg_at_k': 'sampled', 'positive_rank': 'sampled',
+    'sampled_metrics': 'sampled',
+})

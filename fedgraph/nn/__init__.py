@@ -1,10 +1,13 @@
 """Layers importable on their own: score heads, the federated recommender, the federated GNN
-layer and the privacy augmentations."""
-from fedgraph.nn.heads import DotProductHead, LinearScoreHead, NCFHead, ScoreHead
-from fedgraph.nn.recommender import FederatedRecommender
-from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
-from fedgraph.nn.augment import ClientDropout, Compose, LaplaceLDP, PseudoItems, SimGCLNoise
+layer and the privacy augmentations. Each name is imported from its module on first use, so
+that the recommender and its heads load without PyTorch Geometric."""
+from fedgraph.lazy import lazy_exports
 
-__all__ = ['ScoreHead', 'LinearScoreHead', 'DotProductHead', 'NCFHead', 'FederatedRecommender',
-           'CollaborativeGraph', 'FederatedGNN', 'ClientDropout', 'Compose', 'LaplaceLDP',
-           'PseudoItems', 'SimGCLNoise']
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    'ScoreHead': 'heads', 'LinearScoreHead': 'heads', 'DotProductHead': 'heads',
+    'NCFHead': 'heads',
+    'FederatedRecommender': 'recommender',
+    'CollaborativeGraph': 'gnn', 'FederatedGNN': 'gnn',
+    'ClientDropout': 'augment', 'Compose': 'augment', 'LaplaceLDP': 'augment',
+    'PseudoItems': 'augment', 'SimGCLNoise': 'augment',
+})
