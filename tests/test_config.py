@@ -1,7 +1,9 @@
 """The configuration (shared sections and the algorithm's own), the registry, the flags
 generated from them, and the rule that only an algorithm's own module tests its name."""
+import ast
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -99,6 +101,44 @@ def test_an_algorithm_outside_the_package_is_found_by_name(tmp_path, monkeypatch
     finally:
         registry._REGISTRY.pop('mine', None)
         sys.modules.pop('my_algorithms', None)
+
+
+# A fresh process: which algorithm modules resolving one name imports.
+RESOLVE = """
+import sys
+from fedgraph.algorithms import resolve
+print(resolve(sys.argv[1]).__name__, sorted(name.rsplit('.', 1)[1] for name in sys.modules
+                                            if name.startswith('fedgraph.algorithms.')))
+"""
+
+
+@pytest.mark.parametrize('name, resolved, modules', [
+    ('pfedrec', 'PFedRec', ['base', 'pfedrec', 'registry']),
+    ('perfedrec++', 'PerFedRec', None),  # its module, perfedrec, imports the others it needs
+    ('simgcl', 'SimGCL', 'all')])  # defined in lightgcn: found by importing every module
+def test_resolving_a_name_imports_the_module_named_after_it_first(name, resolved, modules):
+    done = subprocess.run([sys.executable, '-c', RESOLVE, name], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    found, imported = done.stdout.split(' ', 1)
+    assert found == resolved
+    imported = ast.literal_eval(imported)
+    if modules == 'all':
+        assert {path.stem for path in (PACKAGE / 'algorithms').glob('*.py')
+                if path.stem != '__init__'} <= set(imported)
+    elif modules is not None:
+        assert imported == modules
+    else:
+        assert 'perfedrec' in imported and 'popular' not in imported
+
+
+def test_a_lazy_package_lists_its_names_and_refuses_others():
+    import fedgraph.nn
+
+    assert set(fedgraph.nn.__all__) <= set(dir(fedgraph.nn))
+    assert fedgraph.nn.FederatedRecommender.__module__ == 'fedgraph.nn.recommender'
+    with pytest.raises(AttributeError, match="'fedgraph.nn' has no attribute 'Nothing'"):
+        fedgraph.nn.Nothing
 
 
 def test_no_code_outside_an_algorithms_module_tests_its_name():
