@@ -55,6 +55,8 @@ def _load() -> None:
 
 
 def _load_module_named_after(name: str) -> None:
+    """Imports ``fedgraph.algorithms.M`` (``M``: ``name``'s letters, digits and
+    underscores) if the package has such a module."""
     module = f'{__package__}.{re.sub(r"[^0-9A-Za-z_]", "", name)}'
     if module != f'{__package__}.' and importlib.util.find_spec(module) is not None:
         importlib.import_module(module)
