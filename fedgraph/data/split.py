@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Dict, Sequence
 
 import torch
 from torch import Tensor
@@ -45,6 +45,12 @@ class SampledSplit:
     @property
     def protocol(self) -> str:
         return 'sampled'
+
+    def candidates(self) -> Dict[str, Tensor]:
+        """``{'val': [U, 1 + n], 'test': [U, 1 + n]}``: row ``u`` is user ``u``'s held-out
+        item, then its negatives (what the sampled protocol scores)."""
+        return {'val': torch.cat([self.val_item.unsqueeze(1), self.val_negatives], 1),
+                'test': torch.cat([self.test_item.unsqueeze(1), self.test_negatives], 1)}
 
     def known_items(self) -> ClientPartition:
         """Each user's training, validation and test items: the items the PFedRec code never

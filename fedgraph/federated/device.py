@@ -118,9 +118,7 @@ class Device:
             raise ValueError(f'partition {partition_id} of {num_partitions} does not exist '
                              f'for {num_users} users')
         users = torch.arange(partition_id, num_users, num_partitions)
-        candidates = {
-            'val': torch.cat([split.val_item.unsqueeze(1), split.val_negatives], 1)[users],
-            'test': torch.cat([split.test_item.unsqueeze(1), split.test_negatives], 1)[users]}
+        candidates = {name: rows[users] for name, rows in split.candidates().items()}
         return cls(config, users, train.select(users), known.select(users), candidates)
 
     @property

@@ -23,11 +23,9 @@ def evaluate(engine, split: Split, batch_size: int = 4096) -> Dict[str, Dict[str
     """
     if isinstance(split, SampledSplit):
         device = engine.device
-        candidates = {'val': torch.cat([split.val_item.unsqueeze(1), split.val_negatives], 1),
-                      'test': torch.cat([split.test_item.unsqueeze(1), split.test_negatives], 1)}
         return sampled_evaluation(
             lambda users, items: engine.scores(users.to(device), items.to(device)).cpu(),
-            torch.arange(split.val_item.numel()), candidates, batch_size)
+            torch.arange(split.val_item.numel()), split.candidates(), batch_size)
     from fedgraph.metrics.ranking import full_ranking_metrics  # PyG's: devices run without it
 
     train = ClientPartition.from_data(split.train)
