@@ -186,3 +186,47 @@ def test_opening_a_run_folder_never_runs_its_pickles(ratings_csv, tmp_path):
         with pytest.raises(Exception, match='Weights only load failed|weights_only'):
             main(argv)
     assert not target.exists()
+
+
+def test_load_dataset_takes_every_data_flag_of_the_command_line(ratings_csv, caplog):
+    from fedgraph.data.source import load_configured
+
+    config = TrainConfig(dataset='csv', data_path=str(ratings_csv), user_col='uid',
+                         item_col='movie', rating_col='stars', time_col='when',
+                         time_format='iso', min_rating=4.0)
+    configured = load_configured(config)
+    with caplog.at_level('INFO', logger='fedgraph.data.datasets'):
+        data = load_dataset('csv', ratings_csv, user='uid', item='movie', rating='stars',
+                            time='when', time_format='iso', min_rating=4)
+    rates = ('user', 'rates', 'item')
+    for key in ('edge_index', 'rating', 'time'):
+        assert torch.equal(data[rates][key], configured[rates][key])
+    assert data['user'].raw_id == configured['user'].raw_id
+    assert data['item'].raw_id == configured['item'].raw_id
+    everything = load_dataset('csv', ratings_csv, user='uid', item='movie', rating='stars')
+    kept, total = data[rates].edge_index.size(1), everything[rates].edge_index.size(1)
+    assert 0 < kept < total
+    assert f'kept {kept} of {total} interactions rated at least 4' in caplog.text
+
+
+def test_a_keyword_a_data_set_does_not_take_is_named(ratings_csv, tmp_path):
+    with pytest.raises(TypeError, match="'pfedrec' takes no user; its keywords: path, "
+                                        "min_rating, time_format"):
+        load_dataset('pfedrec', ratings_csv, user='uid')
+    with pytest.raises(TypeError, match="'csv' takes no root"):
+        load_dataset('csv', ratings_csv, root=tmp_path)
+    with pytest.raises(TypeError, match="'synthetic' takes no path"):
+        load_dataset('synthetic', ratings_csv)
+    with pytest.raises(TypeError, match="'ml-100k' takes no options besides root and "
+                                        "min_rating, got time_format"):
+        load_dataset('ml-100k', root=tmp_path, time_format='iso')
+    with pytest.raises(ValueError, match='min_rating: ratings.csv has no ratings'):
+        load_dataset('csv', ratings_csv, user='uid', item='movie', min_rating=4)
+    with pytest.raises(ValueError, match='min_rating: synthetic-20x40 has no ratings'):
+        load_dataset('synthetic', num_users=20, num_items=40, seed=0, min_rating=1)
+
+
+def test_data_root_applies_to_the_named_data_sets_only(ratings_csv, capsys):
+    with cli_misuse(capsys, "--data-root is the folder of the named data sets"):
+        main(['describe', '--dataset', 'csv', '--data-path', str(ratings_csv),
+              '--data-root', 'datasets'])

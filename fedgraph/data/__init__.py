@@ -7,7 +7,7 @@ PyTorch Geometric.
 from fedgraph.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    'DATASETS': 'datasets', 'load_dataset': 'datasets',
+    'DATASETS': 'datasets', 'dataset_options': 'datasets', 'load_dataset': 'datasets',
     'default_root': 'download',
     'read_amazon_csv': 'formats', 'read_csv': 'formats', 'read_lastfm_2k': 'formats',
     'read_lightgcn': 'formats', 'read_movielens_1m': 'formats',

@@ -2,7 +2,8 @@
 
 Named data sets (``'ml-100k'``, ``'ml-1m'``, ``'lastfm-2k'``) live under a data root (see
 :func:`~fedgraph.data.download.default_root`) and are downloaded there when missing.
-File-based formats take a ``path``. See ``datasets/README.md`` for sources and licences.
+File-based formats take a ``path``. Any of them keeps only the interactions rated at least
+``min_rating`` when given one. See ``datasets/README.md`` for sources and licences.
 """
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import logging
 import urllib.error
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from torch_geometric.data import HeteroData
 
 from fedgraph.data import formats
 from fedgraph.data.download import (content_digest, default_root, download_and_extract,
                                     fetch_wheel_member)
-from fedgraph.data.reader import Column, read_delimited
+from fedgraph.data.hetero import RATES, with_edges
+from fedgraph.data.reader import Column, PathLike, read_delimited
 from fedgraph.data.synthetic import synthetic_interactions
 
 log = logging.getLogger(__name__)
@@ -119,45 +121,98 @@ _FILE_FORMATS: Dict[str, Callable[..., HeteroData]] = {
     'tsv': functools.partial(formats.read_csv, delimiter='\t'),
 }
 
-#: The file formats (``load_dataset(name, path=...)``).
+#: The named data sets (``load_dataset(name, root=...)``).
+NAMED_DATASETS = tuple(_NAMED)
+#: The file formats (``load_dataset(name, path)``).
 FILE_FORMATS = tuple(_FILE_FORMATS)
+DATASETS = NAMED_DATASETS + FILE_FORMATS + ('synthetic',)
 
 
-def file_format_takes(name: str, option: str) -> bool:
-    """Whether the reader of file format ``name`` takes the keyword ``option``."""
-    return option in inspect.signature(_FILE_FORMATS[name]).parameters
-DATASETS = tuple(_NAMED) + FILE_FORMATS + ('synthetic',)
+def dataset_options(name: str) -> Tuple[str, ...]:
+    """The keywords of ``load_dataset(name, ...)`` besides ``path``, ``root`` and
+    ``min_rating``: those of the file format's reader after the file (``'csv'``: the columns,
+    the delimiter, ``time_format``, ...), the generator's for ``'synthetic'``, none for a
+    named data set."""
+    if name in _NAMED:
+        return ()
+    if name in _FILE_FORMATS:
+        return tuple(inspect.signature(_FILE_FORMATS[name]).parameters)[1:]
+    if name == 'synthetic':
+        return tuple(inspect.signature(synthetic_interactions).parameters)
+    raise ValueError(f'unknown data set {name!r}; choose one of {", ".join(DATASETS)}')
 
 
-def load_dataset(name: str, root: Optional[Union[str, Path]] = None,
+def load_dataset(name: str, path: Optional[PathLike] = None, *,
+                 root: Optional[Union[str, Path]] = None, min_rating: Optional[float] = None,
                  **options: object) -> HeteroData:
     """Loads a data set as a user-item :class:`~torch_geometric.data.HeteroData`.
+
+    Every flag of ``fedgraph train`` that chooses the interactions is a keyword here:
+    ``--dataset`` is ``name``, ``--data-path`` ``path``, ``--data-root`` ``root``,
+    ``--min-rating`` ``min_rating``, ``--user-col`` / ``--item-col`` / ``--rating-col`` /
+    ``--time-col`` are ``user`` / ``item`` / ``rating`` / ``time`` (a header name, or a
+    0-based position as an ``int``) and ``--time-format`` is ``time_format``; the data
+    section's other flags split the interactions (:mod:`fedgraph.data.split`) or record
+    them (``--data-digest``). A keyword that ``name`` does not take is a ``TypeError`` that
+    names it (:func:`dataset_options` lists what each one takes).
 
     Args:
         name: a named data set (``'ml-100k'``, ``'ml-1m'``, ``'lastfm-2k'``), a file format
             (``'amazon'``, ``'pfedrec'``, ``'lightgcn'``, ``'csv'``, ``'tsv'``,
             ``'movielens-100k-file'``, ``'movielens-1m-file'``, ``'lastfm-2k-file'``) or
             ``'synthetic'``.
-        root: the data root for named data sets (default: :func:`default_root`).
-        **options: ``path=`` for file formats (a folder for ``'lightgcn'``), the column
-            mapping for ``'csv'`` (see :func:`~fedgraph.data.formats.read_csv`), the
-            generator's arguments for ``'synthetic'``.
+        path: the file of a file format (a folder for ``'lightgcn'``).
+        root: the data root of the named data sets (default: :func:`default_root`).
+        min_rating: keep only the interactions rated at least this; how many are kept of
+            how many is logged (``INFO``). An error for data without ratings, or when no
+            interaction is rated that high.
+        **options: the file format's (``'csv'``: the columns, ``delimiter``, ``header``,
+            ``integer_ids``, ``time_format``, see :func:`~fedgraph.data.formats.read_csv`;
+            ``'pfedrec'`` and ``'amazon'``: ``time_format``) or the generator's arguments
+            for ``'synthetic'`` (:func:`~fedgraph.data.synthetic.synthetic_interactions`).
 
     Examples:
-        >>> data = load_dataset('ml-100k')
-        >>> data = load_dataset('csv', path='ratings.tsv', delimiter='\\t', user='uid',
-        ...                     item='movie', rating='stars', time='ts')
+        >>> data = load_dataset('ml-100k', min_rating=4)
+        >>> data = load_dataset('csv', 'ratings.tsv', delimiter='\\t', user='uid',
+        ...                     item='movie', rating='stars', time='ts', min_rating=4)
         >>> data = load_dataset('synthetic', num_users=100_000, num_items=20_000, seed=0)
     """
+    takes = dataset_options(name)
+    unknown = sorted(set(options) - set(takes)) + (
+        ['path'] if path is not None and name not in _FILE_FORMATS else [])
     if name in _NAMED:
-        if options:
-            raise TypeError(f'{name!r} takes no options besides root, got {sorted(options)}')
-        return _NAMED[name](Path(root) if root is not None else default_root())
-    if name in _FILE_FORMATS:
-        if 'path' not in options:
+        if unknown:
+            raise TypeError(f'{name!r} takes no options besides root and min_rating, got '
+                            f'{", ".join(unknown)}')
+        data = _NAMED[name](Path(root) if root is not None else default_root())
+    else:
+        if root is not None:
+            raise TypeError(f'{name!r} takes no root: root is the folder of the named data '
+                            f'sets ({", ".join(NAMED_DATASETS)})')
+        if unknown:
+            keywords = ('path', 'min_rating') if name in _FILE_FORMATS else ('min_rating',)
+            raise TypeError(f'{name!r} takes no {", ".join(unknown)}; its keywords: '
+                            f'{", ".join(keywords + takes)}')
+        if name == 'synthetic':
+            data = synthetic_interactions(**options)
+        elif path is None:
             raise TypeError(f'{name!r} is a file format: pass path=...')
-        path = options.pop('path')
-        return _FILE_FORMATS[name](path, **options)
-    if name == 'synthetic':
-        return synthetic_interactions(**options)
-    raise ValueError(f'unknown data set {name!r}; choose one of {", ".join(DATASETS)}')
+        else:
+            data = _FILE_FORMATS[name](path, **options)
+    return data if min_rating is None else _rated_at_least(data, min_rating)
+
+
+def _rated_at_least(data: HeteroData, min_rating: float) -> HeteroData:
+    """``data`` keeping the interactions rated at least ``min_rating`` (nodes, raw ids and
+    edge order unchanged, :func:`~fedgraph.data.hetero.with_edges`); logs how many are kept
+    of how many."""
+    store = data[RATES]
+    if 'rating' not in store:
+        raise ValueError(f'min_rating: {data.name} has no ratings')
+    keep = store.rating >= min_rating
+    log.info('%s: kept %d of %d interactions rated at least %g', data.name, int(keep.sum()),
+             keep.numel(), min_rating)
+    if not bool(keep.any()):
+        raise ValueError(f'{data.name}, min_rating {min_rating:g}: no interaction is rated '
+                         f'that high (the highest rating is {float(store.rating.max()):g})')
+    return with_edges(data, keep)

@@ -3,16 +3,14 @@ formats with its columns, filtered by rating, and checked against the digest the
 recorded."""
 from __future__ import annotations
 
-import logging
 from typing import Dict
 
 from torch_geometric.data import HeteroData
 
-from fedgraph.data.datasets import FILE_FORMATS, file_format_takes, load_dataset
+from fedgraph.data.datasets import (FILE_FORMATS, NAMED_DATASETS, dataset_options,
+                                    load_dataset)
 from fedgraph.data.download import content_digest
-from fedgraph.data.hetero import RATES, as_user_item, with_edges
-
-log = logging.getLogger(__name__)
+from fedgraph.data.hetero import RATES, as_user_item
 
 #: File formats whose columns the configuration chooses (the others have a fixed layout).
 COLUMN_FORMATS = ('csv', 'tsv')
@@ -29,6 +27,9 @@ def _options(config) -> Dict[str, object]:
     with errors that name the flag."""
     name = config.dataset
     given = [name for name in _COLUMNS if getattr(config, name) is not None]
+    if config.data_root is not None and name not in NAMED_DATASETS:
+        raise ValueError(f'--data-root is the folder of the named data sets '
+                         f'({", ".join(NAMED_DATASETS)}); {name!r} is not one of them')
     if name not in FILE_FORMATS:
         if config.data_path is not None or given:
             extra = ', '.join(f'--{flag.replace("_", "-")}' for flag in
@@ -49,7 +50,7 @@ def _options(config) -> Dict[str, object]:
         raise ValueError(f'{", ".join("--" + g.replace("_", "-") for g in given)}: {name} has '
                          f'a fixed layout; column flags apply to {", ".join(COLUMN_FORMATS)}')
     if config.time_format is not None:
-        if not file_format_takes(name, 'time_format'):
+        if 'time_format' not in dataset_options(name):
             raise ValueError(f'--time-format: {name} files have Unix timestamps')
         options['time_format'] = config.time_format
     return options
@@ -61,23 +62,13 @@ def data_digest(data: HeteroData) -> str:
 
 
 def load_configured(config) -> HeteroData:
-    """The interactions ``config`` names, as user-item ``HeteroData``: loaded, keeping only
-    ratings of at least ``config.min_rating``, and checked against ``config.data_digest``
+    """The interactions ``config`` names, as user-item ``HeteroData``: loaded by
+    :func:`~fedgraph.data.datasets.load_dataset` with its data settings (keeping only
+    ratings of at least ``config.min_rating``), and checked against ``config.data_digest``
     (recorded there when it has none, so that a resumed or re-scored run reloads the same
     data or fails saying so)."""
-    data = as_user_item(load_dataset(config.dataset, root=config.data_root, **_options(config)))
-    if config.min_rating is not None:
-        store = data[RATES]
-        if 'rating' not in store:
-            raise ValueError(f'--min-rating: {config.dataset} has no ratings')
-        keep = store.rating >= config.min_rating
-        log.info('%s: kept %d of %d interactions rated at least %g',
-                 getattr(data, 'name', config.dataset), int(keep.sum()), keep.numel(),
-                 config.min_rating)
-        if not bool(keep.any()):
-            raise ValueError(f'--min-rating {config.min_rating}: no interaction is rated that '
-                             f'high (the highest rating is {float(store.rating.max()):g})')
-        data = with_edges(data, keep)
+    data = as_user_item(load_dataset(config.dataset, root=config.data_root,
+                                     min_rating=config.min_rating, **_options(config)))
     digest = data_digest(data)
     if config.data_digest is None:
         config.data_digest = digest
