@@ -206,8 +206,8 @@ def test_compose_of_dropout_and_pseudo_items_equals_sequential_application():
 
 
 def test_laplace_ldp_is_the_upload_transform():
-    assert LaplaceLDP is UploadTransform
-    assert fedgraph.nn.LaplaceLDP is UploadTransform
+    assert issubclass(LaplaceLDP, UploadTransform) and LaplaceLDP.__name__ == 'LaplaceLDP'
+    assert fedgraph.nn.LaplaceLDP is LaplaceLDP
     ldp = LaplaceLDP(clip=0.5, laplace_scale=0.1)
     update = torch.full((3, 4), 10.0)
     generator = torch.Generator().manual_seed(0)
@@ -260,3 +260,18 @@ def test_info_nce_has_gradient():
 def test_info_nce_rejects_mismatched_shapes(shape1, shape2):
     with pytest.raises(ValueError):
         info_nce(torch.randn(*shape1), torch.randn(*shape2))
+
+
+def test_laplace_ldp_draws_what_the_upload_transform_draws():
+    update = torch.randn(5, 6, generator=torch.Generator().manual_seed(1)) * 3
+    for mode in ('l2', 'coordinate'):
+        ldp, upload = LaplaceLDP(0.5, 0.2, mode), UploadTransform(0.5, 0.2, mode)
+        noised = ldp(update, torch.Generator().manual_seed(2))
+        assert torch.equal(noised, upload(update, torch.Generator().manual_seed(2)))
+        assert not torch.equal(noised, ldp(update, torch.Generator().manual_seed(3)))
+        assert ldp.noise_multiplier(6) == upload.noise_multiplier(6)
+
+
+def test_info_nce_is_exported_from_fedgraph_nn():
+    assert 'info_nce' in fedgraph.nn.__all__ and 'info_nce' in dir(fedgraph.nn)
+    assert fedgraph.nn.info_nce is info_nce

@@ -1,6 +1,7 @@
 """Layers importable on their own: score heads, the federated recommender, the federated GNN
-layer and the privacy augmentations. Each name is imported from its module on first use, so
-that the recommender and its heads load without PyTorch Geometric."""
+layer, the privacy augmentations and the contrastive loss between two views (``info_nce``).
+Each name is imported from its module on first use, so that the recommender and its heads
+load without PyTorch Geometric."""
 from fedgraph.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
@@ -10,4 +11,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     'CollaborativeGraph': 'gnn', 'FederatedGNN': 'gnn',
     'ClientDropout': 'augment', 'Compose': 'augment', 'LaplaceLDP': 'augment',
     'PseudoItems': 'augment', 'SimGCLNoise': 'augment',
+    'info_nce': 'contrastive',
 })

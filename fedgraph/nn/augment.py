@@ -6,8 +6,9 @@ also a data augmentation, and two independent draws give two views for contrasti
 * :class:`ClientDropout` -- client selection: the clients not selected are absent;
 * :class:`PseudoItems` -- pseudo-item labelling (FedGNN): each client also reports items it
   never interacted with;
-* :class:`~fedgraph.privacy.upload.UploadTransform` -- local differential privacy: clipping
-  and Laplace noise on anything a client uploads (re-exported here as ``LaplaceLDP``);
+* :class:`~fedgraph.privacy.upload.LaplaceLDP` -- local differential privacy: clipping
+  and Laplace noise on anything a client uploads (the
+  :class:`~fedgraph.privacy.upload.UploadTransform` of the graph models' uploads);
 * :class:`SimGCLNoise` -- SimGCL's uniform noise on propagated embeddings.
 
 Graph augmentations take and return a :class:`~fedgraph.nn.gnn.CollaborativeGraph`; all
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.privacy.upload import UploadTransform as LaplaceLDP
+from fedgraph.privacy.upload import LaplaceLDP
 from fedgraph.nn.gnn import CollaborativeGraph
 
 __all__ = ['ClientDropout', 'PseudoItems', 'LaplaceLDP', 'SimGCLNoise', 'Compose']

@@ -79,6 +79,16 @@ class UploadTransform:
         return update
 
 
+
+class LaplaceLDP(UploadTransform):
+    """Local differential privacy as a privacy augmentation (PerFedRec++, Luo et al. 2024;
+    FedPerGNN, Wu et al. 2022): each row a client uploads is clipped to ``clip`` and
+    perturbed with Laplace(0, ``laplace_scale``) noise, so that two independent draws are two
+    views of the same rows for contrastive learning. The mechanism, its arguments and its
+    budget are those of :class:`UploadTransform`, which the graph models' uploads go
+    through."""
+
+
 def laplace(uniform: Tensor, scale: float) -> Tensor:
     """Laplace(0, ``scale``) draws by the inverse CDF from :math:`U(0, 1)` draws ``uniform``:
     :math:`-b\\,\\mathrm{sign}(u) \\log(1 - 2|u|)` for :math:`u = \\mathrm{uniform} - 1/2`;
