@@ -133,3 +133,39 @@ def test_personalized_views_come_from_a_pfedrec_checkpoint(tmp_path):
     assert moved.any(dim=0).all() and moved.any(dim=1).all()
     names = [p.name for p in plot_runs([tmp_path / 'run'], tmp_path / 'figures')]
     assert names == ['curves.png', 'run-personalized-views.png']
+
+
+def test_the_uniformity_plot_shows_the_uniformity_a_run_records(tmp_path):
+    from fedgraph.config import TrainConfig
+    from fedgraph.data import ratio_split, synthetic_interactions
+    from fedgraph.metrics.representation import UNIFORMITY_SAMPLE
+    from fedgraph.training import train
+
+    data = synthetic_interactions(num_users=40, num_items=UNIFORMITY_SAMPLE + 300,
+                                  mean_degree=12, seed=0)
+    train(TrainConfig(algorithm='fedlightgcn', protocol='full', rounds=1, dim=8),
+          tmp_path / 'run', split=ratio_split(data, (0.8, 0.1, 0.1), seed=0), progress=False)
+    recorded = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    recorded = recorded['rounds'][-1]['uniformity']
+    saved = torch.load(tmp_path / 'run' / 'embeddings.pt', weights_only=True)
+    items = saved['item_final']
+    assert items.size(0) > UNIFORMITY_SAMPLE  # the record measured a sample of the rows
+    figure = plot_uniformity({'users': saved['user_final'], 'items': items})
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == [f'users\nuniformity {recorded["user"]:.3f}',
+                      f'items\nuniformity {recorded["item"]:.3f}']
+    assert uniformity(items) == recorded['item']
+    assert uniformity(items, max_points=None) != recorded['item']
+
+
+def test_the_privacy_panel_has_a_log_epsilon_axis():
+    small, large = _metrics(0.0), _metrics(0.05)
+    for r, record in enumerate(large['rounds']):
+        record['privacy'] = {'epsilon': 5e6 * (r + 1), 'delta': 1e-3}
+    figure = plot_training_curves({'little noise': large, 'much noise': small})
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_visible()}
+    privacy = panels.pop('privacy spent: ε at δ (RDP accountant)')
+    assert privacy.get_yscale() == 'log'
+    assert all(ax.get_yscale() == 'linear' for ax in panels.values())
+    low, high = privacy.get_ylim()
+    assert 0 < low <= 10.0 and high >= 1.5e7  # both runs' budgets on a positive axis

@@ -21,20 +21,41 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def uniformity(embeddings: Tensor, t: float = 2.0, max_points: Optional[int] = 10_000,
+#: The rows of an embedding table that a reported uniformity is measured on: a run's
+#: per-round record, the caption of :func:`~fedgraph.viz.plot_uniformity` and
+#: :func:`uniformity` by default. Larger tables are sampled (:func:`sample_rows`).
+UNIFORMITY_SAMPLE = 1000
+
+
+def sample_rows(embeddings: Tensor, max_points: Optional[int] = UNIFORMITY_SAMPLE,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """The rows of ``embeddings`` ``[N, d]`` when there are at most ``max_points`` (or
+    ``max_points`` is ``None``), else the first ``max_points`` of a random permutation drawn
+    by ``generator`` (default: one seeded with 0, so that the same embeddings give the same
+    sample wherever they are measured)."""
+    if max_points is None or embeddings.size(0) <= max_points:
+        return embeddings
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    index = torch.randperm(embeddings.size(0), generator=generator)[:max_points]
+    return embeddings[index.to(embeddings.device)]
+
+
+def uniformity(embeddings: Tensor, t: float = 2.0,
+               max_points: Optional[int] = UNIFORMITY_SAMPLE,
                generator: Optional[torch.Generator] = None) -> float:
     """:math:`\\log \\mathbb{E}\\, e^{-t \\lVert \\tilde x - \\tilde y \\rVert^2}` over all pairs
     of distinct rows of ``embeddings`` ``[N, d]``.
 
-    Above ``max_points`` rows, a uniform random subset of that many rows is used (seeded by
-    ``generator``), which keeps the cost at ``max_points^2 / 2`` pairs.
+    Above ``max_points`` rows, the pairs of :func:`sample_rows` (``max_points`` rows drawn
+    by ``generator``, by default seeded with 0) are used, which keeps the cost at
+    ``max_points^2 / 2`` pairs.
     """
     if embeddings.dim() != 2 or embeddings.size(0) < 2:
         raise ValueError(f'expected at least 2 embeddings [N, d], got {tuple(embeddings.shape)}')
-    x = embeddings.detach().double()
-    if max_points is not None and x.size(0) > max_points:
-        index = torch.randperm(x.size(0), generator=generator)[:max_points]
-        x = x[index.to(x.device)]
+    if max_points is not None and max_points < 2:
+        raise ValueError(f'max_points must be at least 2 (a pair), got {max_points}')
+    x = sample_rows(embeddings.detach(), max_points, generator).double()
     squared = torch.pdist(F.normalize(x, dim=1)).pow(2)
     return float(torch.logsumexp(-t * squared, dim=0) - math.log(squared.numel()))
 

@@ -29,7 +29,9 @@ def _series(history, key, split=None):
 def plot_training_curves(runs: Mapping[str, Run], metric: Optional[str] = None,
                          figure: Optional[Figure] = None) -> Figure:
     """Validation and test ``metric``, training loss, and -- when recorded -- embedding
-    uniformity and the LDP budget spent, per round, one line per run.
+    uniformity and the privacy budget spent, per round, one line per run. The budget's
+    :math:`\\epsilon` axis is logarithmic: runs with little and much noise spend budgets
+    orders of magnitude apart.
 
     Args:
         runs: ``{label: run folder or metrics dict}``.
@@ -59,6 +61,8 @@ def plot_training_curves(runs: Mapping[str, Run], metric: Optional[str] = None,
         for label, metrics in loaded.items():
             rounds, values = _series(metrics['rounds'], key, split)
             ax.plot(rounds, values, label=label, linewidth=1.4)
+        if split == 'privacy':
+            ax.set_yscale('log', nonpositive='mask')
         ax.set_title(title, fontsize=10)
         ax.set_xlabel('round')
         ax.grid(alpha=0.3)

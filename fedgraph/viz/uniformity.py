@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 from torch import Tensor
 
-from fedgraph.metrics.representation import uniformity
+from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, sample_rows, uniformity
 
 
 METHOD_NAMES = {'pca': 'PCA', 'tsne': 't-SNE'}
@@ -39,24 +39,21 @@ def project_2d(x: Tensor, method: str = 'pca', seed: int = 0) -> np.ndarray:
     raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
 
 
-def _subsample(x: Tensor, max_points: int, seed: int) -> Tensor:
-    if x.size(0) <= max_points:
-        return x
-    index = torch.randperm(x.size(0), generator=torch.Generator().manual_seed(seed))
-    return x[index[:max_points]]
-
-
 def plot_uniformity(embeddings: Mapping[str, Tensor], method: str = 'pca',
-                    max_points: int = 2000, seed: int = 0,
+                    max_points: int = UNIFORMITY_SAMPLE, seed: int = 0,
                     figure: Optional[Figure] = None) -> Figure:
     """One column per embedding set: the KDE of the normalized 2-D points over the plane and
-    the KDE of their angles, captioned with the set's uniformity
-    (:func:`~fedgraph.metrics.uniformity`, on the full-dimensional embeddings).
+    the KDE of their angles, captioned with the set's uniformity as a run records it
+    (:func:`~fedgraph.metrics.uniformity` with its defaults, on the full-dimensional
+    embeddings: the same number as ``metrics.json`` for the same embeddings).
 
     Args:
         embeddings: ``{caption: [N, d] embeddings}``, plotted left to right.
         method: the 2-D projection, ``'pca'`` or ``'tsne'``.
-        max_points: a seeded random subset of at most this many rows is projected.
+        max_points: at most this many rows are projected, drawn by
+            :func:`~fedgraph.metrics.representation.sample_rows` from ``seed`` (by default
+            the rows the caption's uniformity is measured on).
+        seed: the seed of that sample and of t-SNE.
         figure: draw into this figure (default: a new one).
     """
     if not embeddings:
@@ -68,8 +65,8 @@ def plot_uniformity(embeddings: Mapping[str, Tensor], method: str = 'pca',
     plane = np.stack(np.meshgrid(grid, grid)).reshape(2, -1)
     angles = np.linspace(-np.pi, np.pi, 361)
     for column, (name, x) in enumerate(embeddings.items()):
-        points = _subsample(x, max_points, seed)
-        value = uniformity(points, max_points=None)
+        points = sample_rows(x, max_points, torch.Generator().manual_seed(seed))
+        value = uniformity(x)
         xy = project_2d(points, method, seed)
         xy /= np.linalg.norm(xy, axis=1, keepdims=True).clip(min=1e-12)
         top, bottom = axes[0, column], axes[1, column]
