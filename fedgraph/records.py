@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from fedgraph.config import TrainConfig
 from fedgraph.files import write_text
@@ -79,13 +79,20 @@ def metrics_of(history: List[Dict], pretraining: Optional[Dict],
 def write_metrics(out: Path, metrics: Dict) -> None:
     """Writes ``metrics.json`` and, one row a round, ``metrics.csv`` (each atomically)."""
     write_text(out / 'metrics.json', json.dumps(metrics, indent=1) + '\n')
-    rows = [flat_record(record) for record in metrics['rounds']]
-    columns = list(dict.fromkeys(column for row in rows for column in row))
+    columns, rows = flat_table(metrics['rounds'])
     table = io.StringIO()
     writer = csv.DictWriter(table, columns, lineterminator='\n')
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / 'metrics.csv', table.getvalue())
+
+
+def flat_table(history: List[Dict]) -> Tuple[List[str], List[Dict[str, object]]]:
+    """The rounds of ``history`` as ``metrics.csv`` holds them: the columns, in the order
+    they first appear, and one :func:`flat_record` row a round (a row lacks the columns its
+    round did not record, e.g. ``val_*`` when it was not evaluated)."""
+    rows = [flat_record(record) for record in history]
+    return list(dict.fromkeys(column for row in rows for column in row)), rows
 
 
 def flat_record(record: Dict, prefix: str = '') -> Dict[str, object]:

@@ -69,6 +69,24 @@ class Run(dict):
         return [raw[i].item() if isinstance(raw, torch.Tensor) else raw[i]
                 for i in top.tolist()]
 
+    def to_frame(self):
+        """The per-round metrics as a :class:`pandas.DataFrame`: one row a round, one column
+        a field of ``metrics.csv`` (:func:`~fedgraph.records.flat_table`: nested records
+        joined by ``_``, e.g. ``val_hr@10``; lists as JSON; missing where a round did not
+        record the field, e.g. the metrics of a round that was not evaluated).
+
+        Raises:
+            ImportError: pandas is not installed.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError('Run.to_frame needs pandas: pip install pandas') from None
+        from fedgraph.records import flat_table
+
+        columns, rows = flat_table(self['rounds'])
+        return pandas.DataFrame(rows, columns=columns)
+
 
 def load_run(folder: Union[str, Path]) -> Run:
     """The run in ``folder`` as its last checkpoint left it: its configuration, metrics,

@@ -42,3 +42,32 @@ def test_version_flag(capsys):
     printed = capsys.readouterr().out
     assert printed.startswith(f'fedgraph-rec {package_version()}')
     assert f'torch {torch.__version__}' in printed
+
+
+def test_a_run_as_a_data_frame_has_a_row_a_round_and_the_csv_columns(tmp_path):
+    pandas = pytest.importorskip('pandas')
+    out = tmp_path / 'run'
+    config = TrainConfig(algorithm='fedmf', dataset='synthetic', rounds=3, dim=8,
+                         eval_every=2)
+    run = train(config, out=out, progress=False)
+    frame = run.to_frame()
+    assert isinstance(frame, pandas.DataFrame)
+    with open(out / 'metrics.csv', newline='') as handle:
+        assert list(frame.columns) == next(csv.reader(handle))
+    assert frame['round'].tolist() == [record['round'] for record in run['rounds']]
+    assert frame['train_loss'].tolist() == [record['train_loss'] for record in run['rounds']]
+    # Round 0 was not evaluated: its metrics are missing; rounds 1 and 2 have theirs.
+    assert frame['val_hr@10'].isna().tolist() == [True, False, False]
+    assert frame.loc[2, 'test_ndcg@10'] == run['rounds'][2]['test']['ndcg@10']
+
+
+def test_a_data_frame_without_pandas_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    from fedgraph.run import Run
+
+    monkeypatch.setitem(sys.modules, 'pandas', None)  # import pandas raises ImportError
+    run = Run({'rounds': [{'round': 0, 'train_loss': 0.5}]}, config=None, engine=None,
+              split=None)
+    with pytest.raises(ImportError, match='pip install pandas'):
+        run.to_frame()
