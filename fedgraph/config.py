@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from fedgraph.federated.aggregation import RULES, Aggregation
 from fedgraph.privacy.gaussian import NOISE_AT
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def setting(default: Any, help: str) -> Any:
 #: What a shared setting left at ``None`` means when the algorithm gives it no default.
 _FALLBACKS = {'clip_mode': 'l2'}
 
-_CHOICES = {'protocol': ('sampled', 'full'), 'aggregation': RULES,
+_CHOICES = {'protocol': ('sampled', 'full'),
             'engine': ('vectorized', 'reference'),
             'split_mode': (None, 'random', 'temporal', 'predefined'),
             'clip_mode': (None, 'l2', 'coordinate'), 'noise_at': ('client', 'server'),
@@ -118,7 +117,8 @@ class TrainConfig:
         'number of clients per round (instead of --client-ratio)')
     aggregation: str = setting('mean',
         "'mean' (unweighted FedAvg), 'weighted' (by sample count), or the robust "
-        "'median' / 'trimmed_mean' (coordinate-wise, per item row over its uploaders)")
+        "'median' / 'trimmed_mean' (coordinate-wise, per item row over its uploaders), or "
+        "an aggregator registered with fedgraph.register_stage")
     trim_ratio: float = setting(0.2,
         'trimmed_mean: the share of a row\'s uploads cut at each end (< 0.5)')
     norm_bound: Optional[float] = setting(None,
@@ -218,7 +218,7 @@ class TrainConfig:
                 raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
         if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
-        Aggregation(self.aggregation, self.trim_ratio, self.norm_bound or None)
+        self._validate_server()
         if self.patience < 0:
             raise ValueError('patience must be >= 0')
         if self.threads is not None and self.threads < 1:
@@ -228,6 +228,15 @@ class TrainConfig:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
         self._validate_dp()
+
+    def _validate_server(self) -> None:
+        from fedgraph.server.stages import Aggregator, resolve_stage
+
+        resolve_stage(self.aggregation, Aggregator)
+        if not 0 <= self.trim_ratio < 0.5:
+            raise ValueError(f'trim_ratio must be in [0, 0.5), got {self.trim_ratio}')
+        if self.norm_bound is not None and not self.norm_bound >= 0:
+            raise ValueError(f'norm_bound must be > 0 (0: none), got {self.norm_bound}')
 
     def _validate_dp(self) -> None:
         if self.dp_epsilon is not None and self.dp_noise_multiplier is not None:

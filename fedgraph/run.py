@@ -88,15 +88,45 @@ class Run(dict):
         return pandas.DataFrame(rows, columns=columns)
 
 
+#: The split a run trained on when it was passed in Python (:func:`save_split`).
+SPLIT = 'split.pt'
+
+
+def save_split(split, folder: Path) -> Path:
+    """Writes ``split`` to ``folder/split.pt``, for a run trained on a split passed in
+    Python: its ``config.json`` names a data set that would not rebuild it."""
+    from fedgraph.data.split import split_state
+    from fedgraph.files import save_tensors
+
+    path = Path(folder) / SPLIT
+    save_tensors(path, split_state(split))
+    return path
+
+
+def load_split(folder: Path):
+    """The split in ``folder/split.pt`` (:func:`save_split`), or ``None`` when there is
+    none."""
+    from fedgraph.data.split import split_from_state
+
+    path = Path(folder) / SPLIT
+    if not path.exists():
+        return None
+    return split_from_state(torch.load(path, weights_only=True))
+
+
 def load_run(folder: Union[str, Path]) -> Run:
     """The run in ``folder`` as its last checkpoint left it: its configuration, metrics,
-    the engine with the trained state, and the split (reloaded from the data its
-    ``config.json`` names, checked against the digest it recorded)."""
-    from fedgraph.training import CHECKPOINT, build_run, prepare_split
+    the engine with the trained state, and the split: the one saved in the folder
+    (``split.pt``) when the run was trained on a split passed in Python, else the one its
+    ``config.json`` rebuilds from its data (checked against the digest it recorded)."""
+    from fedgraph.assemble import build_run, prepare_split
+    from fedgraph.server.loop import CHECKPOINT
 
     folder = Path(folder)
     config = TrainConfig.load(folder / 'config.json')
-    split = prepare_split(config)
+    split = load_split(folder)
+    if split is None:
+        split = prepare_split(config)
     engine, _ = build_run(config, split)
     state = torch.load(folder / CHECKPOINT, map_location=config.device, weights_only=True)
     engine.load_state_dict(state['engine'])

@@ -18,15 +18,20 @@ kept for the next round.
   ``malloc`` serves those from fresh ``mmap`` regions and returns them on ``free``, so every
   round faults in its memory page by page again. :func:`keep_freed_memory` tells it to serve
   them from the heap and keep what is freed (``mallopt``): the next round reuses the pages.
+  That setting is the process's for good (glibc cannot give back its own dynamic
+  thresholds), so only the command line and the benchmarks, which own their process, make
+  it (:func:`configure`); :func:`fedgraph.train` in a notebook leaves the allocator as it
+  is.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numba
 import torch
@@ -99,10 +104,28 @@ def set_threads(count: Optional[int] = None) -> None:
         torch.set_num_threads(count)
 
 
+@contextlib.contextmanager
+def threads(count: Optional[int] = None) -> Iterator[int]:
+    """Runs the block with :func:`choose_threads` ``(count)`` intra-op threads for PyTorch
+    and the compiled kernels (:func:`set_threads`), and sets both back to what they were
+    when it leaves, whatever happens inside. Yields the threads."""
+    torch_before = torch.get_num_threads()
+    numba_before = numba.get_num_threads()
+    chosen = choose_threads(count)
+    try:
+        set_threads(chosen)
+        yield chosen
+    finally:
+        numba.set_num_threads(numba_before)
+        if torch.get_num_threads() != torch_before:
+            torch.set_num_threads(torch_before)
+
+
 def configure(threads: Optional[int] = None, keep_memory: bool = True) -> int:
     """Sets PyTorch's intra-op threads and the compiled kernels' to :func:`choose_threads`
     (:func:`set_threads`) and, with ``keep_memory``, keeps freed memory
-    (:func:`keep_freed_memory`); returns the threads."""
+    (:func:`keep_freed_memory`), for the rest of the process (the command line's and the
+    benchmarks'); returns the threads."""
     count = choose_threads(threads)
     set_threads(count)
     if keep_memory:

@@ -7,11 +7,13 @@ import re
 import pytest
 import torch
 
+import fedgraph.server.inprocess
 import fedgraph.training
 from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
-from fedgraph.federated import Aggregation, ClientSelector, LocalTraining
+from fedgraph.federated import ClientSelector, LocalTraining
 from fedgraph.nn import DotProductHead, FederatedRecommender, LinearScoreHead
 from fedgraph.privacy.upload import UploadTransform
+from fedgraph.server.stages import Mean, ServerPipeline, WeightedMean
 
 # --------------------------------------------------------------------------------------
 # Small synthetic engines
@@ -38,8 +40,7 @@ def make_model(head, num_clients, num_items, dim, seed=0):
     return FederatedRecommender(num_items, head, init_std=dim ** -0.5, generator=generator)
 
 
-def local_training(algorithm, num_items, local_epochs=1, weighted=False, clip=None,
-                   batch_size=32):
+def local_training(algorithm, num_items, local_epochs=1, clip=None, batch_size=32):
     """The local training of ``algorithm`` ('pfedrec' or 'fedmf') on ``num_items`` items."""
     personal = algorithm == 'pfedrec'
     # PFedRec's item lr (lr x num_items x 80); FedMF a milder one that keeps the logits away
@@ -48,17 +49,18 @@ def local_training(algorithm, num_items, local_epochs=1, weighted=False, clip=No
     item_lr = 0.1 * num_items * 80 if personal else 0.1 * num_items
     return LocalTraining(lr=0.1, item_lr=item_lr, batch_size=batch_size,
                          local_epochs=local_epochs, num_negatives=4, alternating=personal,
-                         personalize_items=personal, upload=UploadTransform(clip=clip),
-                         aggregation=Aggregation('weighted' if weighted else 'mean'))
+                         personalize_items=personal, upload=UploadTransform(clip=clip))
 
 
-def make_engine(cls, data, algorithm, dim, ratio=None, seed=0, **training):
+def make_engine(cls, data, algorithm, dim, ratio=None, seed=0, weighted=False, **training):
     """An engine of class ``cls`` (``FederatedEngine`` or ``ReferenceEngine``) training
-    ``algorithm`` on ``data`` (as ``engine_data`` returns it), with a model of ``seed``."""
+    ``algorithm`` on ``data`` (as ``engine_data`` returns it), with a model of ``seed``,
+    aggregating by FedAvg (``weighted``: by sample count)."""
     _, partition, known = data
     model = make_model(HEADS[algorithm], partition.num_clients, partition.num_items, dim, seed)
+    server = ServerPipeline(WeightedMean() if weighted else Mean())
     return cls(model, partition, local_training(algorithm, partition.num_items, **training),
-               ClientSelector(partition.num_clients, ratio=ratio), known)
+               ClientSelector(partition.num_clients, ratio=ratio), known, server=server)
 
 
 def candidates(split, which='val'):
@@ -85,10 +87,11 @@ def without_seconds(metrics):
 
 
 def train_interrupted(monkeypatch, config, at_call=3, **kwargs):
-    """Runs ``train(config, **kwargs)`` with ``fedgraph.training.evaluate`` raising
-    ``KeyboardInterrupt`` on its ``at_call``-th call, checks that the interruption reached
-    the caller, and puts the real ``evaluate`` back."""
-    real_evaluate = fedgraph.training.evaluate
+    """Runs ``train(config, **kwargs)`` with the in-process evaluation
+    (``fedgraph.server.inprocess.evaluate``) raising ``KeyboardInterrupt`` on its
+    ``at_call``-th call, checks that the interruption reached the caller, and puts the real
+    ``evaluate`` back."""
+    real_evaluate = fedgraph.server.inprocess.evaluate
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -97,10 +100,10 @@ def train_interrupted(monkeypatch, config, at_call=3, **kwargs):
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(fedgraph.training, 'evaluate', interrupted)
+    monkeypatch.setattr(fedgraph.server.inprocess, 'evaluate', interrupted)
     with pytest.raises(KeyboardInterrupt):
         fedgraph.training.train(config, **kwargs)
-    monkeypatch.setattr(fedgraph.training, 'evaluate', real_evaluate)
+    monkeypatch.setattr(fedgraph.server.inprocess, 'evaluate', real_evaluate)
 
 
 class HostilePayload:

@@ -8,7 +8,7 @@ from fedgraph.algorithms import algorithm_names, resolve
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
 from fedgraph.federated.device import Device
-from fedgraph.federated.server import LocalTransport, Server
+from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.training import prepare_split, train
 
 FEDERATED = [name for name in algorithm_names() if resolve(name).federated]
@@ -33,7 +33,7 @@ def test_every_federated_algorithm_is_tested():
 def test_server_and_devices_match_the_in_process_engine(algorithm):
     config = TrainConfig(algorithm=algorithm, **SMALL, **EXTRA.get(algorithm, {}))
     transport = LocalTransport(_devices(config, 3))
-    deployed = Server(config, progress=False).run(transport)
+    deployed = Deployment(config, transport).run(progress=False)
     in_process = train(config, progress=False)
     assert len(deployed['rounds']) == len(in_process['rounds']) == 2
     for ours, theirs in zip(deployed['rounds'], in_process['rounds']):
@@ -52,7 +52,7 @@ def test_server_and_devices_match_the_in_process_engine(algorithm):
 def test_server_side_noise_and_early_stopping_match_the_in_process_run():
     config = TrainConfig(algorithm='fedmf', **{**SMALL, 'rounds': 30}, clip=0.5, ldp_scale=0.1,
                          noise_at='server', patience=1, clients_per_round=20)
-    deployed = Server(config, progress=False).run(LocalTransport(_devices(config, 2)))
+    deployed = Deployment(config, LocalTransport(_devices(config, 2))).run(progress=False)
     in_process = train(config, progress=False)
     assert deployed['stopped_early'] and in_process['stopped_early']
     assert len(deployed['rounds']) == len(in_process['rounds']) < 30
@@ -64,8 +64,8 @@ def test_server_side_noise_and_early_stopping_match_the_in_process_run():
 def test_devices_keep_private_state_and_upload_only_what_they_touched():
     config = TrainConfig(algorithm='fedncf', **SMALL, hidden=(8, 4))
     devices = _devices(config, 2)
-    server = Server(config, progress=False)
-    server.start(LocalTransport(devices))
+    server = Deployment(config, LocalTransport(devices))
+    server.start(progress=False)
     payloads = server.configure_round()
     node, payload = next(iter(payloads.items()))
     assert set(payload) >= {'items', 'users', 'round-seed', 'dense/layers.0.weight'}
@@ -81,6 +81,6 @@ def test_devices_keep_private_state_and_upload_only_what_they_touched():
 
 def test_the_server_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match='centralized'):
-        Server(TrainConfig(algorithm='mf'))
+        Deployment(TrainConfig(algorithm='mf'), LocalTransport({}))
     with pytest.raises(ValueError, match='sampled protocol'):
-        Server(TrainConfig(protocol='full'))
+        Deployment(TrainConfig(protocol='full'), LocalTransport({}))

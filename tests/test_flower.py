@@ -15,13 +15,13 @@ from flwr.serverapp import Grid
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
 from fedgraph.federated.device import Device
-from fedgraph.federated.server import LocalTransport, Server
+from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.flower.deploy import deploy, write_app
 from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.client import make_client_app
 from fedgraph.flower.records import (config_to_run_config, from_record, load,
                                      run_config_to_config, store, to_content, to_record)
-from fedgraph.flower.server import PollingGrid, RowFedAvg
+from fedgraph.flower.server import FlowerTransport, PollingGrid
 from fedgraph.flower.simulation import simulate
 from fedgraph.training import prepare_split, train
 
@@ -106,8 +106,8 @@ def test_a_device_trains_from_its_state_without_pytorch_geometric(tmp_path, algo
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
     devices = {p: Device.from_split(config, *population, p, 2) for p in range(2)}
-    server = Server(config, progress=False)
-    server.start(LocalTransport(devices), None)
+    server = Deployment(config, LocalTransport(devices))
+    server.start(progress=False)
     payload = server.configure_round()[0]
     torch.save({'state': devices[0].to_state(), 'payload': payload}, tmp_path / 'saved.pt')
     done = subprocess.run([sys.executable, '-c', TRAIN_FROM_STATE, json.dumps(settings),
@@ -138,10 +138,10 @@ def test_a_device_rejects_users_it_does_not_hold():
     (dict(protocol='full'), 'sampled protocol only'),
     (dict(algorithm='mf'), 'centralized')])
 def test_the_server_app_refuses_what_it_cannot_run(settings, message):
-    from fedgraph.flower.server import RowFedAvg
+    from fedgraph.flower.server import FlowerTransport
 
     with pytest.raises(ValueError, match=message):
-        RowFedAvg(TrainConfig(**settings))
+        Deployment(TrainConfig(**settings), FlowerTransport(grid=None, timeout=1.0))
 
 
 def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):
@@ -350,13 +350,15 @@ def test_a_hostile_client_app_on_flower_is_dropped_and_the_run_goes_on(
     huge row, an unknown item, another node's users, a record that does not decode. The
     strategy drops what it must, counts it, and the model stays finite."""
     config = TrainConfig(rounds=2, dim=8, **CONFIG)
-    strategy = RowFedAvg(config, timeout=5, progress=False)
-    metrics = strategy.run(InProcessGrid(make_client_app(config), 4, tamper))
+    transport = FlowerTransport(PollingGrid(InProcessGrid(make_client_app(config), 4, tamper)),
+                                timeout=5)
+    server = Deployment(config, transport)
+    metrics = server.run(progress=False)
     for record in metrics['rounds']:
         assert record['uploads_dropped'] == dropped
         assert record['clients'] == (750 if node_left_out else 1000 - sum(dropped.values()))
         assert 0 < record['val']['hr@10'] <= 1
-    assert torch.isfinite(strategy.server.federated.model.item).all()
+    assert torch.isfinite(server.federated.model.item).all()
 
 
 def test_the_local_credentials_chain_to_their_authority(tmp_path):

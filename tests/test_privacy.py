@@ -11,7 +11,7 @@ from scipy.stats import norm
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import synthetic_interactions, ratio_split
-from fedgraph.federated.server import Server
+from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.privacy import accountant
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.leak import item_set_leak, precision_recall, value_guess
@@ -239,7 +239,8 @@ def test_dp_replaces_the_graph_models_laplace_defaults_and_takes_their_clip():
 
 def test_a_deployment_refuses_user_level_dp():
     with pytest.raises(ValueError, match='in-process only'):
-        Server(TrainConfig(algorithm='fedmf', dp_noise_multiplier=1.0, dp_clip=1.0))
+        Deployment(TrainConfig(algorithm='fedmf', dp_noise_multiplier=1.0, dp_clip=1.0),
+                   LocalTransport({}))
 
 
 def test_the_ledger_counts_each_client_and_reports_the_most_exposed():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import fedgraph.training
+import fedgraph.server.loop
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, ratio_split, synthetic_interactions
@@ -301,7 +301,7 @@ def test_a_diverging_run_stops_naming_the_round_and_keeps_its_checkpoint(tmp_pat
     out = tmp_path / 'run'
     config = TrainConfig(rounds=6, dim=8, checkpoint_every=2)
     losses = []
-    real_divergence = fedgraph.training.divergence
+    real_divergence = fedgraph.server.loop.divergence
 
     def spy(stats, engine):
         if len(losses) == 2:
@@ -310,7 +310,7 @@ def test_a_diverging_run_stops_naming_the_round_and_keeps_its_checkpoint(tmp_pat
         return real_divergence(stats, engine)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fedgraph.training, 'divergence', spy)
+        patch.setattr(fedgraph.server.loop, 'divergence', spy)
         with pytest.raises(TrainingDiverged, match=r'diverged in round 3: the training loss '
                                                    r'.* over 10 times .*checkpoint.pt \(after '
                                                    r'round 1\) is kept'):

@@ -7,7 +7,7 @@ import torch
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
 from fedgraph.federated.device import Device
-from fedgraph.federated.server import LocalTransport, Server
+from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.training import build_run, prepare_split
 
 SMALL = dict(dataset='synthetic', rounds=2, dim=8, client_streams=True)
@@ -105,8 +105,8 @@ def test_a_deployment_drops_what_a_device_should_not_send(algorithm, tamper, rea
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
     devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
-    server = Server(config, progress=False)
-    metrics = server.run(HostileTransport(devices, tamper))
+    server = Deployment(config, HostileTransport(devices, tamper))
+    metrics = server.run(progress=False)
     for record in metrics['rounds']:
         assert record['uploads_dropped'] == {reason: count}
         assert record['val']['hr@10'] >= 0  # the run went on and evaluated
@@ -158,8 +158,8 @@ def test_enrollment_and_pretraining_uploads_pass_the_same_checks(step, tamper, d
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
     devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
-    server = Server(config, progress=False)
-    metrics = server.run(HostileTransport(devices, tamper, step))
+    server = Deployment(config, HostileTransport(devices, tamper, step))
+    metrics = server.run(progress=False)
     counts = metrics['uploads_dropped_outside_rounds'][step]
     assert counts == (dropped if step == 'init' else
                       {reason: count * 2 for reason, count in dropped.items()})  # 2 rounds

@@ -40,7 +40,6 @@ import torch
 
 from fedgraph.config import TrainConfig, setting
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.aggregation import Aggregation
 from fedgraph.federated.device import DeviceHooks, Payload
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
 from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss
@@ -51,6 +50,7 @@ from fedgraph.privacy import accountant
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
+from fedgraph.server.stages import ServerPipeline, build_pipeline
 
 
 @dataclass
@@ -160,24 +160,28 @@ class Algorithm:
                         lr_scale: float = 1.0) -> LocalTraining:
         """The local training of :class:`ClientSettings`: the settings' loss, optimizer, L2
         regularization and learning rates (times ``lr_scale``), the shared batch size,
-        epochs and negatives, FedAvg weighting and upload transform; ``alternating``:
+        epochs and negatives and the upload transform; ``alternating``:
         PFedRec's two steps per mini-batch."""
         settings, config = self.settings, self.config
         return LocalTraining(
             lr=settings.lr * lr_scale, item_lr=settings.item_lr(num_items) * lr_scale,
             batch_size=config.batch_size, local_epochs=config.local_epochs,
             num_negatives=config.num_negatives,
-            aggregation=self.aggregation(),
             upload=self.upload_transform(), alternating=alternating,
             personalize_items=settings.dual_personalization,
             loss=LOSSES[settings.loss](), optimizer=OPTIMIZERS[settings.optimizer](),
-            l2_reg=settings.l2_reg, server_noise=self.server_noise())
+            l2_reg=settings.l2_reg)
 
-    def aggregation(self) -> Aggregation:
-        """The server's aggregation rule: ``config.aggregation`` with its trim ratio and
-        norm bound."""
+    def server_pipeline(self, num_clients: int) -> ServerPipeline:
+        """What the server does with a round's uploads
+        (:class:`~fedgraph.server.stages.ServerPipeline`): ``config.norm_bound``, DP-FedAvg's
+        clipping (:meth:`user_level_dp`), the aggregator registered as
+        ``config.aggregation`` (with ``config.trim_ratio``), DP-FedAvg's noise and the
+        server's Laplace noise (:meth:`server_noise`). An algorithm may add stages of its
+        own."""
         config = self.config
-        return Aggregation(config.aggregation, config.trim_ratio, config.norm_bound or None)
+        return build_pipeline(config.aggregation, config.trim_ratio, config.norm_bound or None,
+                              self.user_level_dp(num_clients), self.server_noise())
 
     def upload_transform(self) -> UploadTransform:
         """What an upload goes through: clipping at ``config.clip`` (0: none; per row in L2
@@ -243,16 +247,16 @@ class Algorithm:
         model = self.build_model(partition.num_clients, partition.num_items,
                                  generator).to(config.device)
         training = self.local_training(partition.num_items)
-        training.privacy = self.user_level_dp(partition.num_clients)
+        server = self.server_pipeline(partition.num_clients)
         selector = self.build_selector(partition.num_clients)
         if config.engine == 'vectorized':
             streams = ClientStreams() if config.client_streams else None
             engine = FederatedEngine(model, partition, training, selector, known, streams,
-                                     config.closed_form)
+                                     config.closed_form, server)
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:
-            engine = ReferenceEngine(model, partition, training, selector, known)
+            engine = ReferenceEngine(model, partition, training, selector, known, server)
         if config.dp_delta is not None:
             engine.ledger.delta = config.dp_delta
         return self.extend(engine, partition, generator)

@@ -20,6 +20,12 @@
 """
 from __future__ import annotations
 
+import os
+
+# The command line's process spins its OpenMP threads briefly (fedgraph.runtime): read once,
+# when PyTorch loads its OpenMP runtime, so it is set before anything here imports PyTorch.
+os.environ.setdefault('GOMP_SPINCOUNT', '1000')
+
 import argparse
 import json
 import logging
@@ -388,7 +394,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         _flower(argv[1:])
         return
     args = build_parser().parse_args(argv)
+    from fedgraph import runtime
     from fedgraph.training import TrainingDiverged
+
+    runtime.keep_freed_memory()  # this process is the command's: its rounds reuse their pages
     try:
         run_command(args)
     except TrainingDiverged as error:

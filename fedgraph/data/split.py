@@ -223,3 +223,33 @@ def predefined_split(data: HeteroData, val_ratio: float = 0.1, seed: int = 0) ->
     inner = ratio_split(with_edges(data, code == 0), (1 - val_ratio, val_ratio, 0.0),
                         seed=seed)
     return RankingSplit(train=inner.train, val=inner.val, test=test)
+
+
+def split_state(split: 'SampledSplit | RankingSplit') -> Dict[str, object]:
+    """``split`` as plain tensors, numbers, strings, lists and dicts (what
+    ``torch.load(..., weights_only=True)`` reads back): its protocol, its training graph as
+    :meth:`HeteroData.to_dict` gives it, and its held-out items."""
+    state: Dict[str, object] = {'protocol': split.protocol, 'train': split.train.to_dict()}
+    if isinstance(split, SampledSplit):
+        state.update(val_item=split.val_item, test_item=split.test_item,
+                     val_negatives=split.val_negatives, test_negatives=split.test_negatives,
+                     num_filtered_users=split.num_filtered_users)
+    else:
+        for name in ('val', 'test'):
+            part = getattr(split, name)
+            state[name] = {'ptr': part.ptr, 'col': part.col, 'num_items': part.num_items}
+    return state
+
+
+def split_from_state(state: Dict[str, object]) -> 'SampledSplit | RankingSplit':
+    """The split :func:`split_state` wrote."""
+    from torch_geometric.data import HeteroData
+
+    train = HeteroData.from_dict(state['train'])
+    if state['protocol'] == 'sampled':
+        return SampledSplit(train, state['val_item'], state['test_item'],
+                            state['val_negatives'], state['test_negatives'],
+                            int(state['num_filtered_users']))
+    return RankingSplit(train, *(ClientPartition(state[name]['ptr'], state[name]['col'],
+                                                 state[name]['num_items'])
+                                 for name in ('val', 'test')))

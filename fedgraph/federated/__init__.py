@@ -1,8 +1,8 @@
 """The federated engine: selection, local training, uploads, aggregation. The graph models'
 engine (:mod:`fedgraph.federated.graph`) and the two halves of a deployment
-(:mod:`fedgraph.federated.device`, :mod:`fedgraph.federated.server`) are imported from their
-modules."""
-from fedgraph.federated.aggregation import Aggregation, aggregate_dense, aggregate_rows
+(:mod:`fedgraph.federated.device`, :mod:`fedgraph.server.deployment`) are imported from
+their modules."""
+from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine, RoundStats
 from fedgraph.federated.evaluation import evaluate
 from fedgraph.federated.personal import PersonalItemRows
@@ -10,6 +10,6 @@ from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
 
-__all__ = ['Aggregation', 'aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
+__all__ = ['aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
            'RoundEngine', 'RoundStats', 'evaluate', 'PersonalItemRows', 'RoundPlan',
            'plan_round', 'ReferenceEngine', 'ClientSelector']

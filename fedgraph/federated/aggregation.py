@@ -1,19 +1,13 @@
-"""Server-side aggregation: row updates into a shared table, dense updates by FedAvg, and the
-robust rules that replace the mean (:class:`Aggregation`)."""
+"""Server-side aggregation arithmetic: row updates into a shared table, dense updates by
+FedAvg, and the robust statistics that replace the mean; the server pipeline's aggregators
+(:mod:`fedgraph.server.stages`) are built from them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numba
 import torch
 from torch import Tensor
-
-from fedgraph.privacy.upload import bound_norm
-
-#: The aggregation rules: FedAvg unweighted or weighted by sample count, and the two robust
-#: statistics of Flower's FedMedian and FedTrimmedAvg.
-RULES = ('mean', 'weighted', 'median', 'trimmed_mean')
 
 
 def aggregate_rows(table: Tensor, row_item: Tensor, row_owner: Tensor, update: Tensor,
@@ -117,88 +111,6 @@ def grouped_order(values: Tensor, group: Tensor) -> Tensor:
     monotone = torch.where(bits < 0, ~bits & 0xFFFFFFFF, bits | 0x80000000)
     order = ((group.unsqueeze(0) << 32) | monotone).sort(dim=1).indices
     return values.t().gather(1, order).t()
-
-
-@dataclass(frozen=True)
-class Aggregation:
-    """How the server turns a round's accepted uploads into the new shared parameters.
-
-    * ``mean`` / ``weighted``: FedAvg (:func:`aggregate_rows`, :func:`aggregate_dense`).
-    * ``median`` / ``trimmed_mean``: the coordinate-wise median or ``trim_ratio``-trimmed
-      mean (:func:`grouped_statistic`). A dense parameter takes the statistic over the
-      round's clients, as Flower's FedMedian and FedTrimmedAvg do. A row of the item table
-      takes it over the :math:`n_i` clients that uploaded that row, scaled by their share of
-      the round's :math:`B` clients,
-
-      .. math::
-          E'_i = E_i + \\frac{n_i}{B}\\, \\mathrm{stat}_{c \\ni i}(\\Delta_{c,i}),
-
-      which is FedAvg's :math:`\\sum_{c \\ni i} \\Delta_{c,i} / B` when the statistic is the
-      mean. (The statistic over all :math:`B` clients, counting a client that did not touch
-      the row as a zero change, would freeze every row fewer than half the clients touched:
-      nearly every item of sparse data.)
-    * ``norm_bound`` :math:`C`: before the rule, the server scales each uploaded row update
-      and each client's dense update (all its dense parameters as one vector) to L2 norm at
-      most :math:`C` -- the norm bound of Sun et al. (2019), enforced by the server rather
-      than trusted to the clients.
-
-    The robust rules weigh every client alike.
-    """
-    rule: str = 'mean'
-    trim_ratio: float = 0.2
-    norm_bound: Optional[float] = None
-
-    def __post_init__(self):
-        if self.rule not in RULES:
-            raise ValueError(f'aggregation must be one of {RULES}, got {self.rule!r}')
-        if not 0 <= self.trim_ratio < 0.5:
-            raise ValueError(f'trim_ratio must be in [0, 0.5), got {self.trim_ratio}')
-        if self.norm_bound is not None and not self.norm_bound > 0:
-            raise ValueError(f'norm_bound must be > 0, got {self.norm_bound}')
-
-    @property
-    def weighted(self) -> bool:
-        """Whether clients weigh by their sample counts."""
-        return self.rule == 'weighted'
-
-    @property
-    def is_mean(self) -> bool:
-        """Whether the rule is FedAvg (weighted or not) without a norm bound."""
-        return self.rule in ('mean', 'weighted') and self.norm_bound is None
-
-    def rows(self, table: Tensor, row_item: Tensor, row_owner: Tensor, update: Tensor,
-             num_clients: int, num_samples: Tensor) -> Tensor:
-        """The new table from ``table`` and the row updates of ``num_clients`` clients
-        (``update[r]``: client ``row_owner[r]``'s change of row ``row_item[r]``)."""
-        if self.norm_bound is not None:
-            update = bound_norm(update, self.norm_bound)
-        if self.rule in ('mean', 'weighted'):
-            weight = num_samples if self.weighted else None
-            return aggregate_rows(table, row_item, row_owner, update, num_clients, weight)
-        if row_item.numel() == 0:
-            return table.clone()
-        items, statistic, counts = grouped_statistic(update, row_item, self.rule,
-                                                     self.trim_ratio)
-        share = (counts.to(table.dtype) / num_clients).unsqueeze(1)
-        return table.index_add(0, items, statistic * share)
-
-    def dense(self, update: Tensor, num_samples: Tensor) -> Tensor:
-        """The change of a dense shared parameter from the clients' changes ``[B, ...]``
-        (already norm-bounded by :meth:`bound_dense`)."""
-        if self.rule in ('mean', 'weighted'):
-            return aggregate_dense(update, num_samples if self.weighted else None)
-        flat = update.reshape(update.size(0), -1)
-        _, statistic, _ = grouped_statistic(
-            flat, torch.zeros(flat.size(0), dtype=torch.long, device=flat.device), self.rule,
-            self.trim_ratio)
-        return statistic.view(update.shape[1:])
-
-    def bound_dense(self, dense: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """Each client's dense updates ``{name: [B, ...]}`` scaled together to L2 norm at
-        most ``norm_bound``."""
-        if self.norm_bound is None:
-            return dense
-        return per_client_vector(dense, lambda flat: bound_norm(flat, self.norm_bound))
 
 
 def per_client_vector(dense: Dict[str, Tensor], apply: Callable[[Tensor], Tensor]

@@ -29,17 +29,18 @@ from torch_scatter import scatter
 
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated import fused
-from fedgraph.federated.aggregation import Aggregation, per_client_vector
+from fedgraph.federated.aggregation import per_client_vector
 from fedgraph.federated.local import SGD, BCELoss, LocalLoss, LocalOptimizer
+from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import screen
-from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.ledger import PrivacyLedger
-from fedgraph.privacy.upload import UploadTransform, server_mean_noise
+from fedgraph.privacy.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
+from fedgraph.server.stages import ServerPipeline
 
 BYTES_PER_INDEX = 8
 
@@ -59,19 +60,15 @@ class LocalTraining:
             fresh forward pass, the item rows -- instead of one joint step.
         personalize_items: evaluate each client with its locally fine-tuned item rows (dual
             personalization) rather than the global table.
-        aggregation: how the server combines the uploads (FedAvg, weighted or not, or a
-            robust rule; :class:`~fedgraph.federated.aggregation.Aggregation`).
         upload: the transform applied to uploaded row updates.
-        privacy: user-level DP-FedAvg (:class:`~fedgraph.privacy.gaussian.UserLevelDP`):
-            each client's whole update clipped, Gaussian noise on the aggregate.
         loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
         optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
         l2_reg: :math:`\\lambda` of the L2 regularization each sample adds to its loss,
             :math:`\\tfrac{\\lambda}{2} (\\lVert e_i \\rVert^2 + \\lVert \\theta_u \\rVert^2)`
             over its item row and its client's private parameters.
-        server_noise: the Laplace scale whose mean over the round's clients the server
-            adds to the aggregated item table
-            (:func:`~fedgraph.privacy.upload.server_mean_noise`; not local DP).
+
+    What the server does with the uploads is not the client's recipe but the server's
+    pipeline (:class:`~fedgraph.server.stages.ServerPipeline`).
     """
     lr: float = 0.1
     item_lr: float = 0.1 * 80
@@ -80,49 +77,10 @@ class LocalTraining:
     num_negatives: int = 4
     alternating: bool = True
     personalize_items: bool = True
-    aggregation: Aggregation = field(default_factory=Aggregation)
     upload: UploadTransform = field(default_factory=UploadTransform)
-    privacy: Optional[UserLevelDP] = None
     loss: LocalLoss = field(default_factory=BCELoss)
     optimizer: LocalOptimizer = field(default_factory=SGD)
     l2_reg: float = 0.0
-    server_noise: float = 0.0
-
-
-@dataclass
-class RoundStats:
-    """What one round measured: the clients' mean local training loss, the number of
-    clients, the mean bytes a client uploaded and downloaded, and the uploads the server
-    dropped by reason (:mod:`fedgraph.federated.trust`)."""
-    loss: float
-    num_clients: int
-    upload_bytes: float
-    download_bytes: float
-    dropped: Dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class RowUpload:
-    """What the clients of the latest round uploaded: row ``r`` of ``update`` is client
-    ``clients[row_owner[r]]``'s (transformed) change of item ``row_item[r]``; ``dense[name]``
-    ``[B, ...]`` holds each client's (transformed) change of a dense shared parameter."""
-    clients: Tensor
-    row_owner: Tensor
-    row_item: Tensor
-    update: Tensor
-    dense: Dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class ClientRound:
-    """What the clients of a round hand the server: their row updates, their samples per
-    epoch (the weights of weighted FedAvg) and their mean training losses ``[B]``. With
-    per-client streams, ``generators`` are the clients' streams positioned after their
-    upload noise, for what they upload next (a graph model's user embeddings)."""
-    upload: RowUpload
-    num_samples: Tensor
-    loss: Tensor
-    generators: Optional[List[torch.Generator]] = None
 
 
 def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
@@ -213,13 +171,16 @@ class FederatedEngine(RoundEngine):
         closed_form: train a bilinear head with binary cross-entropy and SGD in closed form, in
             one compiled kernel (:mod:`fedgraph.federated.fused`), where the model allows;
             ``False``: autograd for every model.
+        server: what the server does with the uploads (default: FedAvg's mean).
     """
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,
                  known: Optional[ClientPartition] = None,
-                 streams: Optional[ClientStreams] = None, closed_form: bool = True):
+                 streams: Optional[ClientStreams] = None, closed_form: bool = True,
+                 server: Optional[ServerPipeline] = None):
         self.model = model
+        self.server = server if server is not None else ServerPipeline()
         self.closed_form = closed_form
         self.partition = partition.to(model.item.device)
         self.known = known.to(model.item.device) if known is not None else None
@@ -230,7 +191,7 @@ class FederatedEngine(RoundEngine):
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
         #: The privacy releases so far (``metrics.json``'s ``privacy`` record).
         self.ledger = PrivacyLedger(model.num_clients, selector.count, model.dim,
-                                    training.privacy, training.upload)
+                                    self.server.privacy, training.upload)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
         #: What stands between the clients' honest uploads and the server in a simulated
@@ -261,40 +222,24 @@ class FederatedEngine(RoundEngine):
                   generator: Optional[torch.Generator] = None) -> RoundStats:
         """The server half of a round: the clients' row updates into the shared table
         (``base`` is the table they trained from) and their dense updates into the dense
-        shared parameters, their participation counted. ``result`` holds the uploads that
-        passed the server's checks (:func:`~fedgraph.federated.trust.screen`), ``dropped``
-        counts the others; with none left, the model stays as it was. With
-        :attr:`LocalTraining.privacy`, each client's whole update is clipped and the mean
-        carries Gaussian noise on every coordinate
-        (:class:`~fedgraph.privacy.gaussian.UserLevelDP`); with
-        :attr:`LocalTraining.server_noise` the server adds Laplace-like noise to the whole
-        table. Noise is drawn from ``generator``; the releases are counted in
-        :attr:`ledger`."""
+        shared parameters, through the server's pipeline (:attr:`server`: norm bound, DP
+        clipping, the aggregator, DP and server noise), their participation counted.
+        ``result`` holds the uploads that passed the server's checks
+        (:func:`~fedgraph.federated.trust.screen`), ``dropped`` counts the others; with none
+        left, the model stays as it was. Noise is drawn from ``generator``; the releases are
+        counted in :attr:`ledger`."""
         upload = result.upload
         num_clients = upload.clients.numel()
         if num_clients == 0:
             return RoundStats(float('nan'), 0, 0.0, 0.0, dict(dropped or {}))
-        rule, privacy = self.training.aggregation, self.training.privacy
-        update, dense = upload.update, rule.bound_dense(upload.dense)
-        if privacy is not None:
-            update, dense = privacy.clip_clients(upload.row_owner, update, dense, num_clients)
-        with torch.no_grad():
-            self.model.item.copy_(rule.rows(base, upload.row_item, upload.row_owner,
-                                            update, num_clients, result.num_samples))
-            for name, value in self.model.shared_dense().items():
-                value.add_(rule.dense(dense[name], result.num_samples))
-            if privacy is not None:
-                for value in [self.model.item, *self.model.shared_dense().values()]:
-                    value.add_(privacy.sum_noise(value.shape, num_clients, generator,
-                                                 value.dtype).to(value.device) / num_clients)
-            if self.training.server_noise:
-                self.model.item.add_(server_mean_noise(
-                    base.shape, self.training.server_noise, num_clients, generator,
-                    base.dtype).to(base.device))
+        self.server(self.model.item, self.model.shared_dense(), base, upload.row_item,
+                    upload.row_owner, upload.update, upload.dense, num_clients,
+                    result.num_samples, generator)
         self.participation[upload.clients.cpu()] += 1
         self.broadcast = base
         rows_per_client = torch.bincount(upload.row_owner, minlength=num_clients)
         self.ledger.record_aggregate(upload.clients, self.selector.uniform, rows_per_client)
+        privacy = self.server.privacy
         dense_upload = (privacy is not None and not privacy.central)
         row_bytes = (base.numel() * base.element_size() if dense_upload
                      else float(rows_per_client.double().mean()) * self.row_bytes)

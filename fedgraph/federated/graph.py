@@ -21,7 +21,7 @@ PerFedRec++ adds, on top of FedLightGCN:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -38,9 +38,6 @@ from fedgraph.metrics.representation import uniformity
 from fedgraph.nn.augment import Compose, PseudoItems, SimGCLNoise
 from fedgraph.nn.contrastive import info_nce
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
-
-if TYPE_CHECKING:
-    from fedgraph.federated.server import Transport
 
 LEVELS = ('global', 'cluster', 'local')
 
@@ -290,7 +287,7 @@ class GraphFederatedEngine(RoundEngine):
             info_nce(views[0][0][clients], views[1][0][clients], self.cl_temperature)
             + info_nce(views[0][1][items], views[1][1][items], self.cl_temperature))
 
-    def pretrain_remote(self, transport: 'Transport', generator: torch.Generator,
+    def pretrain_remote(self, transport, generator: torch.Generator,
                         progress: bool = True) -> Dict[str, object]:
         """The server half of :meth:`pretrain` over messages, the devices holding the user
         embeddings (:meth:`GraphDeviceHooks.step`).
@@ -347,7 +344,7 @@ class GraphFederatedEngine(RoundEngine):
         the users uploaded before the rounds."""
         self.before_round()
         stats, result = self.engine.train_round(generator)
-        if self.training.privacy is None:
+        if self.engine.server.privacy is None:
             randomness = generator if result.generators is None else result.generators
             dropped = self.upload_users(result.upload.clients, randomness)
             if dropped:
@@ -355,7 +352,7 @@ class GraphFederatedEngine(RoundEngine):
         self.finish_round(result, generator)
         return stats
 
-    # The server's halves of a round over messages (see fedgraph.federated.server.Server).
+    # The server's halves of a round over messages (see fedgraph.server.deployment.Deployment).
     def before_round(self) -> None:
         """Propagates the graph: the round's context."""
         self.refresh_context()
@@ -389,7 +386,7 @@ class GraphFederatedEngine(RoundEngine):
         (counted in the privacy ledger, when they upload): the cluster tables take the
         round's row updates (under DP-FedAvg with noise drawn from ``generator``), and every
         ``cluster_every`` rounds the clients are clustered again."""
-        if self.training.privacy is None:
+        if self.engine.server.privacy is None:
             self.ledger.record_vectors(result.upload.clients)
         if self.cluster_tables is not None:
             self._update_cluster_tables(result, generator)
@@ -430,7 +427,7 @@ class GraphFederatedEngine(RoundEngine):
         release of its own when the cluster level scores (counted in the ledger), the sum of
         the members' own noise under local DP."""
         upload, base = result.upload, self.engine.broadcast
-        privacy = self.training.privacy
+        privacy = self.engine.server.privacy
         update = upload.update
         if privacy is not None:
             update, _ = privacy.clip_clients(upload.row_owner, update, upload.dense,

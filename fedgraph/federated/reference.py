@@ -22,6 +22,7 @@ from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.recommender import FederatedRecommender
 from fedgraph.privacy.ledger import PrivacyLedger
+from fedgraph.server.stages import Mean, ServerPipeline, WeightedMean
 
 
 class ClientModel(nn.Module):
@@ -60,16 +61,15 @@ class ReferenceEngine(RoundEngine):
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,
-                 known: Optional[ClientPartition] = None):
-        if training.server_noise:
-            raise ValueError('the reference engine checks local DP only: it has no '
-                             'server-side noise')
-        if training.privacy is not None:
-            raise ValueError('the reference engine checks local training: it has no '
-                             'user-level DP (DP-FedAvg)')
-        if not training.aggregation.is_mean:
-            raise ValueError('the reference engine checks local training: it aggregates by '
-                             'FedAvg only, without a norm bound')
+                 known: Optional[ClientPartition] = None,
+                 server: Optional[ServerPipeline] = None):
+        server = server if server is not None else ServerPipeline()
+        if server.uploads or server.releases or type(server.aggregator) not in (Mean,
+                                                                                WeightedMean):
+            raise ValueError(f'the reference engine checks local training: it aggregates by '
+                             f'FedAvg only, without norm bound, user-level DP or server '
+                             f'noise (got {server.describe()})')
+        self.weighted = server.aggregator.weighted
         self.model = model
         self.partition = partition
         self.known = known
@@ -112,7 +112,7 @@ class ReferenceEngine(RoundEngine):
             uploads.append((torch.full((int(touched.sum()),), position),
                             torch.nonzero(touched).view(-1), update[touched]))
             tables.append(global_items + update)
-            weights.append(float(plan.num_samples[position]) if cfg.aggregation.weighted else 1.0)
+            weights.append(float(plan.num_samples[position]) if self.weighted else 1.0)
             losses.append(loss)
         weight = torch.tensor(weights, dtype=global_items.dtype).view(-1, 1, 1)
         self.broadcast = global_items

@@ -13,13 +13,12 @@ entries the server can accept (:func:`restrict_reply`).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from fedgraph.federated.engine import ClientRound
+from fedgraph.federated.messages import ClientRound
 
 
 def finite_rows(values: Tensor) -> Tensor:
@@ -29,8 +28,8 @@ def finite_rows(values: Tensor) -> Tensor:
     return torch.isfinite(values.reshape(values.size(0), -1).norm(dim=1))
 
 
-def screen(result: 'ClientRound', num_items: int, extra: Optional[Dict[str, Tensor]] = None
-           ) -> Tuple['ClientRound', Dict[str, Tensor], Dict[str, int]]:
+def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor]] = None
+           ) -> Tuple[ClientRound, Dict[str, Tensor], Dict[str, int]]:
     """The round's uploads without the clients that sent a non-finite tensor or an item id
     out of range.
 

@@ -1,37 +1,35 @@
-"""The server side on Flower: the ``ServerApp``, and :class:`RowFedAvg`, a Flower ``Strategy``
-that carries the messages of :class:`~fedgraph.federated.server.Server`, the server half of
-every step (enrollment, pre-training, rounds, evaluation).
+"""The server side on Flower: the ``ServerApp``, which runs fedgraph's one round loop
+(:class:`~fedgraph.server.loop.Server`) over a
+:class:`~fedgraph.server.deployment.Deployment` whose messages Flower carries
+(:class:`FlowerTransport`): Flower is the transport, and every step -- enrollment,
+pre-training, rounds, evaluation, early stopping, the run folder -- is the loop's, as
+in-process.
 
-Flower's ``Strategy.start`` loop drives the rounds: ``configure_train`` sends each node the
-payload :meth:`Server.configure_round <fedgraph.federated.server.Server.configure_round>`
-builds, ``aggregate_train`` hands the replies to :meth:`Server.aggregate_round
-<fedgraph.federated.server.Server.aggregate_round>`, and likewise for evaluation; the global
-arrays the loop passes around are the item table. Enrollment and pre-training run before it
-through :class:`FlowerTransport`. A node that does not answer within ``timeout`` seconds
-(crashed, disconnected) is left out of that round: the round completes with the users that
-answered, and the node is asked again in later rounds. Replies are collected through a
-:class:`PollingGrid`, which looks for them every ``poll_interval`` seconds.
+A node that does not answer within ``timeout`` seconds (crashed, disconnected) is left out of
+that step: the round completes with the users that answered, and the node is asked again in
+later rounds. Replies are collected through a :class:`PollingGrid`, which looks for them
+every ``poll_interval`` seconds.
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated.device import Payload
-from fedgraph.federated.server import Server, Transport
-from fedgraph.flower.records import (config_to_run_config, load, run_config_to_config,
-                                     to_content, to_record)
+from fedgraph.flower.records import config_to_run_config, load, run_config_to_config, to_content
+from fedgraph.server.deployment import Deployment, Transport
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
+#: The steps that go as Flower's own message types (the others are queries).
+STEP_TYPES = {'train': MessageType.TRAIN, 'evaluate': MessageType.EVALUATE}
 
 
 class PollingGrid(Grid):
@@ -102,6 +100,7 @@ class FlowerTransport(Transport):
         self.grid = grid
         self.timeout = timeout
         self.min_nodes = min_nodes
+        self._steps: Dict[str, int] = {}
 
     def node_ids(self) -> List[int]:
         deadline = time.monotonic() + self.timeout
@@ -139,75 +138,37 @@ class FlowerTransport(Transport):
         return answered
 
     def send(self, step: str, payloads: Mapping[int, Payload]) -> Dict[int, Payload]:
-        messages = self.messages({node: {**payload, 'step': step}
-                                  for node, payload in payloads.items()},
-                                 MessageType.QUERY, step)
+        """Round training and evaluation go as Flower's ``train`` and ``evaluate`` messages
+        (a group per step and round), every other step as a ``query`` naming its step."""
+        if step in STEP_TYPES:
+            self._steps[step] = self._steps.get(step, 0) + 1
+            messages = self.messages(payloads, STEP_TYPES[step], f'{step}-{self._steps[step]}')
+        else:
+            messages = self.messages({node: {**payload, 'step': step}
+                                      for node, payload in payloads.items()},
+                                     MessageType.QUERY, step)
         return self.answered(self.grid.send_and_receive(messages, timeout=self.timeout))
 
 
-class RowFedAvg(Strategy):
-    """Row-wise FedAvg of a federated recommender as a Flower ``Strategy``: the messages of a
-    :class:`~fedgraph.federated.server.Server`.
+def run_on_grid(config: TrainConfig, grid: Grid, out: Optional[Path] = None,
+                timeout: float = 120.0, min_nodes: int = 1, progress: bool = True,
+                poll_interval: float = POLL_INTERVAL) -> Dict:
+    """A whole run with its clients on the nodes of Flower's ``grid``: the one round loop
+    over a :class:`~fedgraph.server.deployment.Deployment` whose messages go through
+    :class:`FlowerTransport`; writes ``out`` (``config.json``, ``metrics.json``) and returns
+    the metrics.
 
     Args:
         config: the run's configuration (``client_streams`` is implied).
-        timeout: seconds to wait for a round's replies; later replies are dropped.
+        grid: the ServerApp's grid.
+        out: the run folder (``None``: nothing written).
+        timeout: seconds to wait for a step's replies; later replies are dropped.
         min_nodes: nodes to wait for before enrolling.
-        progress: log a line per round.
+        progress: a progress bar over rounds, and a logged line per round.
         poll_interval: seconds between two looks for a step's replies (:class:`PollingGrid`).
     """
-
-    def __init__(self, config: TrainConfig, timeout: float = 120.0, min_nodes: int = 1,
-                 progress: bool = True, poll_interval: float = POLL_INTERVAL):
-        if config.patience:
-            raise ValueError('Flower runs the rounds it is given: early stopping (patience) '
-                             'runs in-process and with fedgraph.federated.server.Server.run')
-        self.server = Server(config, progress)
-        self.config = self.server.config
-        self.timeout = timeout
-        self.min_nodes = min_nodes
-        self.poll_interval = poll_interval
-        self.transport: Optional[FlowerTransport] = None
-
-    def _items(self) -> ArrayRecord:
-        return to_record({'items': self.server.federated.model.item})
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        return self.transport.messages(self.server.configure_round(), MessageType.TRAIN,
-                                       str(server_round))
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
-        stats = self.server.aggregate_round(server_round - 1, self.transport.answered(replies))
-        return self._items(), MetricRecord({'train_loss': stats.loss,
-                                            'clients': stats.num_clients})
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.transport.messages(self.server.configure_evaluate(server_round - 1),
-                                       MessageType.EVALUATE, f'eval-{server_round}')
-
-    def aggregate_evaluate(self, server_round: int,
-                           replies: Iterable[Message]) -> Optional[MetricRecord]:
-        record = self.server.aggregate_evaluate(self.transport.answered(replies))
-        if 'val' not in record:
-            return None
-        return MetricRecord({f'{split}-{metric}': value for split in ('val', 'test')
-                             for metric, value in record[split].items()})
-
-    def summary(self) -> None:
-        log.info('%s: row-wise FedAvg over %d users on %d nodes', self.config.algorithm,
-                 self.server.federated.model.num_clients, len(self.server.node_users))
-
-    def run(self, grid: Grid, out: Optional[Path] = None) -> Dict:
-        """Enrollment, pre-training and ``config.rounds`` rounds through
-        :meth:`Strategy.start`; writes ``out/config.json`` and ``out/metrics.json``."""
-        grid = PollingGrid(grid, self.poll_interval)
-        self.transport = FlowerTransport(grid, self.timeout, self.min_nodes)
-        self.server.start(self.transport, out)
-        self.start(grid, self._items(), self.config.rounds, timeout=self.timeout)
-        return self.server.metrics()
+    transport = FlowerTransport(PollingGrid(grid, poll_interval), timeout, min_nodes)
+    return Deployment(config, transport).run(out, progress)
 
 
 def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = None,
@@ -223,10 +184,8 @@ def make_server_app(config: Optional[TrainConfig] = None, out: Optional[Path] = 
     def main(grid: Grid, context: Context) -> None:
         run_config = {**defaults, **context.run_config}
         folder = run_config.get('out', out)
-        strategy = RowFedAvg(run_config_to_config(run_config),
-                             timeout=float(run_config.get('timeout', timeout)),
-                             min_nodes=int(run_config.get('min-nodes', min_nodes)),
-                             progress=progress)
-        strategy.run(grid, Path(folder) if folder else None)
+        run_on_grid(run_config_to_config(run_config), grid, Path(folder) if folder else None,
+                    timeout=float(run_config.get('timeout', timeout)),
+                    min_nodes=int(run_config.get('min-nodes', min_nodes)), progress=progress)
 
     return app

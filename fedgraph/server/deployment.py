@@ -1,6 +1,7 @@
-"""The server side of a deployment: the server half of every two-sided step, whatever carries
-the messages (Flower's strategy in :mod:`fedgraph.flower.server`, or :class:`LocalTransport`
-in one process).
+"""A deployment: the server half of every two-sided step, with the clients on devices behind
+a :class:`Transport` (Flower's, :mod:`fedgraph.flower.server`, or :class:`LocalTransport`
+in one process); :class:`Deployment` is the :class:`~fedgraph.server.loop.Federation` that
+the one round loop (:class:`~fedgraph.server.loop.Server`) drives.
 
 1. **enrollment** -- every device answers the ids of the users it holds; the server draws the
    initial model from the run's seed exactly as the in-process engine does (the algorithm's
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -33,10 +33,11 @@ from torch import Tensor
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import Device, Payload, grouped
-from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundStats, RowUpload
+from fedgraph.federated.engine import FederatedEngine
+from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import restrict_reply, screen
-from fedgraph.records import metrics_of, round_record, stops_early, summary_line, write_metrics
+from fedgraph.server.loop import Federation, Server
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +168,15 @@ class ScreenedTransport(Transport):
         return kept
 
 
-class Server:
-    """The server of a deployment (see the module docstring).
+class Deployment(Federation):
+    """The server's halves of a deployment over ``transport`` (see the module docstring).
 
     Args:
         config: the run's configuration (``client_streams`` is implied).
-        progress: log a line per round.
+        transport: what carries the messages to the devices.
     """
 
-    def __init__(self, config: TrainConfig, progress: bool = True):
+    def __init__(self, config: TrainConfig, transport: Transport):
         algorithm = config.build_algorithm()
         if not algorithm.federated:
             raise ValueError(f'{config.algorithm} is centralized: nothing to federate')
@@ -185,17 +186,15 @@ class Server:
             raise ValueError('user-level DP (DP-FedAvg) runs in-process only: a deployment '
                              'clips and noises per row (--clip, --ldp-scale)')
         self.config = dataclasses.replace(config, client_streams=True)
+        self.transport = transport
         self.algorithm = algorithm
-        self.progress = progress
         self.generator = torch.Generator().manual_seed(config.seed)
         self.node_users: Dict[int, Tensor] = {}
         self.federated: Optional[FederatedEngine] = None
         self.engine = None
-        self.pretraining: Optional[Dict[str, object]] = None
-        self.history: List[Dict[str, object]] = []
-        self.out: Optional[Path] = None
         self.screened: Optional[ScreenedTransport] = None
         self._sent: Dict[int, Payload] = {}
+        self._record: Dict[str, object] = {}
 
     # ------------------------------------------------------------------ enrollment
     def enroll(self, transport: Transport, nodes: List[int]) -> None:
@@ -219,7 +218,8 @@ class Server:
                                   torch.empty(0, dtype=torch.long), num_items)
         self.federated = FederatedEngine(model, nothing, algorithm.local_training(num_items),
                                          algorithm.build_selector(num_users), None,
-                                         ClientStreams())
+                                         ClientStreams(),
+                                         server=algorithm.server_pipeline(num_users))
         transport.nodes = self.node_users
         transport = self.screened = ScreenedTransport(transport, num_items, model.dim,
                                                       algorithm.device_hooks().replies)
@@ -236,18 +236,35 @@ class Server:
         log.info('enrolled %d users on %d nodes, %d items', num_users, len(self.node_users),
                  num_items)
 
-    def pretrain(self) -> None:
-        """The algorithm's pre-training over messages, if it has one, over the transport of
-        the enrollment with its checks."""
-        self.pretraining = self.engine.pretrain_remote(self.screened, self.generator,
-                                                       self.progress)
+    def run(self, out: Optional[Path] = None, progress: bool = True) -> Dict:
+        """The whole run: the one round loop (:class:`~fedgraph.server.loop.Server`) over
+        this deployment; writes ``out`` (``config.json``, ``metrics.json``) and returns the
+        metrics."""
+        metrics = Server(self.config, self, out, progress).run()
+        log.info('%s: %d users on %d nodes', self.config.algorithm,
+                 self.federated.model.num_clients, len(self.node_users))
+        return metrics
+
+    def start(self, progress: bool) -> Optional[Dict[str, object]]:
+        """Enrollment, then the algorithm's pre-training over messages, if it has one, over
+        the transport of the enrollment with its checks."""
+        self.enroll(self.transport, self.transport.node_ids())
+        return self.engine.pretrain_remote(self.screened, self.generator, progress)
+
+    def train_round(self, round_index: int) -> Tuple[RoundStats, Dict[str, object]]:
+        stats = self.aggregate_round(round_index,
+                                     self.transport.send('train', self.configure_round()))
+        return stats, self._record
+
+    def evaluate(self, round_index: int) -> Dict[str, object]:
+        return self.aggregate_evaluate(
+            self.transport.send('evaluate', self.configure_evaluate(round_index)))
 
     # ------------------------------------------------------------------ rounds
     def configure_round(self) -> Dict[int, Payload]:
         """Selects the round's users, draws the seed of their streams and builds a payload
         for each device holding one: the shared parameters, its selected ``users`` and what
         the engine adds (a graph model: their context)."""
-        self._began = time.perf_counter()
         model = self.federated.model
         self.engine.before_round()
         selected = self.federated.selector(self.generator)
@@ -270,7 +287,8 @@ class Server:
         replies arrived in (the aggregate sums rows in this order, as in-process), into the
         shared parameters, after the server's checks (:meth:`accepted`, then
         :func:`~fedgraph.federated.trust.screen`); opens the round's ``metrics.json`` record,
-        which counts the dropped uploads by reason."""
+        which counts the dropped uploads by reason: the entries a deployment's record has
+        beside the in-process record."""
         if not replies:
             raise RuntimeError(f'no node answered in round {round_index}')
         uploads, dropped = self.accepted(replies)
@@ -303,7 +321,6 @@ class Server:
         if result.upload.clients.numel():
             self.engine.after_aggregate(result, others)
         self._record = {
-            **round_record(round_index, stats, self.federated),
             'clients_selected': self._selected,
             'nodes_failed': sorted(set(self._sent) - set(replies)),
             'payload_upload_bytes_per_client':
@@ -352,53 +369,22 @@ class Server:
         return self._sent
 
     def aggregate_evaluate(self, replies: Mapping[int, Payload]) -> Dict[str, object]:
-        """Mean HR@10 and NDCG@10 over the users of the devices that answered; closes the
-        round's ``metrics.json`` record and returns it."""
-        record = self._record
-        if replies:
-            sums = list(replies.values())
-            total = sum(int(m['num-users']) for m in sums)
-            for split in ('val', 'test'):
-                record[split] = {metric: sum(float(m[f'{split}-{metric}']) for m in sums) / total
-                                 for metric in ('hr@10', 'ndcg@10')}
-            record['payload_evaluate_download_bytes_per_node'] = (
-                sum(payload_bytes(self._sent[node]) for node in replies) / len(replies))
-        record['seconds'] = time.perf_counter() - self._began
-        self.history.append(record)
-        if self.progress:
-            log.info(summary_line(record, self.config.select_by))
-        if self.out is not None:
-            write_metrics(self.out, self.metrics())
+        """Mean HR@10 and NDCG@10 over the users of the devices that answered, and the bytes
+        the evaluation's messages carried (nothing when no device answered)."""
+        if not replies:
+            return {}
+        sums = list(replies.values())
+        total = sum(int(m['num-users']) for m in sums)
+        record: Dict[str, object] = {
+            split: {metric: sum(float(m[f'{split}-{metric}']) for m in sums) / total
+                    for metric in ('hr@10', 'ndcg@10')} for split in ('val', 'test')}
+        record['payload_evaluate_download_bytes_per_node'] = (
+            sum(payload_bytes(self._sent[node]) for node in replies) / len(replies))
         return record
 
-    # ------------------------------------------------------------------ a whole run
-    def metrics(self) -> Dict:
-        """The run's ``metrics.json`` so far (the in-process format; with
-        ``uploads_dropped_outside_rounds``, by step and reason, when the server dropped any
-        enrollment or pre-training upload)."""
-        metrics = metrics_of(self.history, self.pretraining, self.config)
+    def metrics(self) -> Dict[str, object]:
+        """With ``uploads_dropped_outside_rounds``, by step and reason, when the server
+        dropped any enrollment or pre-training upload."""
         if self.screened is not None and self.screened.dropped:
-            metrics['uploads_dropped_outside_rounds'] = self.screened.dropped
-        return metrics
-
-    def start(self, transport: Transport, out: Optional[Path] = None) -> None:
-        """Enrollment and pre-training; writes ``out/config.json``."""
-        self.out = out
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            self.config.save(out / 'config.json')
-        self.enroll(transport, transport.node_ids())
-        self.pretrain()
-
-    def run(self, transport: Transport, out: Optional[Path] = None) -> Dict:
-        """A whole run over ``transport``'s devices, every step through :meth:`Transport.send`
-        (Flower drives the rounds itself, see :class:`fedgraph.flower.server.RowFedAvg`);
-        with ``config.patience`` it stops early as in-process training does."""
-        self.start(transport, out)
-        for round_index in range(self.config.rounds):
-            self.aggregate_round(round_index, transport.send('train', self.configure_round()))
-            evaluations = transport.send('evaluate', self.configure_evaluate(round_index))
-            self.aggregate_evaluate(evaluations)
-            if stops_early(self.history, self.config):
-                break
-        return self.metrics()
+            return {'uploads_dropped_outside_rounds': self.screened.dropped}
+        return {}
