@@ -28,7 +28,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
 import importlib.util, sys
 sys.exit(not all(importlib.util.find_spec(m) for m in
                  ('torch', 'torch_scatter', 'torch_geometric', 'faiss', 'flwr', 'jupytext',
-                  'mkdocs', 'dp_accounting', 'numba', 'fedgraph')))
+                  'ruff', 'mkdocs', 'dp_accounting', 'numba', 'fedgraph')))
 " 2>/dev/null; then
   echo "$py"
   exit 0

@@ -39,18 +39,24 @@ ACCOUNTANT = 'rdp'
 NEIGHBOURS = 'replace one user'
 
 
+#: The Rényi orders the accountant evaluates: fractional orders 1.1 to 10.9 in steps of 0.1,
+#: every integer 11 to 63, then 128, 256, 512 and 1024 (the default orders of dp-accounting
+#: 0.5 and 0.6, fixed here so that an epsilon does not move with the library's default).
+ORDERS: Tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 64)]
+    + [128.0, 256.0, 512.0, 1024.0])
+
+
 def _fresh_accountant():
     import dp_accounting
-    from dp_accounting.rdp import rdp_privacy_accountant
 
-    return rdp_privacy_accountant.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    return dp_accounting.rdp.RdpAccountant(
+        orders=ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
 
 
-@functools.lru_cache(maxsize=1)
 def orders() -> np.ndarray:
-    """The Rényi orders the accountant evaluates."""
-    return np.asarray(_fresh_accountant()._orders)
+    """The Rényi orders the accountant evaluates (:data:`ORDERS`)."""
+    return np.array(ORDERS, dtype=np.float64)
 
 
 def gaussian_event(noise_multiplier: float, sample_size: int = 1,
@@ -76,9 +82,7 @@ def laplace_event(noise_multiplier: float) -> dp_accounting.DpEvent:
 @functools.lru_cache(maxsize=64)
 def unit_rdp(event: dp_accounting.DpEvent) -> np.ndarray:
     """The Rényi DP of one ``event`` at every order of :func:`orders`."""
-    accountant = _fresh_accountant()
-    accountant.compose(event)
-    return np.array(accountant._rdp, dtype=np.float64)
+    return _fresh_accountant().compose(event).rdp
 
 
 def epsilon(releases: Sequence[Tuple[dp_accounting.DpEvent, int]], delta: float) -> float:
@@ -87,17 +91,16 @@ def epsilon(releases: Sequence[Tuple[dp_accounting.DpEvent, int]], delta: float)
     \\delta)`. Laplace releases alone are also pure DP, :math:`\\sum_k \\mathrm{count}_k /
     b_k` by basic composition; the smaller of the two holds. No releases: 0."""
     import dp_accounting
-    from dp_accounting.rdp import rdp_privacy_accountant
 
     if not 0 < delta < 1:
         raise ValueError(f'delta must be in (0, 1), got {delta}')
-    total = np.zeros_like(orders(), dtype=np.float64)
+    total = np.zeros(len(ORDERS), dtype=np.float64)
     for event, count in releases:
         if count:
             total = total + count * unit_rdp(event)
     if not total.any():
         return 0.0
-    spent = float(rdp_privacy_accountant.compute_epsilon(orders(), total, delta)[0])
+    spent = float(dp_accounting.rdp.compute_epsilon(orders(), total, delta)[0])
     if all(isinstance(event, dp_accounting.LaplaceDpEvent) for event, _ in releases):
         spent = min(spent, sum(count / event.noise_multiplier for event, count in releases))
     return spent
