@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+pytest.importorskip('flwr')
 from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 from flwr.serverapp import Grid
 
