@@ -117,21 +117,24 @@ def _run_worker(payload: Dict) -> Dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_run(config: TrainConfig, folder: bool) -> Dict[str, float]:
+def measure_run(config: TrainConfig, folder: bool, keep_memory: bool = True) -> Dict[str, float]:
     """A whole :func:`~fedgraph.training.train` run (in a temporary run folder with its
-    checkpoints when ``folder``, else in memory): its wall and CPU seconds, minor page faults,
-    the median seconds of a round (training, evaluation and record) and its best round."""
+    checkpoints when ``folder``, else in memory) in a process tuned as the command line
+    tunes its own (:func:`fedgraph.runtime.configure`): its threads, wall and CPU seconds,
+    minor page faults, the median seconds of a round (training, evaluation and record) and
+    its best round."""
     import tempfile
 
     from fedgraph.training import train
 
+    threads = runtime.configure(config.threads, keep_memory)
     with tempfile.TemporaryDirectory() as out:
         began, cpu = time.perf_counter(), time.process_time()
         faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         run = train(config, out if folder else None, progress=False)
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
         faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted
-    return {'threads': torch.get_num_threads(), 'rounds': len(run['rounds']),
+    return {'threads': threads, 'rounds': len(run['rounds']),
             'train_wall': wall, 'train_cpu': cpu, 'page_faults': faulted,
             'round_seconds': statistics.median(r['seconds'] for r in run['rounds']),
             'best': run['best']}
@@ -144,7 +147,7 @@ def _worker(args: argparse.Namespace) -> None:
     config = TrainConfig(**payload['config'])
     keep = payload.get('keep_memory', True)
     if 'folder' in payload:
-        result = measure_run(config, payload['folder'])
+        result = measure_run(config, payload['folder'], keep)
     elif 'synthetic' in payload:
         partition = ClientPartition.from_data(synthetic_interactions(**payload['synthetic']))
         result = measure_engine(config, partition, payload['rounds'], keep_memory=keep)

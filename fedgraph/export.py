@@ -16,8 +16,8 @@ from typing import Dict, List, Sequence, Union
 import torch
 from torch import Tensor
 
-from fedgraph.federated.graph import combine_levels
 from fedgraph.nn.heads import DotProductHead, LinearScoreHead, NCFHead, ScoreHead
+from fedgraph.nn.levels import combine_levels
 
 FORMAT = 'fedgraph-device-model/1'
 #: The heads an exported model can use: a file names one of these, never arbitrary code.

@@ -104,21 +104,32 @@ def set_threads(count: Optional[int] = None) -> None:
         torch.set_num_threads(count)
 
 
+def start_kernel_threads() -> None:
+    """Starts the compiled kernels' thread pool (numba's) now, keeping PyTorch's thread count:
+    an OpenMP pool, numba's default where no TBB is installed, shares PyTorch's OpenMP runtime
+    and resets its thread count when it starts, which a kernel's first call would otherwise
+    do in the middle of a user's session. The modules with parallel kernels call it when
+    they are imported; later calls do nothing."""
+    before = torch.get_num_threads()
+    numba.get_num_threads()
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @contextlib.contextmanager
 def threads(count: Optional[int] = None) -> Iterator[int]:
     """Runs the block with :func:`choose_threads` ``(count)`` intra-op threads for PyTorch
     and the compiled kernels (:func:`set_threads`), and sets both back to what they were
     when it leaves, whatever happens inside. Yields the threads."""
-    torch_before = torch.get_num_threads()
-    numba_before = numba.get_num_threads()
+    start_kernel_threads()
+    torch_before, numba_before = torch.get_num_threads(), numba.get_num_threads()
     chosen = choose_threads(count)
     try:
         set_threads(chosen)
         yield chosen
     finally:
         numba.set_num_threads(numba_before)
-        if torch.get_num_threads() != torch_before:
-            torch.set_num_threads(torch_before)
+        torch.set_num_threads(torch_before)
 
 
 def configure(threads: Optional[int] = None, keep_memory: bool = True) -> int:

@@ -173,3 +173,45 @@ def test_compiled_row_sums_equal_index_add_bit_for_bit():
     expected = torch.zeros_like(table).index_add_(0, item, rows)
     assert torch.equal(sum_rows(table, item, rows), expected)
     assert torch.equal(sum_rows(table, item[:0], rows[:0]), table)
+
+
+def test_a_registered_aggregator_of_ones_own_trains_a_run(tiny_sampled_split):
+    """An aggregator written and registered as a notebook would: named in the configuration,
+    it is what the server aggregates with (this one keeps the shared table as it was), and
+    the pipeline says so."""
+    from fedgraph import Aggregator, TrainConfig, register_stage, train
+    from fedgraph.assemble import build_run
+    from fedgraph.server.stages import stage_names
+
+    @register_stage
+    class Frozen(Aggregator):
+        name = 'frozen-test'
+
+        def rows(self, table, row_item, row_owner, update, num_clients, num_samples):
+            return table.clone()
+
+        def dense(self, update, num_samples):
+            return torch.zeros_like(update[0])
+
+    assert 'frozen-test' in stage_names(Aggregator)
+    config = TrainConfig(rounds=2, dim=8, aggregation='frozen-test')
+    initial, _ = build_run(config, tiny_sampled_split)
+    run = train(config, split=tiny_sampled_split, progress=False)
+    assert run.engine.server.describe() == 'frozen-test'
+    assert torch.equal(run.engine.model.item, initial.model.item)
+    moved = train(TrainConfig(rounds=2, dim=8), split=tiny_sampled_split, progress=False)
+    assert not torch.equal(moved.engine.model.item, initial.model.item)
+    with pytest.raises(ValueError, match='registered twice'):
+        register_stage(type('Other', (Aggregator,), {'name': 'frozen-test'}))
+
+
+def test_the_pipeline_runs_its_stages_in_order():
+    from fedgraph.privacy.gaussian import UserLevelDP
+    from fedgraph.server.stages import build_pipeline
+
+    pipeline = build_pipeline('trimmed_mean', 0.1, norm_bound=2.0, server_noise=0.1)
+    assert pipeline.describe() == 'norm_bound -> trimmed_mean -> server_noise'
+    assert pipeline.aggregator.trim_ratio == 0.1 and pipeline.privacy is None
+    private = build_pipeline(privacy=UserLevelDP(clip=1.0, noise_multiplier=1.0))
+    assert private.describe() == 'dp_clip -> mean -> dp_noise'
+    assert private.privacy == UserLevelDP(clip=1.0, noise_multiplier=1.0)

@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 from torch_scatter import segment_csr
 
-from fedgraph import rng
+from fedgraph import rng, runtime
 from fedgraph.data.hetero import ITEM, RATES, USER
 
 if TYPE_CHECKING:
     from torch_geometric.data import HeteroData
+
+runtime.start_kernel_threads()  # before a parallel kernel below starts it
 
 
 @dataclass

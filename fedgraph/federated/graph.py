@@ -34,10 +34,11 @@ from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundEngine,
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import finite_rows
 from fedgraph.privacy.upload import UploadTransform
-from fedgraph.metrics.representation import uniformity
+from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, uniformity
 from fedgraph.nn.augment import Compose, PseudoItems, SimGCLNoise
 from fedgraph.nn.contrastive import info_nce
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+from fedgraph.nn.levels import combine_levels
 
 LEVELS = ('global', 'cluster', 'local')
 
@@ -61,18 +62,6 @@ def view_offsets(upload: UploadTransform, users: Tensor,
     owner = torch.arange(num).repeat_interleave(2)
     offsets = ClientStreams.transform(upload, zeros, owner, generators)
     return offsets.view(num, 2, dim).transpose(0, 1)
-
-
-def combine_levels(logits: List[Tensor], weights: List[float]) -> Tensor:
-    """The weighted sum of levels' ``[U, k]`` logits. With more than one level, each level's
-    logits are first standardized per user (zero mean, unit deviation over the scored
-    items), so that equal weights give the levels equal say: the local level's fine-tuned
-    rows otherwise give logits an order of magnitude larger than the global and cluster
-    levels', and it would rank alone."""
-    if len(logits) > 1:
-        logits = [(value - value.mean(1, keepdim=True))
-                  / value.std(1, keepdim=True).clamp_min(1e-12) for value in logits]
-    return sum(weight * value for value, weight in zip(logits, weights))
 
 
 def enrollment_graph(partition: ClientPartition, pseudo: PseudoItems,
@@ -522,7 +511,7 @@ class GraphFederatedEngine(RoundEngine):
     def round_report(self) -> Dict[str, object]:
         return {'uniformity': self.uniformity()}
 
-    def uniformity(self, max_points: int = 1000) -> Dict[str, float]:
+    def uniformity(self, max_points: int = UNIFORMITY_SAMPLE) -> Dict[str, float]:
         """Uniformity of the global model's final user and item vectors."""
         users, items = self.propagated()
         generator = torch.Generator().manual_seed(0)

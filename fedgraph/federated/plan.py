@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedgraph import rng
+from fedgraph import rng, runtime
 from fedgraph.data.partition import ClientPartition
+
+runtime.start_kernel_threads()  # before a parallel kernel below starts it
 
 #: The bits of the random keys that shuffle a client's samples each epoch.
 NOISE_BITS = 31

@@ -69,6 +69,7 @@ class ReferenceEngine(RoundEngine):
             raise ValueError(f'the reference engine checks local training: it aggregates by '
                              f'FedAvg only, without norm bound, user-level DP or server '
                              f'noise (got {server.describe()})')
+        self.server = server
         self.weighted = server.aggregator.weighted
         self.model = model
         self.partition = partition

@@ -12,4 +12,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     'ClientDropout': 'augment', 'Compose': 'augment', 'LaplaceLDP': 'augment',
     'PseudoItems': 'augment', 'SimGCLNoise': 'augment',
     'info_nce': 'contrastive',
+    'combine_levels': 'levels',
 })
