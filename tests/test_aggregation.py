@@ -6,13 +6,13 @@ import torch
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated import aggregate_rows
+from fedgraph.federated.aggregation import grouped_statistic, sum_rows
 from fedgraph.server.stages import Mean, Median, NormBound, TrimmedMean
 
 
 def _rule(name, trim_ratio=0.2):
     """The robust aggregator ``name`` (a trimmed mean cutting ``trim_ratio``)."""
     return Median() if name == 'median' else TrimmedMean(trim_ratio)
-from fedgraph.federated.aggregation import grouped_statistic, sum_rows
 
 
 def _rows(seed=0, num_items=9, dim=4, num_clients=7):
