@@ -21,7 +21,8 @@ from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import FederatedEngine, LocalTraining
 from fedgraph.federated.device import Payload
-from fedgraph.federated.graph import GraphDeviceHooks, GraphFederatedEngine, enrollment_graph
+from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph
+from fedgraph.federated.graph_hooks import GraphDeviceHooks
 from fedgraph.federated.streams import draw_round_seed
 from fedgraph.nn.augment import PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN

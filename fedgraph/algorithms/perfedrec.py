@@ -21,7 +21,8 @@ from fedgraph.algorithms.fedlightgcn import FedLightGCN, FedLightGCNSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.federated.engine import FederatedEngine
-from fedgraph.federated.graph import GraphDeviceHooks, GraphFederatedEngine
+from fedgraph.federated.graph import GraphFederatedEngine
+from fedgraph.federated.graph_hooks import GraphDeviceHooks
 from fedgraph.nn.augment import ClientDropout, Compose, PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 

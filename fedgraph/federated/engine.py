@@ -114,9 +114,10 @@ class RoundEngine:
         """Where the engine's tensors live: scores are asked for with tensors there."""
         return self.model.item.device
 
-    def pretrain(self, generator: torch.Generator,
-                 progress: bool = True) -> Optional[Dict[str, object]]:
-        """Pre-training before round 0; its record for ``metrics.json`` (``None``: none)."""
+    def pretrain(self, generator: torch.Generator, progress: bool = True,
+                 transport=None) -> Optional[Dict[str, object]]:
+        """Pre-training before round 0, with the clients in this process or on the devices
+        behind ``transport``; its record for ``metrics.json`` (``None``: none)."""
         return None
 
     def round_report(self) -> Dict[str, object]:
@@ -125,11 +126,6 @@ class RoundEngine:
 
     def export(self) -> Optional[Dict[str, Tensor]]:
         """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
-        return None
-
-    def pretrain_remote(self, transport, generator: torch.Generator,
-                        progress: bool = True) -> Optional[Dict[str, object]]:
-        """:meth:`pretrain` with the clients on devices behind ``transport``."""
         return None
 
     def before_round(self) -> None:

@@ -21,24 +21,23 @@ PerFedRec++ adds, on top of FedLightGCN:
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from fedgraph.clustering import ClusterSelector, kmeans
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.device import Device, DeviceHooks, Payload, group
-from fedgraph.federated.engine import ClientRound, FederatedEngine, RoundEngine, RoundStats
+from fedgraph.federated.engine import FederatedEngine, RoundEngine
+from fedgraph.federated.messages import ClientRound, RoundStats
+from fedgraph.federated.pretraining import LocalClients, RemoteClients, pretrain
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import finite_rows
-from fedgraph.privacy.upload import UploadTransform
 from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, uniformity
-from fedgraph.nn.augment import Compose, PseudoItems, SimGCLNoise
-from fedgraph.nn.contrastive import info_nce
+from fedgraph.nn.augment import Compose, PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 from fedgraph.nn.levels import combine_levels
+from fedgraph.privacy.upload import UploadTransform
 
 LEVELS = ('global', 'cluster', 'local')
 
@@ -50,18 +49,6 @@ def user_upload(upload: UploadTransform, change: Tensor,
     if isinstance(randomness, torch.Generator):
         return upload(change, randomness)
     return ClientStreams.transform(upload, change, torch.arange(change.size(0)), randomness)
-
-
-def view_offsets(upload: UploadTransform, users: Tensor,
-                 generators: Sequence[torch.Generator]) -> Tensor:
-    """``[2, B, d]``: the noise each of ``B`` clients adds to the two uploads of its
-    embedding (``users`` ``[B, d]``) that enter a pre-training round's views, drawn from its
-    own stream."""
-    num, dim = users.shape
-    zeros = users.new_zeros(2 * num, dim)
-    owner = torch.arange(num).repeat_interleave(2)
-    offsets = ClientStreams.transform(upload, zeros, owner, generators)
-    return offsets.view(num, 2, dim).transpose(0, 1)
 
 
 def enrollment_graph(partition: ClientPartition, pseudo: PseudoItems,
@@ -203,126 +190,14 @@ class GraphFederatedEngine(RoundEngine):
             return self.gnn(self.user_table.detach(), self.model.item.detach(), self.graph)
 
     # ------------------------------------------------------------------ pre-training
-    def pretrain(self, generator: torch.Generator,
-                 progress: bool = True) -> Dict[str, object]:
-        """Federated contrastive pre-training (PerFedRec++, Sec. 4.2).
-
-        Each round draws two views of the collaborative graph -- client dropout and
-        pseudo-items on the graph, Laplace noise on the uploaded user embeddings, SimGCL
-        noise on every propagated layer -- and takes one Adam step on
-        ``cl_weight * (InfoNCE(users) + InfoNCE(items))`` over the round's selected clients
-        and as many random items. The user embeddings enter the views with the Laplace noise
-        an upload adds (not clipped: clipping a whole embedding, rather than a change, would
-        shrink it every round); each selected client receives the gradient of its embedding
-        and applies it, and the other clients' embeddings are restored after the step. Adam's
-        moments are per row, i.e. per client; a client not selected updates its moments with
-        its gradient but keeps its embedding. With per-client streams each client draws its
-        views' noise from its own stream of a seed the server draws each round. Runs
-        :attr:`pretrain_rounds` rounds (none: only the record, with the uniformity of the
-        initial embeddings).
-        """
-        rounds = self.pretrain_rounds
-        user, item = self.user_table, self.model.item
-        optimizer = torch.optim.Adam([user, item], lr=self.pretrain_lr)
-        noise = SimGCLNoise(self.simgcl_eps, generator)
-        streams = self.engine.streams
-        everyone = torch.arange(self.model.num_clients)
-        losses = []
-        for _ in tqdm(range(rounds), desc='pre-training', unit='round', disable=not progress):
-            clients, items = self.pretrain_batch(generator)
-            if streams is None:
-                def view_input(view: int) -> Tensor:
-                    return user + self.training.upload(torch.zeros_like(user.detach()),
-                                                       generator)
-            else:
-                offsets = view_offsets(self.training.upload, user.detach(),
-                                       self.randomness_for_all(self.engine, generator))
-
-                def view_input(view: int) -> Tensor:
-                    return user + offsets[view]
-            loss = self.contrastive_loss(view_input, clients, items, generator, noise)
-            others = torch.ones(self.model.num_clients, dtype=torch.bool)
-            others[clients] = False
-            kept = user.detach()[others].clone()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                user[others] = kept
-            self.engine.count_participation(clients)
-            losses.append(loss.item())
-        if rounds:
-            self.upload_users(everyone, self.randomness_for_all(self.engine, generator))
-            self.engine.count_participation(everyone)
-        return {'rounds': rounds, 'loss': losses, 'uniformity': self.uniformity()}
-
-    def pretrain_batch(self, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
-        """A pre-training round's clients (the selector's) and as many random items."""
-        clients = self.engine.selector(generator)
-        items = torch.randperm(self.model.num_items, generator=generator)[:clients.numel()]
-        return clients, items
-
-    def contrastive_loss(self, view_input: Callable[[int], Tensor], clients: Tensor,
-                         items: Tensor, generator: torch.Generator,
-                         noise: SimGCLNoise) -> Tensor:
-        """``cl_weight * (InfoNCE(users) + InfoNCE(items))`` between two views: view ``v``
-        propagates the user vectors ``view_input(v)`` and the item table over an augmented
-        graph, with SimGCL ``noise`` on every layer."""
-        views = []
-        for view in range(2):
-            graph = self.augmentation(self.graph, generator)
-            views.append(self.gnn(view_input(view), self.model.item, graph, perturb=noise))
-        return self.cl_weight * (
-            info_nce(views[0][0][clients], views[1][0][clients], self.cl_temperature)
-            + info_nce(views[0][1][items], views[1][1][items], self.cl_temperature))
-
-    def pretrain_remote(self, transport, generator: torch.Generator,
-                        progress: bool = True) -> Dict[str, object]:
-        """The server half of :meth:`pretrain` over messages, the devices holding the user
-        embeddings (:meth:`GraphDeviceHooks.step`).
-
-        Each round every device uploads its users' embeddings with the Laplace noise of the
-        two views (from their streams of the round's seed); the server builds the two views,
-        takes the InfoNCE loss on the round's clients and items, steps the item table (Adam)
-        and sends every user the gradient of its embedding and whether it was selected; the
-        devices take the Adam step of their rows. At the end every user uploads the change
-        of its embedding, as in-process."""
-        item = self.model.item
-        optimizer = torch.optim.Adam([item], lr=self.pretrain_lr)
-        noise = SimGCLNoise(self.simgcl_eps, generator)
-        num_users = self.model.num_clients
-        losses = []
-        for _ in tqdm(range(self.pretrain_rounds), desc='pre-training', unit='round',
-                      disable=not progress):
-            clients, items = self.pretrain_batch(generator)
-            seed = draw_round_seed(generator)
-            replies = transport.send('pretrain-views',
-                                     {node: {'seed': seed} for node in transport.nodes})
-            views = torch.zeros(2, num_users, item.size(1), dtype=item.dtype)
-            for reply in replies.values():
-                views[:, reply['users']] = reply['views'].transpose(0, 1).to(item.dtype)
-            views.requires_grad_()
-            loss = self.contrastive_loss(lambda view: views[view], clients, items, generator,
-                                         noise)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            gradient = views.grad.sum(0)
-            selected = torch.zeros(num_users, dtype=torch.bool)
-            selected[clients] = True
-            transport.send('pretrain-step', {
-                node: {'gradient': gradient[held], 'selected': selected[held]}
-                for node, held in transport.nodes.items()})
-            self.engine.count_participation(clients)
-            losses.append(loss.item())
-        if self.pretrain_rounds:
-            seed = draw_round_seed(generator)
-            replies = transport.send('upload-users',
-                                     {node: {'seed': seed} for node in transport.nodes})
-            for reply in replies.values():
-                self.absorb_user_updates(reply['users'], reply['user-update'])
-            self.engine.count_participation(torch.arange(num_users))
-        return {'rounds': self.pretrain_rounds, 'loss': losses}
+    def pretrain(self, generator: torch.Generator, progress: bool = True,
+                 transport=None) -> Dict[str, object]:
+        """Federated contrastive pre-training (:mod:`fedgraph.federated.pretraining`) with
+        the clients in this process, or on the devices behind ``transport`` (a
+        deployment's); runs :attr:`pretrain_rounds` rounds (none: only the record, in
+        this process with the uniformity of the initial embeddings)."""
+        clients = LocalClients(self) if transport is None else RemoteClients(self, transport)
+        return pretrain(self, clients, generator, progress)
 
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
@@ -544,109 +419,3 @@ class GraphFederatedEngine(RoundEngine):
                                         self.graph.num_items)
         if self.assignment is not None:
             self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
-
-
-class GraphDeviceHooks(DeviceHooks):
-    """The device halves of the graph models' steps: the enrollment upload (items with
-    pseudo-items, a first noised user embedding), the user-embedding upload after each
-    round, the context and levels to score with, and PerFedRec++'s pre-training (the two
-    views' inputs, the Adam step on the server's gradient). A device keeps the sum of the
-    embedding changes its users uploaded (``extra['uploaded']``: the server's view of their
-    embeddings) and their pre-training Adam state (``extra['adam/*']``).
-
-    Args:
-        num_layers: GNN layers.
-        pseudo_ratio: pseudo-items a user adds when it enrolls, as a fraction of its items.
-        level_weights: the weights of the global, cluster and local scores.
-        num_clusters: k of the clustering (0: none).
-        pretrain_lr: Adam's learning rate of the users' embeddings in pre-training.
-        user_vector: the name of the head's private user vector.
-    """
-
-    replies = {'init': ('edge-user', 'edge-item', 'users', 'user-update'),
-               'pretrain-views': ('users', 'views'), 'upload-users': ('users', 'user-update')}
-
-    def __init__(self, num_layers: int, pseudo_ratio: float, level_weights: Sequence[float],
-                 num_clusters: int = 0, pretrain_lr: float = 0.05, user_vector: str = 'user'):
-        self.num_layers = num_layers
-        self.pseudo_ratio = pseudo_ratio
-        self.level_weights = tuple(level_weights)
-        self.num_clusters = num_clusters
-        self.pretrain_lr = pretrain_lr
-        self.user_vector = user_vector
-
-    def _upload_users(self, device: Device, position: Tensor,
-                      streams: Sequence[torch.Generator]) -> Tensor:
-        """Users ``position`` upload the change of their embedding since their last upload,
-        clipped and noised from ``streams``; returns the uploaded change."""
-        uploaded = device.extra['uploaded']
-        change = user_upload(device.algorithm.upload_transform(),
-                             device.private[self.user_vector][position] - uploaded[position],
-                             streams)
-        uploaded[position] += change
-        return change
-
-    def enroll(self, device: Device, seed: int) -> Payload:
-        """The users' item sets with pseudo-items (``edge-user``, ``edge-item``) and their
-        first noised embedding (``users``, ``user-update``), from their streams of ``seed``."""
-        streams = device.streams(seed)
-        graph = enrollment_graph(device.train, PseudoItems(self.pseudo_ratio), streams)
-        device.extra['uploaded'] = torch.zeros_like(device.private[self.user_vector])
-        change = self._upload_users(device, torch.arange(device.users.numel()), streams)
-        return {'edge-user': device.users[graph.edge_index[0]], 'edge-item': graph.edge_index[1],
-                'users': device.users, 'user-update': change}
-
-    def configure(self, device: Device, engine: FederatedEngine, payload: Payload,
-                  position: Tensor) -> None:
-        """The context the server sent for the users at ``position`` and for the items."""
-        context = group(payload, 'context')
-        if not context:
-            return
-        user_context = torch.zeros(device.users.numel(), context['user'].size(1),
-                                   dtype=context['user'].dtype)
-        user_context[position] = context['user']
-        engine.model.set_context(self.num_layers, user_context, context['item'])
-
-    def after_train(self, device: Device, position: Tensor, result: ClientRound) -> Payload:
-        return {'user-update': self._upload_users(device, position, result.generators)}
-
-    def scorer(self, device: Device, engine: FederatedEngine, payload: Payload):
-        """The levels' scores, with the clusters the server sent (``clusters/*``)."""
-        empty = CollaborativeGraph(torch.empty(2, 0, dtype=torch.long), device.users.numel(),
-                                   device.num_items)
-        scorer = GraphFederatedEngine(engine, FederatedGNN(self.num_layers), empty,
-                                      self.level_weights, self.num_clusters)
-        clusters = group(payload, 'clusters')
-        if clusters:
-            scorer.assignment, scorer.cluster_tables = clusters['assignment'], clusters['tables']
-        return scorer
-
-    def step(self, device: Device, step: str, payload: Payload) -> Payload:
-        """``pretrain-views`` (the users' embeddings with the Laplace noise of the two views,
-        ``views`` ``[n, 2, d]``), ``pretrain-step`` (one Adam step on the server's
-        ``gradient``; users not ``selected`` keep their embedding, their moments move) and
-        ``upload-users`` (every user uploads its embedding's change), each from the users'
-        streams of the payload's ``seed``."""
-        user = device.private[self.user_vector]
-        everyone = torch.arange(device.users.numel())
-        if step == 'pretrain-views':
-            offsets = view_offsets(device.algorithm.upload_transform(), user,
-                                   device.streams(int(payload['seed'])))
-            return {'users': device.users,
-                    'views': (user + offsets).transpose(0, 1).contiguous()}
-        if step == 'pretrain-step':
-            param = torch.nn.Parameter(user.clone())
-            optimizer = torch.optim.Adam([param], lr=self.pretrain_lr)
-            adam = group(device.extra, 'adam')
-            if adam:
-                optimizer.state[param] = dict(adam)
-            param.grad = payload['gradient'].to(param.dtype)
-            optimizer.step()
-            device.extra.update({f'adam/{k}': v.clone() for k, v in optimizer.state[param].items()})
-            device.private[self.user_vector] = torch.where(payload['selected'].unsqueeze(1),
-                                                           param.detach(), user)
-            return {}
-        if step == 'upload-users':
-            change = self._upload_users(device, everyone, device.streams(int(payload['seed'])))
-            return {'users': device.users, 'user-update': change}
-        return super().step(device, step, payload)

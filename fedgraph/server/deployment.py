@@ -9,7 +9,8 @@ the one round loop (:class:`~fedgraph.server.loop.Server`) drives.
    private parameters, which never come back; the algorithm's
    :meth:`~fedgraph.algorithms.base.Algorithm.extend_remote` builds what it needs from the
    enrollment uploads (a graph model: its collaborative graph);
-2. **pre-training** -- the engine's :meth:`~fedgraph.federated.engine.RoundEngine.pretrain_remote`;
+2. **pre-training** -- the engine's :meth:`~fedgraph.federated.engine.RoundEngine.pretrain`
+   with the clients behind the transport;
 3. **rounds** -- :meth:`Server.configure_round` selects users (the selector and generator of
    the in-process run), draws the round seed of their streams and builds a payload for each
    device holding one; :meth:`Server.aggregate_round` aggregates the uploads of the users
@@ -249,7 +250,7 @@ class Deployment(Federation):
         """Enrollment, then the algorithm's pre-training over messages, if it has one, over
         the transport of the enrollment with its checks."""
         self.enroll(self.transport, self.transport.node_ids())
-        return self.engine.pretrain_remote(self.screened, self.generator, progress)
+        return self.engine.pretrain(self.generator, progress, transport=self.screened)
 
     def train_round(self, round_index: int) -> Tuple[RoundStats, Dict[str, object]]:
         stats = self.aggregate_round(round_index,
