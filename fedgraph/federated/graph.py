@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from fedgraph.clustering import ClusterSelector, kmeans
+from fedgraph.clustering import ClusterSelector, carried_tables, cluster_means, kmeans
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import FederatedEngine, RoundEngine
 from fedgraph.federated.messages import ClientRound, RoundStats
@@ -270,15 +270,9 @@ class GraphFederatedEngine(RoundEngine):
         if self.cluster_tables is None:
             self.cluster_tables = self.model.item.detach().unsqueeze(0).repeat(
                 self.num_clusters, 1, 1)
-        else:  # a new cluster starts from the mean of its members' previous cluster tables
-            overlap = torch.zeros(self.num_clusters, self.num_clusters, dtype=torch.float64)
-            overlap.index_put_((assignment, self.assignment),
-                               torch.ones(assignment.numel(), dtype=torch.float64),
-                               accumulate=True)
-            overlap /= overlap.sum(1, keepdim=True).clamp_min(1)
-            tables = self.cluster_tables.reshape(self.num_clusters, -1)
-            self.cluster_tables = (overlap.to(tables.dtype) @ tables).view_as(
-                self.cluster_tables)
+        else:
+            self.cluster_tables = carried_tables(self.cluster_tables, self.assignment,
+                                                 assignment)
         self.assignment = assignment
         self.engine.selector = ClusterSelector(self.assignment, self.engine.selector.count)
 
@@ -298,19 +292,9 @@ class GraphFederatedEngine(RoundEngine):
                                              upload.clients.numel())
             if privacy.central and self.level_weights[1]:
                 self.ledger.record_release(upload.clients)
-        num_items = self.model.num_items
-        cluster = self.assignment[upload.clients]
-        members = torch.bincount(cluster, minlength=self.num_clusters)
-        key = cluster[upload.row_owner] * num_items + upload.row_item
-        total = torch.zeros(self.num_clusters * num_items, base.size(1), dtype=base.dtype)
-        total.index_add_(0, key, update)
-        total = total.view(self.num_clusters, num_items, -1)
-        if privacy is not None:
-            for index in torch.nonzero(members).view(-1).tolist():
-                total[index] += privacy.sum_noise(base.shape, int(members[index]), generator,
-                                                  base.dtype)
-        active = members > 0
-        self.cluster_tables[active] = base + total[active] / members[active].view(-1, 1, 1)
+        tables, active = cluster_means(base, upload, update, self.assignment[upload.clients],
+                                       self.num_clusters, privacy, generator)
+        self.cluster_tables[active] = tables
 
     # ------------------------------------------------------------------ scoring
     def _level_rows(self, users: Tensor, items: Tensor):
