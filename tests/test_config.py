@@ -103,6 +103,30 @@ def test_an_algorithm_outside_the_package_is_found_by_name(tmp_path, monkeypatch
         sys.modules.pop('my_algorithms', None)
 
 
+def test_an_installed_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
+    """A package that declares its algorithm module in the ``fedgraph.algorithms``
+    entry-point group (here: installed as a folder on the path with its dist-info)."""
+    (tmp_path / 'plugin_algorithms.py').write_text(
+        'from fedgraph.algorithms import register\n'
+        'from fedgraph.algorithms.fedmf import FedMF\n\n'
+        '@register\nclass Plugged(FedMF):\n    name = "plugged"\n')
+    info = tmp_path / 'fedgraph_plugin-0.1.dist-info'
+    info.mkdir()
+    (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: fedgraph-plugin\n'
+                                   'Version: 0.1\n')
+    (info / 'entry_points.txt').write_text('[fedgraph.algorithms]\n'
+                                           'plugged = plugin_algorithms\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fedgraph.algorithms.registry as registry
+    monkeypatch.setattr(registry, '_loaded', False)
+    try:
+        assert 'plugged' in algorithm_names()
+        assert TrainConfig(algorithm='plugged').algorithm == 'plugged'
+    finally:
+        registry._REGISTRY.pop('plugged', None)
+        sys.modules.pop('plugin_algorithms', None)
+
+
 # A fresh process: which algorithm modules resolving one name imports.
 RESOLVE = """
 import sys

@@ -4,9 +4,11 @@ of PyG's resolvers).
 
 An algorithm registers itself with :func:`register` in its own module; every module of
 ``fedgraph.algorithms`` is imported on the first look-up (a new algorithm is a new file, and
-nothing else), and so are those a user names in ``FEDGRAPH_ALGORITHMS`` (``module`` or
-``module:another``): an algorithm written outside the package becomes available to the CLI
-and the Flower apps by its name alone. :func:`resolve` looks in the module named after the
+nothing else), and so are the modules installed packages declare in the entry-point group
+``fedgraph.algorithms`` (a plugin's ``pyproject.toml``: ``[project.entry-points.
+"fedgraph.algorithms"] mine = "my_package.my_algorithm"``) and those a user names in
+``FEDGRAPH_ALGORITHMS`` (``module`` or ``module:another``): an algorithm written outside the
+package becomes available to the CLI and the Flower apps by its name alone. :func:`resolve` looks in the module named after the
 algorithm first (``perfedrec++``: ``fedgraph.algorithms.perfedrec``), so that resolving
 PFedRec does not import the graph algorithms and PyTorch Geometric with them.
 """
@@ -15,12 +17,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from importlib import metadata
 import pkgutil
 import re
 from typing import Dict, List, Type, TypeVar
 
 _REGISTRY: Dict[str, type] = {}
 _loaded = False
+
+#: The entry-point group of plugin packages' algorithm modules.
+ENTRY_POINTS = 'fedgraph.algorithms'
 
 A = TypeVar('A', bound=type)
 
@@ -50,6 +56,8 @@ def _load() -> None:
 
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f'{package.__name__}.{module.name}')
+    for entry_point in metadata.entry_points(group=ENTRY_POINTS):
+        entry_point.load()
     for module in filter(None, os.environ.get('FEDGRAPH_ALGORITHMS', '').split(':')):
         importlib.import_module(module)
 
@@ -63,8 +71,8 @@ def _load_module_named_after(name: str) -> None:
 
 
 def algorithm_names() -> List[str]:
-    """The registered names: the package's (by module name), then those of
-    ``FEDGRAPH_ALGORITHMS``."""
+    """The registered names: the package's (by module name), then the plugins' (entry
+    points), then those of ``FEDGRAPH_ALGORITHMS``."""
     _load()
     return list(_REGISTRY)
 
