@@ -115,6 +115,28 @@ def test_a_deployment_drops_what_a_device_should_not_send(algorithm, tamper, rea
         assert torch.isfinite(server.engine.server_users).all()
 
 
+@pytest.mark.parametrize('tamper', [
+    lambda reply: {**reply, 'val-hr@10': 1000.0},                   # more hits than users
+    lambda reply: {**reply, 'test-ndcg@10': float('nan')},
+    lambda reply: {**reply, 'num-users': reply['num-users'] * 10},  # users it does not hold
+    lambda reply: {key: value for key, value in reply.items() if key != 'val-hr@10'}])
+def test_a_deployment_drops_evaluation_sums_a_device_cannot_have(tamper):
+    """Node 0 of four answers the evaluation with sums its users cannot add up to: the
+    record's metrics are the other nodes' mean (in [0, 1]) and count the dropped reply."""
+    config = TrainConfig(**SMALL)
+    split = prepare_split(config)
+    population = (split, ClientPartition.from_data(split.train), split.known_items())
+    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    honest = Deployment(config, LocalTransport(devices)).run(progress=False)
+    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    hostile = Deployment(config, HostileTransport(
+        devices, lambda reply, replies: tamper(reply), 'evaluate')).run(progress=False)
+    for ours, theirs in zip(hostile['rounds'], honest['rounds']):
+        assert ours['evaluations_dropped'] == 1 and 'evaluations_dropped' not in theirs
+        assert 0 <= ours['val']['hr@10'] <= 1 and 0 <= ours['test']['ndcg@10'] <= 1
+        assert ours['val']['hr@10'] != theirs['val']['hr@10']  # node 0's users left out
+
+
 def _claims_a_foreign_user(reply, replies):
     """Node 0 enrolls node 1's first user as its own, with an edge to item 0 and a user
     embedding of NaN for its own first user."""
@@ -171,3 +193,24 @@ def test_enrollment_and_pretraining_uploads_pass_the_same_checks(step, tamper, d
     assert all(torch.isfinite(torch.tensor(loss)) for loss in metrics['pretraining']['loss'])
     assert torch.isfinite(server.engine.server_users).all()
     assert torch.isfinite(server.federated.model.item).all()
+
+
+def test_a_train_reply_is_read_back_only_in_its_shape():
+    from fedgraph.federated.messages import TrainReply
+
+    reply = TrainReply(torch.tensor([3, 5]), torch.tensor([3, 3, 5]), torch.tensor([0, 1, 2]),
+                       torch.randn(3, 4), torch.tensor([2, 1]), torch.tensor([0.5, 0.7]),
+                       {'w': torch.randn(2, 3)}, {'user-update': torch.randn(2, 4)})
+    payload = reply.to_payload()
+    parsed = TrainReply.parse(payload, 4, {'w': (3,)})
+    assert torch.equal(parsed.update, reply.update) and torch.equal(parsed.dense['w'],
+                                                                    reply.dense['w'])
+    assert set(parsed.extra) == {'user-update'}
+    assert TrainReply.parse(payload, 5, {'w': (3,)}) is None            # rows of another d
+    assert TrainReply.parse(payload, 4, {'w': (3,), 'b': ()}) is None   # a dense part missing
+    for key, value in [('users', torch.tensor([3.0, 5.0])), ('loss', torch.zeros(3)),
+                       ('row-item', torch.tensor([0, 1])), ('user-update', torch.zeros(2, 5)),
+                       ('update', 'rows')]:
+        assert TrainReply.parse({**payload, key: value}, 4, {'w': (3,)}) is None, key
+    kept = parsed.keep(torch.tensor([False, True]))
+    assert kept.users.tolist() == [5] and kept.row_item.tolist() == [2]

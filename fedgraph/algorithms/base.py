@@ -40,9 +40,10 @@ import torch
 
 from fedgraph.config import TrainConfig, setting
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.device import DeviceHooks, Payload
+from fedgraph.federated.device import DeviceHooks
 from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
 from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss
+from fedgraph.federated.messages import Payload
 from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams

@@ -20,7 +20,7 @@ from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import FederatedEngine, LocalTraining
-from fedgraph.federated.device import Payload
+from fedgraph.federated.messages import Payload
 from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph
 from fedgraph.federated.graph_hooks import GraphDeviceHooks
 from fedgraph.federated.streams import draw_round_seed

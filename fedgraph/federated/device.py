@@ -5,8 +5,9 @@ A :class:`Device` (a Flower SuperNode, a phone) keeps, between rounds, its users
 items, the items they never take as negatives, their evaluation candidates, their private
 parameters and their fine-tuned item rows; its algorithm's :class:`DeviceHooks` may keep
 more (a graph model's uploaded user embeddings, its pre-training Adam state). A message in
-either direction is a :data:`Payload`: named tensors and scalars, a name ``group/key`` for a
-tensor of a group. :meth:`Device.handle` answers one step:
+either direction is a :data:`~fedgraph.federated.messages.Payload`: named tensors and
+scalars, a name ``group/key`` for a tensor of a group; a round's are typed
+(:mod:`fedgraph.federated.messages`). :meth:`Device.handle` answers one step:
 
 * ``enroll`` -- the ids of the users it holds and the number of items;
 * ``init`` -- stores the users' initial private parameters (``private/*``); the hooks
@@ -24,33 +25,19 @@ engine run with ``client_streams=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
-from fedgraph.federated.engine import ClientRound, FederatedEngine
+from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.evaluation import sampled_evaluation
+from fedgraph.federated.messages import (ClientRound, EvaluationSums, Payload, TrainReply,
+                                         TrainRequest, group, grouped)
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
-
-#: A message: tensors and scalars by name.
-Payload = Dict[str, Union[Tensor, int, float, str, bool]]
-
-
-def group(payload: Mapping[str, object], name: str) -> Dict[str, Tensor]:
-    """The tensors ``name/key`` of ``payload``, by key."""
-    prefix = name + '/'
-    return {key[len(prefix):]: value for key, value in payload.items()
-            if key.startswith(prefix)}
-
-
-def grouped(name: str, tensors: Mapping[str, Tensor]) -> Payload:
-    """``tensors`` as the group ``name`` of a payload."""
-    return {f'{name}/{key}': value for key, value in tensors.items()}
-
 
 class DeviceHooks:
     """The device-side halves of an algorithm's steps beyond local training; the base class
@@ -196,25 +183,24 @@ class Device:
         return position
 
     def train_round(self, payload: Payload) -> Payload:
-        """Trains the ``users`` of the payload (population ids, held here) for one round from
-        its item table ``items`` and dense parameters ``dense/*``, with their streams of
-        ``round-seed``; keeps their new private state and answers the upload: ``row-user``,
-        ``row-item``, ``update`` (rows), ``users``, ``num-samples``, ``loss``, ``dense/*``
-        (per user) and what the hooks add."""
-        users = payload['users']
-        position = self.positions(users)
-        engine = self.engine(payload['items'], group(payload, 'dense'))
-        self.hooks.configure(self, engine, payload, position)
-        result = engine.local_round(position, round_seed=int(payload['round-seed']))
+        """Trains the users of a :class:`~fedgraph.federated.messages.TrainRequest`
+        (population ids, held here) for one round from its item table and dense parameters,
+        with their streams of its seed; keeps their new private state and answers their
+        upload, a :class:`~fedgraph.federated.messages.TrainReply` (with what the hooks
+        add)."""
+        request = TrainRequest.from_payload(payload)
+        position = self.positions(request.users)
+        engine = self.engine(request.items, request.dense)
+        self.hooks.configure(self, engine, request.extra, position)
+        result = engine.local_round(position, round_seed=request.round_seed)
         self.private = {k: v.detach().clone()
                         for k, v in engine.model.private_parameters().items()}
         self.personal = engine.personal.state_dict()
         upload = result.upload
-        return {'row-user': self.users[upload.clients[upload.row_owner]],
-                'row-item': upload.row_item, 'update': upload.update,
-                'users': self.users[upload.clients], 'num-samples': result.num_samples,
-                'loss': result.loss, **grouped('dense', upload.dense),
-                **self.hooks.after_train(self, position, result)}
+        return TrainReply(self.users[upload.clients], self.users[upload.clients[upload.row_owner]],
+                          upload.row_item, upload.update, result.num_samples, result.loss,
+                          upload.dense, self.hooks.after_train(self, position, result)
+                          ).to_payload()
 
     @torch.no_grad()
     def evaluate(self, payload: Payload) -> Payload:
@@ -222,16 +208,16 @@ class Device:
         model as the in-process engine scores it: over the global table ``items`` (and
         ``dense/*``), its fine-tuned rows over ``broadcast``, and what the hooks add (a
         graph model's context and levels); a model that scores with its fine-tuned rows
-        alone is sent no global table. Sums over the users, with ``num-users``."""
+        alone is sent no global table. Sums over the users
+        (:class:`~fedgraph.federated.messages.EvaluationSums`)."""
         broadcast = payload.get('broadcast')
         items = payload.get('items', broadcast)
         engine = self.engine(items, group(payload, 'dense'), broadcast)
         everyone = torch.arange(self.users.numel())
         self.hooks.configure(self, engine, payload, everyone)
         scorer = self.hooks.scorer(self, engine, payload)
-        out: Payload = {'num-users': self.users.numel()}
-        for name, metrics in sampled_evaluation(scorer.scores, everyone,
-                                                self.candidates).items():
-            for metric, value in metrics.items():
-                out[f'{name}-{metric}'] = value * self.users.numel()
-        return out
+        count = self.users.numel()
+        return EvaluationSums(count, {
+            split: {metric: value * count for metric, value in metrics.items()}
+            for split, metrics in sampled_evaluation(scorer.scores, everyone,
+                                                     self.candidates).items()}).to_payload()

@@ -9,10 +9,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from fedgraph.federated.device import Device, DeviceHooks, Payload, group, grouped
+from fedgraph.federated.device import Device, DeviceHooks
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph, user_upload
-from fedgraph.federated.messages import ClientRound
+from fedgraph.federated.messages import ClientRound, Payload, group, grouped
 from fedgraph.federated.pretraining import adam_rows, view_offsets
 from fedgraph.nn.augment import PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN

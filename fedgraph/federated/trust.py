@@ -13,12 +13,12 @@ entries the server can accept (:func:`restrict_reply`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from fedgraph.federated.messages import ClientRound
+from fedgraph.federated.messages import ClientRound, EvaluationSums, TrainReply
 
 
 def finite_rows(values: Tensor) -> Tensor:
@@ -119,3 +119,60 @@ def restrict_reply(reply: Mapping[str, object], held: Tensor, num_items: int, di
             for key in (key for key in aligned if key in reply):
                 out[key] = reply[key][keep]
     return out, dropped
+
+
+def _first_of_each(users: Tensor) -> Tensor:
+    """``[n]`` whether each entry is the first occurrence of its value in ``users``."""
+    order = torch.sort(users, stable=True).indices
+    sorted_users = users[order]
+    first = torch.ones(users.numel(), dtype=torch.bool)
+    first[1:] = sorted_users[1:] != sorted_users[:-1]
+    return torch.empty_like(first).index_put_((order,), first)
+
+
+def _count(dropped: Dict[str, int], reason: str, count) -> None:
+    if count:
+        dropped[reason] = dropped.get(reason, 0) + int(count)
+
+
+def accept_train_replies(replies: Mapping[int, Mapping[str, object]],
+                         asked: Mapping[int, Tensor], num_users: int, dim: int,
+                         dense: Mapping[str, Tuple[int, ...]]
+                         ) -> Tuple[List[TrainReply], Dict[str, int]]:
+    """The devices' round uploads restricted to what the server asked for: a device's users
+    that it was sent this round (``asked[node]``), each once in the round, and their rows;
+    a reply that is not a :class:`~fedgraph.federated.messages.TrainReply` of this model
+    (``dim``, the dense parameters' shapes) is dropped whole. Returns the accepted replies,
+    in node order, and the users dropped by reason (``not_selected``, ``duplicate_user``;
+    ``malformed``: devices)."""
+    dropped: Dict[str, int] = {}
+    seen = torch.zeros(num_users, dtype=torch.bool)
+    out = []
+    for node, payload in sorted(replies.items()):
+        reply = TrainReply.parse(payload, dim, dense)
+        if reply is None:
+            _count(dropped, 'malformed', 1)
+            continue
+        users = reply.users
+        ours = torch.isin(users, asked.get(node, torch.empty(0, dtype=torch.long)))
+        fresh = ours & ~seen[users.clamp(0, num_users - 1)] & _first_of_each(users)
+        _count(dropped, 'not_selected', (~ours).sum())
+        _count(dropped, 'duplicate_user', (ours & ~fresh).sum())
+        seen[users[fresh]] = True
+        out.append(reply.keep(fresh))
+    return out, dropped
+
+
+def accept_evaluations(replies: Mapping[int, Mapping[str, object]],
+                       held: Mapping[int, Tensor]) -> Tuple[Dict[int, EvaluationSums], int]:
+    """The devices' evaluation replies that are
+    :class:`~fedgraph.federated.messages.EvaluationSums` for the users each holds
+    (``held[node]``: a count of them, sums in range); returns them by node and how many
+    were dropped."""
+    accepted = {}
+    for node, payload in replies.items():
+        sums = EvaluationSums.parse(payload, held[node].numel()) if node in held else None
+        if sums is not None:
+            accepted[node] = sums
+    return accepted, len(replies) - len(accepted)
+

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import Tensor
 
 from fedgraph.config import TrainConfig, shared_fields
-from fedgraph.federated.device import Payload
+from fedgraph.federated.messages import Payload
 
 ARRAYS, SCALARS = 'arrays', 'scalars'
 

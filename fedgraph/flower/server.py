@@ -21,7 +21,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
 from fedgraph.config import TrainConfig
-from fedgraph.federated.device import Payload
+from fedgraph.federated.messages import Payload
 from fedgraph.flower.records import config_to_run_config, load, run_config_to_config, to_content
 from fedgraph.server.deployment import Deployment, Transport
 

@@ -33,55 +33,16 @@ from torch import Tensor
 
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.device import Device, Payload, grouped
+from fedgraph.federated.device import Device
 from fedgraph.federated.engine import FederatedEngine
-from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
+from fedgraph.federated.messages import (EVALUATED, ClientRound, Payload, RoundStats, RowUpload,
+                                         TrainRequest, grouped)
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
-from fedgraph.federated.trust import restrict_reply, screen
+from fedgraph.federated.trust import (accept_evaluations, accept_train_replies, restrict_reply,
+                                      screen)
 from fedgraph.server.loop import Federation, Server
 
 log = logging.getLogger(__name__)
-
-#: The upload's tensors with one entry per row (the others have one per user).
-_PER_ROW = ('row-user', 'row-item', 'update')
-#: The upload keys every device sends after a round; any other per-user tensor goes to the
-#: engine's ``after_aggregate``.
-_ROW_KEYS = _PER_ROW + ('users', 'num-samples', 'loss')
-
-
-def _first_of_each(users: Tensor) -> Tensor:
-    """``[n]`` whether each entry is the first occurrence of its value in ``users``."""
-    order = torch.sort(users, stable=True).indices
-    sorted_users = users[order]
-    first = torch.ones(users.numel(), dtype=torch.bool)
-    first[1:] = sorted_users[1:] != sorted_users[:-1]
-    return torch.empty_like(first).index_put_((order,), first)
-
-
-def _well_formed(reply: Payload, dim: int, dense: Mapping[str, Tuple[int, ...]]) -> bool:
-    """Whether a device's upload has the tensors an upload has, of consistent shapes:
-    integer ``users``, ``row-user``, ``row-item``; ``update`` ``[rows, d]``; one
-    ``num-samples`` and ``loss`` per user; each dense parameter ``[users, ...its shape]``;
-    any other tensor (a graph model's ``user-update``) ``[users, d]``."""
-    try:
-        users, row_user, row_item, update = (reply['users'], reply['row-user'],
-                                             reply['row-item'], reply['update'])
-        if not (users.dim() == 1 and row_user.dim() == 1 and row_user.shape == row_item.shape
-                and tuple(update.shape) == (row_user.numel(), dim)
-                and not any(t.is_floating_point() for t in (users, row_user, row_item))
-                and update.is_floating_point()):
-            return False
-        expected = {'num-samples': (), 'loss': (),
-                    **{f'dense/{name}': shape for name, shape in dense.items()}}
-        for key, value in reply.items():
-            if not isinstance(value, Tensor) or key in _PER_ROW or key == 'users':
-                continue
-            if tuple(value.shape) != (users.numel(), *expected.get(key, (dim,))):
-                return False
-        return all(key in reply for key in expected)
-    except (KeyError, AttributeError, TypeError):
-        return False
-
 
 def payload_bytes(payload: Mapping[str, object]) -> int:
     """Bytes of the tensors of a payload."""
@@ -272,14 +233,13 @@ class Deployment(Federation):
         round_seed = draw_round_seed(self.generator)
         self._base = model.item.detach().clone()
         self._selected = selected.numel()
-        shared = {'items': self._base, **grouped('dense', {
-            name: value.detach() for name, value in model.shared_dense().items()})}
+        dense = {name: value.detach() for name, value in model.shared_dense().items()}
         payloads = {}
         for node, held in self.node_users.items():
             mine = torch.sort(held[torch.isin(held, selected)]).values
             if mine.numel():
-                payloads[node] = {**shared, 'users': mine, 'round-seed': round_seed,
-                                  **self.engine.round_payload(mine)}
+                payloads[node] = TrainRequest(self._base, mine, round_seed, dense,
+                                              self.engine.round_payload(mine)).to_payload()
         self._sent = payloads
         return payloads
 
@@ -292,29 +252,38 @@ class Deployment(Federation):
         beside the in-process record."""
         if not replies:
             raise RuntimeError(f'no node answered in round {round_index}')
-        uploads, dropped = self.accepted(replies)
+        model = self.federated.model
+        uploads, dropped = accept_train_replies(
+            replies, {node: payload['users'] for node, payload in self._sent.items()},
+            model.num_clients, self._base.size(1),
+            {name: tuple(value.shape) for name, value in model.shared_dense().items()})
         dtype = self._base.dtype
-        extra_keys = [key for key in (uploads[0] if uploads else {})
-                      if key not in _ROW_KEYS and not key.startswith('dense/')]
 
-        def joined(key: str, like: Tensor) -> Tensor:
-            parts = [upload[key] for upload in uploads]
+        def joined(field: str, like: Tensor) -> Tensor:
+            parts = [getattr(upload, field) for upload in uploads]
             return torch.cat(parts) if parts else like.new_empty((0, *like.shape[1:]))
+
+        def joined_group(field: str, like: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+            return {name: torch.cat([getattr(upload, field)[name] for upload in uploads])
+                    if uploads else value.new_empty((0, *value.shape[1:]))
+                    for name, value in like.items()}
 
         nothing = torch.empty(0, dtype=torch.long)
         users = joined('users', nothing)
         order = torch.sort(users).indices
         users = users[order]
-        row_user = joined('row-user', nothing)
+        row_user = joined('row_user', nothing)
         rows = torch.sort(row_user, stable=True).indices
-        dense = {name: joined(f'dense/{name}', value.detach().unsqueeze(0))[order].to(dtype)
-                 for name, value in self.federated.model.shared_dense().items()}
+        dense = {name: value[order].to(dtype) for name, value in joined_group(
+            'dense', {name: value.detach().unsqueeze(0)
+                      for name, value in model.shared_dense().items()}).items()}
         result = ClientRound(
             RowUpload(users, torch.searchsorted(users, row_user[rows]),
-                      joined('row-item', nothing)[rows],
+                      joined('row_item', nothing)[rows],
                       joined('update', self._base)[rows].to(dtype), dense),
-            joined('num-samples', nothing)[order], joined('loss', self._base[:0, 0])[order])
-        others = {key: joined(key, self._base)[order] for key in extra_keys}
+            joined('num_samples', nothing)[order], joined('loss', self._base[:0, 0])[order])
+        extra_like = {key: self._base[:0] for key in (uploads[0].extra if uploads else {})}
+        others = {key: value[order] for key, value in joined_group('extra', extra_like).items()}
         result, others, screened = screen(result, self.federated.model.num_items, others)
         for reason, count in screened.items():
             dropped[reason] = dropped.get(reason, 0) + count
@@ -330,36 +299,6 @@ class Deployment(Federation):
                 sum(payload_bytes(self._sent[node]) for node in replies) / len(replies)}
         return stats
 
-    def accepted(self, replies: Mapping[int, Payload]) -> Tuple[List[Payload], Dict[str, int]]:
-        """The devices' uploads restricted to what the server asked for: a device's users
-        that it was sent this round, each once in the round, and their rows; a reply whose
-        tensors are missing or misshapen is dropped whole (``malformed``). Returns the
-        accepted uploads and the users dropped by reason (``not_selected``,
-        ``duplicate_user``; ``malformed``: devices)."""
-        dim = self._base.size(1)
-        dense = {name: tuple(value.shape)
-                 for name, value in self.federated.model.shared_dense().items()}
-        dropped: Dict[str, int] = {}
-        seen = torch.zeros(self.federated.model.num_clients, dtype=torch.bool)
-        out = []
-        for node, reply in sorted(replies.items()):
-            asked = self._sent.get(node, {}).get('users', torch.empty(0, dtype=torch.long))
-            if not _well_formed(reply, dim, dense):
-                dropped['malformed'] = dropped.get('malformed', 0) + 1
-                continue
-            users = reply['users']
-            ours = torch.isin(users, asked)
-            fresh = ours & ~seen[users.clamp(0, seen.numel() - 1)] & _first_of_each(users)
-            for reason, count in (('not_selected', (~ours).sum()),
-                                  ('duplicate_user', (ours & ~fresh).sum())):
-                if count:
-                    dropped[reason] = dropped.get(reason, 0) + int(count)
-            seen[users[fresh]] = True
-            rows = torch.isin(reply['row-user'], users[fresh])
-            kept = {key: value[rows] if key in _PER_ROW else value[fresh]
-                    for key, value in reply.items() if isinstance(value, Tensor)}
-            out.append(kept)
-        return out, dropped
     def configure_evaluate(self, round_index: int) -> Dict[int, Payload]:
         """In evaluation rounds, a payload to every device with what the in-process engine
         scores its users with."""
@@ -370,15 +309,22 @@ class Deployment(Federation):
         return self._sent
 
     def aggregate_evaluate(self, replies: Mapping[int, Payload]) -> Dict[str, object]:
-        """Mean HR@10 and NDCG@10 over the users of the devices that answered, and the bytes
-        the evaluation's messages carried (nothing when no device answered)."""
+        """Mean HR@10 and NDCG@10 over the users of the devices whose replies pass the
+        server's checks (:func:`~fedgraph.federated.trust.accept_evaluations`; the others
+        are counted in ``evaluations_dropped``), and the bytes the evaluation's messages
+        carried (nothing when no device answered)."""
         if not replies:
             return {}
-        sums = list(replies.values())
-        total = sum(int(m['num-users']) for m in sums)
-        record: Dict[str, object] = {
-            split: {metric: sum(float(m[f'{split}-{metric}']) for m in sums) / total
-                    for metric in ('hr@10', 'ndcg@10')} for split in ('val', 'test')}
+        accepted, dropped = accept_evaluations(replies, self.node_users)
+        record: Dict[str, object] = {}
+        if accepted:
+            total = sum(reply.num_users for reply in accepted.values())
+            record.update({split: {metric: sum(reply.sums[split][metric]
+                                               for reply in accepted.values()) / total
+                                   for metric in metrics}
+                           for split, metrics in EVALUATED.items()})
+        if dropped:
+            record['evaluations_dropped'] = dropped
         record['payload_evaluate_download_bytes_per_node'] = (
             sum(payload_bytes(self._sent[node]) for node in replies) / len(replies))
         return record
