@@ -41,10 +41,11 @@ import torch
 from fedgraph.config import TrainConfig, setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.device import DeviceHooks
-from fedgraph.federated.engine import FederatedEngine, LocalTraining, RoundEngine
-from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss
+from fedgraph.federated.engine import FederatedEngine
+from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss, LocalTraining
 from fedgraph.federated.messages import Payload
 from fedgraph.federated.reference import ReferenceEngine
+from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
 from fedgraph.privacy import accountant

@@ -19,7 +19,8 @@ from fedgraph.algorithms.fedmf import FedMF, FedMFSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import FederatedEngine, LocalTraining
+from fedgraph.federated.engine import FederatedEngine
+from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import Payload
 from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph
 from fedgraph.federated.graph_hooks import GraphDeviceHooks

@@ -14,7 +14,7 @@ import torch
 
 from fedgraph.algorithms.base import Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.federated.engine import LocalTraining
+from fedgraph.federated.local import LocalTraining
 from fedgraph.nn.heads import DotProductHead
 from fedgraph.nn.recommender import FederatedRecommender
 

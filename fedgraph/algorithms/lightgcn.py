@@ -35,7 +35,8 @@ from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSet
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import RoundEngine, RoundStats
+from fedgraph.federated.messages import RoundStats
+from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.nn.augment import SimGCLNoise
 from fedgraph.nn.contrastive import info_nce
 from fedgraph.nn.gnn import CollaborativeGraph

@@ -11,7 +11,8 @@ from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSet
 from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import RoundEngine, RoundStats
+from fedgraph.federated.messages import RoundStats
+from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.local import bce
 from fedgraph.nn.heads import DotProductHead
 from fedgraph.nn.recommender import FederatedRecommender

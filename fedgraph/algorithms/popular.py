@@ -10,7 +10,8 @@ from torch import Tensor
 from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm
 from fedgraph.algorithms.registry import register
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import RoundEngine, RoundStats
+from fedgraph.federated.messages import RoundStats
+from fedgraph.federated.round_engine import RoundEngine
 
 
 @register

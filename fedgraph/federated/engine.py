@@ -15,12 +15,12 @@ model, and a client's personalized item rows are stored only for the rows it tou
 The engine is generic over the shared parameters the model declares: the item table is a
 row table (clients upload the rows they touched, averaged row by row), and the head's dense
 shared parameters (:meth:`~fedgraph.nn.heads.ScoreHead.shared_parameters`, e.g. FedNCF's MLP)
-are trained as a local copy per client, ``[B, ...]`` side by side, uploaded whole and
-averaged by plain FedAvg.
+are trained as a local copy per client, ``[B, ...]`` side by side and uploaded whole. What
+the server makes of the uploads is its pipeline's (:mod:`fedgraph.server.stages`; FedAvg by
+default).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,8 +30,9 @@ from torch_scatter import scatter
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated import fused
 from fedgraph.federated.aggregation import per_client_vector
-from fedgraph.federated.local import SGD, BCELoss, LocalLoss, LocalOptimizer
+from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
+from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
@@ -45,44 +46,6 @@ from fedgraph.server.stages import ServerPipeline
 BYTES_PER_INDEX = 8
 
 
-@dataclass
-class LocalTraining:
-    """How a client trains in a round (defaults: the PFedRec paper's).
-
-    Attributes:
-        lr: the learning rate of the private head.
-        item_lr: the learning rate of the local copy of the item table (PFedRec:
-            ``lr * num_items * eta``).
-        batch_size: the local mini-batch size.
-        local_epochs: passes over the local data per round.
-        num_negatives: negatives per positive, redrawn every round.
-        alternating: PFedRec's two steps per mini-batch -- first the head, then, after a
-            fresh forward pass, the item rows -- instead of one joint step.
-        personalize_items: evaluate each client with its locally fine-tuned item rows (dual
-            personalization) rather than the global table.
-        upload: the transform applied to uploaded row updates.
-        loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
-        optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
-        l2_reg: :math:`\\lambda` of the L2 regularization each sample adds to its loss,
-            :math:`\\tfrac{\\lambda}{2} (\\lVert e_i \\rVert^2 + \\lVert \\theta_u \\rVert^2)`
-            over its item row and its client's private parameters.
-
-    What the server does with the uploads is not the client's recipe but the server's
-    pipeline (:class:`~fedgraph.server.stages.ServerPipeline`).
-    """
-    lr: float = 0.1
-    item_lr: float = 0.1 * 80
-    batch_size: int = 256
-    local_epochs: int = 1
-    num_negatives: int = 4
-    alternating: bool = True
-    personalize_items: bool = True
-    upload: UploadTransform = field(default_factory=UploadTransform)
-    loss: LocalLoss = field(default_factory=BCELoss)
-    optimizer: LocalOptimizer = field(default_factory=SGD)
-    l2_reg: float = 0.0
-
-
 def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
                     randomness: Union[torch.Generator, Sequence[torch.Generator]]
                     ) -> Dict[str, Tensor]:
@@ -93,61 +56,6 @@ def dense_transform(upload: UploadTransform, dense: Dict[str, Tensor],
         return per_client_vector(dense, lambda flat: upload(flat, randomness))
     return per_client_vector(dense, lambda flat: ClientStreams.transform(
         upload, flat, torch.arange(flat.size(0)), randomness))
-
-
-class RoundEngine:
-    """What a run asks of an engine besides rounds, scores and state: optional steps with
-    defaults that do nothing, and the server's halves of a round over messages
-    (:class:`~fedgraph.federated.server.Server`). The graph models' engine overrides them."""
-
-    #: The privacy releases of a federated engine's clients (``None``: centralized).
-    ledger: Optional[PrivacyLedger] = None
-
-    @property
-    def federated(self) -> Optional['FederatedEngine']:
-        """The federated engine that runs this engine's client rounds (``None``: a
-        centralized engine)."""
-        return None
-
-    @property
-    def device(self) -> torch.device:
-        """Where the engine's tensors live: scores are asked for with tensors there."""
-        return self.model.item.device
-
-    def pretrain(self, generator: torch.Generator, progress: bool = True,
-                 transport=None) -> Optional[Dict[str, object]]:
-        """Pre-training before round 0, with the clients in this process or on the devices
-        behind ``transport``; its record for ``metrics.json`` (``None``: none)."""
-        return None
-
-    def round_report(self) -> Dict[str, object]:
-        """Extra entries of a round's ``metrics.json`` record (e.g. uniformity)."""
-        return {}
-
-    def export(self) -> Optional[Dict[str, Tensor]]:
-        """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
-        return None
-
-    def before_round(self) -> None:
-        """The server's work before it sends a round's messages."""
-
-    def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
-        """What a device needs besides the shared parameters to train ``users``."""
-        return {}
-
-    def after_aggregate(self, result: 'ClientRound', replies: Dict[str, Tensor]) -> None:
-        """The server's work once a round's uploads are aggregated; ``replies`` holds the
-        other per-user tensors the devices uploaded, in the order of
-        ``result.upload.clients``."""
-
-    def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
-        """What a device needs to score ``users``."""
-        raise NotImplementedError
-
-    def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
-        """``user``'s model on its own: its parameters, item-input tables and their weights
-        (:mod:`fedgraph.export`)."""
-        raise NotImplementedError
 
 
 class FederatedEngine(RoundEngine):

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from fedgraph.clustering import ClusterSelector, carried_tables, cluster_means, kmeans
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import FederatedEngine, RoundEngine
+from fedgraph.federated.engine import FederatedEngine
+from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.messages import ClientRound, RoundStats
 from fedgraph.federated.pretraining import LocalClients, RemoteClients, pretrain
 from fedgraph.federated.streams import ClientStreams, draw_round_seed

@@ -13,11 +13,14 @@ reference engine.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fedgraph.privacy.upload import UploadTransform
 
 
 def bce(logits: Tensor, label: Tensor) -> Tensor:
@@ -159,3 +162,41 @@ class Adam(LocalOptimizer):
 
     def torch_optimizer(self, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, betas=self.betas, eps=self.eps)
+
+
+@dataclass
+class LocalTraining:
+    """How a client trains in a round (defaults: the PFedRec paper's).
+
+    Attributes:
+        lr: the learning rate of the private head.
+        item_lr: the learning rate of the local copy of the item table (PFedRec:
+            ``lr * num_items * eta``).
+        batch_size: the local mini-batch size.
+        local_epochs: passes over the local data per round.
+        num_negatives: negatives per positive, redrawn every round.
+        alternating: PFedRec's two steps per mini-batch -- first the head, then, after a
+            fresh forward pass, the item rows -- instead of one joint step.
+        personalize_items: evaluate each client with its locally fine-tuned item rows (dual
+            personalization) rather than the global table.
+        upload: the transform applied to uploaded row updates.
+        loss: the clients' loss (:class:`~fedgraph.federated.local.LocalLoss`).
+        optimizer: the clients' update rule (:class:`~fedgraph.federated.local.LocalOptimizer`).
+        l2_reg: :math:`\\lambda` of the L2 regularization each sample adds to its loss,
+            :math:`\\tfrac{\\lambda}{2} (\\lVert e_i \\rVert^2 + \\lVert \\theta_u \\rVert^2)`
+            over its item row and its client's private parameters.
+
+    What the server does with the uploads is not the client's recipe but the server's
+    pipeline (:class:`~fedgraph.server.stages.ServerPipeline`).
+    """
+    lr: float = 0.1
+    item_lr: float = 0.1 * 80
+    batch_size: int = 256
+    local_epochs: int = 1
+    num_negatives: int = 4
+    alternating: bool = True
+    personalize_items: bool = True
+    upload: UploadTransform = field(default_factory=UploadTransform)
+    loss: LocalLoss = field(default_factory=BCELoss)
+    optimizer: LocalOptimizer = field(default_factory=SGD)
+    l2_reg: float = 0.0

@@ -16,9 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.engine import (BYTES_PER_INDEX, ClientRound, LocalTraining, RoundEngine,
-                                       RoundStats, RowUpload, dense_transform)
+from fedgraph.federated.engine import BYTES_PER_INDEX, dense_transform
+from fedgraph.federated.local import LocalTraining
+from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.recommender import FederatedRecommender
 from fedgraph.privacy.ledger import PrivacyLedger

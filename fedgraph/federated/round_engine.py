@@ -1,0 +1,68 @@
+"""What a run asks of an engine (:class:`RoundEngine`): rounds, scores, state, and optional
+steps whose defaults do nothing; the federated engines, the graph models' engine and the
+centralized baselines implement it."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from fedgraph.federated.messages import ClientRound
+from fedgraph.privacy.ledger import PrivacyLedger
+
+
+class RoundEngine:
+    """What a run asks of an engine besides rounds, scores and state: optional steps with
+    defaults that do nothing, and the server's halves of a round over messages
+    (:class:`~fedgraph.server.deployment.Deployment`). The graph models' engine overrides
+    them."""
+
+    #: The privacy releases of a federated engine's clients (``None``: centralized).
+    ledger: Optional[PrivacyLedger] = None
+
+    @property
+    def federated(self) -> Optional['RoundEngine']:
+        """The federated engine that runs this engine's client rounds (``None``: a
+        centralized engine)."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the engine's tensors live: scores are asked for with tensors there."""
+        return self.model.item.device
+
+    def pretrain(self, generator: torch.Generator, progress: bool = True,
+                 transport=None) -> Optional[Dict[str, object]]:
+        """Pre-training before round 0, with the clients in this process or on the devices
+        behind ``transport``; its record for ``metrics.json`` (``None``: none)."""
+        return None
+
+    def round_report(self) -> Dict[str, object]:
+        """Extra entries of a round's ``metrics.json`` record (e.g. uniformity)."""
+        return {}
+
+    def export(self) -> Optional[Dict[str, Tensor]]:
+        """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
+        return None
+
+    def before_round(self) -> None:
+        """The server's work before it sends a round's messages."""
+
+    def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a device needs besides the shared parameters to train ``users``."""
+        return {}
+
+    def after_aggregate(self, result: ClientRound, replies: Dict[str, Tensor]) -> None:
+        """The server's work once a round's uploads are aggregated; ``replies`` holds the
+        other per-user tensors the devices uploaded, in the order of
+        ``result.upload.clients``."""
+
+    def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a device needs to score ``users``."""
+        raise NotImplementedError
+
+    def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
+        """``user``'s model on its own: its parameters, item-input tables and their weights
+        (:mod:`fedgraph.export`)."""
+        raise NotImplementedError
