@@ -19,7 +19,7 @@ def prepare_split(config: TrainConfig):
     ``split_mode`` does not ask for a ratio split."""
     data = load_configured(config)
     if config.protocol == 'sampled':
-        return leave_one_out_split(data, num_negatives=config.eval_negatives, seed=config.seed)
+        return leave_one_out_split(data, eval_negatives=config.eval_negatives, seed=config.seed)
     own = 'split' in data[RATES]
     mode = config.split_mode or ('predefined' if own else 'random')
     if mode == 'predefined':

@@ -280,7 +280,7 @@ def test_real_movielens_100k_content(movielens_100k):
 
 def test_real_movielens_100k_leave_one_out(movielens_100k):
     data = movielens_100k
-    split = leave_one_out_split(data, num_negatives=99, seed=0)
+    split = leave_one_out_split(data, eval_negatives=99, seed=0)
     num_users, num_items = 943, 1682
     assert split.num_filtered_users == 0
     assert split.val_item.shape == (num_users,)

@@ -7,7 +7,7 @@ import torch
 from fedgraph.algorithms import algorithm_names, resolve
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
-from fedgraph.federated.device import Device
+from fedgraph.federated.node import Node
 from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.training import prepare_split, train
 
@@ -20,7 +20,7 @@ EXTRA = {'perfedrec++': dict(pretrain_rounds=2, num_clusters=3, cluster_every=1)
 def _devices(config, num_devices):
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
-    return {node: Device.from_split(config, *population, node, num_devices)
+    return {node: Node.from_split(config, *population, node, num_devices)
             for node in range(num_devices)}
 
 

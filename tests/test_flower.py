@@ -16,12 +16,12 @@ from flwr.serverapp import Grid
 
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
-from fedgraph.federated.device import Device
+from fedgraph.federated.node import Node
 from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.flower.deploy import deploy, write_app
 from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.client import make_client_app
-from fedgraph.flower.records import (config_to_run_config, from_record, load,
+from fedgraph.flower.payloads import (config_to_run_config, from_record, load,
                                      run_config_to_config, store, to_content, to_record)
 from fedgraph.flower.server import FlowerTransport, PollingGrid
 from fedgraph.flower.simulation import simulate
@@ -68,7 +68,7 @@ def test_devices_partition_the_users_and_survive_their_state():
     config = TrainConfig(**CONFIG)
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
-    devices = [Device.from_split(config, *population, p, 3) for p in range(3)]
+    devices = [Node.from_split(config, *population, p, 3) for p in range(3)]
     users = torch.sort(torch.cat([d.users for d in devices])).values
     assert torch.equal(users, torch.arange(split.val_item.numel()))
     device = devices[1]
@@ -76,13 +76,13 @@ def test_devices_partition_the_users_and_survive_their_state():
     device.private = {'weight': torch.randn(device.users.numel(), 32)}
     state = RecordDict()
     store(state, device.to_state(), 'device-')
-    back = Device.from_state(config, load(state, 'device-'))
+    back = Node.from_state(config, load(state, 'device-'))
     assert torch.equal(back.users, device.users)
     assert torch.equal(back.train.col, device.train.col)
     assert torch.equal(back.known.ptr, device.known.ptr)
     assert torch.equal(back.private['weight'], device.private['weight'])
     with pytest.raises(ValueError, match='partition 3 of 3'):
-        Device.from_split(config, *population, 3, 3)
+        Node.from_split(config, *population, 3, 3)
 
 
 # A ClientApp process answering a training message after its first: it loads the device from
@@ -91,9 +91,9 @@ TRAIN_FROM_STATE = """
 import json, sys, torch
 from fedgraph.config import TrainConfig
 from fedgraph.flower.client import make_client_app
-from fedgraph.federated.device import Device
+from fedgraph.federated.node import Node
 saved = torch.load(sys.argv[2], weights_only=True)
-device = Device.from_state(TrainConfig(**json.loads(sys.argv[1])), saved['state'])
+device = Node.from_state(TrainConfig(**json.loads(sys.argv[1])), saved['state'])
 torch.save(device.handle('train', saved['payload']), sys.argv[3])
 print(sorted(name for name in sys.modules if name.split('.')[0] == 'torch_geometric'))
 """
@@ -107,7 +107,7 @@ def test_a_device_trains_from_its_state_without_pytorch_geometric(tmp_path, algo
     config = TrainConfig(**settings)
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
-    devices = {p: Device.from_split(config, *population, p, 2) for p in range(2)}
+    devices = {p: Node.from_split(config, *population, p, 2) for p in range(2)}
     server = Deployment(config, LocalTransport(devices))
     server.start(progress=False)
     payload = server.configure_round()[0]
@@ -127,7 +127,7 @@ def test_a_device_trains_from_its_state_without_pytorch_geometric(tmp_path, algo
 def test_a_device_rejects_users_it_does_not_hold():
     config = TrainConfig(**CONFIG)
     split = prepare_split(config)
-    device = Device.from_split(config, split, ClientPartition.from_data(split.train),
+    device = Node.from_split(config, split, ClientPartition.from_data(split.train),
                                split.known_items(), 0, 4)
     device.private = {'weight': torch.zeros(device.users.numel(), 32),
                       'bias': torch.zeros(device.users.numel())}

@@ -251,7 +251,7 @@ def test_zero_layer_graph_engine_is_fedmf_and_pfedrec(data, algorithm):
     users = torch.arange(partition.num_clients)
     val_candidates = candidates(split)
     # The levels score through the head's logits, as the plain engine does without its
-    # closed-form scorer (which sums in another order: tests/test_fused.py).
+    # closed-form scorer (which sums in another order: tests/test_closed_form.py).
     plain.closed_form = False
     assert torch.equal(plain.scores(users, val_candidates), wrapped.scores(users, val_candidates))
     assert torch.equal(plain.scores_all(users), wrapped.scores_all(users))

@@ -114,7 +114,7 @@ def test_train_gives_a_notebook_its_threads_and_freed_memory_back():
         'import fedgraph\n'
         'from fedgraph.data import synthetic_interactions, leave_one_out_split\n'
         'split = leave_one_out_split(synthetic_interactions(60, 200, 10, seed=0),\n'
-        '                           num_negatives=20, seed=0)\n'
+        '                           eval_negatives=20, seed=0)\n'
         'fedgraph.train(fedgraph.TrainConfig(rounds=2, dim=8, threads=2), split=split,\n'
         '               progress=False)\n'
         'def resident():\n'
@@ -135,3 +135,22 @@ def test_a_devices_model_needs_neither_pytorch_geometric_numba_nor_flower():
         'print(json.dumps(sorted(m for m in ("torch_geometric", "numba", "flwr", "faiss",\n'
         '                                    "torch_scatter") if m in sys.modules)))\n')
     assert printed == []
+
+
+def test_renamed_names_still_work_for_a_release_and_warn():
+    import pytest
+
+    from fedgraph.algorithms.fedmf import FedMF
+    from fedgraph.federated.node import Node, NodeHooks
+
+    with pytest.warns(DeprecationWarning, match='fedgraph.federated.node.Node'):
+        from fedgraph.federated.device import Device
+    assert Device is Node
+    with pytest.warns(DeprecationWarning, match='node_hooks'):
+        class OldStyle(FedMF):
+            name = 'old-style-hooks'
+
+            def device_hooks(self):
+                return 'its hooks'
+    assert OldStyle.node_hooks is OldStyle.device_hooks
+    assert NodeHooks().replies == {}

@@ -134,8 +134,8 @@ def test_graphs_with_their_own_node_type_names_split():
     movies['user', 'rates', 'movie'].edge_label = torch.ones(edge_index.size(1),
                                                              dtype=torch.long)
     movies['movie', 'rated_by', 'user'].edge_index = edge_index.flip(0)
-    split = leave_one_out_split(movies, num_negatives=10)
-    reference = leave_one_out_split(data, num_negatives=10)
+    split = leave_one_out_split(movies, eval_negatives=10)
+    reference = leave_one_out_split(data, eval_negatives=10)
     assert torch.equal(split.test_item, reference.test_item)
     assert split.train['user', 'rates', 'item'].edge_index.size(1) == edge_index.size(1) - 60
 
@@ -256,7 +256,7 @@ def test_load_run_gives_back_a_csv_split_passed_in_python(ratings_csv, tmp_path)
 
     data = load_dataset('csv', ratings_csv, user='uid', item='movie', rating='stars',
                         time='when', min_rating=2)
-    split = leave_one_out_split(data, num_negatives=20, seed=0)
+    split = leave_one_out_split(data, eval_negatives=20, seed=0)
     run = train(TrainConfig(rounds=2, dim=8), out=tmp_path / 'run', split=split,
                 progress=False)
     loaded = load_run(tmp_path / 'run')

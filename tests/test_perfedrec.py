@@ -30,7 +30,7 @@ def split():
     return leave_one_out_split(
         synthetic_interactions(num_users=NUM_USERS, num_items=NUM_ITEMS, mean_degree=15,
                                seed=4),
-        num_negatives=49)
+        eval_negatives=49)
 
 
 @pytest.fixture(scope='module')

@@ -58,7 +58,7 @@ def _loo_graph():
 def test_leave_one_out_hand_graph(caplog):
     data = _loo_graph()
     with caplog.at_level(logging.INFO, logger='fedgraph.data.split'):
-        split = leave_one_out_split(data, num_negatives=2, seed=0)
+        split = leave_one_out_split(data, eval_negatives=2, seed=0)
     assert split.protocol == 'sampled'
     # user 2 dropped, counted and logged
     assert split.num_filtered_users == 1
@@ -88,7 +88,7 @@ def test_leave_one_out_no_filtering_logs_nothing(caplog):
     user, item, time = zip(*[r for r in LOO_ROWS if r[0] != 2])
     data = interactions_to_hetero(user, item, time=time)
     with caplog.at_level(logging.INFO, logger='fedgraph.data.split'):
-        split = leave_one_out_split(data, num_negatives=2)
+        split = leave_one_out_split(data, eval_negatives=2)
     assert split.num_filtered_users == 0
     assert not [r for r in caplog.records if r.name == 'fedgraph.data.split']
     assert split.test_item.tolist() == [0, 7, 8]
@@ -122,7 +122,7 @@ def test_leave_one_out_ties_earlier_input_counts_as_later():
     item = [0, 1, 2, 3] + [4, 5, 6, 7, 8, 9]
     time = [1, 2, 9, 9] + [1, 2, 3, 4, 5, 6]
     split = leave_one_out_split(interactions_to_hetero(user, item, time=time),
-                                num_negatives=1)
+                                eval_negatives=1)
     assert split.test_item.tolist() == [2, 9]
     assert split.val_item.tolist() == [3, 8]
 
@@ -130,15 +130,15 @@ def test_leave_one_out_ties_earlier_input_counts_as_later():
 def test_leave_one_out_all_users_too_small():
     data = interactions_to_hetero([0, 0, 1], [0, 1, 2], time=[1, 2, 3])
     with pytest.raises(ValueError, match='3 interactions'):
-        leave_one_out_split(data, num_negatives=1)
+        leave_one_out_split(data, eval_negatives=1)
 
 
 def test_leave_one_out_too_few_non_items():
     # user 0 holds 5 of 12 items -> 7 free; 2 * 4 = 8 negatives cannot be drawn
     with pytest.raises(ValueError, match='negatives'):
-        leave_one_out_split(_loo_graph(), num_negatives=4)
+        leave_one_out_split(_loo_graph(), eval_negatives=4)
     # 2 * 3 = 6 <= 7 works
-    split = leave_one_out_split(_loo_graph(), num_negatives=3)
+    split = leave_one_out_split(_loo_graph(), eval_negatives=3)
     assert split.test_negatives.shape == (3, 3)
 
 
@@ -366,3 +366,10 @@ def test_predefined_split_matches_attribute_on_synthetic(synthetic):
 def test_predefined_split_without_attribute(synthetic):
     with pytest.raises(ValueError, match='split'):
         predefined_split(synthetic)
+
+
+def test_the_old_name_of_the_evaluation_negatives_still_splits_and_warns():
+    with pytest.warns(DeprecationWarning, match='eval_negatives'):
+        old = leave_one_out_split(_loo_graph(), num_negatives=3)
+    new = leave_one_out_split(_loo_graph(), eval_negatives=3)
+    assert torch.equal(old.test_negatives, new.test_negatives)

@@ -6,7 +6,7 @@ import torch
 
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition
-from fedgraph.federated.device import Device
+from fedgraph.federated.node import Node
 from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.training import build_run, prepare_split
 
@@ -104,7 +104,7 @@ def test_a_deployment_drops_what_a_device_should_not_send(algorithm, tamper, rea
     config = TrainConfig(algorithm=algorithm, **SMALL)
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
-    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    devices = {node: Node.from_split(config, *population, node, 4) for node in range(4)}
     server = Deployment(config, HostileTransport(devices, tamper))
     metrics = server.run(progress=False)
     for record in metrics['rounds']:
@@ -126,9 +126,9 @@ def test_a_deployment_drops_evaluation_sums_a_device_cannot_have(tamper):
     config = TrainConfig(**SMALL)
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
-    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    devices = {node: Node.from_split(config, *population, node, 4) for node in range(4)}
     honest = Deployment(config, LocalTransport(devices)).run(progress=False)
-    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    devices = {node: Node.from_split(config, *population, node, 4) for node in range(4)}
     hostile = Deployment(config, HostileTransport(
         devices, lambda reply, replies: tamper(reply), 'evaluate')).run(progress=False)
     for ours, theirs in zip(hostile['rounds'], honest['rounds']):
@@ -179,7 +179,7 @@ def test_enrollment_and_pretraining_uploads_pass_the_same_checks(step, tamper, d
     config = TrainConfig(algorithm='perfedrec++', pretrain_rounds=2, **SMALL)
     split = prepare_split(config)
     population = (split, ClientPartition.from_data(split.train), split.known_items())
-    devices = {node: Device.from_split(config, *population, node, 4) for node in range(4)}
+    devices = {node: Node.from_split(config, *population, node, 4) for node in range(4)}
     server = Deployment(config, HostileTransport(devices, tamper, step))
     metrics = server.run(progress=False)
     counts = metrics['uploads_dropped_outside_rounds'][step]

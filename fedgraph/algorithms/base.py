@@ -21,8 +21,8 @@ An algorithm is one class in one module, registered by name
   :meth:`Algorithm.extend_remote` (a deployment's server) wrap the engine with server-side
   work (enrollment, pre-training, after-round clustering, scoring levels, uniformity,
   export: the graph models' :class:`~fedgraph.federated.graph.GraphFederatedEngine`), and
-  :meth:`Algorithm.device_hooks` gives the device halves of those steps
-  (:class:`~fedgraph.federated.device.DeviceHooks`).
+  :meth:`Algorithm.node_hooks` gives the node halves of those steps
+  (:class:`~fedgraph.federated.node.NodeHooks`).
 
 Every two-sided step is written once, as a client half and a server half
 (:meth:`~fedgraph.federated.engine.FederatedEngine.local_round` and
@@ -39,8 +39,9 @@ from typing import Callable, ClassVar, List, Mapping, Optional, Tuple, Type
 import torch
 
 from fedgraph.config import TrainConfig, setting
+from fedgraph.deprecation import warn_renamed
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.device import DeviceHooks
+from fedgraph.federated.node import NodeHooks
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss, LocalTraining
 from fedgraph.federated.messages import Payload
@@ -142,6 +143,12 @@ class Algorithm:
     federated: ClassVar[bool] = True
     #: Names its settings had in earlier versions' ``config.json``, and their names now.
     renamed_settings: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if 'device_hooks' in vars(cls):  # the name of node_hooks before 0.3
+            warn_renamed(f'{cls.__qualname__}.device_hooks', 'node_hooks')
+            cls.node_hooks = vars(cls)['device_hooks']
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -273,12 +280,12 @@ class Algorithm:
                       enroll: Callable[[int], List[Payload]]) -> RoundEngine:
         """Hook: :meth:`extend` for a deployment, whose server holds ``engine`` without any
         interactions: ``enroll(seed)`` hands the devices their initial private parameters and
-        returns what they upload when they enroll (:meth:`DeviceHooks.enroll
-        <fedgraph.federated.device.DeviceHooks.enroll>` with their streams of ``seed``).
+        returns what they upload when they enroll (:meth:`NodeHooks.enroll
+        <fedgraph.federated.node.NodeHooks.enroll>` with their streams of ``seed``).
         Default: enroll with seed 0 (no draws), the engine itself."""
         enroll(0)
         return engine
 
-    def device_hooks(self) -> DeviceHooks:
-        """The device halves of its steps beyond local training (default: none)."""
-        return DeviceHooks()
+    def node_hooks(self) -> NodeHooks:
+        """The node halves of its steps beyond local training (default: none)."""
+        return NodeHooks()

@@ -23,7 +23,7 @@ from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import Payload
 from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph
-from fedgraph.federated.graph_hooks import GraphDeviceHooks
+from fedgraph.federated.graph_hooks import GraphNodeHooks
 from fedgraph.federated.streams import draw_round_seed
 from fedgraph.nn.augment import PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
@@ -101,9 +101,9 @@ class FedLightGCN(FedMF):
             out.absorb_user_updates(upload['users'], upload['user-update'])
         return out
 
-    def device_hooks(self) -> GraphDeviceHooks:
+    def node_hooks(self) -> GraphNodeHooks:
         settings = self.settings
-        return GraphDeviceHooks(settings.num_layers, settings.pseudo_ratio,
+        return GraphNodeHooks(settings.num_layers, settings.pseudo_ratio,
                                 settings.level_weights)
 
     def graph_engine(self, engine: FederatedEngine,

@@ -22,7 +22,7 @@ from fedgraph.algorithms.registry import register
 from fedgraph.config import setting
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.graph import GraphFederatedEngine
-from fedgraph.federated.graph_hooks import GraphDeviceHooks
+from fedgraph.federated.graph_hooks import GraphNodeHooks
 from fedgraph.nn.augment import ClientDropout, Compose, PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 
@@ -68,9 +68,9 @@ class PerFedRec(FedLightGCN):
                               and settings.level_weights[1] > 0)
         return False, others + int(sampled) + cluster_release
 
-    def device_hooks(self) -> GraphDeviceHooks:
+    def node_hooks(self) -> GraphNodeHooks:
         settings = self.settings
-        return GraphDeviceHooks(settings.num_layers, settings.pseudo_ratio,
+        return GraphNodeHooks(settings.num_layers, settings.pseudo_ratio,
                                 settings.level_weights, settings.num_clusters,
                                 settings.pretrain_lr)
 

@@ -103,7 +103,7 @@ def _describe(args: argparse.Namespace) -> None:
         **{name: getattr(args, name) for name in SECTIONS['data']}, seed=args.seed))
     summary = describe(data)
     summary['leave_one_out'] = describe_split(
-        leave_one_out_split(data, num_negatives=args.eval_negatives, seed=args.seed))
+        leave_one_out_split(data, eval_negatives=args.eval_negatives, seed=args.seed))
     print(json.dumps(summary, indent=2))
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from fedgraph.deprecation import warn_renamed
 from fedgraph.data.hetero import ITEM, RATES, USER, in_client_order, with_edges, with_users
 from fedgraph.data.partition import ClientPartition
 
@@ -96,18 +97,22 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def leave_one_out_split(data: HeteroData, num_negatives: int = 99,
-                        seed: int = 0) -> SampledSplit:
+def leave_one_out_split(data: HeteroData, eval_negatives: int = 99, seed: int = 0, *,
+                        num_negatives: Optional[int] = None) -> SampledSplit:
     """The leave-one-out split of the PFedRec paper.
 
     Each user's interactions are in chronological order (see
     :func:`~fedgraph.data.hetero.client_order` for ties); the last one is the test item, the
-    one before the validation item, the rest are training data. ``2 * num_negatives``
+    one before the validation item, the rest are training data. ``2 * eval_negatives``
     distinct items the user never interacted with are drawn once from ``seed``: the first
     half are the validation negatives, the second half the test negatives, as in the
     reference code. Users with fewer than 3 interactions cannot be split and are dropped
-    (counted and logged).
+    (counted and logged). ``num_negatives`` is the deprecated name of ``eval_negatives``
+    (``TrainConfig.num_negatives`` is the training negatives).
     """
+    if num_negatives is not None:
+        warn_renamed('leave_one_out_split(eval_negatives=...)', 'eval_negatives')
+        eval_negatives = num_negatives
     data = in_client_order(data)
     partition = ClientPartition.from_data(data)
     enough = partition.degree >= 3
@@ -130,22 +135,22 @@ def leave_one_out_split(data: HeteroData, num_negatives: int = 99,
 
     users = torch.arange(partition.num_clients)
     free = partition.num_items - partition.degree
-    if int(free.min()) < 2 * num_negatives:
+    if int(free.min()) < 2 * eval_negatives:
         worst = int(free.argmin())
         raise ValueError(
             f'{getattr(data, "name", "data")}: user {_raw_id(data, worst)} interacted with '
             f'{int(partition.degree[worst])} of {partition.num_items} items, leaving '
             f'{int(free[worst])} to draw negatives from; the sampled protocol draws '
-            f'{num_negatives} validation and {num_negatives} test negatives per user: lower '
+            f'{eval_negatives} validation and {eval_negatives} test negatives per user: lower '
             f'eval_negatives (--eval-negatives) to at most {int(free.min()) // 2}, or use the '
             f'full-ranking protocol (--protocol full)')
-    negatives = partition.sample_negatives(users, 2 * num_negatives, _generator(seed))
+    negatives = partition.sample_negatives(users, 2 * eval_negatives, _generator(seed))
     return SampledSplit(
         train=with_edges(data, train_mask),
         val_item=val_item,
         test_item=test_item,
-        val_negatives=negatives[:, :num_negatives].contiguous(),
-        test_negatives=negatives[:, num_negatives:].contiguous(),
+        val_negatives=negatives[:, :eval_negatives].contiguous(),
+        test_negatives=negatives[:, eval_negatives:].contiguous(),
         num_filtered_users=num_filtered,
     )
 

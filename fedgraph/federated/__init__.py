@@ -1,6 +1,6 @@
 """The federated engine: selection, local training, uploads, aggregation. The graph models'
 engine (:mod:`fedgraph.federated.graph`) and the two halves of a deployment
-(:mod:`fedgraph.federated.device`, :mod:`fedgraph.server.deployment`) are imported from
+(:mod:`fedgraph.federated.node`, :mod:`fedgraph.server.deployment`) are imported from
 their modules."""
 from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
 from fedgraph.federated.engine import FederatedEngine

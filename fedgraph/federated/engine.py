@@ -28,7 +28,7 @@ from torch import Tensor
 from torch_scatter import scatter
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated import fused
+from fedgraph.federated import closed_form
 from fedgraph.federated.aggregation import per_client_vector
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
@@ -73,7 +73,7 @@ class FederatedEngine(RoundEngine):
             (:class:`~fedgraph.federated.streams.ClientStreams`) rather than from one
             generator shared by the round, as clients on their own devices do.
         closed_form: train a bilinear head with binary cross-entropy and SGD in closed form, in
-            one compiled kernel (:mod:`fedgraph.federated.fused`), where the model allows;
+            one compiled kernel (:mod:`fedgraph.federated.closed_form`), where the model allows;
             ``False``: autograd for every model.
         server: what the server does with the uploads (default: FedAvg's mean).
     """
@@ -214,8 +214,8 @@ class FederatedEngine(RoundEngine):
         """
         cfg = self.training
         model = self.model
-        if self.closed_form and fused.supports(model, cfg):
-            return fused.train_clients(model, cfg, plan, table)
+        if self.closed_form and closed_form.supports(model, cfg):
+            return closed_form.train_clients(model, cfg, plan, table)
         initial = table.index_select(0, plan.row_item)
         local = initial.clone()
         private = {name: tensor.detach()[plan.clients].clone()
@@ -301,10 +301,10 @@ class FederatedEngine(RoundEngine):
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k]`` logits of ``items[u, j]`` for ``users[u]``, each user with its own
         head and (with dual personalization) its own item view."""
-        if self.closed_form and fused.supports(self.model, self.training):
+        if self.closed_form and closed_form.supports(self.model, self.training):
             if self.training.personalize_items:
-                return fused.scores(self.model, users, items, self.broadcast, self.personal)
-            return fused.scores(self.model, users, items, self.model.item.detach())
+                return closed_form.scores(self.model, users, items, self.broadcast, self.personal)
+            return closed_form.scores(self.model, users, items, self.model.item.detach())
         params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
                   for name, value in self.model.client_params(users).items()}
         return self.model.head.logits(params, self._item_view(users, items))

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from fedgraph.federated.device import Device, DeviceHooks
+from fedgraph.federated.node import Node, NodeHooks
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph, user_upload
 from fedgraph.federated.messages import ClientRound, Payload, group, grouped
@@ -18,7 +18,7 @@ from fedgraph.nn.augment import PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 
 
-class GraphDeviceHooks(DeviceHooks):
+class GraphNodeHooks(NodeHooks):
     """The device halves of the graph models' steps: the enrollment upload (items with
     pseudo-items, a first noised user embedding), the user-embedding upload after each
     round, the context and levels to score with, and PerFedRec++'s pre-training (the two
@@ -47,45 +47,45 @@ class GraphDeviceHooks(DeviceHooks):
         self.pretrain_lr = pretrain_lr
         self.user_vector = user_vector
 
-    def _upload_users(self, device: Device, position: Tensor,
+    def _upload_users(self, node: Node, position: Tensor,
                       streams: Sequence[torch.Generator]) -> Tensor:
         """Users ``position`` upload the change of their embedding since their last upload,
         clipped and noised from ``streams``; returns the uploaded change."""
-        uploaded = device.extra['uploaded']
-        change = user_upload(device.algorithm.upload_transform(),
-                             device.private[self.user_vector][position] - uploaded[position],
+        uploaded = node.extra['uploaded']
+        change = user_upload(node.algorithm.upload_transform(),
+                             node.private[self.user_vector][position] - uploaded[position],
                              streams)
         uploaded[position] += change
         return change
 
-    def enroll(self, device: Device, seed: int) -> Payload:
+    def enroll(self, node: Node, seed: int) -> Payload:
         """The users' item sets with pseudo-items (``edge-user``, ``edge-item``) and their
         first noised embedding (``users``, ``user-update``), from their streams of ``seed``."""
-        streams = device.streams(seed)
-        graph = enrollment_graph(device.train, PseudoItems(self.pseudo_ratio), streams)
-        device.extra['uploaded'] = torch.zeros_like(device.private[self.user_vector])
-        change = self._upload_users(device, torch.arange(device.users.numel()), streams)
-        return {'edge-user': device.users[graph.edge_index[0]], 'edge-item': graph.edge_index[1],
-                'users': device.users, 'user-update': change}
+        streams = node.streams(seed)
+        graph = enrollment_graph(node.train, PseudoItems(self.pseudo_ratio), streams)
+        node.extra['uploaded'] = torch.zeros_like(node.private[self.user_vector])
+        change = self._upload_users(node, torch.arange(node.users.numel()), streams)
+        return {'edge-user': node.users[graph.edge_index[0]], 'edge-item': graph.edge_index[1],
+                'users': node.users, 'user-update': change}
 
-    def configure(self, device: Device, engine: FederatedEngine, payload: Payload,
+    def configure(self, node: Node, engine: FederatedEngine, payload: Payload,
                   position: Tensor) -> None:
         """The context the server sent for the users at ``position`` and for the items."""
         context = group(payload, 'context')
         if not context:
             return
-        user_context = torch.zeros(device.users.numel(), context['user'].size(1),
+        user_context = torch.zeros(node.users.numel(), context['user'].size(1),
                                    dtype=context['user'].dtype)
         user_context[position] = context['user']
         engine.model.set_context(self.num_layers, user_context, context['item'])
 
-    def after_train(self, device: Device, position: Tensor, result: ClientRound) -> Payload:
-        return {'user-update': self._upload_users(device, position, result.generators)}
+    def after_train(self, node: Node, position: Tensor, result: ClientRound) -> Payload:
+        return {'user-update': self._upload_users(node, position, result.generators)}
 
-    def scorer(self, device: Device, engine: FederatedEngine, payload: Payload):
+    def scorer(self, node: Node, engine: FederatedEngine, payload: Payload):
         """The levels' scores, with the clusters the server sent (``clusters/*``)."""
-        empty = CollaborativeGraph(torch.empty(2, 0, dtype=torch.long), device.users.numel(),
-                                   device.num_items)
+        empty = CollaborativeGraph(torch.empty(2, 0, dtype=torch.long), node.users.numel(),
+                                   node.num_items)
         scorer = GraphFederatedEngine(engine, FederatedGNN(self.num_layers), empty,
                                       self.level_weights, self.num_clusters)
         clusters = group(payload, 'clusters')
@@ -93,26 +93,26 @@ class GraphDeviceHooks(DeviceHooks):
             scorer.assignment, scorer.cluster_tables = clusters['assignment'], clusters['tables']
         return scorer
 
-    def step(self, device: Device, step: str, payload: Payload) -> Payload:
+    def step(self, node: Node, step: str, payload: Payload) -> Payload:
         """``pretrain-views`` (the users' embeddings with the Laplace noise of the two views,
         ``views`` ``[n, 2, d]``), ``pretrain-step`` (one Adam step on the server's
         ``gradient``; users not ``selected`` keep their embedding, their moments move) and
         ``upload-users`` (every user uploads its embedding's change), each from the users'
         streams of the payload's ``seed``."""
-        user = device.private[self.user_vector]
-        everyone = torch.arange(device.users.numel())
+        user = node.private[self.user_vector]
+        everyone = torch.arange(node.users.numel())
         if step == 'pretrain-views':
-            offsets = view_offsets(device.algorithm.upload_transform(), user,
-                                   device.streams(int(payload['seed'])))
-            return {'users': device.users,
+            offsets = view_offsets(node.algorithm.upload_transform(), user,
+                                   node.streams(int(payload['seed'])))
+            return {'users': node.users,
                     'views': (user + offsets).transpose(0, 1).contiguous()}
         if step == 'pretrain-step':
             moved, moments = adam_rows(user, payload['gradient'], payload['selected'],
-                                       self.pretrain_lr, group(device.extra, 'adam'))
-            device.private[self.user_vector] = moved
-            device.extra.update(grouped('adam', moments))
+                                       self.pretrain_lr, group(node.extra, 'adam'))
+            node.private[self.user_vector] = moved
+            node.extra.update(grouped('adam', moments))
             return {}
         if step == 'upload-users':
-            change = self._upload_users(device, everyone, device.streams(int(payload['seed'])))
-            return {'users': device.users, 'user-update': change}
-        return super().step(device, step, payload)
+            change = self._upload_users(node, everyone, node.streams(int(payload['seed'])))
+            return {'users': node.users, 'user-update': change}
+        return super().step(node, step, payload)

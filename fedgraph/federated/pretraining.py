@@ -2,7 +2,7 @@
 written once: the server's loop (:func:`pretrain`) and the clients' halves, which hold the
 user embeddings -- in this process (:class:`LocalClients`) or on devices behind a transport
 (:class:`RemoteClients`, answered by
-:meth:`~fedgraph.federated.graph_hooks.GraphDeviceHooks.step`). Both halves of a client step
+:meth:`~fedgraph.federated.graph_hooks.GraphNodeHooks.step`). Both halves of a client step
 are the same functions (:func:`view_offsets`, :func:`adam_rows`).
 
 Each round draws two views of the collaborative graph -- client dropout and pseudo-items on

@@ -1,11 +1,11 @@
 """The device side on Flower: the ``ClientApp``, a transport for
-:class:`~fedgraph.federated.device.Device`.
+:class:`~fedgraph.federated.node.Node`.
 
 A SuperNode's ``node_config`` says which users it holds: ``partition-id`` ``p`` of
 ``num-partitions`` ``P`` holds users ``p, p + P, p + 2P, ...`` of the data set (``P`` = the
 number of users: one user per node, as on phones). The device lives in the node's
 ``context.state`` between messages; every message is answered by
-:meth:`Device.handle <fedgraph.federated.device.Device.handle>`, which runs the algorithm's
+:meth:`Node.handle <fedgraph.federated.node.Node.handle>`, which runs the algorithm's
 client halves.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from flwr.clientapp import ClientApp
 from fedgraph.config import SECTIONS, TrainConfig
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
-from fedgraph.federated.device import Device
-from fedgraph.flower.records import (config_to_run_config, load, run_config_to_config, store,
+from fedgraph.federated.node import Node
+from fedgraph.flower.payloads import (config_to_run_config, load, run_config_to_config, store,
                                      to_content)
 
 STATE = 'device-'
@@ -39,15 +39,15 @@ def _population(data: Tuple[Tuple[str, object], ...],
     return split, ClientPartition.from_data(split.train), split.known_items()
 
 
-def _device(config: TrainConfig, context: Context) -> Device:
+def _device(config: TrainConfig, context: Context) -> Node:
     """The node's device: from its state, or, at the first message, from the data set."""
     if STATE + 'scalars' in context.state:
-        return Device.from_state(config, load(context.state, STATE))
+        return Node.from_state(config, load(context.state, STATE))
     if config.protocol != 'sampled':
         raise ValueError('the Flower apps evaluate on devices under the sampled protocol only')
     node = context.node_config
     data = tuple((name, getattr(config, name)) for name in SECTIONS['data'])
-    return Device.from_split(config, *_population(data, config.seed),
+    return Node.from_split(config, *_population(data, config.seed),
                              int(node['partition-id']), int(node['num-partitions']))
 
 

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 from fedgraph.config import TrainConfig
 from fedgraph.flower.certificates import write_credentials
-from fedgraph.flower.records import config_to_run_config
+from fedgraph.flower.payloads import config_to_run_config
 
 LINK_NAME = 'fedgraph-local'
 

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated.messages import Payload
-from fedgraph.flower.records import config_to_run_config, load, run_config_to_config, to_content
+from fedgraph.flower.payloads import config_to_run_config, load, run_config_to_config, to_content
 from fedgraph.server.deployment import Deployment, Transport
 
 log = logging.getLogger(__name__)

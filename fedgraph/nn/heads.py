@@ -23,7 +23,7 @@ class ScoreHead(nn.Module):
     user_vector: str = ''
     #: ``(vector, bias)``: the names of :math:`\theta_c` and :math:`b_c` (``None``: no
     #: bias) when the logit is :math:`\theta_c^\top e_i + b_c`, for the engine's
-    #: closed-form local training (:mod:`fedgraph.federated.fused`); ``None`` for any other
+    #: closed-form local training (:mod:`fedgraph.federated.closed_form`); ``None`` for any other
     #: score, and in a subclass that changes :meth:`logits`.
     bilinear: Optional[Tuple[str, Optional[str]]] = None
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.device import Device
+from fedgraph.federated.node import Node
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.messages import (EVALUATED, ClientRound, Payload, RoundStats, RowUpload,
                                          TrainRequest, grouped)
@@ -70,7 +70,7 @@ class Transport:
 class LocalTransport(Transport):
     """Devices in this process, called directly (for tests and notebooks)."""
 
-    def __init__(self, devices: Mapping[int, Device]):
+    def __init__(self, devices: Mapping[int, Node]):
         super().__init__()
         self.devices = dict(devices)
 
@@ -85,8 +85,8 @@ class LocalTransport(Transport):
 class ScreenedTransport(Transport):
     """``transport`` whose replies outside the rounds (the enrollment uploads of ``init``,
     pre-training) pass the server's checks: a reply without the tensors its step's reply
-    carries (``expected``, :attr:`DeviceHooks.replies
-    <fedgraph.federated.device.DeviceHooks.replies>`) is dropped as malformed, the others are
+    carries (``expected``, :attr:`NodeHooks.replies
+    <fedgraph.federated.node.NodeHooks.replies>`) is dropped as malformed, the others are
     cut to what :func:`~fedgraph.federated.trust.restrict_reply` accepts from the users each
     node enrolled with. What it drops is counted by step and reason in :attr:`dropped`.
     Round uploads are checked by :meth:`Server.aggregate_round`."""
@@ -184,7 +184,7 @@ class Deployment(Federation):
                                          server=algorithm.server_pipeline(num_users))
         transport.nodes = self.node_users
         transport = self.screened = ScreenedTransport(transport, num_items, model.dim,
-                                                      algorithm.device_hooks().replies)
+                                                      algorithm.node_hooks().replies)
 
         def enroll_devices(seed: int) -> List[Payload]:
             payloads = {node: {'enroll-seed': seed, **grouped('private', {

@@ -1,10 +1,10 @@
-"""Closed-form local training (fedgraph.federated.fused) against the autograd engine."""
+"""Closed-form local training (fedgraph.federated.closed_form) against the autograd engine."""
 import dataclasses
 
 import pytest
 import torch
 
-from fedgraph.federated import FederatedEngine, fused, plan_round
+from fedgraph.federated import FederatedEngine, closed_form, plan_round
 from fedgraph.federated.local import Adam, BPRLoss
 from fedgraph.nn.heads import NCFHead
 from helpers import engine_data, make_engine
@@ -34,7 +34,7 @@ def _plan(engine, seed=0):
 def test_closed_form_equals_autograd(data, algorithm, epochs, l2_reg):
     engine = make_engine(FederatedEngine, data, algorithm, dim=DIM, local_epochs=epochs)
     engine.training = dataclasses.replace(engine.training, l2_reg=l2_reg)
-    assert fused.supports(engine.model, engine.training)
+    assert closed_form.supports(engine.model, engine.training)
     plan = _plan(engine)
     rows = plan.row.view(-1)
     pairs = torch.stack([torch.repeat_interleave(torch.arange(plan.num_steps),
@@ -65,8 +65,8 @@ def test_saturated_scores_stop_learning(data):
     plan = _plan(engine)
     table = engine.model.item.detach() * 1e4
     results = []
-    for closed_form in (True, False):
-        engine.closed_form = closed_form
+    for kernel in (True, False):
+        engine.closed_form = kernel
         results.append(engine.train_clients(plan, table))
     (local, change, private, loss), expected = results
     assert torch.equal(local, table[plan.row_item])
@@ -115,11 +115,11 @@ def test_rounds_with_and_without_closed_form_agree(data, algorithm):
 def test_what_has_no_closed_form(data):
     engine = make_engine(FederatedEngine, data, 'pfedrec', dim=DIM)
     model, training = engine.model, engine.training
-    assert fused.supports(model, training)
-    assert not fused.supports(model, dataclasses.replace(training, loss=BPRLoss()))
-    assert not fused.supports(model, dataclasses.replace(training, optimizer=Adam()))
+    assert closed_form.supports(model, training)
+    assert not closed_form.supports(model, dataclasses.replace(training, loss=BPRLoss()))
+    assert not closed_form.supports(model, dataclasses.replace(training, optimizer=Adam()))
     model.item_context = torch.zeros_like(model.item)
-    assert not fused.supports(model, training)
+    assert not closed_form.supports(model, training)
     model.item_context = None
-    assert not fused.supports(model.double(), training)
+    assert not closed_form.supports(model.double(), training)
     assert NCFHead.bilinear is None
