@@ -6,12 +6,14 @@ kept for the next round.
   OpenMP: 300,000 iterations) before they sleep when they wait for each other. A container
   limited by a CPU quota, a job pinned to some cores, or a machine shared with other busy
   processes then runs more threads than it has cores, and spinning threads take the cores
-  the working ones need. fedgraph runs as many intra-op threads as the CPUs this process
-  may use (its affinity mask and its cgroup's CPU quota, whichever is smaller), unless
-  ``--threads`` or ``OMP_NUM_THREADS`` says otherwise; and importing fedgraph before torch
-  shortens the spin to 1,000 iterations (``GOMP_SPINCOUNT``, unless the environment sets
-  it): as fast as the default on a quiet machine, and faster on a busy one, where spinning
-  threads burn the CPU time the working ones need (the README's contention benchmark).
+  the working ones need. A run trains with as many intra-op threads as the CPUs this
+  process may use (its affinity mask and its cgroup's CPU quota, whichever is smaller),
+  unless ``--threads`` or ``OMP_NUM_THREADS`` says otherwise, inside :func:`threads`, which
+  gives the process its own thread counts back afterwards; and the command line shortens
+  the spin to 1,000 iterations (``GOMP_SPINCOUNT``, unless the environment sets it, before
+  PyTorch loads): as fast as the default on a quiet machine, and faster on a busy one, where
+  spinning threads burn the CPU time the working ones need (the contention benchmark of
+  ``docs/speed.md``).
   Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) is slower on a quiet machine: the
   reference engine's many small operations took twice as long.
 * **Freed memory.** A round allocates and frees tensors of tens of megabytes. glibc's

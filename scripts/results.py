@@ -1,4 +1,4 @@
-"""The README's results table: every method on every data set, several seeds, one table.
+"""The results table of docs/results.md: every method on every data set, several seeds, one table.
 
     python scripts/results.py run [--data sparse ml-100k-full ml-100k-sampled]
                                   [--methods ...] [--seeds 0 1 2] [--jobs 2]
@@ -46,8 +46,8 @@ DATA = {
 #: clients with Laplace(0, 0.1): the PerFedRec++ setting, like for like.
 FEDERATED = '--clients-per-round 256 --clip 0.5 --ldp-scale 0.1'
 #: The centralized ceilings: LightGCN's recipe (Adam, batch 2048, one negative) at lr 0.01,
-#: which reached LightGCN's lr 0.001 peak in a tenth of the epochs on both data sets (the
-#: README); an evaluation every 2 epochs and a patience of 5.
+#: which reached LightGCN's lr 0.001 peak in a tenth of the epochs on both data sets
+#: (docs/results.md); an evaluation every 2 epochs and a patience of 5.
 CENTRALIZED = '--batch-size 2048 --num-negatives 1 --lr 0.01 --eval-every 2 --patience 5'
 
 METHODS = {

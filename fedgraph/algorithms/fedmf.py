@@ -21,7 +21,7 @@ from fedgraph.nn.recommender import FederatedRecommender
 
 @dataclass
 class FedMFSettings(ClientSettings):
-    """Learning rates picked by validation HR@10 on MovieLens-100K (README)."""
+    """Learning rates picked by validation HR@10 on MovieLens-100K (docs/results.md)."""
     lr: float = 1.0
     item_lr_eta: float = 1.0
     dual_personalization: bool = False

@@ -25,7 +25,7 @@ from fedgraph.nn.recommender import FederatedRecommender
 @dataclass
 class FedNCFSettings(ClientSettings):
     """Learning rates picked by validation HR@10 on MovieLens-100K after 40 rounds (lr 2,
-    item lr 2 x num_items x 10; the grid is in the README), and an MLP tower of ``hidden``
+    item lr 2 x num_items x 10; the grid is in docs/results.md), and an MLP tower of ``hidden``
     widths (NCF's pyramid, halving from ``d``)."""
     lr: float = 2.0
     item_lr_eta: float = 10.0
