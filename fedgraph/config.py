@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from fedgraph.privacy.gaussian import NOISE_AT
+from fedgraph.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,6 @@ SECTIONS = {
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
             'closed_form', 'client_streams', 'threads'),
 }
-
-def setting(default: Any, help: str) -> Any:
-    """A dataclass field with its ``--help`` line (the CLI's flags are generated from these)."""
-    return dataclasses.field(default=default, metadata={'help': help})
-
 
 #: What a shared setting left at ``None`` means when the algorithm gives it no default.
 _FALLBACKS = {'clip_mode': 'l2'}

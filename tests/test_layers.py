@@ -21,8 +21,9 @@ def _run(code: str) -> dict:
 
 
 def _module_imports() -> dict:
-    """Each module of the package and the package modules it imports at module level
-    (``if TYPE_CHECKING:`` blocks included; imports inside functions are not)."""
+    """Each module of the package and the package modules it imports anywhere: at module
+    level, under ``if TYPE_CHECKING:`` and inside functions (a lazy import is still an
+    edge)."""
     modules = {}
     for path in PACKAGE.rglob('*.py'):
         parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
@@ -37,26 +38,17 @@ def _module_imports() -> dict:
     for name, path in modules.items():
         package = name if path.name == '__init__.py' else name.rpartition('.')[0]
         found = set()
-
-        def visit(body):
-            for node in body:
-                if isinstance(node, ast.Import):
-                    found.update(owner(alias.name) for alias in node.names)
-                elif isinstance(node, ast.ImportFrom):
-                    base = node.module or ''
-                    if node.level:
-                        up = package.split('.')[:len(package.split('.')) - node.level + 1]
-                        base = '.'.join(up + ([base] if base else []))
-                    for alias in node.names:
-                        full = f'{base}.{alias.name}'
-                        found.add(owner(full) if full in modules else owner(base))
-                elif isinstance(node, (ast.If, ast.Try)):
-                    visit(node.body)
-                    visit(node.orelse)
-                    for handler in getattr(node, 'handlers', []):
-                        visit(handler.body)
-
-        visit(ast.parse(path.read_text()).body)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(owner(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ''
+                if node.level:
+                    up = package.split('.')[:len(package.split('.')) - node.level + 1]
+                    base = '.'.join(up + ([base] if base else []))
+                for alias in node.names:
+                    full = f'{base}.{alias.name}'
+                    found.add(owner(full) if full in modules else owner(base))
         graph[name] = found - {None, name}
     return graph
 

@@ -38,7 +38,7 @@ from typing import Callable, ClassVar, List, Mapping, Optional, Tuple, Type
 
 import torch
 
-from fedgraph.config import TrainConfig, setting
+from fedgraph.settings import setting
 from fedgraph.deprecation import warn_renamed
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.node import NodeHooks
@@ -125,7 +125,8 @@ class Algorithm:
     federated model trained by the vectorized engine.
 
     Args:
-        config: the run's configuration; ``config.settings`` is an instance of
+        config: the run's configuration (:class:`~fedgraph.config.TrainConfig`, which
+            finds its algorithm through the registry); ``config.settings`` is an instance of
             :attr:`Settings`.
     """
 
@@ -150,7 +151,7 @@ class Algorithm:
             warn_renamed(f'{cls.__qualname__}.device_hooks', 'node_hooks')
             cls.node_hooks = vars(cls)['device_hooks']
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config):
         self.config = config
         self.settings = config.settings
 

@@ -17,7 +17,7 @@ import torch
 
 from fedgraph.algorithms.fedmf import FedMF, FedMFSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.config import setting
+from fedgraph.settings import setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import LocalTraining

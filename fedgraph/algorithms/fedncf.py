@@ -16,7 +16,7 @@ import torch
 
 from fedgraph.algorithms.base import Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.config import setting
+from fedgraph.settings import setting
 from fedgraph.federated.local import LocalTraining
 from fedgraph.nn.heads import NCFHead
 from fedgraph.nn.recommender import FederatedRecommender

@@ -33,7 +33,7 @@ from torch_geometric.utils import to_torch_csr_tensor
 
 from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.config import setting
+from fedgraph.settings import setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.messages import RoundStats
 from fedgraph.federated.round_engine import RoundEngine

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.config import setting
+from fedgraph.settings import setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.messages import RoundStats
 from fedgraph.federated.round_engine import RoundEngine

@@ -19,7 +19,7 @@ from typing import Tuple
 
 from fedgraph.algorithms.fedlightgcn import FedLightGCN, FedLightGCNSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.config import setting
+from fedgraph.settings import setting
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.graph import GraphFederatedEngine
 from fedgraph.federated.graph_hooks import GraphNodeHooks

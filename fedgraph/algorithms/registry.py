@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import os
 from importlib import metadata
+from pathlib import Path
 import pkgutil
 import re
 from typing import Dict, List, Type, TypeVar
@@ -52,10 +53,8 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    import fedgraph.algorithms as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f'{package.__name__}.{module.name}')
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f'{__package__}.{module.name}')
     for entry_point in metadata.entry_points(group=ENTRY_POINTS):
         entry_point.load()
     for module in filter(None, os.environ.get('FEDGRAPH_ALGORITHMS', '').split(':')):
