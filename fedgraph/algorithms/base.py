@@ -124,10 +124,10 @@ class Algorithm:
     :meth:`build_model` and :meth:`local_training`; the rest has defaults that serve a
     federated model trained by the vectorized engine.
 
-    Args:
-        config: the run's configuration (:class:`~fedgraph.config.TrainConfig`, which
-            finds its algorithm through the registry); ``config.settings`` is an instance of
-            :attr:`Settings`.
+    An algorithm is made from a run's configuration, ``Algorithm(config)``: a
+    :class:`~fedgraph.config.TrainConfig` (which finds its algorithm through the registry,
+    so this module does not import it) whose ``config.settings`` is an instance of
+    :attr:`Settings`.
     """
 
     #: The name it is registered and chosen under (``--algorithm NAME``).
