@@ -20,7 +20,7 @@ from fedgraph.federated.evaluation import Split
 from fedgraph.run import Run, load_split
 from fedgraph.server.inprocess import InProcess
 from fedgraph.server.loop import (CHECKPOINT, EMBEDDINGS, RUN_FILES, Server, TrainingDiverged,
-                                  divergence)
+                                  check_folder, divergence)
 
 __all__ = ['CHECKPOINT', 'EMBEDDINGS', 'RUN_FILES', 'TrainingDiverged', 'build_run',
            'divergence', 'prepare_split', 'train']
@@ -53,6 +53,8 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         engine and the split (``run.recommend(user, k)``).
     """
     out = Path(out) if out is not None else None
+    if out is not None:  # early, before the data is read; again under the folder's lock
+        check_folder(out, resume, overwrite)
     given = split is not None
     with runtime.threads(config.threads):
         if split is None and resume and out is not None:

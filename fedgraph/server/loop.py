@@ -89,6 +89,17 @@ class Federation:
         raise NotImplementedError
 
 
+def check_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuses a run folder that holds a run already (unless ``resume`` or ``overwrite``),
+    and one without a checkpoint to ``resume`` from."""
+    held = [name for name in ('metrics.json', CHECKPOINT) if (out / name).exists()]
+    if resume and not (out / CHECKPOINT).exists():
+        raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
+    if held and not (resume or overwrite):
+        raise FileExistsError(f'{out} holds a run already ({", ".join(held)}): resume it, '
+                              f'overwrite it (--overwrite) or choose another --out')
+
+
 def non_finite_tensor(state, name: str = 'state') -> Optional[str]:
     """The path of the first floating-point tensor in ``state`` (nested dicts, lists) with a
     NaN or infinite entry, or ``None``. A tensor whose sum is finite has none (a NaN or an
@@ -163,12 +174,7 @@ class Server:
             return self._rounds(resume=False)
         out.mkdir(parents=True, exist_ok=True)
         with folder_lock(out):
-            held = [name for name in ('metrics.json', CHECKPOINT) if (out / name).exists()]
-            if resume and not (out / CHECKPOINT).exists():
-                raise FileNotFoundError(f'no {CHECKPOINT} in {out} to resume from')
-            if held and not (resume or overwrite):
-                raise FileExistsError(f'{out} holds a run already ({", ".join(held)}): resume '
-                                      f'it, overwrite it (--overwrite) or choose another --out')
+            check_folder(out, resume, overwrite)
             if overwrite and not resume:
                 for name in RUN_FILES:
                     (out / name).unlink(missing_ok=True)
