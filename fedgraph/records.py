@@ -52,6 +52,15 @@ def summary_line(record: Dict, select_by: str) -> str:
     return text + f"  {record['seconds']:.2f}s"
 
 
+def progress_text(record: Dict, select_by: str) -> str:
+    """A round's record as the progress bar's short text: its loss and, when it evaluated,
+    its validation ``select_by``."""
+    text = f"loss {record['train_loss']:.4f}"
+    if 'val' in record:
+        text += f"  val {select_by} {record['val'][select_by]:.4f}"
+    return text
+
+
 def round_record(round_index: int, stats, engine) -> Dict:
     """A round's ``metrics.json`` record before evaluation: its loss, clients, bytes, the
     uploads the server dropped (``{reason: count}``) and, for a federated engine, the

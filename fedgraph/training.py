@@ -40,7 +40,8 @@ def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: b
         out: the output folder (``config.json``, ``metrics.json``, ``checkpoint.pt``);
             ``None`` keeps everything in memory.
         resume: continue from ``out/checkpoint.pt``.
-        progress: show a progress bar over rounds (its text: the latest round's summary).
+        progress: show a progress bar over rounds (its text: the latest loss and validation
+            metric).
         split: an already prepared split (default: :func:`prepare_split`). With ``out``, it
             is saved in the run folder (``split.pt``), from which :func:`~fedgraph.run.load_run`
             takes it back.

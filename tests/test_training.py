@@ -358,3 +358,22 @@ def test_pfedrec_accuracy_on_movielens_100k():
     assert second['val']['hr@10'] > 0.4
     assert second['test']['hr@10'] > 0.3
     assert second['train_loss'] < first['train_loss']
+
+
+def test_progress_is_one_bar_and_no_line_per_round(sampled_split, capsys, caplog):
+    """What a notebook shows of a run: one progress bar (the latest loss and validation
+    metric), nothing printed per round; the rounds' summaries go to the log, for whoever
+    configured logging at INFO (the command line does)."""
+    import logging
+
+    train(TrainConfig(rounds=3, dim=8), split=sampled_split, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ''
+    bar = err.strip().split('\r')[-1]
+    assert bar.startswith('pfedrec: 100%') and 'val hr@10' in bar and 'test' not in bar
+    assert err.count('\n') == 1  # the bar ends once; its updates overwrite it in place
+    with caplog.at_level(logging.INFO, logger='fedgraph.server.loop'):
+        train(TrainConfig(rounds=3, dim=8), split=sampled_split, progress=True)
+    assert [r.getMessage().split()[:2] for r in caplog.records
+            if r.getMessage().startswith('round')] == [['round', '0'], ['round', '1'],
+                                                        ['round', '2']]

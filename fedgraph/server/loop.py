@@ -26,8 +26,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from fedgraph.config import TrainConfig
 from fedgraph.federated.messages import RoundStats
 from fedgraph.files import folder_lock, save_tensors
-from fedgraph.records import (best_round, metrics_of, round_record, stops_early, summary_line,
-                              write_metrics)
+from fedgraph.records import (best_round, metrics_of, progress_text, round_record, stops_early,
+                              summary_line, write_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ class Server:
         federation: how rounds reach the clients.
         out: the run folder (``config.json``, ``metrics.json``, ``metrics.csv``,
             ``checkpoint.pt``, ``embeddings.pt``); ``None`` keeps everything in memory.
-        progress: a progress bar over rounds whose text is the latest round's summary; each
-            round's summary is also logged (``logging``, level INFO).
+        progress: a progress bar over rounds whose text is the latest round's loss and
+            validation metric; each round's whole summary is logged (``logging``, INFO).
     """
 
     def __init__(self, config: TrainConfig, federation: Federation,
@@ -217,9 +217,9 @@ class Server:
                     record.update(federation.evaluate(round_index))
                 record['seconds'] = time.perf_counter() - began
                 history.append(record)
-                line = summary_line(record, config.select_by)
-                log.info('%s', line)
-                bar.set_postfix_str(line, refresh=False)
+                if self.progress:
+                    log.info('%s', summary_line(record, config.select_by))
+                    bar.set_postfix_str(progress_text(record, config.select_by), refresh=False)
                 stop = stops_early(history, config)
                 last = round_index + 1 == config.rounds or stop
                 if out is not None and self._saves_after(round_index, last):
