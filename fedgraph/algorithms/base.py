@@ -27,8 +27,10 @@ An algorithm is one class in one module, registered by name
 Every two-sided step is written once, as a client half and a server half
 (:meth:`~fedgraph.federated.engine.FederatedEngine.local_round` and
 :meth:`~fedgraph.federated.engine.FederatedEngine.aggregate`; the graph models' enrollment,
-pre-training and user uploads): the in-process engine calls both halves, the Flower apps call
-the client half on the device and the server half in the strategy.
+pre-training and user uploads): the in-process engine calls both halves, a deployment (in
+one process or on Flower) calls the client half on its nodes and the server half in
+:class:`~fedgraph.server.deployment.Deployment`, and one round loop drives both
+(:class:`~fedgraph.server.loop.Server`).
 """
 from __future__ import annotations
 
