@@ -1,18 +1,22 @@
-"""The federated engine: selection, local training, uploads, aggregation. The graph models'
-engine (:mod:`fedgraph.federated.graph`) and the two halves of a deployment
-(:mod:`fedgraph.federated.node`, :mod:`fedgraph.server.deployment`) are imported from
-their modules."""
-from fedgraph.federated.aggregation import aggregate_dense, aggregate_rows
-from fedgraph.federated.engine import FederatedEngine
-from fedgraph.federated.local import LocalTraining
-from fedgraph.federated.messages import RoundStats
-from fedgraph.federated.round_engine import RoundEngine
-from fedgraph.federated.evaluation import evaluate
-from fedgraph.federated.personal import PersonalItemRows
-from fedgraph.federated.plan import RoundPlan, plan_round
-from fedgraph.federated.reference import ReferenceEngine
-from fedgraph.federated.selection import ClientSelector
+"""The federated engine: what a client trains (the recipe, the vectorized and reference
+engines, round plans, selection), what the halves of a round hand each other (messages) and
+what the server checks of them (trust). The graph models' engine
+(:mod:`fedgraph.federated.graph`), a deployment's node (:mod:`fedgraph.federated.node`) and
+the server (:mod:`fedgraph.server`) are imported from their modules. Each name below is
+imported from its module on first use."""
+from fedgraph.lazy import lazy_exports
 
-__all__ = ['aggregate_dense', 'aggregate_rows', 'FederatedEngine', 'LocalTraining',
-           'RoundEngine', 'RoundStats', 'evaluate', 'PersonalItemRows', 'RoundPlan',
-           'plan_round', 'ReferenceEngine', 'ClientSelector']
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    'FederatedEngine': 'engine',
+    'ReferenceEngine': 'reference',
+    'RoundEngine': 'round_engine',
+    'LocalTraining': 'local',
+    'RoundStats': 'messages',
+    'ClientSelector': 'selection',
+    'RoundPlan': 'plan',
+    'plan_round': 'plan',
+    'PersonalItemRows': 'personal',
+    'aggregate_rows': 'aggregation',
+    'aggregate_dense': 'aggregation',
+    'evaluate': 'evaluation',
+})
