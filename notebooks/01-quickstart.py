@@ -31,8 +31,12 @@
 # %matplotlib inline
 import os
 import time
+import warnings
 
 import torch
+
+# PyTorch Geometric imports tqdm.auto, which warns in a kernel without ipywidgets.
+warnings.filterwarnings('ignore', message='IProgress not found')
 
 SMALL = os.environ.get('FEDGRAPH_NOTEBOOK_SMALL') == '1'
 ROUNDS = 3 if SMALL else 30   # federated rounds (the paper trains 100)
@@ -50,7 +54,7 @@ print(f'SMALL={SMALL}: {ROUNDS} rounds')
 # the last of its segment.
 
 # %%
-from fedgraph.data import load_dataset
+from fedgraph import load_dataset
 
 data = load_dataset('ml-100k')
 data
@@ -80,7 +84,7 @@ print(f"mean rating {summary['mean_rating']:.2f}")
 # higher position.
 
 # %%
-from fedgraph.data import leave_one_out_split
+from fedgraph import leave_one_out_split
 from fedgraph.describe import describe_split
 
 split = leave_one_out_split(data, seed=SEED)
@@ -93,66 +97,70 @@ describe_split(split)
 # federation, privacy, run), which default to the PFedRec paper's (d = 32, all 943
 # clients every round, one local epoch of mini-batches of 256, 4 sampled negatives per
 # positive), and the algorithm's own section, `config.settings`, with its paper's
-# defaults (printed below). `train` evaluates after every round and returns the
-# per-round records and the round with the best validation HR@10.
+# defaults (printed below).
+#
+# `train` evaluates after every round and returns a `Run`: a `dict` of the per-round
+# records and the round with the best validation HR@10 (what it writes to `metrics.json`
+# when given an output folder, `out=`), which also carries the configuration
+# (`run.config`), the split (`run.split`) and the trained engine (`run.engine`). While it
+# trains it shows one progress bar whose text is the latest round's loss and validation
+# metric, and logs each round's full summary with `logging` at level INFO;
+# `progress=False`, as here, turns both off.
 
 # %%
-from fedgraph.config import TrainConfig
-from fedgraph.training import train
+from fedgraph import TrainConfig, train
 
 config = TrainConfig(algorithm='pfedrec', rounds=ROUNDS, seed=SEED)
 print('PFedRec settings:', config.settings)
 began = time.perf_counter()
-metrics = train(config, split=split, progress=False)
+run = train(config, split=split, progress=False)
 print(f'{ROUNDS} rounds in {time.perf_counter() - began:.1f} s')
-best = metrics['best']
+best = run['best']
 print(f"best round {best['round']}: validation HR@10 {best['val']['hr@10']:.4f}; "
       f"test HR@10 {best['test']['hr@10']:.4f}, NDCG@10 {best['test']['ndcg@10']:.4f}")
 
 # %%
 from fedgraph.viz import plot_training_curves
 
-plot_training_curves({'PFedRec': metrics})
+plot_training_curves({'PFedRec': run})
 
 # %% [markdown]
 # Validation and test HR@10 after each round, and the clients' mean local training loss
 # (BCE). PFedRec's curve has a characteristic shape: HR@10 is about 0.2 after the first
 # round, jumps to about 0.5 after the second, stays on that plateau for about ten rounds,
-# then climbs. The README's 100-round runs reach a test HR@10 of about 0.71.
+# then climbs. The 100-round runs of [`docs/results.md`](../docs/results.md) (five seeds)
+# reach a test HR@10 of about 0.71.
 #
-# ## The trained model, by hand
+# ## The trained model
 #
-# `train` keeps its engine to itself. To use the model, build the same engine with
-# `build_engine` and run the rounds yourself. With the same seed the random stream is the
-# same, so this reproduces `train`'s last round exactly.
+# `run.engine` is the engine `train` trained, as its last round left it: the global item
+# table and every user's private state. Evaluating it again gives the last round's test
+# metrics, and the last round's record says what that round cost:
 
 # %%
-from fedgraph.algorithms import build_engine
-from fedgraph.data import ClientPartition
 from fedgraph.federated import evaluate
 
-partition = ClientPartition.from_data(split.train)
-generator = torch.Generator().manual_seed(config.seed)
-engine = build_engine(config, partition, generator, split.known_items())
-for _ in range(config.rounds):
-    stats = engine.run_round(generator)
+engine = run.engine
 result = evaluate(engine, split)
-
-print(f'last round: {stats.num_clients} clients, mean local loss {stats.loss:.4f}, '
-      f'{stats.upload_bytes / 1024:.1f} KiB uploaded per client')
-print('by hand :', {key: round(value, 4) for key, value in result['test'].items()})
-print('train() :', {key: round(value, 4) for key, value in metrics['rounds'][-1]['test'].items()})
+last = run['rounds'][-1]
+print(f"last round: {last['clients']} clients, mean local loss {last['train_loss']:.4f}, "
+      f"{last['upload_bytes_per_client'] / 1024:.1f} KiB uploaded per client")
+print('evaluate(run.engine):', {key: round(value, 4) for key, value in result['test'].items()})
+print('the last round      :', {key: round(value, 4) for key, value in last['test'].items()})
 
 # %% [markdown]
 # ## Top 10 for one user
 #
-# `engine.scores_all(users)` returns the logits of every item for each user, computed with
-# that user's own score head and its own fine-tuned item rows (PFedRec's dual
+# `run.engine.scores_all(users)` returns the logits of every item for each user, computed
+# with that user's own score head and its own fine-tuned item rows (PFedRec's dual
 # personalization). Masking the user's training items and taking the top 10 gives its
 # recommendations. Item indices map back to MovieLens movie ids through `raw_id` (the ids
 # of `u.item` in the ML-100K archive, which holds the titles).
 
 # %%
+from fedgraph.data import ClientPartition
+
+partition = ClientPartition.from_data(split.train)
 user = 0
 users = torch.tensor([user])
 seen = partition.dense_mask(users)[0]
@@ -178,6 +186,20 @@ for name, item in (('validation', int(split.val_item[user])),
     rank = int((order == item).nonzero()) + 1
     print(f'{name:<10} item {item:>5} (movie id {int(item_raw[item]):>4}): '
           f'rank {rank} of {unseen} unseen items')
+
+# %% [markdown]
+# `run.recommend(user, k)` does all of this in the data's own ids: a MovieLens user id in,
+# movie ids out, best first. Besides the training items it leaves out the user's held-out
+# validation and test items; scored by hand with those left out too, the lists agree. A
+# run trained with an output folder (`train(config, out=folder)`) comes back as the same
+# `Run` with `load_run(folder)`, ready to recommend.
+
+# %%
+movielens_user = int(user_raw[user])
+known = scores.clone()
+known[[int(split.val_item[user]), int(split.test_item[user])]] = float('-inf')
+print('by hand        :', [int(item_raw[item]) for item in known.topk(10).indices.tolist()])
+print('run.recommend():', run.recommend(movielens_user, 10))
 
 # %% [markdown]
 # Next: `02-perfedrec-step-by-step.ipynb` builds PerFedRec++, the graph model with

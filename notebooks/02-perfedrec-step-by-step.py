@@ -31,9 +31,13 @@
 # %%
 # %matplotlib inline
 import os
+import warnings
 
 import matplotlib.pyplot as plt
 import torch
+
+# PyTorch Geometric imports tqdm.auto, which warns in a kernel without ipywidgets.
+warnings.filterwarnings('ignore', message='IProgress not found')
 
 SMALL = os.environ.get('FEDGRAPH_NOTEBOOK_SMALL') == '1'
 PRETRAIN_ROUNDS = 2 if SMALL else 20
@@ -43,10 +47,15 @@ EVAL_EVERY = 1 if SMALL else 5
 SEED = 0
 print(f'SMALL={SMALL}: {PRETRAIN_ROUNDS} pre-training rounds, {ROUNDS} rounds')
 
+# %% [markdown]
+# The configuration holds PerFedRec++'s defaults (the paper's code's, see
+# [`docs/perfedrec.md`](../docs/perfedrec.md)) except for the shortened schedule above;
+# the cell prints the ones this notebook relies on.
+
 # %%
+from fedgraph import TrainConfig, load_dataset, ratio_split
 from fedgraph.algorithms import build_engine
-from fedgraph.config import TrainConfig
-from fedgraph.data import ClientPartition, load_dataset, ratio_split
+from fedgraph.data import ClientPartition
 
 data = load_dataset('ml-100k')
 split = ratio_split(data, (0.8, 0.1, 0.1), seed=SEED)
@@ -56,9 +65,15 @@ config = TrainConfig(algorithm='perfedrec++', protocol='full', rounds=ROUNDS,
 generator = torch.Generator().manual_seed(SEED)
 engine = build_engine(config, partition, generator, split.known_items())
 
+bound = (f'each coordinate clamped to ±{config.clip}' if config.clip_mode == 'coordinate'
+         else f'each row scaled to L2 norm at most {config.clip}')
+optimizer = {'adam': 'Adam', 'sgd': 'SGD'}[config.optimizer]
 print(type(engine).__name__)
-print(f'{config.clients_per_round} clients a round; uploads clipped to L2 norm {config.clip} '
-      f'with Laplace noise of scale {config.ldp_scale}')
+print(f'{config.clients_per_round} clients a round; uploads: {bound}, Laplace noise of scale '
+      f'{config.ldp_scale} added by each {config.noise_at}')
+print(f'local training: {config.loss.upper()} over {config.num_negatives} sampled negatives '
+      f'per positive, {optimizer} at lr {config.lr} (item rows: '
+      f'{config.settings.item_lr(partition.num_items):g})')
 print(f'{config.num_layers} GNN layers; k = {config.num_clusters} clusters every '
       f'{config.cluster_every} rounds; level weights (global, cluster, local) = '
       f'{config.level_weights}')
@@ -146,21 +161,23 @@ ax.grid(alpha=0.3)
 plt.show()
 
 # %% [markdown]
-# The loss falls steadily: the two views of a node become easier to tell apart from the
-# other nodes. The uniformity barely moves, because the random initialization is already
-# close to uniform. What pre-training changes is where federated training starts from;
-# `03-uniformity.ipynb` shows that the pre-trained start stays more uniform during
-# training and reaches a higher Recall@20 in the same number of rounds.
+# After a jump in the second round the loss falls steadily: the two views of a node
+# become easier to tell apart from the other nodes. The uniformity barely moves, because
+# the random initialization is already close to uniform. What pre-training changes is
+# where federated training starts from; `03-uniformity.ipynb` shows that the pre-trained
+# start stays more uniform during training and reaches a higher Recall@20 in the same
+# number of rounds.
 #
 # ## 4. Rounds until the first clustering
 #
 # One round: the server propagates its graph and gives each selected client its
-# *context*, what its neighbours add to its node; the clients train locally (BCE, 4
-# negatives per positive), then upload clipped and noised changes of their item rows and
-# of their user embedding; the server averages the rows. After every `cluster_every`
-# rounds it runs FAISS k-means on the clients' representations propagated from their
-# uploaded embeddings. From then on it selects clients from each cluster in proportion to
-# the cluster's size and keeps one item table per cluster.
+# *context*, what its neighbours add to its node; the clients train locally (the recipe
+# printed at the top), then upload the changes of their item rows and of their user
+# embedding, bounded and noised as printed at the top; the server averages the rows.
+# After every `cluster_every` rounds it runs FAISS k-means on the clients'
+# representations propagated from their uploaded embeddings. From then on it selects
+# clients from each cluster in proportion to the cluster's size and keeps one item table
+# per cluster.
 
 # %%
 from fedgraph.federated import evaluate
@@ -211,17 +228,24 @@ print('cluster sizes', torch.bincount(engine.assignment, minlength=config.num_cl
 # %%
 from fedgraph.viz import plot_training_curves
 
+privacy = history[-1]['privacy']
+spent = '∞' if privacy['epsilon'] is None else f"{privacy['epsilon']:.3g}"
+print(f"{privacy['mechanism']}: L1 sensitivity of a row {privacy['l1_sensitivity']:g} "
+      f"({privacy['clip_mode']} bound {privacy['clip']}); the most exposed client uploaded "
+      f"{privacy['rows']} noised rows: epsilon {spent} at delta {privacy['delta']:.2g}")
 plot_training_curves({'PerFedRec++': {'rounds': history}})
 
 # %% [markdown]
 # The same panels `train` produces from its `metrics.json`: validation and test
 # Recall@20 (every few rounds), the local training loss, the uniformity of the global
 # model's propagated user and item embeddings, and the privacy spent by the most exposed
-# client: each row it uploaded (item rows and its user-embedding change, each coordinate
-# clamped to ±0.5, Laplace noise of scale 0.1) is a Laplace mechanism of L1 sensitivity
-# 2 · 0.5 · d, and the accountant composes them all. ε = 2 · clip / scale = 10 is the
-# budget of one coordinate; what the rows add up to is no guarantee
-# (`docs/privacy.md`, and DP-FedAvg with `dp_epsilon` for one).
+# client. Each row a client uploads (item rows and its user-embedding change, clamped and
+# noised as printed at the top) is a Laplace mechanism: with each of the d coordinates
+# clamped to ±clip its L1 sensitivity is 2 · clip · d, and the accountant composes all
+# the rows of the most exposed client (printed above). ε = 2 · clip / scale (10 at these
+# defaults) is the budget of one coordinate of one upload; what the rows add up to is no
+# guarantee ([`docs/privacy.md`](../docs/privacy.md); DP-FedAvg with `dp_epsilon` gives
+# one).
 #
 # ## 6. Three levels of personalization
 #
@@ -264,13 +288,16 @@ for name in ('global', 'cluster', 'local'):
 engine.level_weights = config.level_weights
 
 # %% [markdown]
-# The local level scores with the rows a user fine-tuned in its last round, at the graph
-# models' large item learning rate (1 × 1682 × 1, times (K + 1)² = 9); these rows move
-# far from the global table and give logits an order of magnitude larger than the other
-# levels'. Summed as they are, the local level would decide the ranking alone; this is
-# why the engine standardizes each level's scores per user before weighting them
-# (`GraphFederatedEngine._combine`), so that equal weights give the three levels equal
-# say. The table above shows each level alone and their combinations on this short run;
-# the README compares full runs (100 rounds, 50 pre-training rounds, three seeds) with
-# FedLightGCN, a global model trained without
-# pre-training, clusters or local rows.
+# The local level scores with the rows a user fine-tuned in its last round. With Adam
+# (the recipe printed at the top) a local step moves each coordinate by about the
+# learning rate whatever the size of its gradient, so the three levels' logits spread
+# alike here. They need not: under SGD the item rows take the learning rate lr × I × η
+# (PFedRec's scaling), the fine-tuned rows can move far from the global table, and a
+# level whose logits spread an order of magnitude wider would decide the ranking alone.
+# The engine therefore standardizes each level's scores per user before weighting them,
+# so that equal weights give the three levels equal say whatever their scales.
+#
+# The table above shows each level alone and their combinations on this short run;
+# [`docs/results.md`](../docs/results.md) compares full runs (100 rounds, 50 pre-training
+# rounds, three seeds) with FedLightGCN, a global model trained without pre-training,
+# clusters or local rows, and scores their final models with each level alone.

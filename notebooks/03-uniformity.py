@@ -33,9 +33,13 @@
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+
+# PyTorch Geometric imports tqdm.auto, which warns in a kernel without ipywidgets.
+warnings.filterwarnings('ignore', message='IProgress not found')
 
 SMALL = os.environ.get('FEDGRAPH_NOTEBOOK_SMALL') == '1'
 PRETRAIN_ROUNDS = 2 if SMALL else 20
@@ -52,13 +56,12 @@ print(f'SMALL={SMALL}: PerFedRec++ {PRETRAIN_ROUNDS} + {ROUNDS} rounds, '
 # ## 1. PerFedRec++ with and without pre-training
 #
 # Two runs under the full-ranking protocol that differ only in `pretrain_rounds`. With an
-# output folder, `train` writes `config.json`, `metrics.json`, `checkpoint.pt` and, for
-# graph models, `embeddings.pt`.
+# output folder, `train` writes the run's `config.json`, `metrics.json` and `metrics.csv`
+# (the per-round records), `checkpoint.pt`, the split it was given (`split.pt`, from which
+# `load_run` rebuilds the run) and, for graph models, `embeddings.pt`.
 
 # %%
-from fedgraph.config import TrainConfig
-from fedgraph.data import load_dataset, ratio_split
-from fedgraph.training import train
+from fedgraph import TrainConfig, load_dataset, ratio_split, train
 
 data = load_dataset('ml-100k')
 split = ratio_split(data, seed=SEED)
@@ -83,10 +86,11 @@ plot_training_curves(metrics)
 
 # %% [markdown]
 # Both runs start almost uniform (the random initialization is). Federated training then
-# concentrates the embeddings: the uniformity rises towards 0. The pre-trained run
-# concentrates more slowly and ends more uniform, and its Recall@20 is higher at every
-# evaluation. Its LDP budget starts higher: every pre-training round in which a client is
-# selected counts as one more upload.
+# concentrates the embeddings: the item uniformity rises towards 0 throughout, the user
+# uniformity over the first rounds before it falls back part of the way. The pre-trained
+# run concentrates more slowly and ends more uniform, and after the first evaluation its
+# Recall@20 is the higher one at every evaluation. Its LDP budget starts higher: every
+# pre-training round in which a client is selected counts as one more upload.
 #
 # The final embeddings, from each run's `embeddings.pt` (`user_final` and `item_final`
 # are the propagated vectors of the global model), projected with t-SNE:
@@ -103,11 +107,11 @@ plot_uniformity({'with pre-training: users': saved['with pre-training']['user_fi
                 method='tsne', max_points=MAX_POINTS)
 
 # %% [markdown]
-# Compare the columns in pairs (users with users, items with items). Without pre-training
-# the points gather in two opposite arcs, two peaks in the angle density; with
-# pre-training more of the circle is covered and the uniformity is lower. t-SNE preserves
-# neighbourhoods, not distances, so read the pictures as a view of clumping; the number
-# in the caption (on the plotted subset of at most `MAX_POINTS` rows) is the measurement.
+# Compare the columns in pairs (users with users, items with items). t-SNE preserves
+# neighbourhoods, not distances: every panel shows clumps, and the pictures differ less
+# than the numbers in their captions, which are the measurement (on the plotted subset of
+# at most `MAX_POINTS` rows): with pre-training both the users and the items are more
+# uniform, the items by more.
 #
 # ## 2. PFedRec: global and personalized item embeddings
 #
@@ -118,7 +122,7 @@ plot_uniformity({'with pre-training: users': saved['with pre-training']['user_fi
 # touched.
 
 # %%
-from fedgraph.data import leave_one_out_split
+from fedgraph import leave_one_out_split
 from fedgraph.viz import personalized_views, plot_personalized_views
 
 pfedrec_dir = runs_dir / 'pfedrec'
