@@ -253,7 +253,7 @@ def test_the_polling_grid_gives_up_at_the_timeout_with_the_replies_it_has():
 
 
 def test_the_deploy_comparison_shows_the_largest_difference_per_round():
-    from fedgraph.flower.cli import _comparison
+    from fedgraph.cli.flower import _comparison
 
     def record(round_index, loss, evaluated=True):
         out = {'round': round_index, 'clients': 3, 'train_loss': loss}

@@ -23,7 +23,7 @@ def _run(code: str) -> dict:
 def _module_imports() -> dict:
     """Each module of the package and the package modules it imports anywhere: at module
     level, under ``if TYPE_CHECKING:`` and inside functions (a lazy import is still an
-    edge)."""
+    edge), with the packages above them, whose ``__init__`` runs first."""
     modules = {}
     for path in PACKAGE.rglob('*.py'):
         parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
@@ -49,8 +49,16 @@ def _module_imports() -> dict:
                 for alias in node.names:
                     full = f'{base}.{alias.name}'
                     found.add(owner(full) if full in modules else owner(base))
-        graph[name] = found - {None, name}
+        # Importing a.b.c runs the packages a and a.b first.
+        found |= {parent for module in found if module for parent in _packages(module)}
+        graph[name] = found - {None, name, *_packages(name)}
     return graph
+
+
+def _packages(module: str) -> list:
+    """The packages above ``module`` (``a.b.c``: ``a``, ``a.b``)."""
+    parts = module.split('.')
+    return ['.'.join(parts[:end]) for end in range(1, len(parts))]
 
 
 def test_the_package_imports_form_no_circle():

@@ -199,8 +199,10 @@ def _levels(args: argparse.Namespace) -> None:
 
 
 def _flower(argv: List[str]) -> None:
+    from fedgraph.cli.flower import main as flower_main
+
     try:
-        from fedgraph.flower.cli import main as flower_main
+        import fedgraph.flower  # noqa: F401  (its ImportError says what to install)
     except ImportError as error:
         raise SystemExit(str(error)) from error
     flower_main(argv)
