@@ -3,6 +3,8 @@
 (:func:`build_run`)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from fedgraph.algorithms import build_engine
@@ -10,6 +12,7 @@ from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, predefined_split, ratio_split
 from fedgraph.data.hetero import RATES
 from fedgraph.data.source import load_configured
+from fedgraph.federated.round_engine import RoundEngine
 
 
 def prepare_split(config: TrainConfig):
@@ -32,7 +35,14 @@ def prepare_split(config: TrainConfig):
     return ratio_split(data, config.split_ratios, mode=mode, seed=config.seed)
 
 
-def build_run(config: TrainConfig, split):
+class RunParts(NamedTuple):
+    """A run's engine and the random generator its rounds draw from (unpacks as
+    ``engine, generator = build_run(...)``)."""
+    engine: RoundEngine
+    generator: torch.Generator
+
+
+def build_run(config: TrainConfig, split) -> RunParts:
     """The engine of a run and its random generator, seeded by ``config.seed`` (the engine's
     initialization draws from it first)."""
     if config.device.startswith('cuda') and not torch.cuda.is_available():
@@ -41,4 +51,4 @@ def build_run(config: TrainConfig, split):
     generator = torch.Generator().manual_seed(config.seed)
     engine = build_engine(config, ClientPartition.from_data(split.train), generator,
                           split.known_items())
-    return engine, generator
+    return RunParts(engine, generator)

@@ -1,14 +1,16 @@
-"""The server's trust boundary: what it checks of a round's uploads before they enter the
-model, in-process and in a deployment alike.
+"""The server's trust boundary: what it checks of the clients' messages before they enter
+the model, in-process and in a deployment alike, in one place.
 
 A client's upload is dropped, whole, when a row, a dense parameter or another per-client
 tensor it sent is not finite (NaN, inf, or so large that its norm overflows), or when a row
-names an item that does not exist; a deployment's server also drops users a device was not
-asked to train, users uploaded twice, and a device's malformed reply
-(:meth:`~fedgraph.federated.server.Server.aggregate_round`). A dropped upload never enters the
-model and does not count in the mean; the round's record counts the drops by reason.
-Outside the rounds (enrollment uploads, pre-training) a device's reply is cut to the
-entries the server can accept (:func:`restrict_reply`).
+names an item that does not exist (:func:`screen`); a deployment's server also drops a
+device's reply that is not a :class:`~fedgraph.federated.messages.TrainReply`, users a device
+was not asked to train and users uploaded twice (:func:`accept_train_replies`), and an
+evaluation reply that is not :class:`~fedgraph.federated.messages.EvaluationSums` for the
+users the device holds (:func:`accept_evaluations`). A dropped upload never enters the model
+and does not count in the mean; the round's record counts the drops by reason. Outside the
+rounds (enrollment uploads, pre-training) a device's reply is cut to the entries the server
+can accept (:func:`restrict_reply`).
 """
 from __future__ import annotations
 

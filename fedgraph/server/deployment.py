@@ -11,9 +11,9 @@ the one round loop (:class:`~fedgraph.server.loop.Server`) drives.
    enrollment uploads (a graph model: its collaborative graph);
 2. **pre-training** -- the engine's :meth:`~fedgraph.federated.engine.RoundEngine.pretrain`
    with the clients behind the transport;
-3. **rounds** -- :meth:`Server.configure_round` selects users (the selector and generator of
+3. **rounds** -- :meth:`Deployment.configure_round` selects users (the selector and generator of
    the in-process run), draws the round seed of their streams and builds a payload for each
-   device holding one; :meth:`Server.aggregate_round` aggregates the uploads of the users
+   device holding one; :meth:`Deployment.aggregate_round` aggregates the uploads of the users
    that answered with :meth:`~fedgraph.federated.engine.FederatedEngine.aggregate`, the
    in-process engine's server half, then the engine's ``after_aggregate``;
 4. **evaluation** -- every device scores its users with their own models and answers sums.
@@ -33,16 +33,17 @@ from torch import Tensor
 
 from fedgraph.config import TrainConfig
 from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.node import Node
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.messages import (EVALUATED, ClientRound, Payload, RoundStats, RowUpload,
                                          TrainRequest, grouped)
+from fedgraph.federated.node import Node
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import (accept_evaluations, accept_train_replies, restrict_reply,
                                       screen)
 from fedgraph.server.loop import Federation, Server
 
 log = logging.getLogger(__name__)
+
 
 def payload_bytes(payload: Mapping[str, object]) -> int:
     """Bytes of the tensors of a payload."""
@@ -89,7 +90,7 @@ class ScreenedTransport(Transport):
     <fedgraph.federated.node.NodeHooks.replies>`) is dropped as malformed, the others are
     cut to what :func:`~fedgraph.federated.trust.restrict_reply` accepts from the users each
     node enrolled with. What it drops is counted by step and reason in :attr:`dropped`.
-    Round uploads are checked by :meth:`Server.aggregate_round`."""
+    Round uploads are checked by :meth:`Deployment.aggregate_round`."""
 
     #: Steps whose replies are checked elsewhere or carry no user data.
     UNCHECKED = ('enroll', 'train', 'evaluate')
@@ -246,7 +247,8 @@ class Deployment(Federation):
     def aggregate_round(self, round_index: int, replies: Mapping[int, Payload]) -> RoundStats:
         """The uploads of the users that answered, in user order whatever the order the
         replies arrived in (the aggregate sums rows in this order, as in-process), into the
-        shared parameters, after the server's checks (:meth:`accepted`, then
+        shared parameters, after the server's checks
+        (:func:`~fedgraph.federated.trust.accept_train_replies`, then
         :func:`~fedgraph.federated.trust.screen`); opens the round's ``metrics.json`` record,
         which counts the dropped uploads by reason: the entries a deployment's record has
         beside the in-process record."""
