@@ -13,6 +13,6 @@
 """
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.ledger import PrivacyLedger
-from fedgraph.privacy.upload import UploadTransform
+from fedgraph.privacy.upload import LaplaceLDP, UploadTransform
 
-__all__ = ['UserLevelDP', 'PrivacyLedger', 'UploadTransform']
+__all__ = ['UserLevelDP', 'PrivacyLedger', 'UploadTransform', 'LaplaceLDP']
