@@ -214,3 +214,61 @@ def test_a_train_reply_is_read_back_only_in_its_shape():
         assert TrainReply.parse({**payload, key: value}, 4, {'w': (3,)}) is None, key
     kept = parsed.keep(torch.tensor([False, True]))
     assert kept.users.tolist() == [5] and kept.row_item.tolist() == [2]
+
+
+def _repeat_a_row(result, times=61):
+    """The first client uploads its first row ``times`` times over (each copy counted by a
+    rule that counts rows)."""
+    upload = result.upload
+    first = torch.nonzero(upload.row_owner == 0).view(-1)[:1].repeat(times)
+    upload.row_owner = torch.cat([upload.row_owner[first], upload.row_owner])
+    upload.row_item = torch.cat([upload.row_item[first], upload.row_item])
+    upload.update = torch.cat([upload.update[first] * 50, upload.update])
+    return result
+
+
+def _report_samples(value):
+    def tamper(result):
+        result.num_samples = result.num_samples.double()
+        result.num_samples[0] = value
+        return result
+    return tamper
+
+
+def _report_loss(result):
+    result.loss[0] = float('nan')
+    return result
+
+
+@pytest.mark.parametrize('aggregation, tamper, reason', [
+    ('median', _repeat_a_row, 'repeated_row'), ('mean', _repeat_a_row, 'repeated_row'),
+    ('weighted', _report_samples(float('nan')), 'bad_samples'),
+    ('weighted', _report_samples(-1e9), 'bad_samples'),
+    ('weighted', _report_samples(0), 'bad_samples'),
+    ('mean', _report_loss, 'non_finite')])
+def test_in_process_a_client_that_games_the_rule_is_dropped(aggregation, tamper, reason):
+    """A client that repeats a row (a row-counting rule would count it 61 times), reports a
+    sample count that is not one (weighted FedAvg weighs by it) or a NaN loss (which would
+    end the run as divergence) is dropped and counted: the round equals the round without
+    that client."""
+    config = TrainConfig(dataset='synthetic', dim=8, client_ratio=0.1, aggregation=aggregation)
+    split = prepare_split(config)
+    tampered, generator = build_run(config, split)
+    tampered.adversary = tamper
+    stats = tampered.run_round(generator)
+    assert stats.dropped == {reason: 1} and stats.num_clients == 99
+    assert torch.isfinite(tampered.model.item).all()
+
+    honest, generator = build_run(config, split)
+    honest.adversary = lambda result: _drop_first_client(result)
+    honest.run_round(generator)
+    torch.testing.assert_close(tampered.model.item, honest.model.item)
+
+
+def _drop_first_client(result):
+    """The round without its first client (what the server keeps of a dropped one)."""
+    from fedgraph.federated.trust import screen
+
+    result.upload.update[result.upload.row_owner == 0] = float('nan')
+    kept, _, _ = screen(result, 10 ** 9)
+    return kept

@@ -17,10 +17,41 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Mapping, Optional, Tuple
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor
 
 from fedgraph.federated.messages import ClientRound, EvaluationSums, TrainReply
+
+
+def clients_repeating_rows(owner: Tensor, item: Tensor, num_items: int,
+                           num_clients: int) -> Tensor:
+    """``[num_clients]`` whether each client uploaded some item's row twice (row ``r``: client
+    ``owner[r]``'s row of item ``item[r]``; rows of items outside ``[0, num_items)`` are not
+    counted): one pass over rows grouped by client, remembering each item's latest client;
+    rows not grouped by client are grouped first (a stable sort)."""
+    owner, item = owner.cpu(), item.cpu()
+    inside = (item >= 0) & (item < num_items)
+    if not bool(inside.all()):
+        owner, item = owner[inside], item[inside]
+    if owner.numel() > 1 and not bool((owner[1:] >= owner[:-1]).all()):
+        order = torch.sort(owner, stable=True).indices
+        owner, item = owner[order], item[order]
+    found = torch.zeros(num_clients, dtype=torch.bool)
+    _repeating(owner.contiguous().numpy(), item.contiguous().numpy(), num_items,
+               found.numpy())
+    return found
+
+
+@numba.njit(cache=True, nogil=True)
+def _repeating(owner, item, num_items, found):
+    latest = np.full(num_items, -1, np.int64)
+    for row in range(owner.size):
+        if latest[item[row]] == owner[row]:
+            found[owner[row]] = True
+        else:
+            latest[item[row]] = owner[row]
 
 
 def finite_rows(values: Tensor) -> Tensor:
@@ -32,8 +63,11 @@ def finite_rows(values: Tensor) -> Tensor:
 
 def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor]] = None
            ) -> Tuple[ClientRound, Dict[str, Tensor], Dict[str, int]]:
-    """The round's uploads without the clients that sent a non-finite tensor or an item id
-    out of range.
+    """The round's uploads without the clients that sent an item id out of range
+    (``bad_item``), a non-finite tensor or loss (``non_finite``), the same item's row twice
+    (``repeated_row``: one client's upload counts once per row, whatever the rule), or a
+    sample count below 1 (``bad_samples``: weighted FedAvg weighs by it); a client is counted
+    under the first of these reasons that holds.
 
     Args:
         result: what the round's clients handed the server.
@@ -51,14 +85,26 @@ def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor
     def clients_with(bad_rows: Tensor) -> Tensor:
         return torch.zeros(num, dtype=torch.bool).index_fill_(0, owner[bad_rows], True)
 
-    bad_item = clients_with((upload.row_item < 0) | (upload.row_item >= num_items))
+    out_of_range = (upload.row_item < 0) | (upload.row_item >= num_items)
+    bad_item = clients_with(out_of_range)
     bad_value = clients_with(~finite_rows(upload.update))
     for value in list(upload.dense.values()) + list(extra.values()):
         bad_value |= ~finite_rows(value)
-    drop = bad_item | bad_value
-    dropped = {reason: int(count) for reason, count in
-               (('bad_item', bad_item.sum()), ('non_finite', (bad_value & ~bad_item).sum()))
-               if count}
+    if result.loss.is_floating_point():
+        bad_value |= ~torch.isfinite(result.loss)
+    repeated = clients_repeating_rows(owner, upload.row_item, num_items,
+                                      num).to(bad_item.device)
+    samples = result.num_samples
+    bad_samples = ~(samples >= 1)  # NaN included
+    if samples.is_floating_point():
+        bad_samples |= torch.isinf(samples)
+    dropped, drop = {}, torch.zeros(num, dtype=torch.bool)
+    for reason, bad in (('bad_item', bad_item), ('non_finite', bad_value),
+                        ('repeated_row', repeated), ('bad_samples', bad_samples)):
+        count = int((bad & ~drop).sum())
+        if count:
+            dropped[reason] = count
+        drop |= bad
     if not dropped:
         return result, extra, {}
     keep = ~drop
