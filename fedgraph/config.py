@@ -292,14 +292,17 @@ class TrainConfig:
         return {'algorithm': self.algorithm, **out,
                 'settings': dataclasses.asdict(self.settings)}
 
-    def save(self, path: Path) -> None:
-        """Writes :meth:`to_dict` and, under ``provenance``, the software it runs with
-        (:func:`~fedgraph.version.provenance`)."""
+    def save(self, path: Path, ran: Optional[Dict[str, Any]] = None) -> None:
+        """Writes :meth:`to_dict`, under ``provenance`` the software it runs with
+        (:func:`~fedgraph.version.provenance`), and under ``ran`` what the run was built
+        from when it says more than the settings (the algorithm's class, the clients' loss
+        and optimizer, the server's stages: an algorithm of one's own may use others than
+        its settings name)."""
         from fedgraph.version import provenance
 
         from fedgraph.files import write_text
 
-        values = {**self.to_dict(), 'provenance': provenance()}
+        values = {**self.to_dict(), 'provenance': provenance(), **({'ran': ran} if ran else {})}
         write_text(path, json.dumps(values, indent=2) + '\n')
 
     @classmethod
@@ -309,6 +312,7 @@ class TrainConfig:
         logged and left out."""
         values = json.loads(Path(path).read_text())
         values.pop('provenance', None)
+        values.pop('ran', None)
         if 'settings' in values:
             return cls(**values)
         from fedgraph.algorithms.registry import resolve

@@ -71,3 +71,34 @@ def test_a_data_frame_without_pandas_says_how_to_install_it(tmp_path, monkeypatc
               split=None)
     with pytest.raises(ImportError, match='pip install pandas'):
         run.to_frame()
+
+
+def test_config_json_records_what_the_run_was_built_from(tmp_path, tiny_sampled_split):
+    """An algorithm of one's own may train with another loss than its settings name (here
+    BPR while ``settings.loss`` says BCE): ``config.json``'s ``ran`` says what ran, and
+    loading the configuration back ignores it."""
+    import dataclasses
+
+    from fedgraph.algorithms import register
+    from fedgraph.algorithms.fedmf import FedMF
+    from fedgraph.federated.local import BPRLoss
+
+    @register
+    class PairwiseMF(FedMF):
+        name = 'pairwise-mf-test'
+
+        def local_training(self, num_items):
+            return dataclasses.replace(super().local_training(num_items), loss=BPRLoss())
+
+    from fedgraph.algorithms import registry
+
+    config = TrainConfig(algorithm='pairwise-mf-test', rounds=1, dim=8, aggregation='median')
+    try:
+        train(config, out=tmp_path / 'run', split=tiny_sampled_split, progress=False)
+    finally:
+        registry._REGISTRY.pop('pairwise-mf-test')
+    saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert saved['settings']['loss'] == 'bce'
+    assert saved['ran'] == {'algorithm': f'{__name__}.{PairwiseMF.__qualname__}',
+                            'loss': 'BPRLoss', 'optimizer': 'SGD', 'server': 'median'}
+    assert TrainConfig.load(tmp_path / 'run' / 'config.json').aggregation == 'median'

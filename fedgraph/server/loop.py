@@ -77,17 +77,6 @@ class Federation:
         """Writes what the run folder needs besides ``config.json`` to rebuild the run
         (default: nothing)."""
 
-    def export(self) -> Optional[Dict[str, torch.Tensor]]:
-        """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
-        return None
-
-    def state_dict(self) -> Dict[str, object]:
-        """Everything a resumed run needs of the federation (:attr:`resumable` only)."""
-        raise NotImplementedError
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        raise NotImplementedError
-
 
 def check_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuses a run folder that holds a run already (unless ``resume`` or ``overwrite``),
@@ -155,6 +144,21 @@ class Server:
         self.history: List[Dict[str, object]] = []
         self.pretraining: Optional[Dict[str, object]] = None
 
+    def built_from(self) -> Dict[str, object]:
+        """What the run is built from, beyond its settings (``config.json``'s ``ran``): the
+        algorithm's class and, once the federation has its engine (in-process: from the
+        start; a deployment: after enrollment), the clients' loss and optimizer and the
+        server's stages."""
+        algorithm = type(self.config.build_algorithm())
+        out: Dict[str, object] = {'algorithm': f'{algorithm.__module__}.{algorithm.__qualname__}'}
+        engine = self.federation.engine
+        federated = engine.federated if engine is not None else None
+        if federated is not None:
+            out.update(loss=type(federated.training.loss).__name__,
+                       optimizer=type(federated.training.optimizer).__name__,
+                       server=federated.server.describe())
+        return out
+
     def metrics(self) -> Dict:
         """The run's ``metrics.json`` so far."""
         return {**metrics_of(self.history, self.pretraining, self.config),
@@ -178,7 +182,7 @@ class Server:
             if overwrite and not resume:
                 for name in RUN_FILES:
                     (out / name).unlink(missing_ok=True)
-            self.config.save(out / 'config.json')
+            self.config.save(out / 'config.json', self.built_from())
             if not resume:
                 self.federation.save_inputs(out)
             return self._rounds(resume)
