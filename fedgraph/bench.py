@@ -141,7 +141,7 @@ def measure_run(config: TrainConfig, folder: bool, keep_memory: bool = True) -> 
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from fedgraph.training import prepare_split
+    from fedgraph.assemble import prepare_split
 
     payload = json.loads(args.payload)
     config = TrainConfig(**payload['config'])

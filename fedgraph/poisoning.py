@@ -33,10 +33,10 @@ from fedgraph.config import TrainConfig
 from fedgraph.data.hetero import ITEM, RATED_BY, RATES, USER
 from fedgraph.data.partition import ClientPartition
 from fedgraph.data.split import SampledSplit
-from fedgraph.federated.engine import ClientRound
+from fedgraph.federated.messages import ClientRound
 from fedgraph.federated.evaluation import Split, evaluate
 from fedgraph.grid import resumable_grid
-from fedgraph.training import build_run, prepare_split
+from fedgraph.assemble import build_run, prepare_split
 
 #: The benign metric reported beside the exposure, by protocol.
 BENIGN_METRIC = {'sampled': 'hr@10', 'full': 'recall@20'}

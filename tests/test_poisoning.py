@@ -9,7 +9,7 @@ from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import leave_one_out_split, synthetic_interactions
 from fedgraph.data.hetero import ITEM, RATES, USER
-from fedgraph.federated.engine import ClientRound, RowUpload
+from fedgraph.federated.messages import ClientRound, RowUpload
 from fedgraph.poisoning import (ItemPromotion, TargetBooster, choose_targets, exposure_ratio,
                                 run_attack, with_fake_users)
 from helpers import cli_misuse, write_small_csv

@@ -95,10 +95,10 @@ def test_config_json_records_what_the_run_was_built_from(tmp_path, tiny_sampled_
     config = TrainConfig(algorithm='pairwise-mf-test', rounds=1, dim=8, aggregation='median')
     try:
         train(config, out=tmp_path / 'run', split=tiny_sampled_split, progress=False)
+        assert TrainConfig.load(tmp_path / 'run' / 'config.json').aggregation == 'median'
     finally:
         registry._REGISTRY.pop('pairwise-mf-test')
     saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
     assert saved['settings']['loss'] == 'bce'
     assert saved['ran'] == {'algorithm': f'{__name__}.{PairwiseMF.__qualname__}',
                             'loss': 'BPRLoss', 'optimizer': 'SGD', 'server': 'median'}
-    assert TrainConfig.load(tmp_path / 'run' / 'config.json').aggregation == 'median'

@@ -321,7 +321,7 @@ def test_a_diverging_run_stops_naming_the_round_and_keeps_its_checkpoint(tmp_pat
 
 
 def test_a_non_finite_parameter_is_divergence():
-    from fedgraph.federated.engine import RoundStats
+    from fedgraph.federated.messages import RoundStats
     from fedgraph.training import divergence
 
     class Engine:

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _num_users(config: TrainConfig) -> int:
-    from fedgraph.training import prepare_split
+    from fedgraph.assemble import prepare_split
 
     return prepare_split(config).val_item.numel()
 

@@ -33,7 +33,7 @@ def _population(data: Tuple[Tuple[str, object], ...],
     with its training and known-item partitions; cached, so that a process serving many
     virtual nodes (Ray simulation) builds them once. Only a node's first message reads the
     data set: the loaders (and PyTorch Geometric) are imported here, not by every message."""
-    from fedgraph.training import prepare_split
+    from fedgraph.assemble import prepare_split
 
     split = prepare_split(TrainConfig(**dict(data), seed=seed))
     return split, ClientPartition.from_data(split.train), split.known_items()

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from fedgraph.config import TrainConfig
-from fedgraph.federated.engine import ClientRound
+from fedgraph.federated.messages import ClientRound
 from fedgraph.privacy.gaussian import UserLevelDP
-from fedgraph.training import build_run, prepare_split
+from fedgraph.assemble import build_run, prepare_split
 
 
 def oriented_projection(rows: Tensor, noise_std: float = 0.0) -> Tensor:

@@ -8,7 +8,7 @@ from typing import List, Sequence, Union
 import torch
 
 from fedgraph.federated.personal import PersonalItemRows
-from fedgraph.training import CHECKPOINT, EMBEDDINGS
+from fedgraph.server.loop import CHECKPOINT, EMBEDDINGS
 from fedgraph.viz.clusters import plot_clusters
 from fedgraph.viz.curves import plot_training_curves
 from fedgraph.viz.frontier import plot_frontier
