@@ -84,3 +84,21 @@ def test_the_server_refuses_what_it_cannot_run():
         Deployment(TrainConfig(algorithm='mf'), LocalTransport({}))
     with pytest.raises(ValueError, match='sampled protocol'):
         Deployment(TrainConfig(protocol='full'), LocalTransport({}))
+
+
+def test_a_deployment_writes_its_run_folder_as_an_in_process_run_does(tmp_path):
+    """The loop's run folder for a deployment: config.json (with what it ran), metrics.json
+    and metrics.csv; no checkpoint (its nodes hold their own state, so it cannot resume),
+    and a second run into the same folder is refused."""
+    import json
+
+    config = TrainConfig(algorithm='fedmf', **SMALL)
+    Deployment(config, LocalTransport(_devices(config, 2))).run(tmp_path / 'run',
+                                                                 progress=False)
+    written = sorted(path.name for path in (tmp_path / 'run').iterdir()
+                     if not path.name.startswith('.'))
+    assert written == ['config.json', 'metrics.csv', 'metrics.json']
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['ran']['server'] == 'mean'
+    with pytest.raises(FileExistsError, match='holds a run already'):
+        Deployment(config, LocalTransport(_devices(config, 2))).run(tmp_path / 'run',
+                                                                     progress=False)

@@ -77,6 +77,17 @@ class Federation:
         """Writes what the run folder needs besides ``config.json`` to rebuild the run
         (default: nothing)."""
 
+    def export(self) -> Optional[Dict[str, torch.Tensor]]:
+        """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
+        return None
+
+    def state_dict(self) -> Dict[str, object]:
+        """Everything a resumed run needs of the federation (:attr:`resumable` only)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        raise NotImplementedError
+
 
 def check_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuses a run folder that holds a run already (unless ``resume`` or ``overwrite``),
@@ -197,7 +208,10 @@ class Server:
             self.pretraining = state['pretraining']
             log.info('resuming %s at round %d', out, start_round)
         else:
+            ran = self.built_from()
             self.pretraining = federation.start(self.progress)
+            if out is not None and self.built_from() != ran:  # a deployment's, once enrolled
+                config.save(out / 'config.json', self.built_from())
         history = self.history
         end = start_round if stops_early(history, config) else config.rounds
         bar = tqdm(range(start_round, end), desc=config.algorithm, unit='round',
