@@ -387,9 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFormat(logging.Formatter):
+    """The log's format, but for the rounds' summaries, which print as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == 'fedgraph.server.loop' and record.levelno == logging.INFO:
+            return record.getMessage()
+        return super().format(record)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
-                        stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat('%(levelname)s %(name)s: %(message)s'))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger('faiss').setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['flower']:  # its own parser: its flags need Flower installed
