@@ -88,15 +88,12 @@ class Run(dict):
         return pandas.DataFrame(rows, columns=columns)
 
 
-#: The split a run trained on when it was passed in Python (:func:`save_split`).
-SPLIT = 'split.pt'
-
-
 def save_split(split, folder: Path) -> Path:
     """Writes ``split`` to ``folder/split.pt``, for a run trained on a split passed in
     Python: its ``config.json`` names a data set that would not rebuild it."""
     from fedgraph.data.split import split_state
     from fedgraph.files import save_tensors
+    from fedgraph.server.loop import SPLIT
 
     path = Path(folder) / SPLIT
     save_tensors(path, split_state(split))
@@ -107,6 +104,7 @@ def load_split(folder: Path):
     """The split in ``folder/split.pt`` (:func:`save_split`), or ``None`` when there is
     none."""
     from fedgraph.data.split import split_from_state
+    from fedgraph.server.loop import SPLIT
 
     path = Path(folder) / SPLIT
     if not path.exists():

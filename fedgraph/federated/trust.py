@@ -28,13 +28,10 @@ from fedgraph.federated.messages import ClientRound, EvaluationSums, TrainReply
 def clients_repeating_rows(owner: Tensor, item: Tensor, num_items: int,
                            num_clients: int) -> Tensor:
     """``[num_clients]`` whether each client uploaded some item's row twice (row ``r``: client
-    ``owner[r]``'s row of item ``item[r]``; rows of items outside ``[0, num_items)`` are not
-    counted): one pass over rows grouped by client, remembering each item's latest client;
-    rows not grouped by client are grouped first (a stable sort)."""
+    ``owner[r]``'s row of item ``item[r]``, in ``[0, num_items)``): one pass over rows grouped
+    by client, remembering each item's latest client; rows not grouped by client are grouped
+    first (a stable sort)."""
     owner, item = owner.cpu(), item.cpu()
-    inside = (item >= 0) & (item < num_items)
-    if not bool(inside.all()):
-        owner, item = owner[inside], item[inside]
     if owner.numel() > 1 and not bool((owner[1:] >= owner[:-1]).all()):
         order = torch.sort(owner, stable=True).indices
         owner, item = owner[order], item[order]
@@ -92,7 +89,8 @@ def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor
         bad_value |= ~finite_rows(value)
     if result.loss.is_floating_point():
         bad_value |= ~torch.isfinite(result.loss)
-    repeated = clients_repeating_rows(owner, upload.row_item, num_items,
+    in_range = ~out_of_range if bool(bad_item.any()) else slice(None)
+    repeated = clients_repeating_rows(owner[in_range], upload.row_item[in_range], num_items,
                                       num).to(bad_item.device)
     samples = result.num_samples
     bad_samples = ~(samples >= 1)  # NaN included
@@ -158,9 +156,7 @@ def restrict_reply(reply: Mapping[str, object], held: Tensor, num_items: int, di
             else:
                 reasons['bad_item'] = (value < 0) | (value >= num_items)
         for reason, bad in reasons.items():
-            count = int((bad & keep).sum())
-            if count:
-                dropped[reason] = dropped.get(reason, 0) + count
+            _count(dropped, reason, (bad & keep).sum())
             keep &= ~bad
         if not bool(keep.all()):
             out[index_key] = index[keep]

@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = 'checkpoint.pt'
 EMBEDDINGS = 'embeddings.pt'
+#: The split a run trained on when it was passed in Python (:func:`fedgraph.run.save_split`).
+SPLIT = 'split.pt'
 #: What a run writes besides its config.json (``overwrite`` removes them first).
-RUN_FILES = ('metrics.json', 'metrics.csv', CHECKPOINT, EMBEDDINGS, 'split.pt')
+RUN_FILES = ('metrics.json', 'metrics.csv', CHECKPOINT, EMBEDDINGS, SPLIT)
 
 #: A training loss this many times the chance loss means local training diverged.
 EXPLODED = 10.0
@@ -208,10 +210,11 @@ class Server:
             self.pretraining = state['pretraining']
             log.info('resuming %s at round %d', out, start_round)
         else:
-            ran = self.built_from()
+            before = self.built_from()
             self.pretraining = federation.start(self.progress)
-            if out is not None and self.built_from() != ran:  # a deployment's, once enrolled
-                config.save(out / 'config.json', self.built_from())
+            after = self.built_from()
+            if out is not None and after != before:  # a deployment's, once enrolled
+                config.save(out / 'config.json', after)
         history = self.history
         end = start_round if stops_early(history, config) else config.rounds
         bar = tqdm(range(start_round, end), desc=config.algorithm, unit='round',
