@@ -24,7 +24,8 @@ SECTIONS = {
                    'client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
                    'norm_bound'),
     'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon', 'dp_delta',
-                'dp_noise_multiplier', 'dp_clip', 'dp_noise_at'),
+                'dp_noise_multiplier', 'dp_clip', 'dp_noise_at', 'secure_aggregation',
+                'secure_min_survivors', 'secure_dropout'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
             'closed_form', 'client_streams', 'threads'),
 }
@@ -145,7 +146,17 @@ class TrainConfig:
         'algorithm\'s)')
     dp_noise_at: str = setting('server',
         "user-level DP: 'server' adds the noise to the sum (central DP), 'client' to each "
-        "upload (local DP)")
+        "upload (local DP), 'distributed' each client its share of the sum's noise (needs "
+        "--secure-aggregation)")
+    secure_aggregation: bool = setting(False,
+        'the server receives only the sum of a round\'s uploads (SecAgg+): each client '
+        'uploads its whole update, masked')
+    secure_min_survivors: float = setting(1.0,
+        'secure aggregation: the share of a round\'s clients that must upload for the '
+        'server to unmask the sum (distributed DP noise is sized for this many)')
+    secure_dropout: float = setting(0.0,
+        'secure aggregation, in-process: the probability that a client drops out of the '
+        'protocol after the keys were shared (simulated)')
     # run
     eval_every: int = setting(1,
         'evaluate every N rounds')
@@ -224,6 +235,7 @@ class TrainConfig:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
         self._validate_dp()
+        self._validate_secure()
 
     def _validate_server(self) -> None:
         from fedgraph.server.stages import Aggregator, resolve_stage
@@ -261,6 +273,35 @@ class TrainConfig:
                              f'{self.aggregation!r}')
         if self.engine != 'vectorized':
             raise ValueError('user-level DP runs on the vectorized engine')
+
+    def _validate_secure(self) -> None:
+        from fedgraph.privacy.secure_sum import SecAggPlus
+
+        SecAggPlus(min_survivors=self.secure_min_survivors, dropout=self.secure_dropout)
+        if not self.secure_aggregation:
+            if self.dp_noise_at == 'distributed' and self.private:
+                raise ValueError("distributed DP (dp_noise_at='distributed') needs secure "
+                                 'aggregation: a client\'s share of the noise alone does not '
+                                 'hide its upload')
+            changed = [name for name in ('secure_min_survivors', 'secure_dropout')
+                       if getattr(self, name) != shared_fields()[name].default]
+            if changed:
+                raise ValueError(f'{", ".join(changed)} set without secure_aggregation')
+            return
+        if self.aggregation != 'mean' or self.norm_bound:
+            raise ValueError('secure aggregation gives the server the sum of the uploads only: '
+                             'it takes the unweighted mean (aggregation=mean) and no norm '
+                             'bound, which would need each upload')
+        if self.engine != 'vectorized':
+            raise ValueError('secure aggregation runs on the vectorized engine')
+        if self.private and self.dp_noise_at != 'distributed':
+            raise ValueError("under secure aggregation the server never holds an upload to "
+                             "noise: user-level DP takes dp_noise_at='distributed'")
+
+    @property
+    def private(self) -> bool:
+        """Whether user-level DP is on."""
+        return self.dp_epsilon is not None or self.dp_noise_multiplier is not None
 
     def __getattr__(self, name: str) -> Any:
         # Called only for names that are not attributes: the algorithm's own settings.

@@ -49,10 +49,12 @@ from fedgraph.federated.local import SGD, Adam, BCELoss, BPRLoss, LocalTraining
 from fedgraph.federated.messages import Payload
 from fedgraph.federated.reference import ReferenceEngine
 from fedgraph.federated.round_engine import RoundEngine
+from fedgraph.federated.secure import SecureAggregation
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
 from fedgraph.privacy import accountant
 from fedgraph.privacy.gaussian import UserLevelDP
+from fedgraph.privacy.secure_sum import SecAggPlus
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
 from fedgraph.server.stages import ServerPipeline, build_pipeline
@@ -74,7 +76,8 @@ class AlgorithmSettings:
 #: The shared settings of federation and privacy that no centralized model uses.
 CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
                       'norm_bound', 'clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon',
-                      'dp_delta', 'dp_noise_multiplier', 'dp_clip', 'dp_noise_at', 'engine',
+                      'dp_delta', 'dp_noise_multiplier', 'dp_clip', 'dp_noise_at',
+                      'secure_aggregation', 'secure_min_survivors', 'secure_dropout', 'engine',
                       'client_streams')
 
 #: The local losses and optimizers a client can train with, by setting value.
@@ -226,15 +229,32 @@ class Algorithm:
                 self.planned_releases(noise, num_clients, sample_size)))
         return UserLevelDP(config.dp_clip, sigma, config.dp_noise_at)
 
+    def secure_aggregation(self, model, clients: int) -> Optional[SecureAggregation]:
+        """The secure sum of ``config.secure_aggregation`` over rounds of ``clients``
+        clients of ``model`` (a client's update: the whole item table and the dense shared
+        parameters), with distributed DP's noise shares under ``dp_noise_at='distributed'``;
+        ``None`` without."""
+        config = self.config
+        if not config.secure_aggregation:
+            return None
+        protocol = SecAggPlus(min_survivors=config.secure_min_survivors,
+                              dropout=config.secure_dropout)
+        dim = model.item.numel() + sum(value.numel() for value in model.shared_dense().values())
+        privacy = self.user_level_dp(model.num_clients)
+        return SecureAggregation.build(protocol, privacy, dim, clients)
+
     def planned_releases(self, noise_multiplier: float, num_clients: int, sample_size: int):
         """The Gaussian releases of a run of ``config.rounds`` rounds for its most exposed
         client -- one taken in every round -- as :func:`~fedgraph.privacy.accountant.epsilon`
         takes them: a sampled aggregate each round, and :meth:`releases_per_round` others."""
         sampled, others = self.releases_per_round()
         rounds = self.config.rounds
+        own = (accountant.SkellamEvent(noise_multiplier)
+               if self.config.dp_noise_at == 'distributed'
+               else accountant.gaussian_event(noise_multiplier))
         return [(accountant.gaussian_event(noise_multiplier, sample_size, num_clients),
                  rounds if sampled else 0),
-                (accountant.gaussian_event(noise_multiplier), rounds * others)]
+                (own, rounds * others)]
 
     def releases_per_round(self) -> Tuple[bool, int]:
         """What a client releases in a round under DP-FedAvg: whether the aggregate is a
@@ -264,7 +284,8 @@ class Algorithm:
         if config.engine == 'vectorized':
             streams = ClientStreams() if config.client_streams else None
             engine = FederatedEngine(model, partition, training, selector, known, streams,
-                                     config.closed_form, server)
+                                     config.closed_form, server,
+                                     self.secure_aggregation(model, selector.count))
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:

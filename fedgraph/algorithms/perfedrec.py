@@ -77,6 +77,10 @@ class PerFedRec(FedLightGCN):
     def graph_engine(self, engine: FederatedEngine,
                      graph: CollaborativeGraph) -> GraphFederatedEngine:
         settings = self.settings
+        if self.config.secure_aggregation and settings.num_clusters:
+            raise ValueError('secure aggregation gives the server only the sum of the global '
+                             'table\'s updates: PerFedRec++\'s clusters need each user\'s '
+                             'embedding and its cluster\'s sum; set num_clusters=0')
         augmentation = Compose([ClientDropout(settings.client_dropout),
                                 PseudoItems(settings.pseudo_ratio)])
         return GraphFederatedEngine(

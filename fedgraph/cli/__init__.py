@@ -86,12 +86,27 @@ def _frontier(args: argparse.Namespace) -> None:
 
 
 def _leak(args: argparse.Namespace) -> None:
+    from fedgraph.assemble import prepare_split
     from fedgraph.bench import Conditions
-    from fedgraph.privacy.leak import format_leak, leak_table
+    from fedgraph.privacy.leak import format_leak, leak_rows, leak_table, mechanism
 
     conditions = Conditions()
     data = {name: getattr(args, name) for name in SECTIONS['data']}
-    rows = leak_table(data, args.warmup, args.clients, args.seed)
+    if args.algorithm is None:
+        rows = leak_table(data, args.warmup, args.clients, args.seed)
+    else:
+        config = config_from_args(args, seed=args.seed,
+                                  **mechanism(args.secure_aggregation, args.dp_epsilon))
+        name = f'{args.algorithm}, ' + (', '.join(
+            f'{key}={value}' for key, value in mechanism(args.secure_aggregation,
+                                                          args.dp_epsilon).items()) or 'plain')
+        rows = leak_rows(name, config, prepare_split(config), args.warmup, args.clients)
+    if args.json:
+        for row in rows:
+            print(json.dumps({'algorithm': args.algorithm,
+                              'secure_aggregation': args.secure_aggregation,
+                              'dp_epsilon': args.dp_epsilon, **row}))
+        return
     print(format_leak(rows))
     print(conditions)
 
@@ -293,7 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     leak_parser = commands.add_parser(
         'leak', help="an honest-but-curious server's guesses of each client's training items "
                      'from its uploads: precision and recall, by upload and mechanism')
-    add_config_flags(leak_parser, sections=('data',), algorithms=False)
+    add_config_flags(leak_parser, sections=('data',))
+    leak_parser.set_defaults(algorithm=None)
+    leak_parser.add_argument('--secure-aggregation', action='store_true',
+                             help='with --algorithm: the server receives only the secure sum '
+                                  'of the uploads (SecAgg+, simulated)')
+    leak_parser.add_argument('--dp-epsilon', type=float, default=None,
+                             help='with --algorithm: user-level DP at this epsilon, '
+                                  'distributed under --secure-aggregation, else central')
+    leak_parser.add_argument('--json', action='store_true',
+                             help='one JSON object per guess (guess, precision, recall, '
+                                  'chance) instead of the table')
     leak_parser.add_argument('--warmup', type=int, default=5,
                              help='rounds trained before the round the server watches')
     leak_parser.add_argument('--clients', type=int, default=200,

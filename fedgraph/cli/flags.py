@@ -26,7 +26,7 @@ _SCALARS = {'float': float, 'int': int, 'str': str, 'bool': on_off}
 def _argument(field: dataclasses.Field) -> Dict[str, object]:
     """``add_argument`` keywords of a setting, from its annotation: a scalar, ``Optional``
     of one, or a tuple (``Tuple[float, float, float]``: three values; ``Tuple[int, ...]``:
-    one or more)."""
+    one or more); a bool takes ``on`` or ``off``, or nothing for on."""
     kind = str(field.type).replace('Optional[', '').rstrip(']') if str(field.type).startswith(
         'Optional[') else str(field.type)
     if kind.startswith('Tuple['):
@@ -34,6 +34,8 @@ def _argument(field: dataclasses.Field) -> Dict[str, object]:
         nargs = '+' if parts[-1] == '...' else len(parts)
         return {'type': _SCALARS[parts[0]], 'nargs': nargs,
                 'metavar': parts[0].upper()}
+    if kind == 'bool':  # --flag alone is on
+        return {'type': on_off, 'nargs': '?', 'const': True, 'metavar': 'on|off'}
     return {'type': _SCALARS[kind]}
 
 
@@ -91,8 +93,8 @@ def _shown(value: object) -> str:
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` of the flags :func:`add_config_flags` added: the shared
-    settings, and the algorithm settings given on the command line."""
-    values = {name: getattr(args, name) for name in shared_fields()}
+    settings it has flags for, and the algorithm settings given on the command line."""
+    values = {name: getattr(args, name) for name in shared_fields() if hasattr(args, name)}
     values.update({name: getattr(args, name) for name in algorithm_settings()
                    if hasattr(args, name)})
     values.update(overrides)

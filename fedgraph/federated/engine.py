@@ -33,6 +33,7 @@ from fedgraph.federated.aggregation import per_client_vector
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.round_engine import RoundEngine
+from fedgraph.federated.secure import SecureAggregation
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
@@ -76,15 +77,19 @@ class FederatedEngine(RoundEngine):
             one compiled kernel (:mod:`fedgraph.federated.closed_form`), where the model allows;
             ``False``: autograd for every model.
         server: what the server does with the uploads (default: FedAvg's mean).
+        secure: the server receives only the secure sum of a round's uploads
+            (:mod:`fedgraph.federated.secure`; ``None``: each upload).
     """
 
     def __init__(self, model: FederatedRecommender, partition: ClientPartition,
                  training: LocalTraining, selector: ClientSelector,
                  known: Optional[ClientPartition] = None,
                  streams: Optional[ClientStreams] = None, closed_form: bool = True,
-                 server: Optional[ServerPipeline] = None):
+                 server: Optional[ServerPipeline] = None,
+                 secure: Optional[SecureAggregation] = None):
         self.model = model
         self.server = server if server is not None else ServerPipeline()
+        self.secure = secure
         self.closed_form = closed_form
         self.partition = partition.to(model.item.device)
         self.known = known.to(model.item.device) if known is not None else None
@@ -94,8 +99,10 @@ class FederatedEngine(RoundEngine):
         self.broadcast = model.item.detach().clone()
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
         #: The privacy releases so far (``metrics.json``'s ``privacy`` record).
-        self.ledger = PrivacyLedger(model.num_clients, selector.count, model.dim,
-                                    self.server.privacy, training.upload)
+        self.ledger = PrivacyLedger(
+            model.num_clients, selector.count, model.dim,
+            self.server.privacy if secure is None else secure.privacy, training.upload,
+            secure=secure is not None)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
         #: What stands between the clients' honest uploads and the server in a simulated
@@ -118,6 +125,8 @@ class FederatedEngine(RoundEngine):
         result = self.local_round(clients, generator, round_seed)
         if self.adversary is not None:
             result = self.adversary(result)
+        if self.secure is not None:
+            return self.aggregate_secure(base, result, generator), result
         result, _, dropped = screen(result, self.model.num_items)
         return self.aggregate(base, result, dropped, generator), result
 
@@ -152,6 +161,39 @@ class FederatedEngine(RoundEngine):
             upload_bytes=row_bytes + self.model.dense_bytes(),
             download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes(),
             dropped=dict(dropped or {}))
+
+    def aggregate_secure(self, base: Tensor, result: ClientRound,
+                         generator: torch.Generator) -> RoundStats:
+        """The server half of a round under secure aggregation: the clients encode and
+        mask their updates (each from its own stream, or from ``generator``), the server
+        unmasks only their sum and takes its mean (:meth:`ServerPipeline.release_mean`). The
+        server cannot screen an upload it never sees: a client's encoding bounds it instead.
+        An aborted round (too few survivors) leaves the model as it was."""
+        model = self.model
+        dense = model.shared_dense()
+        randomness = generator if result.generators is None else result.generators
+        totals = self.secure.totals(result, model.num_items,
+                                    {name: value.shape for name, value in dense.items()},
+                                    randomness, draw_round_seed(generator), generator)
+        dropped = {'secure_dropout': len(totals.received.dropped)} if totals.received.dropped \
+            else {}
+        num_clients = totals.clients.numel()
+        if totals.rows is None:
+            return RoundStats(float('nan'), 0, 0.0, 0.0,
+                              {**dropped, 'secure_sum_aborted': num_clients})
+        self.server.release_mean(model.item, dense, base, totals.rows, totals.dense,
+                                 num_clients, generator)
+        self.participation[totals.clients] += 1
+        self.broadcast = base
+        trained = torch.isin(result.upload.clients, totals.clients)
+        rows = torch.bincount(result.upload.row_owner, minlength=trained.numel())[trained]
+        self.ledger.record_aggregate(totals.clients, self.selector.uniform, rows)
+        dense_numel = sum(value.numel() for value in dense.values())
+        return RoundStats(
+            loss=totals.loss / num_clients, num_clients=num_clients,
+            upload_bytes=self.secure.upload_bytes(model.num_items, model.dim, dense_numel),
+            download_bytes=float(base.numel() * base.element_size()) + model.dense_bytes(),
+            dropped=dropped)
 
     def count_participation(self, clients: Tensor) -> None:
         """Counts an upload of ``clients`` outside a round (enrollment, pre-training)."""

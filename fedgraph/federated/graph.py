@@ -155,6 +155,13 @@ class GraphFederatedEngine(RoundEngine):
         return self.engine.ledger
 
     @property
+    def users_upload(self) -> bool:
+        """Whether the round's clients upload their user embeddings: not under DP-FedAvg
+        nor secure aggregation, which cover the averaged shared parameters only (a user's
+        own embedding would be a release of its own, in the clear)."""
+        return self.engine.server.privacy is None and self.engine.secure is None
+
+    @property
     def participation(self) -> Tensor:
         """Each client's number of uploads so far."""
         return self.engine.participation
@@ -203,13 +210,13 @@ class GraphFederatedEngine(RoundEngine):
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
         """A round: the context, the engine's round, then the round's clients upload their
-        user embeddings -- but under DP-FedAvg, whose guarantee covers the averaged shared
-        parameters only: a user's own embedding would be a release of its own each round,
-        and noise of the clip bound's scale on it drowns it; the server's view keeps what
-        the users uploaded before the rounds."""
+        user embeddings -- but under DP-FedAvg or secure aggregation (:attr:`users_upload`),
+        whose guarantee covers the averaged shared parameters only: a user's own embedding
+        would be a release of its own each round, and noise of the clip bound's scale on it
+        drowns it; the server's view keeps what the users uploaded before the rounds."""
         self.before_round()
         stats, result = self.engine.train_round(generator)
-        if self.engine.server.privacy is None:
+        if self.users_upload:
             randomness = generator if result.generators is None else result.generators
             dropped = self.upload_users(result.upload.clients, randomness)
             if dropped:
@@ -251,7 +258,7 @@ class GraphFederatedEngine(RoundEngine):
         (counted in the privacy ledger, when they upload): the cluster tables take the
         round's row updates (under DP-FedAvg with noise drawn from ``generator``), and every
         ``cluster_every`` rounds the clients are clustered again."""
-        if self.engine.server.privacy is None:
+        if self.users_upload:
             self.ledger.record_vectors(result.upload.clients)
         if self.cluster_tables is not None:
             self._update_cluster_tables(result, generator)

@@ -12,6 +12,9 @@ of:
 * the same, **sampled**: the round takes :math:`B` of the :math:`N` users uniformly without
   replacement and the server keeps which secret (Wang, Balle & Kasiviswanathan, AISTATS
   2019, the accountant's ``SampledWithoutReplacementDpEvent``);
+* the **Skellam mechanism** on a secure sum of encoded updates, each client adding its share
+  of the noise (distributed DP, :mod:`fedgraph.privacy.discrete`): never amplified by
+  sampling, since the server that takes the sum knows who took part;
 * the **Laplace mechanism** on one uploaded vector whose L1 sensitivity is :math:`\\Delta_1`:
   Laplace noise of scale :math:`\\lambda` is a Laplace mechanism of noise multiplier
   :math:`\\lambda / \\Delta_1` (pure :math:`\\Delta_1/\\lambda`-DP on its own).
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Callable, Sequence, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -72,6 +76,18 @@ def gaussian_event(noise_multiplier: float, sample_size: int = 1,
     return dp_accounting.SampledWithoutReplacementDpEvent(population, sample_size, event)
 
 
+@dataclass(frozen=True)
+class SkellamEvent:
+    """One Skellam release of noise multiplier :math:`\\sigma` (the summed noise's
+    standard deviation over the encoded clip bound; :func:`~fedgraph.privacy.discrete.
+    skellam_rdp`)."""
+    noise_multiplier: float
+
+
+#: A release the accountant composes.
+Event = Union['dp_accounting.DpEvent', SkellamEvent]
+
+
 def laplace_event(noise_multiplier: float) -> dp_accounting.DpEvent:
     """One Laplace release of scale ``noise_multiplier`` times its L1 sensitivity."""
     import dp_accounting
@@ -80,12 +96,16 @@ def laplace_event(noise_multiplier: float) -> dp_accounting.DpEvent:
 
 
 @functools.lru_cache(maxsize=64)
-def unit_rdp(event: dp_accounting.DpEvent) -> np.ndarray:
+def unit_rdp(event: Event) -> np.ndarray:
     """The Rényi DP of one ``event`` at every order of :func:`orders`."""
-    return _fresh_accountant().compose(event).rdp
+    if isinstance(event, SkellamEvent):
+        from fedgraph.privacy.discrete import skellam_rdp
+
+        return skellam_rdp(orders(), event.noise_multiplier)
+    return np.asarray(_fresh_accountant().compose(event).rdp, dtype=np.float64)
 
 
-def epsilon(releases: Sequence[Tuple[dp_accounting.DpEvent, int]], delta: float) -> float:
+def epsilon(releases: Sequence[Tuple[Event, int]], delta: float) -> float:
     """The :math:`\\epsilon` at ``delta`` of ``releases``, ``(event, count)`` pairs composed:
     the Rényi DP curves add up, then the accountant's conversion to :math:`(\\epsilon,
     \\delta)`. Laplace releases alone are also pure DP, :math:`\\sum_k \\mathrm{count}_k /
@@ -107,7 +127,7 @@ def epsilon(releases: Sequence[Tuple[dp_accounting.DpEvent, int]], delta: float)
 
 
 def calibrate(target_epsilon: float, delta: float,
-              releases: Callable[[float], Sequence[Tuple[dp_accounting.DpEvent, int]]]
+              releases: Callable[[float], Sequence[Tuple[Event, int]]]
               ) -> float:
     """The smallest noise multiplier :math:`\\sigma` (to three significant digits, rounded
     up) whose planned ``releases(sigma)`` stay within ``target_epsilon`` at ``delta``: the

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 from torch_scatter import scatter
 
-#: Where the Gaussian noise is added: by the server to the sum (central DP) or by each client
-#: to its own upload (local DP).
-NOISE_AT = ('server', 'client')
+#: Where the noise is added: by the server to the sum (central DP), by each client to its own
+#: upload (local DP), or by each client its share of the noise of a secure sum (distributed
+#: DP: :mod:`fedgraph.privacy.discrete`).
+NOISE_AT = ('server', 'client', 'distributed')
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,15 @@ class UserLevelDP:
     local DP protects each upload from the server itself, at :math:`\\sqrt{B}` times the
     noise in the mean. A local client's upload is its noised update of the whole table (a
     dense upload); the simulation draws the sum of the :math:`B` draws at once, which is
-    equal in distribution.
+    equal in distribution. Distributed DP puts the central noise in the sum without a
+    trusted server: each client clips and encodes its update as integers and adds its share
+    of Skellam noise, and the server receives only the secure sum
+    (:class:`~fedgraph.privacy.discrete.IntegerEncoding`).
 
     Args:
         clip: the bound :math:`S` of a client's whole update.
         noise_multiplier: :math:`\\sigma`, the noise's standard deviation over :math:`S`.
-        noise_at: ``'server'`` (central) or ``'client'`` (local).
+        noise_at: ``'server'`` (central), ``'client'`` (local) or ``'distributed'``.
     """
     clip: float
     noise_multiplier: float
@@ -81,5 +85,7 @@ class UserLevelDP:
     def sum_noise(self, shape: torch.Size, num_clients: int, generator: torch.Generator,
                   dtype: torch.dtype = torch.float32) -> Tensor:
         """:math:`Z`, the noise on the sum of ``num_clients`` clipped updates."""
+        if self.noise_at == 'distributed':
+            raise ValueError('distributed noise is the clients\' (IntegerEncoding), not a sum\'s')
         copies = 1 if self.central else num_clients
         return torch.randn(shape, generator=generator, dtype=dtype) * (self.std * copies ** 0.5)

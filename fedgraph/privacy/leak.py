@@ -17,19 +17,24 @@ training items (its positives, against the truth of the client's training set):
   added: the server's collaborative graph.
 
 Under local DP a client uploads its noised update of **every** row (a dense upload), so
-the rows guess is empty of information and only the values guess remains.
+the rows guess is empty of information and only the values guess remains. Under secure
+aggregation (:mod:`fedgraph.federated.secure`) the server holds each client's masked
+vector, which it reads as a table as it would a dense upload: every row is there, and its
+values are the masks'.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated.messages import ClientRound
 from fedgraph.privacy.gaussian import UserLevelDP
+from fedgraph.privacy.secure_sum import SecureSum
 from fedgraph.assemble import build_run, prepare_split
 
 
@@ -69,6 +74,23 @@ class UploadObserver:
         return result
 
 
+@dataclass
+class MaskedObserver:
+    """The secure sum's observer hook used as an honest-but-curious server: it keeps the
+    masked vectors the server received in the round."""
+    received: Dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __call__(self, held: SecureSum) -> None:
+        self.received = dict(held.received)
+
+
+def masked_table(vector: np.ndarray, num_items: int, dim: int) -> Tensor:
+    """``[num_items, dim]`` the item-table part of a masked vector, read as signed
+    integers, as the server would read an encoded upload."""
+    return torch.from_numpy(vector[:num_items * dim].view(np.int32).astype(np.float64)).view(
+        num_items, dim)
+
+
 def dense_local_upload(rows: Tensor, items: Tensor, num_items: int, dp: UserLevelDP,
                        generator: torch.Generator) -> Tensor:
     """A local-DP client's upload: its row updates clipped together to :math:`S`, placed in a
@@ -93,29 +115,42 @@ def item_set_leak(config: TrainConfig, split, warmup_rounds: int = 5,
     engine, generator = build_run(config, split)
     for _ in range(warmup_rounds):
         engine.run_round(generator)
-    observer = UploadObserver()
-    engine.federated.adversary = observer
+    federated = engine.federated
+    observer, masked = UploadObserver(), MaskedObserver()
+    federated.adversary = observer
+    if federated.secure is not None:
+        federated.secure.observer = masked
     engine.run_round(generator)
     upload = observer.seen.upload
-    partition = engine.federated.partition
+    partition = federated.partition
     graph = getattr(engine, 'graph', None)
     scores: Dict[str, List[Dict[str, float]]] = {}
     chance = []
     noise = torch.Generator().manual_seed(config.seed)
+    every = torch.arange(partition.num_items)
     for position, client in enumerate(upload.clients[:max_clients].tolist()):
         mine = upload.row_owner == position
         rows, items = upload.update[mine], upload.row_item[mine]
         truth = partition.items_of(client)
+        if federated.secure is not None and client not in masked.received:
+            continue  # dropped out of the protocol: the server holds nothing of it
         chance.append(truth.numel() / partition.num_items)
-        if local_dp is not None:
+        if federated.secure is not None:
+            table = masked_table(masked.received[client], partition.num_items,
+                                 federated.model.dim)
+            scores.setdefault('rows', []).append(
+                precision_recall(every[table.abs().sum(1) > 0], truth))
+            scores.setdefault('values', []).append(
+                precision_recall(value_guess(table, every, truth.numel()), truth))
+        elif local_dp is not None:
             table = dense_local_upload(rows, items, partition.num_items, local_dp, noise)
-            every = torch.arange(partition.num_items)
             scores.setdefault('values', []).append(
                 precision_recall(value_guess(table, every, truth.numel(), local_dp.std), truth))
             continue
-        scores.setdefault('rows', []).append(precision_recall(items, truth))
-        scores.setdefault('values', []).append(
-            precision_recall(value_guess(rows, items, truth.numel()), truth))
+        else:
+            scores.setdefault('rows', []).append(precision_recall(items, truth))
+            scores.setdefault('values', []).append(
+                precision_recall(value_guess(rows, items, truth.numel()), truth))
         if graph is not None:
             held = graph.edge_index[1][graph.edge_index[0] == client]
             scores.setdefault('graph', []).append(precision_recall(held, truth))
@@ -127,18 +162,57 @@ def item_set_leak(config: TrainConfig, split, warmup_rounds: int = 5,
     return out
 
 
+def mechanism(secure: bool = False, epsilon: Optional[float] = None) -> Dict[str, object]:
+    """The settings of a privacy mechanism: secure aggregation (``secure``), user-level DP at
+    ``epsilon`` -- distributed under secure aggregation, central otherwise."""
+    out: Dict[str, object] = {'secure_aggregation': True} if secure else {}
+    if epsilon is not None:
+        out.update(dp_epsilon=epsilon, dp_noise_at='distributed' if secure else 'server')
+    return out
+
+
+_NAMES = {'pfedrec': 'PFedRec', 'fedmf': 'FedMF', 'fedncf': 'FedNCF',
+          'fedlightgcn': 'FedLightGCN', 'perfedrec++': 'PerFedRec++'}
+#: Settings a mechanism needs of an algorithm: PerFedRec++'s clusters need each user's
+#: upload, so it runs without them under secure aggregation.
+_SECURE_SETTINGS = {'perfedrec++': {'num_clusters': 0}}
+_MECHANISMS = (('central DP ε = 4', False, 4.0), ('secure aggregation', True, None),
+               ('secure aggregation + distributed DP ε = 4', True, 4.0))
+
+
+def _scenarios():
+    yield 'PFedRec, rows it trained', 'pfedrec', {}, None
+    for ratio in (0.0, 0.1, 0.5):
+        pseudo = 'no pseudo-items' if not ratio else f'pseudo-items {ratio}'
+        yield f'FedLightGCN, Laplace LDP, {pseudo}', 'fedlightgcn', {'pseudo_ratio': ratio}, None
+    yield 'PFedRec, dense upload, no noise', 'pfedrec', {}, float('inf')
+    for epsilon in (8.0, 1.0):
+        yield f'PFedRec, dense upload, local DP ε = {epsilon:g}', 'pfedrec', {}, epsilon
+    yield 'FedLightGCN, dense upload, local DP ε = 8', 'fedlightgcn', {}, 8.0
+    for algorithm, name in _NAMES.items():
+        for label, secure, epsilon in _MECHANISMS:
+            settings = {**mechanism(secure, epsilon),
+                        **(_SECURE_SETTINGS.get(algorithm, {}) if secure else {})}
+            clusters = ' (no clusters)' if secure and algorithm in _SECURE_SETTINGS else ''
+            yield f'{name}{clusters}, {label}', algorithm, settings, None
+
+
 #: The scenarios of :func:`leak_table`: a name, the algorithm, its settings, and the target
 #: epsilon of a dense local-DP upload (``None``: the algorithm's own uploads).
-SCENARIOS = (
-    ('PFedRec, rows it trained', 'pfedrec', {}, None),
-    ('FedLightGCN, Laplace LDP, no pseudo-items', 'fedlightgcn', {'pseudo_ratio': 0.0}, None),
-    ('FedLightGCN, Laplace LDP, pseudo-items 0.1', 'fedlightgcn', {'pseudo_ratio': 0.1}, None),
-    ('FedLightGCN, Laplace LDP, pseudo-items 0.5', 'fedlightgcn', {'pseudo_ratio': 0.5}, None),
-    ('PFedRec, dense upload, no noise', 'pfedrec', {}, float('inf')),
-    ('PFedRec, dense upload, local DP ε = 8', 'pfedrec', {}, 8.0),
-    ('PFedRec, dense upload, local DP ε = 1', 'pfedrec', {}, 1.0),
-    ('FedLightGCN, dense upload, local DP ε = 8', 'fedlightgcn', {}, 8.0),
-)
+SCENARIOS = tuple(_scenarios())
+
+
+def leak_rows(name: str, config: TrainConfig, split, warmup_rounds: int = 5,
+              max_clients: int = 200, local_dp: Optional[UserLevelDP] = None
+              ) -> List[Dict[str, object]]:
+    """:func:`item_set_leak` of ``config`` as one row per guess: ``scenario`` (``name``),
+    ``guess``, ``precision``, ``recall``, ``chance``, the clients scored and the local-DP
+    noise multiplier."""
+    result = item_set_leak(config, split, warmup_rounds, max_clients, local_dp)
+    return [{'scenario': name, 'guess': guess, **result[guess], 'clients': result['clients'],
+             'chance': result['chance'],
+             'noise_multiplier': None if local_dp is None else local_dp.noise_multiplier}
+            for guess in ('rows', 'values', 'graph') if guess in result]
 
 
 def leak_table(data: Dict[str, object], warmup_rounds: int = 5, max_clients: int = 200,
@@ -160,13 +234,7 @@ def leak_table(data: Dict[str, object], warmup_rounds: int = 5, max_clients: int
                                   **({'dp_noise_multiplier': 0.0} if epsilon == float('inf')
                                      else {'dp_epsilon': epsilon}), **data, **settings)
             local_dp = private.build_algorithm().user_level_dp(split.train['user'].num_nodes)
-        result = item_set_leak(config, split, warmup_rounds, max_clients, local_dp)
-        for guess in ('rows', 'values', 'graph'):
-            if guess in result:
-                rows.append({'scenario': name, 'guess': guess, **result[guess],
-                             'clients': result['clients'], 'chance': result['chance'],
-                             'noise_multiplier': None if local_dp is None
-                             else local_dp.noise_multiplier})
+        rows.extend(leak_rows(name, config, split, warmup_rounds, max_clients, local_dp))
     return rows
 
 

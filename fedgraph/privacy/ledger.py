@@ -27,7 +27,8 @@ class PrivacyLedger:
       the sampling, whether it was chosen or not;
     * :attr:`releases` ``[N]`` -- each client's other Gaussian releases, never amplified:
       a local-DP upload, a central aggregate of a round that did not sample uniformly
-      (cluster-aware selection), a central cluster table;
+      (cluster-aware selection), a central cluster table, a distributed-DP (Skellam)
+      secure sum (the server knows who took part);
     * :attr:`rows` ``[N]`` -- each client's Laplace-noised uploaded rows.
 
     The figure is the worst case over clients: the largest count of each kind, composed.
@@ -39,17 +40,20 @@ class PrivacyLedger:
         gaussian: the Gaussian mechanism (``None``: none).
         laplace: the uploads' transform; its Laplace noise, if any, is accounted per row.
         delta: :math:`\\delta` (default :math:`1/N`).
+        secure: whether the server receives only the secure sum of the uploads.
     """
 
     def __init__(self, num_clients: int, sample_size: int, dim: int,
                  gaussian: Optional[UserLevelDP] = None,
-                 laplace: Optional[UploadTransform] = None, delta: Optional[float] = None):
+                 laplace: Optional[UploadTransform] = None, delta: Optional[float] = None,
+                 secure: bool = False):
         self.num_clients = num_clients
         self.sample_size = sample_size
         self.dim = dim
         self.gaussian = gaussian
         self.laplace = laplace if laplace is not None and laplace.laplace_scale else None
         self.delta = 1.0 / num_clients if delta is None else delta
+        self.secure = secure
         self.sampled_rounds = 0
         self.releases = torch.zeros(num_clients, dtype=torch.long)
         self.rows = torch.zeros(num_clients, dtype=torch.long)
@@ -57,6 +61,8 @@ class PrivacyLedger:
     @property
     def mechanism(self) -> str:
         """The mechanism in words."""
+        if self.gaussian is not None and self.gaussian.noise_at == 'distributed':
+            return 'skellam, user level, distributed (client noise shares, secure sum)'
         if self.gaussian is not None:
             where = 'central (server noise)' if self.gaussian.central else 'local (client noise)'
             return f'gaussian, user level, {where}'
@@ -97,7 +103,9 @@ class PrivacyLedger:
             sigma = self.gaussian.noise_multiplier
             out.append((accountant.gaussian_event(sigma, self.sample_size, self.num_clients),
                         self.sampled_rounds))
-            out.append((accountant.gaussian_event(sigma), int(self.releases.max())))
+            own = (accountant.SkellamEvent(sigma) if self.gaussian.noise_at == 'distributed'
+                   else accountant.gaussian_event(sigma))
+            out.append((own, int(self.releases.max())))
         if self.laplace is not None:
             out.append((accountant.laplace_event(self.laplace.noise_multiplier(self.dim)),
                         int(self.rows.max())))
@@ -107,9 +115,13 @@ class PrivacyLedger:
         """``metrics.json``'s ``privacy`` record: the accountant's :math:`\\epsilon` at
         :math:`\\delta` so far (``None``: no guarantee, :math:`\\epsilon = \\infty`: no
         mechanism, or no noise), the mechanism, its noise multiplier and clip bound, and the
-        counts it composed."""
-        out: Dict[str, object] = {'mechanism': self.mechanism, 'epsilon': None,
-                                  'delta': self.delta}
+        counts it composed; whether the server received only secure sums, and where the
+        user-level noise was added (``server``, ``client``, ``distributed``)."""
+        out: Dict[str, object] = {
+            'mechanism': self.mechanism, 'epsilon': None, 'delta': self.delta,
+            'secure_aggregation': self.secure,
+            'noise_at': (self.gaussian.noise_at if self.gaussian is not None
+                         else 'client' if self.laplace is not None else None)}
         if self.gaussian is None and self.laplace is None:
             return out
         if self.gaussian is not None:

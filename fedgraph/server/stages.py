@@ -286,6 +286,23 @@ class ServerPipeline:
             for stage in self.releases:
                 stage(row_table, dense, base, num_clients, generator)
 
+    def release_mean(self, row_table: Tensor, dense: Dict[str, Tensor], base: Tensor,
+                     row_sum: Tensor, dense_sums: Dict[str, Tensor], num_clients: int,
+                     generator: Optional[torch.Generator]) -> None:
+        """What the server does with a secure sum (:mod:`fedgraph.federated.secure`) of
+        ``num_clients`` clients' changes, ``row_sum`` ``[I, d]`` and ``dense_sums``: their
+        mean over ``base`` (FedAvg; the upload stages and any other aggregator need each
+        upload), then the release stages."""
+        if self.uploads or not isinstance(self.aggregator, Mean) or self.aggregator.weighted:
+            raise ValueError(f'a secure sum takes the unweighted mean and no upload stage, '
+                             f'not {self.describe()}')
+        with torch.no_grad():
+            row_table.copy_(base + (row_sum / num_clients).to(base.dtype))
+            for name, value in dense.items():
+                value.add_((dense_sums[name] / num_clients).to(value.dtype))
+            for stage in self.releases:
+                stage(row_table, dense, base, num_clients, generator)
+
 
 def build_pipeline(aggregation: str = 'mean', trim_ratio: float = 0.2,
                    norm_bound: Optional[float] = None,
@@ -293,14 +310,15 @@ def build_pipeline(aggregation: str = 'mean', trim_ratio: float = 0.2,
                    server_noise: float = 0.0) -> ServerPipeline:
     """The pipeline of the configuration's settings: a norm bound (``norm_bound``), DP-FedAvg's
     clipping (``privacy``), the aggregator registered as ``aggregation`` (a trimmed mean with
-    ``trim_ratio``), DP-FedAvg's noise, the server's Laplace noise (``server_noise``)."""
+    ``trim_ratio``), DP-FedAvg's noise, the server's Laplace noise (``server_noise``).
+    Distributed DP's clipping and noise are the clients' (no stage of the server's)."""
     cls = resolve_stage(aggregation, Aggregator)
     aggregator = cls(trim_ratio=trim_ratio) if issubclass(cls, TrimmedMean) else cls()
     uploads: List[UploadStage] = []
     releases: List[ReleaseStage] = []
     if norm_bound is not None:
         uploads.append(NormBound(norm_bound))
-    if privacy is not None:
+    if privacy is not None and privacy.noise_at != 'distributed':
         uploads.append(DPClip(privacy))
         releases.append(DPNoise(privacy))
     if server_noise:

@@ -1,0 +1,125 @@
+"""A round's uploads through secure aggregation: each client turns its sparse upload into a
+dense integer vector (:class:`~fedgraph.privacy.discrete.IntegerEncoding`), masks it, and the
+server learns only the sum (:func:`~fedgraph.privacy.secure_sum.secure_sum`).
+
+A client's vector holds its change of the **whole** item table (zero where it trained no
+row, so that which rows it touched is hidden too), then of each dense shared parameter,
+encoded together; then its mean training loss, on a fixed-point grid of its own
+(:data:`LOSS_SCALE`, clamped to :data:`LOSS_BOUND`). The server's mean is the sum over the
+clients that uploaded, divided by their number: FedAvg's unweighted mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from fedgraph.federated.messages import ClientRound, RowUpload
+from fedgraph.privacy.discrete import IntegerEncoding
+from fedgraph.privacy.gaussian import UserLevelDP
+from fedgraph.privacy.secure_sum import MODULUS_BITS, SecAggPlus, SecureSum, secure_sum
+
+#: The grid and the bound of the loss coordinate.
+LOSS_SCALE = 2.0 ** 10
+LOSS_BOUND = 2.0 ** 10
+
+
+def dense_update(upload: RowUpload, position: int, num_items: int) -> Tensor:
+    """``[D]`` float64: the whole-table change of the upload's client ``position`` (its
+    rows in place, zeros elsewhere) followed by its dense changes, flattened."""
+    mine = upload.row_owner == position
+    table = torch.zeros(num_items, upload.update.size(1), dtype=torch.float64)
+    table[upload.row_item[mine]] = upload.update[mine].double()
+    dense = [value[position].reshape(-1).double() for value in upload.dense.values()]
+    return torch.cat([table.reshape(-1), *dense])
+
+
+@dataclass
+class SecureTotals:
+    """The server's view of a securely summed round: the sums of the clients' row-table
+    changes ``rows`` ``[I, d]``, of their dense changes ``dense``, of their losses, and how
+    many clients they sum (``None`` totals: the round aborted)."""
+    rows: Optional[Tensor]
+    dense: Dict[str, Tensor]
+    loss: float
+    clients: Tensor
+    received: SecureSum
+
+
+class SecureAggregation:
+    """The secure sum of a round's uploads, simulated in one process.
+
+    Args:
+        encoding: how a client encodes its update.
+        protocol: SecAgg+'s settings.
+        privacy: distributed DP's mechanism (``None``: secure aggregation alone).
+    """
+
+    def __init__(self, encoding: IntegerEncoding, protocol: SecAggPlus,
+                 privacy: Optional[UserLevelDP] = None):
+        self.encoding = encoding
+        self.protocol = protocol
+        self.privacy = privacy
+        #: Called with what the server holds after each round (an honest-but-curious
+        #: server's view, :mod:`fedgraph.privacy.leak`).
+        self.observer: Optional[Callable[[SecureSum], None]] = None
+
+    @classmethod
+    def build(cls, protocol: SecAggPlus, privacy: Optional[UserLevelDP], dim: int,
+              clients: int) -> 'SecureAggregation':
+        """For updates of ``dim`` coordinates from rounds of ``clients`` clients: with
+        ``privacy``, each client's noise share sized for the protocol's fewest survivors."""
+        if privacy is None:
+            encoding = IntegerEncoding.plain()
+        else:
+            encoding = IntegerEncoding.distributed(privacy.clip, privacy.noise_multiplier, dim,
+                                                   protocol.threshold(clients))
+        needed = encoding.coordinate_bound(clients) + clients * LOSS_BOUND * LOSS_SCALE
+        if needed >= 2 ** (MODULUS_BITS - 1):
+            raise ValueError(f'a secure sum of {clients} clients overflows {MODULUS_BITS}-bit '
+                             'arithmetic at this precision: take fewer clients a round')
+        return cls(encoding, protocol, privacy)
+
+    def client_vectors(self, result: ClientRound, num_items: int,
+                       randomness: Union[torch.Generator, Sequence[torch.Generator]]
+                       ) -> Iterator[Tuple[int, Tensor]]:
+        """Each client's encoded vector (int64), in the order of the round's clients,
+        drawn from its own stream or from the round's shared generator."""
+        upload = result.upload
+        for position, client in enumerate(upload.clients.tolist()):
+            generator = (randomness if isinstance(randomness, torch.Generator)
+                         else randomness[position])
+            vector = dense_update(upload, position, num_items)
+            vector = torch.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
+            loss = float(result.loss[position])
+            loss = min(max(loss, 0.0), LOSS_BOUND) if loss == loss else LOSS_BOUND
+            yield client, torch.cat([self.encoding.encode(vector, generator),
+                                     torch.tensor([round(loss * LOSS_SCALE)])])
+
+    def totals(self, result: ClientRound, num_items: int, dense_shapes: Dict[str, torch.Size],
+               randomness: Union[torch.Generator, Sequence[torch.Generator]],
+               round_seed: int, generator: torch.Generator) -> SecureTotals:
+        """The round's secure sum, decoded (dropouts drawn from ``generator``)."""
+        upload = result.upload
+        dim = upload.update.size(1) if upload.update.dim() == 2 else 0
+        size = num_items * dim + sum(shape.numel() for shape in dense_shapes.values()) + 1
+        received = secure_sum(self.protocol, self.client_vectors(result, num_items, randomness),
+                              upload.clients.tolist(), size, round_seed, generator)
+        if self.observer is not None:
+            self.observer(received)
+        clients = torch.tensor(sorted(received.received), dtype=torch.long)
+        if received.total is None:
+            return SecureTotals(None, {}, float('nan'), clients, received)
+        values = self.encoding.decode(received.total[:-1])
+        rows, rest = values[:num_items * dim].view(num_items, dim), values[num_items * dim:]
+        dense: Dict[str, Tensor] = {}
+        for name, shape in dense_shapes.items():
+            dense[name], rest = rest[:shape.numel()].view(shape), rest[shape.numel():]
+        return SecureTotals(rows, dense, float(received.total[-1]) / LOSS_SCALE, clients,
+                            received)
+
+    def upload_bytes(self, num_items: int, dim: int, dense: int) -> float:
+        """Bytes of one client's masked vector."""
+        return (num_items * dim + dense + 1) * MODULUS_BITS / 8
