@@ -194,7 +194,11 @@ class TrainConfig:
             raise ValueError(
                 f'{algorithm} has no setting {", ".join(sorted(unknown))}; its own settings: '
                 f'{", ".join(cls.Settings.names()) or "none"}')
+        # Under user-level DP or secure aggregation the Laplace noise per uploaded row is not
+        # the algorithm's default: the first replaces it, under the second the server reads
+        # no upload.
         private = any(values.get(name) is not None for name in DP_SETTINGS)
+        no_laplace = private or bool(values.get('secure_aggregation'))
         for name, field in shared.items():
             value = values.get(name, field.default)
             if name in cls.unused_settings and value != field.default:
@@ -202,7 +206,8 @@ class TrainConfig:
                 raise ValueError(f'{algorithm} does not use {name} (set to {value!r}); '
                                  f'leave it {unset}')
             if value is None and name not in cls.unused_settings:
-                skipped = (name in _LAPLACE_SETTINGS) if private else (name == 'dp_clip')
+                skipped = ((name in _LAPLACE_SETTINGS and no_laplace)
+                           or (name == 'dp_clip' and not private))
                 value = _FALLBACKS.get(name) if skipped else cls.shared_defaults.get(
                     name, _FALLBACKS.get(name))
             setattr(self, name, value)
@@ -294,6 +299,10 @@ class TrainConfig:
                              'bound, which would need each upload')
         if self.engine != 'vectorized':
             raise ValueError('secure aggregation runs on the vectorized engine')
+        if self.ldp_scale:
+            raise ValueError('the Laplace noise per uploaded row (ldp_scale) is for uploads the '
+                             'server reads; under secure aggregation it reads only the sum: '
+                             'use user-level DP (dp_epsilon, dp_noise_at=distributed)')
         if self.private and self.dp_noise_at != 'distributed':
             raise ValueError("under secure aggregation the server never holds an upload to "
                              "noise: user-level DP takes dp_noise_at='distributed'")

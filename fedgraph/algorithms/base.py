@@ -229,19 +229,19 @@ class Algorithm:
                 self.planned_releases(noise, num_clients, sample_size)))
         return UserLevelDP(config.dp_clip, sigma, config.dp_noise_at)
 
-    def secure_aggregation(self, model, clients: int) -> Optional[SecureAggregation]:
-        """The secure sum of ``config.secure_aggregation`` over rounds of ``clients``
-        clients of ``model`` (a client's update: the whole item table and the dense shared
-        parameters), with distributed DP's noise shares under ``dp_noise_at='distributed'``;
-        ``None`` without."""
+    def secure_aggregation(self, num_users: int, dim: int,
+                           clients: int) -> Optional[SecureAggregation]:
+        """The secure sum of ``config.secure_aggregation`` for a population of ``num_users``
+        whose rounds take ``clients`` clients, each uploading ``dim`` coordinates (the whole
+        item table and the dense shared parameters), with distributed DP's noise shares
+        under ``dp_noise_at='distributed'``; ``None`` without. A device computes the same
+        from the run's configuration: the noise it adds is its own decision."""
         config = self.config
         if not config.secure_aggregation:
             return None
         protocol = SecAggPlus(min_survivors=config.secure_min_survivors,
                               dropout=config.secure_dropout)
-        dim = model.item.numel() + sum(value.numel() for value in model.shared_dense().values())
-        privacy = self.user_level_dp(model.num_clients)
-        return SecureAggregation.build(protocol, privacy, dim, clients)
+        return SecureAggregation.build(protocol, self.user_level_dp(num_users), dim, clients)
 
     def planned_releases(self, noise_multiplier: float, num_clients: int, sample_size: int):
         """The Gaussian releases of a run of ``config.rounds`` rounds for its most exposed
@@ -285,7 +285,9 @@ class Algorithm:
             streams = ClientStreams() if config.client_streams else None
             engine = FederatedEngine(model, partition, training, selector, known, streams,
                                      config.closed_form, server,
-                                     self.secure_aggregation(model, selector.count))
+                                     self.secure_aggregation(partition.num_clients,
+                                                             model.shared_numel(),
+                                                             selector.count))
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:

@@ -33,7 +33,7 @@ from fedgraph.federated.aggregation import per_client_vector
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.round_engine import RoundEngine
-from fedgraph.federated.secure import SecureAggregation
+from fedgraph.federated.secure import SecureAggregation, SecureTotals, vector_size
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
@@ -166,32 +166,42 @@ class FederatedEngine(RoundEngine):
                          generator: torch.Generator) -> RoundStats:
         """The server half of a round under secure aggregation: the clients encode and
         mask their updates (each from its own stream, or from ``generator``), the server
-        unmasks only their sum and takes its mean (:meth:`ServerPipeline.release_mean`). The
-        server cannot screen an upload it never sees: a client's encoding bounds it instead.
-        An aborted round (too few survivors) leaves the model as it was."""
-        model = self.model
-        dense = model.shared_dense()
+        unmasks only their sum (:meth:`SecureAggregation.totals`) and applies it
+        (:meth:`apply_secure`). The server cannot screen an upload it never sees: a client's
+        encoding bounds it instead."""
         randomness = generator if result.generators is None else result.generators
-        totals = self.secure.totals(result, model.num_items,
-                                    {name: value.shape for name, value in dense.items()},
-                                    randomness, draw_round_seed(generator), generator)
-        dropped = {'secure_dropout': len(totals.received.dropped)} if totals.received.dropped \
-            else {}
+        totals = self.secure.totals(result, self.model.num_items, self.dense_shapes, randomness,
+                                    draw_round_seed(generator), generator)
+        return self.apply_secure(base, totals, generator)
+
+    @property
+    def dense_shapes(self) -> Dict[str, torch.Size]:
+        """The shapes of the dense shared parameters."""
+        return {name: value.shape for name, value in self.model.shared_dense().items()}
+
+    def apply_secure(self, base: Tensor, totals: SecureTotals,
+                     generator: Optional[torch.Generator]) -> RoundStats:
+        """A secure sum's mean over ``base`` into the shared parameters
+        (:meth:`ServerPipeline.release_mean`), its clients' participation and releases
+        counted. An aborted round (too few survivors) leaves the model as it was."""
+        model = self.model
+        dropped = ({'secure_dropout': len(totals.received.dropped)}
+                   if totals.received.dropped else {})
         num_clients = totals.clients.numel()
         if totals.rows is None:
             return RoundStats(float('nan'), 0, 0.0, 0.0,
                               {**dropped, 'secure_sum_aborted': num_clients})
+        dense = model.shared_dense()
         self.server.release_mean(model.item, dense, base, totals.rows, totals.dense,
                                  num_clients, generator)
         self.participation[totals.clients] += 1
         self.broadcast = base
-        trained = torch.isin(result.upload.clients, totals.clients)
-        rows = torch.bincount(result.upload.row_owner, minlength=trained.numel())[trained]
-        self.ledger.record_aggregate(totals.clients, self.selector.uniform, rows)
-        dense_numel = sum(value.numel() for value in dense.values())
+        self.ledger.record_aggregate(totals.clients, self.selector.uniform,
+                                     torch.zeros(num_clients, dtype=torch.long))
+        size = vector_size(model.num_items, model.dim, self.dense_shapes)
         return RoundStats(
             loss=totals.loss / num_clients, num_clients=num_clients,
-            upload_bytes=self.secure.upload_bytes(model.num_items, model.dim, dense_numel),
+            upload_bytes=SecureAggregation.upload_bytes(size),
             download_bytes=float(base.numel() * base.element_size()) + model.dense_bytes(),
             dropped=dropped)
 

@@ -237,8 +237,10 @@ class GraphFederatedEngine(RoundEngine):
 
     def after_aggregate(self, result: ClientRound, replies: Dict[str, Tensor]) -> None:
         """The users' uploaded embedding changes (``user-update``, in the order of
-        ``result.upload.clients``), then :meth:`finish_round`."""
-        self.absorb_user_updates(result.upload.clients, replies['user-update'])
+        ``result.upload.clients``; none when :attr:`users_upload` is off), then
+        :meth:`finish_round`."""
+        if self.users_upload:
+            self.absorb_user_updates(result.upload.clients, replies['user-update'])
         self.finish_round(result)
 
     def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:

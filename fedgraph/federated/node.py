@@ -38,6 +38,7 @@ from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.evaluation import sampled_evaluation
 from fedgraph.federated.messages import (ClientRound, EvaluationSums, Payload, TrainReply,
                                          TrainRequest, group, grouped)
+from fedgraph.federated.secure import vector_size
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
 
@@ -83,6 +84,8 @@ class Node:
         private: ``{name: [n, ...]}`` the private parameters of the model's head.
         personal: the fine-tuned item rows (``PersonalItemRows`` state, local user indices).
         extra: what the algorithm's :class:`NodeHooks` keep.
+        population: the number of users of the whole population (the run's privacy
+            mechanism is calibrated to it).
     """
     config: object
     users: Tensor
@@ -92,6 +95,7 @@ class Node:
     private: Optional[Dict[str, Tensor]] = None
     personal: Optional[Dict[str, Tensor]] = None
     extra: Dict[str, Tensor] = field(default_factory=dict)
+    population: int = 0
 
     def __post_init__(self):
         self.algorithm = self.config.build_algorithm()
@@ -108,7 +112,8 @@ class Node:
                              f'for {num_users} users')
         users = torch.arange(partition_id, num_users, num_partitions)
         candidates = {name: rows[users] for name, rows in split.candidates().items()}
-        return cls(config, users, train.select(users), known.select(users), candidates)
+        return cls(config, users, train.select(users), known.select(users), candidates,
+                   population=num_users)
 
     @property
     def num_items(self) -> int:
@@ -120,6 +125,7 @@ class Node:
         state: Payload = {'users': self.users, 'train-ptr': self.train.ptr,
                           'train-col': self.train.col, 'known-ptr': self.known.ptr,
                           'known-col': self.known.col, 'num-items': self.num_items,
+                          'population': self.population,
                           **grouped('candidates', self.candidates)}
         state.update(grouped('private', self.private or {}))
         state.update(grouped('personal', self.personal or {}))
@@ -133,7 +139,8 @@ class Node:
                    ClientPartition(state['train-ptr'], state['train-col'], num_items),
                    ClientPartition(state['known-ptr'], state['known-col'], num_items),
                    group(state, 'candidates'), group(state, 'private') or None,
-                   group(state, 'personal') or None, group(state, 'extra'))
+                   group(state, 'personal') or None, group(state, 'extra'),
+                   int(state.get('population', 0)))
 
     # ------------------------------------------------------------------ steps
     def handle(self, step: str, payload: Payload) -> Payload:
@@ -199,10 +206,26 @@ class Node:
                         for k, v in engine.model.private_parameters().items()}
         self.personal = engine.personal.state_dict()
         upload = result.upload
+        if self.config.secure_aggregation:
+            return self.secure_reply(engine, result, int(payload['secure-clients']))
         return TrainReply(self.users[upload.clients], self.users[upload.clients[upload.row_owner]],
                           upload.row_item, upload.update, result.num_samples, result.loss,
                           upload.dense, self.hooks.after_train(self, position, result)
                           ).to_payload()
+
+    def secure_reply(self, engine: FederatedEngine, result: ClientRound,
+                     clients: int) -> Payload:
+        """Under secure aggregation: the sum of the trained users' encoded vectors
+        (:class:`~fedgraph.federated.secure.SecureAggregation`, each from its own stream; the
+        noise shares sized for a round of ``clients`` users), which the transport sums
+        securely with the other nodes' (``secure-sum``), and the users it covers."""
+        secure = self.algorithm.secure_aggregation(self.population, engine.model.shared_numel(),
+                                                   clients)
+        total = torch.zeros(vector_size(self.num_items, engine.model.dim, engine.dense_shapes),
+                            dtype=torch.long)
+        for _, vector in secure.client_vectors(result, self.num_items, result.generators):
+            total += vector
+        return {'users': self.users[result.upload.clients], 'secure-sum': total}
 
     @torch.no_grad()
     def evaluate(self, payload: Payload) -> Payload:

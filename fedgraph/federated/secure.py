@@ -23,7 +23,13 @@ from fedgraph.privacy.secure_sum import MODULUS_BITS, SecAggPlus, SecureSum, sec
 
 #: The grid and the bound of the loss coordinate.
 LOSS_SCALE = 2.0 ** 10
-LOSS_BOUND = 2.0 ** 10
+LOSS_BOUND = 2.0 ** 6
+
+
+def vector_size(num_items: int, dim: int, dense_shapes: Dict[str, torch.Size]) -> int:
+    """The coordinates of a client's encoded vector: the item table, the dense shared
+    parameters, the loss."""
+    return num_items * dim + sum(shape.numel() for shape in dense_shapes.values()) + 1
 
 
 def dense_update(upload: RowUpload, position: int, num_items: int) -> Tensor:
@@ -101,25 +107,33 @@ class SecureAggregation:
     def totals(self, result: ClientRound, num_items: int, dense_shapes: Dict[str, torch.Size],
                randomness: Union[torch.Generator, Sequence[torch.Generator]],
                round_seed: int, generator: torch.Generator) -> SecureTotals:
-        """The round's secure sum, decoded (dropouts drawn from ``generator``)."""
+        """The round's secure sum in this process, decoded (dropouts drawn from
+        ``generator``)."""
         upload = result.upload
-        dim = upload.update.size(1) if upload.update.dim() == 2 else 0
-        size = num_items * dim + sum(shape.numel() for shape in dense_shapes.values()) + 1
         received = secure_sum(self.protocol, self.client_vectors(result, num_items, randomness),
-                              upload.clients.tolist(), size, round_seed, generator)
+                              upload.clients.tolist(), round_seed, generator)
         if self.observer is not None:
             self.observer(received)
-        clients = torch.tensor(sorted(received.received), dtype=torch.long)
-        if received.total is None:
+        return self.decode(received.total, sorted(received.received), num_items,
+                           upload.update.size(1), dense_shapes, received)
+
+    def decode(self, total: Optional[Tensor], clients: Sequence[int], num_items: int,
+               dim: int, dense_shapes: Dict[str, torch.Size],
+               received: Optional[SecureSum] = None) -> SecureTotals:
+        """The server's side: the sum ``total`` (int64; ``None``: aborted) of ``clients``'
+        encoded vectors as the sums of their changes and losses."""
+        clients = torch.tensor(sorted(clients), dtype=torch.long)
+        received = received if received is not None else SecureSum(total=total)
+        if total is None:
             return SecureTotals(None, {}, float('nan'), clients, received)
-        values = self.encoding.decode(received.total[:-1])
+        values = self.encoding.decode(total[:-1])
         rows, rest = values[:num_items * dim].view(num_items, dim), values[num_items * dim:]
         dense: Dict[str, Tensor] = {}
         for name, shape in dense_shapes.items():
             dense[name], rest = rest[:shape.numel()].view(shape), rest[shape.numel():]
-        return SecureTotals(rows, dense, float(received.total[-1]) / LOSS_SCALE, clients,
-                            received)
+        return SecureTotals(rows, dense, float(total[-1]) / LOSS_SCALE, clients, received)
 
-    def upload_bytes(self, num_items: int, dim: int, dense: int) -> float:
-        """Bytes of one client's masked vector."""
-        return (num_items * dim + dense + 1) * MODULUS_BITS / 8
+    @staticmethod
+    def upload_bytes(size: int) -> float:
+        """Bytes of one client's masked vector of ``size`` coordinates."""
+        return size * MODULUS_BITS / 8

@@ -76,6 +76,10 @@ class FederatedRecommender(nn.Module):
         """Bytes of one client's copy of the dense shared parameters."""
         return sum(value.numel() * value.element_size() for value in self.shared_dense().values())
 
+    def shared_numel(self) -> int:
+        """Coordinates of the shared parameters: the item table and the dense ones."""
+        return self.item.numel() + sum(value.numel() for value in self.shared_dense().values())
+
     def private_parameters(self) -> Dict[str, Tensor]:
         """The private per-client tensors, each ``[num_clients, ...]``."""
         return self.head.private_parameters()

@@ -143,12 +143,14 @@ def unmask(keys: RoundKeys, received: Dict[int, np.ndarray], size: int) -> Tenso
 
 
 def secure_sum(protocol: SecAggPlus, encoded: Iterator[Tuple[int, Tensor]], parties: List[int],
-               size: int, round_seed: int, generator: Optional[torch.Generator] = None
-               ) -> SecureSum:
-    """One round of the protocol over ``parties``, whose encoded vectors (``[size]`` int64)
-    ``encoded`` yields one at a time: each is masked as its client would, a client drops
-    with probability ``protocol.dropout`` (drawn from ``generator``), and the server unmasks
-    the sum unless fewer than :meth:`SecAggPlus.threshold` clients uploaded."""
+               round_seed: int, generator: Optional[torch.Generator] = None,
+               users: Optional[Dict[int, int]] = None) -> SecureSum:
+    """One round of the protocol over ``parties``, whose encoded vectors (int64, of one
+    size) ``encoded`` yields one at a time (a party it does not yield has dropped): each is
+    masked as its client would, a client drops with probability ``protocol.dropout`` (drawn
+    from ``generator``), and the server unmasks the sum unless the parties that uploaded
+    hold fewer than :meth:`SecAggPlus.threshold` of the round's users (``users``: how many
+    each party holds; default one each)."""
     keys = RoundKeys.agree(parties, protocol.neighbours, round_seed)
     out = SecureSum()
     for party, vector in encoded:
@@ -157,6 +159,10 @@ def secure_sum(protocol: SecAggPlus, encoded: Iterator[Tuple[int, Tensor]], part
             out.dropped.append(party)
         else:
             out.received[party] = masked_upload(keys, party, vector)
-    if len(out.received) >= protocol.threshold(len(parties)):
+    out.dropped.extend(sorted(set(parties) - set(out.received) - set(out.dropped)))
+    held = users if users is not None else {party: 1 for party in parties}
+    survivors = sum(held[party] for party in out.received)
+    if out.received and survivors >= protocol.threshold(sum(held.values())):
+        size = next(iter(out.received.values())).size
         out.total = unmask(keys, out.received, size)
     return out

@@ -40,6 +40,7 @@ from fedgraph.federated.node import Node
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import (accept_evaluations, accept_train_replies, restrict_reply,
                                       screen)
+from fedgraph.privacy.secure_sum import SecAggPlus, SecureSum, secure_sum
 from fedgraph.server.loop import Federation, Server
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,13 @@ class Transport:
         answered, by node."""
         raise NotImplementedError
 
+    def secure_sum(self, step: str, payloads: Mapping[int, Payload], protocol: SecAggPlus,
+                   round_seed: int) -> SecureSum:
+        """Sends ``payloads[node]`` as step ``step``; the devices' answers (``secure-sum``,
+        int64) summed by secure aggregation, so that the server receives only their sum:
+        the sum (``None``: too few answered) and the nodes it covers."""
+        raise NotImplementedError
+
 
 class LocalTransport(Transport):
     """Devices in this process, called directly (for tests and notebooks)."""
@@ -81,6 +89,16 @@ class LocalTransport(Transport):
     def send(self, step: str, payloads: Mapping[int, Payload]) -> Dict[int, Payload]:
         return {node: self.devices[node].handle(step, dict(payload))
                 for node, payload in payloads.items()}
+
+    def secure_sum(self, step: str, payloads: Mapping[int, Payload], protocol: SecAggPlus,
+                   round_seed: int) -> SecureSum:
+        """The devices' answers through the in-process simulation of SecAgg+
+        (:func:`~fedgraph.privacy.secure_sum.secure_sum`), each device a party."""
+        answers = ((node, self.devices[node].handle(step, dict(payload))['secure-sum'])
+                   for node, payload in payloads.items())
+        return secure_sum(protocol, answers, list(payloads), round_seed,
+                          users={node: payload['users'].numel()
+                                 for node, payload in payloads.items()})
 
 
 class ScreenedTransport(Transport):
@@ -145,9 +163,10 @@ class Deployment(Federation):
             raise ValueError(f'{config.algorithm} is centralized: nothing to federate')
         if config.protocol != 'sampled':
             raise ValueError('deployments evaluate on devices under the sampled protocol only')
-        if config.dp_epsilon is not None or config.dp_noise_multiplier is not None:
-            raise ValueError('user-level DP (DP-FedAvg) runs in-process only: a deployment '
-                             'clips and noises per row (--clip, --ldp-scale)')
+        if config.private and config.dp_noise_at != 'distributed':
+            raise ValueError("a deployment's server never holds the clients' uploads to clip "
+                             "and noise: user-level DP runs on devices, distributed "
+                             "(--secure-aggregation --dp-noise-at distributed)")
         self.config = dataclasses.replace(config, client_streams=True)
         self.transport = transport
         self.algorithm = algorithm
@@ -179,10 +198,11 @@ class Deployment(Federation):
         model = algorithm.build_model(num_users, num_items, self.generator)
         nothing = ClientPartition(torch.zeros(num_users + 1, dtype=torch.long),
                                   torch.empty(0, dtype=torch.long), num_items)
-        self.federated = FederatedEngine(model, nothing, algorithm.local_training(num_items),
-                                         algorithm.build_selector(num_users), None,
-                                         ClientStreams(),
-                                         server=algorithm.server_pipeline(num_users))
+        selector = algorithm.build_selector(num_users)
+        self.federated = FederatedEngine(
+            model, nothing, algorithm.local_training(num_items), selector, None,
+            ClientStreams(), server=algorithm.server_pipeline(num_users),
+            secure=algorithm.secure_aggregation(num_users, model.shared_numel(), selector.count))
         transport.nodes = self.node_users
         transport = self.screened = ScreenedTransport(transport, num_items, model.dim,
                                                       algorithm.node_hooks().replies)
@@ -215,8 +235,13 @@ class Deployment(Federation):
         return self.engine.pretrain(self.generator, progress, transport=self.screened)
 
     def train_round(self, round_index: int) -> Tuple[RoundStats, Dict[str, object]]:
-        stats = self.aggregate_round(round_index,
-                                     self.transport.send('train', self.configure_round()))
+        payloads = self.configure_round()
+        secure = self.federated.secure
+        if secure is not None:
+            held = self.transport.secure_sum('train', payloads, secure.protocol,
+                                             draw_round_seed(self.generator))
+            return self.aggregate_secure_round(round_index, held), self._record
+        stats = self.aggregate_round(round_index, self.transport.send('train', payloads))
         return stats, self._record
 
     def evaluate(self, round_index: int) -> Dict[str, object]:
@@ -241,6 +266,8 @@ class Deployment(Federation):
             if mine.numel():
                 payloads[node] = TrainRequest(self._base, mine, round_seed, dense,
                                               self.engine.round_payload(mine)).to_payload()
+                if self.federated.secure is not None:
+                    payloads[node]['secure-clients'] = selected.numel()
         self._sent = payloads
         return payloads
 
@@ -299,6 +326,31 @@ class Deployment(Federation):
                 sum(payload_bytes(reply) for reply in replies.values()) / max(1, users.numel()),
             'payload_download_bytes_per_node':
                 sum(payload_bytes(self._sent[node]) for node in replies) / len(replies)}
+        return stats
+
+    def aggregate_secure_round(self, round_index: int, held: SecureSum) -> RoundStats:
+        """Under secure aggregation: the sum of the nodes that answered, decoded over the
+        users they trained (the server knows which nodes took part, not what each sent),
+        into the shared parameters (:meth:`FederatedEngine.apply_secure`); opens the round's
+        record."""
+        if not held.received and held.total is None:
+            raise RuntimeError(f'no node answered in round {round_index}')
+        federated = self.federated
+        nodes = sorted(held.received)
+        users = torch.sort(torch.cat([self._sent[node]['users'] for node in nodes])).values
+        totals = federated.secure.decode(held.total, users.tolist(), federated.model.num_items,
+                                         federated.model.dim, federated.dense_shapes, held)
+        stats = federated.apply_secure(self._base, totals, self.generator)
+        if totals.rows is not None:
+            nothing = torch.empty(0, dtype=torch.long)
+            self.engine.after_aggregate(ClientRound(
+                RowUpload(users, nothing, nothing, self._base[:0]), nothing,
+                self._base[:0, 0]), {})
+        self._record = {
+            'clients_selected': self._selected,
+            'nodes_failed': sorted(set(self._sent) - set(nodes)),
+            'payload_download_bytes_per_node':
+                sum(payload_bytes(self._sent[node]) for node in nodes) / max(1, len(nodes))}
         return stats
 
     def configure_evaluate(self, round_index: int) -> Dict[int, Payload]:
