@@ -1,5 +1,6 @@
 """fedgraph on Flower: records, the device state, Flower's simulation engine, and a real
 deployment (SuperLink and SuperNodes as separate processes) with a SuperNode killed."""
+import copy
 import json
 import math
 import subprocess
@@ -292,6 +293,9 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message.metadata.__dict__['_message_id'] = str(uuid.uuid4())  # as Flower's grids do
+            # Each node gets its own copy of the content, as it would over the wire (SecAgg+'s
+            # mod edits the records it receives; its workflow sends one to every node).
+            message.content = copy.deepcopy(message.content)
             node = message.metadata.dst_node_id
             reply = self.app(message, self.contexts[node])
             if node == 100 and message.metadata.message_type == MessageType.TRAIN:

@@ -82,11 +82,15 @@ class SecureAggregation:
         else:
             encoding = IntegerEncoding.distributed(privacy.clip, privacy.noise_multiplier, dim,
                                                    protocol.threshold(clients))
-        needed = encoding.coordinate_bound(clients) + clients * LOSS_BOUND * LOSS_SCALE
-        if needed >= 2 ** (MODULUS_BITS - 1):
+        secure = cls(encoding, protocol, privacy)
+        if secure.sum_bound(clients) >= 2 ** (MODULUS_BITS - 1):
             raise ValueError(f'a secure sum of {clients} clients overflows {MODULUS_BITS}-bit '
                              'arithmetic at this precision: take fewer clients a round')
-        return cls(encoding, protocol, privacy)
+        return secure
+
+    def sum_bound(self, clients: int) -> float:
+        """A bound on a coordinate of the sum of ``clients`` clients' encoded vectors."""
+        return self.encoding.coordinate_bound(clients) + clients * LOSS_BOUND * LOSS_SCALE
 
     def client_vectors(self, result: ClientRound, num_items: int,
                        randomness: Union[torch.Generator, Sequence[torch.Generator]]
@@ -114,7 +118,7 @@ class SecureAggregation:
                               upload.clients.tolist(), round_seed, generator)
         if self.observer is not None:
             self.observer(received)
-        return self.decode(received.total, sorted(received.received), num_items,
+        return self.decode(received.total, received.survivors, num_items,
                            upload.update.size(1), dense_shapes, received)
 
     def decode(self, total: Optional[Tensor], clients: Sequence[int], num_items: int,

@@ -22,6 +22,7 @@ from fedgraph.data.split import SampledSplit
 from fedgraph.federated.node import Node
 from fedgraph.flower.payloads import (config_to_run_config, load, run_config_to_config, store,
                                      to_content)
+from fedgraph.flower.secure import secure_mod, unwrap_request, wrap_answer
 
 STATE = 'device-'
 
@@ -55,18 +56,23 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     """The ``ClientApp``. Its configuration is the run configuration's (``context.run_config``)
     over ``config`` (default: :class:`TrainConfig`'s defaults). A ``query`` message names
     its step in its ``step`` scalar (``enroll``, ``init``, or one of the algorithm's);
-    ``train`` and ``evaluate`` messages are those steps."""
-    app = ClientApp()
+    ``train`` and ``evaluate`` messages are those steps. Under secure aggregation a round's
+    training runs inside Flower's SecAgg+ (``secaggplus_mod``,
+    :mod:`fedgraph.flower.secure`): the request arrives as a ``FitIns`` and the node's answer
+    leaves masked."""
+    app = ClientApp(mods=[secure_mod])
     defaults = config_to_run_config(config) if config is not None else {}
 
     def answer(message: Message, context: Context, step: str, keep: bool = True) -> Message:
         device = _device(run_config_to_config({**defaults, **context.run_config}), context)
-        payload = load(message.content)
+        request = unwrap_request(message)
+        payload = load(message.content) if request is None else request
         payload.pop('step', None)
         reply = device.handle(step, payload)
         if keep:
             store(context.state, device.to_state(), STATE)
-        return Message(content=to_content(reply), reply_to=message)
+        content = to_content(reply) if request is None else wrap_answer(reply)
+        return Message(content=content, reply_to=message)
 
     @app.query()
     def query(message: Message, context: Context) -> Message:

@@ -23,6 +23,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedgraph.config import TrainConfig
 from fedgraph.federated.messages import Payload
 from fedgraph.flower.payloads import config_to_run_config, load, run_config_to_config, to_content
+from fedgraph.federated.secure import SecureAggregation
+from fedgraph.privacy.secure_sum import SecureSum
 from fedgraph.server.deployment import Deployment, Transport
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,19 @@ class FlowerTransport(Transport):
                                       for node, payload in payloads.items()},
                                      MessageType.QUERY, step)
         return self.answered(self.grid.send_and_receive(messages, timeout=self.timeout))
+
+    def secure_sum(self, step: str, payloads: Mapping[int, Payload],
+                   secure: SecureAggregation, round_seed: int) -> SecureSum:
+        """The step through Flower's SecAgg+ (:func:`~fedgraph.flower.secure.secure_round`)
+        with the nodes the SuperLink sees online; the ServerApp receives only the sum."""
+        from fedgraph.flower.secure import secure_round
+
+        online = set(self.grid.get_node_ids())
+        payloads = {node: payload for node, payload in payloads.items() if node in online}
+        self._steps[step] = self._steps.get(step, 0) + 1
+        bound = secure.sum_bound(max(int(p['users'].numel()) for p in payloads.values()))
+        return secure_round(self.grid, payloads, secure.protocol, bound, self._steps[step],
+                            self.timeout)
 
 
 def run_on_grid(config: TrainConfig, grid: Grid, out: Optional[Path] = None,

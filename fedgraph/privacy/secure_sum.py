@@ -116,11 +116,13 @@ def masked_upload(keys: RoundKeys, party: int, encoded: Tensor) -> np.ndarray:
 
 @dataclass
 class SecureSum:
-    """What the server holds after a round: the masked uploads it received (by party), and
-    the unmasked sum (``None``: aborted)."""
+    """What the server holds after a round: the masked uploads it received (by party; on
+    Flower they stay inside its workflow), the unmasked sum (``None``: aborted), the parties
+    whose uploads it sums and those that dropped."""
     received: Dict[int, np.ndarray] = field(default_factory=dict)
     total: Optional[Tensor] = None
     dropped: List[int] = field(default_factory=list)
+    survivors: List[int] = field(default_factory=list)
 
 
 def unmask(keys: RoundKeys, received: Dict[int, np.ndarray], size: int) -> Tensor:
@@ -160,6 +162,7 @@ def secure_sum(protocol: SecAggPlus, encoded: Iterator[Tuple[int, Tensor]], part
         else:
             out.received[party] = masked_upload(keys, party, vector)
     out.dropped.extend(sorted(set(parties) - set(out.received) - set(out.dropped)))
+    out.survivors = sorted(out.received)
     held = users if users is not None else {party: 1 for party in parties}
     survivors = sum(held[party] for party in out.received)
     if out.received and survivors >= protocol.threshold(sum(held.values())):

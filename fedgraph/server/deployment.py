@@ -40,7 +40,8 @@ from fedgraph.federated.node import Node
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import (accept_evaluations, accept_train_replies, restrict_reply,
                                       screen)
-from fedgraph.privacy.secure_sum import SecAggPlus, SecureSum, secure_sum
+from fedgraph.federated.secure import SecureAggregation
+from fedgraph.privacy.secure_sum import SecureSum, secure_sum
 from fedgraph.server.loop import Federation, Server
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,12 @@ class Transport:
         answered, by node."""
         raise NotImplementedError
 
-    def secure_sum(self, step: str, payloads: Mapping[int, Payload], protocol: SecAggPlus,
-                   round_seed: int) -> SecureSum:
+    def secure_sum(self, step: str, payloads: Mapping[int, Payload],
+                   secure: SecureAggregation, round_seed: int) -> SecureSum:
         """Sends ``payloads[node]`` as step ``step``; the devices' answers (``secure-sum``,
-        int64) summed by secure aggregation, so that the server receives only their sum:
-        the sum (``None``: too few answered) and the nodes it covers."""
+        int64, encoded by ``secure``) summed by secure aggregation (``secure.protocol``), so
+        that the server receives only their sum: the sum (``None``: too few answered) and
+        the nodes it covers."""
         raise NotImplementedError
 
 
@@ -90,13 +92,13 @@ class LocalTransport(Transport):
         return {node: self.devices[node].handle(step, dict(payload))
                 for node, payload in payloads.items()}
 
-    def secure_sum(self, step: str, payloads: Mapping[int, Payload], protocol: SecAggPlus,
-                   round_seed: int) -> SecureSum:
+    def secure_sum(self, step: str, payloads: Mapping[int, Payload],
+                   secure: SecureAggregation, round_seed: int) -> SecureSum:
         """The devices' answers through the in-process simulation of SecAgg+
         (:func:`~fedgraph.privacy.secure_sum.secure_sum`), each device a party."""
         answers = ((node, self.devices[node].handle(step, dict(payload))['secure-sum'])
                    for node, payload in payloads.items())
-        return secure_sum(protocol, answers, list(payloads), round_seed,
+        return secure_sum(secure.protocol, answers, list(payloads), round_seed,
                           users={node: payload['users'].numel()
                                  for node, payload in payloads.items()})
 
@@ -238,7 +240,7 @@ class Deployment(Federation):
         payloads = self.configure_round()
         secure = self.federated.secure
         if secure is not None:
-            held = self.transport.secure_sum('train', payloads, secure.protocol,
+            held = self.transport.secure_sum('train', payloads, secure,
                                              draw_round_seed(self.generator))
             return self.aggregate_secure_round(round_index, held), self._record
         stats = self.aggregate_round(round_index, self.transport.send('train', payloads))
@@ -333,10 +335,10 @@ class Deployment(Federation):
         users they trained (the server knows which nodes took part, not what each sent),
         into the shared parameters (:meth:`FederatedEngine.apply_secure`); opens the round's
         record."""
-        if not held.received and held.total is None:
+        if not held.survivors:
             raise RuntimeError(f'no node answered in round {round_index}')
         federated = self.federated
-        nodes = sorted(held.received)
+        nodes = held.survivors
         users = torch.sort(torch.cat([self._sent[node]['users'] for node in nodes])).values
         totals = federated.secure.decode(held.total, users.tolist(), federated.model.num_items,
                                          federated.model.dim, federated.dense_shapes, held)
