@@ -8,6 +8,7 @@ import sys
 import uuid
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +27,7 @@ from fedgraph.flower.payloads import (config_to_run_config, from_record, load,
                                      run_config_to_config, store, to_content, to_record)
 from fedgraph.flower.server import FlowerTransport, PollingGrid
 from fedgraph.flower.simulation import simulate
-from fedgraph.training import prepare_split, train
+from fedgraph.training import build_run, prepare_split, train
 
 # A small synthetic population (1,000 users, 2,000 items) and client streams: the in-process
 # engine then makes exactly the draws the devices make.
@@ -414,3 +415,71 @@ def test_a_supernode_whose_key_was_not_registered_is_refused(tmp_path):
         assert 'Uvicorn running on https://' in (tmp_path / 'logs' / 'superlink.log').read_text()
     assert code != 0
     assert 'Failed to activate SuperNode' in log.read_text()
+
+
+class RecordingGrid(InProcessGrid):
+    """An :class:`InProcessGrid` that keeps every reply the server pulls."""
+
+    def __init__(self, app, num_nodes):
+        super().__init__(app, num_nodes, tamper=lambda reply: reply)
+        self.pulled = []
+
+    def pull_messages(self, message_ids):
+        replies = super().pull_messages(message_ids)
+        self.pulled.extend(replies)
+        return replies
+
+
+def test_secagg_plus_with_distributed_dp_on_flower_equals_in_process_and_shows_only_sums(
+        task_identity, monkeypatch):
+    """Flower's SecAgg+ (its workflow on the server, its mod on the ClientApp) sums the
+    nodes' encoded answers exactly: the run equals the in-process one under the same seed;
+    no reply the server pulls carries a node's answer in the clear, and the strategy the
+    workflow hands its result to gets the sum only."""
+    from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+    from fedgraph.flower import secure
+
+    handed = []
+    aggregate_fit = secure.SecureRound.aggregate_fit
+
+    def watched(self, server_round, results, failures):
+        handed.append([parameters_to_ndarrays(res.parameters)[0] for _, res in results])
+        return aggregate_fit(self, server_round, results, failures)
+
+    monkeypatch.setattr(secure.SecureRound, 'aggregate_fit', watched)
+    config = TrainConfig(rounds=2, dim=8, **CONFIG, secure_aggregation=True,
+                         dp_epsilon=4.0, dp_noise_at='distributed')
+    grid = RecordingGrid(make_client_app(config), 3)
+    server = Deployment(config, FlowerTransport(PollingGrid(grid), timeout=30))
+    deployed = server.run(progress=False)
+    in_process = train(config, progress=False)
+    _rounds_match(deployed, in_process, rounds=2)
+    engine, generator = build_run(config, prepare_split(config))
+    for _ in range(2):
+        engine.run_round(generator)
+    # SecAgg+ quantizes the nodes' integer answers exactly: the same table, to float error.
+    assert torch.allclose(server.federated.model.item, engine.model.item, rtol=0, atol=1e-6)
+    for ours, theirs in zip(deployed['rounds'], in_process['rounds']):
+        assert ours['privacy'] == theirs['privacy']
+        assert ours['privacy']['secure_aggregation'] and ours['privacy']['noise_at'] == 'distributed'
+        assert 0 < ours['privacy']['epsilon'] <= 4.0
+    # The workflow hands the strategy one aggregate, the same for every node's result.
+    assert len(handed) == 2 and all(len(results) == 3 for results in handed)
+    assert all(np.array_equal(results[0], other) for results in handed for other in results)
+    masked = []
+    for reply in grid.pulled:
+        if reply.metadata.message_type != MessageType.TRAIN:
+            continue
+        # A SecAgg+ reply carries no tensor of ours: the mod empties the FitRes parameters.
+        assert all(len(record) == 0 for record in reply.content.array_records.values())
+        configs = reply.content.config_records.get(RECORD_KEY_CONFIGS, {})
+        if Key.MASKED_PARAMETERS in configs:
+            masked.extend(bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS])
+    vectors = [vector.astype(np.float64) for vector in masked if vector.size > 1]
+    assert len(vectors) == 2 * 3
+    for vector in vectors:
+        # Masked: spread uniformly over [0, 2^32), where a node's quantized answer sits in a
+        # narrow band around the middle of its range.
+        assert vector.std() / 2 ** 32 == pytest.approx(12 ** -0.5, rel=0.05)
