@@ -8,13 +8,14 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from fedgraph.algorithms import algorithm_names, resolve
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import synthetic_interactions, ratio_split
 from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.privacy import accountant
 from fedgraph.privacy.gaussian import UserLevelDP
-from fedgraph.privacy.leak import item_set_leak, precision_recall, value_guess
+from fedgraph.privacy.leak import SCENARIOS, item_set_leak, precision_recall, value_guess
 from fedgraph.privacy.ledger import PrivacyLedger
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.training import build_run, train
@@ -339,9 +340,23 @@ def test_leak_command_prints_every_scenario_and_its_conditions(tmp_path, capsys)
           '--warmup', '1', '--clients', '10'])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith('| ') and 'guess' not in line]
-    # PFedRec's rows and values, FedLightGCN's three guesses in three scenarios, and the
-    # values guess of four dense uploads.
-    assert len(rows) == 2 + 3 * 3 + 4
+    # A dense local-DP upload: the values guess; the algorithm's own uploads (masked, under
+    # secure aggregation): rows and values, and a graph model's enrollment graph.
+    graph_models = {name for name in algorithm_names() if hasattr(resolve(name), 'graph_engine')}
+    assert {'fedlightgcn', 'perfedrec++'} <= graph_models
+    assert len(rows) == sum(1 if epsilon is not None else 2 + (algorithm in graph_models)
+                            for _, algorithm, _, epsilon in SCENARIOS)
     assert '| PFedRec, rows it trained | values |' in out
     assert '| FedLightGCN, Laplace LDP, pseudo-items 0.5 | graph |' in out
+    # Every federated algorithm under central DP, secure aggregation, and both.
+    for name in ('PFedRec', 'FedMF', 'FedNCF', 'FedLightGCN', 'PerFedRec++'):
+        for mechanism in ('central DP ε = 4', 'secure aggregation',
+                          'secure aggregation + distributed DP ε = 4'):
+            assert sum(line.startswith(f'| {name}') and f', {mechanism} | values |' in line
+                       for line in rows) == 1, (name, mechanism)
+    # A masked upload holds every row: the rows guess is every item, at chance.
+    cells = [line.split(' | ') for line in rows]
+    secure = [cell for cell in cells if 'secure aggregation' in cell[0] and cell[1] == 'rows']
+    assert len(secure) == 10
+    assert all(cell[2] == cell[4].rstrip(' |') and cell[3] == '1.000' for cell in secure)
     assert 'load average' in out
