@@ -191,8 +191,9 @@ def test_the_laplace_record_composes_every_uploaded_row(planted_split):
 def test_without_a_mechanism_the_record_says_so(planted_split):
     metrics = train(TrainConfig(algorithm='fedmf', protocol='full', **SMALL), progress=False,
                     split=planted_split)
-    assert metrics['rounds'][-1]['privacy'] == {'mechanism': 'none', 'epsilon': None,
-                                                'delta': pytest.approx(1 / 120)}
+    assert metrics['rounds'][-1]['privacy'] == {
+        'mechanism': 'none', 'epsilon': None, 'delta': pytest.approx(1 / 120),
+        'secure_aggregation': False, 'noise_at': None}
     noiseless = train(TrainConfig(algorithm='fedmf', protocol='full', dp_noise_multiplier=0.0,
                                   dp_clip=1.0, **SMALL), progress=False, split=planted_split)
     assert noiseless['rounds'][-1]['privacy']['epsilon'] is None
@@ -238,10 +239,13 @@ def test_dp_replaces_the_graph_models_laplace_defaults_and_takes_their_clip():
     assert private.dp_clip == TrainConfig(algorithm='perfedrec++', dp_epsilon=1.0).dp_clip > 0
 
 
-def test_a_deployment_refuses_user_level_dp():
-    with pytest.raises(ValueError, match='in-process only'):
-        Deployment(TrainConfig(algorithm='fedmf', dp_noise_multiplier=1.0, dp_clip=1.0),
-                   LocalTransport({}))
+@pytest.mark.parametrize('noise_at', ['server', 'client'])
+def test_a_deployment_refuses_user_level_dp_but_the_distributed_kind(noise_at):
+    # Its server never holds an upload to clip and noise (central) and a node's own noise
+    # share is no local guarantee: only distributed DP over secure aggregation runs there.
+    with pytest.raises(ValueError, match='runs on devices, distributed'):
+        Deployment(TrainConfig(algorithm='fedmf', dp_noise_multiplier=1.0, dp_clip=1.0,
+                               dp_noise_at=noise_at), LocalTransport({}))
 
 
 def test_the_ledger_counts_each_client_and_reports_the_most_exposed():

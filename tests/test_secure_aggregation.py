@@ -14,14 +14,13 @@ from fedgraph.cli import main
 from fedgraph.config import TrainConfig
 from fedgraph.data import ratio_split, synthetic_interactions
 from fedgraph.privacy import accountant
-from fedgraph.privacy.discrete import MIN_SCALED_NORM, ROUNDING_SLACK, IntegerEncoding
+from fedgraph.privacy.discrete import (MIN_SCALED_NORM, PLAIN_BOUND, PLAIN_RANGE,
+                                       ROUNDING_SLACK, IntegerEncoding)
 from fedgraph.privacy.secure_sum import RoundKeys, SecAggPlus, secure_sum
 from helpers import read_metrics, write_small_csv
 
 SMALL = dict(dim=8, rounds=6, eval_every=3, batch_size=32)
 MODULUS = 2 ** 32
-#: The grid of secure aggregation without DP.
-STEP = 2.0 ** -16
 
 
 @pytest.fixture(scope='module')
@@ -129,33 +128,56 @@ def test_the_server_holds_only_uniform_looking_masked_vectors():
             assert abs(np.corrcoef(values, vectors[party].double().numpy())[0, 1]) < 0.05
 
 
+@pytest.mark.parametrize('parties', [2, 3, 4, 5])
+def test_small_rounds_mask_with_everyone_and_never_unmask_one_client(parties):
+    keys = RoundKeys.agree(list(range(10, 10 + parties)), 16, round_seed=3)
+    assert all(len(others) == parties - 1 for others in keys.neighbours.values())
+    # With every pairwise mask in place, removing a client's private mask leaves noise.
+    vectors = {party: torch.arange(50, dtype=torch.long) for party in keys.parties}
+    held = secure_sum(SecAggPlus(), iter(vectors.items()), keys.parties, round_seed=3)
+    alone = (held.received[10] - keys.private_mask(10, 50)).view(np.int32)
+    assert not np.array_equal(alone, np.arange(50))
+    assert SecAggPlus(min_survivors=0.1).threshold(parties) == 2
+
+
 # --------------------------------------------------------------------------------------
 # The integer encoding
 # --------------------------------------------------------------------------------------
+@pytest.mark.parametrize('clients', [1, 16, 943, 10 ** 5])
+def test_the_plain_grid_is_the_finest_whose_sums_fit(clients):
+    scale = IntegerEncoding.plain(clients).scale
+    assert math.log2(scale).is_integer() and 1 <= scale <= 2 ** 16
+    assert clients * PLAIN_BOUND * scale <= PLAIN_RANGE
+    assert scale == 2 ** 16 or clients * PLAIN_BOUND * 2 * scale > PLAIN_RANGE
+
+
 def test_the_plain_encoding_rounds_to_its_grid_and_clamps():
-    encoding = IntegerEncoding.plain()
+    encoding = IntegerEncoding.plain(16)
+    step = 1 / encoding.scale
     generator = torch.Generator().manual_seed(0)
-    x = (torch.rand(10_000, generator=generator, dtype=torch.float64) * 2 - 1) * 7.999
+    x = (torch.rand(10_000, generator=generator, dtype=torch.float64) * 2 - 1) * 300
     encoded = encoding.encode(x, generator)
     assert encoded.dtype == torch.int64
     decoded = encoding.decode(encoded)
-    assert (decoded - x).abs().max() <= STEP
+    assert (decoded - x).abs().max() <= step
     # Rounded down or up to the grid, never further.
-    assert set((encoded - (x / STEP).floor().long()).unique().tolist()) <= {0, 1}
-    big = torch.tensor([-1e6, -8.5, -8.0, 8.0, 8.5, 1e6], dtype=torch.float64)
-    assert encoding.decode(encoding.encode(big, generator)).tolist() == [-8, -8, -8, 8, 8, 8]
+    assert set((encoded - (x / step).floor().long()).unique().tolist()) <= {0, 1}
+    b = PLAIN_BOUND
+    big = torch.tensor([-1e9, -b - 0.5, -b, b, b + 0.5, 1e9], dtype=torch.float64)
+    assert encoding.decode(encoding.encode(big, generator)).tolist() == [-b, -b, -b, b, b, b]
 
 
 @pytest.mark.parametrize('fraction', [0.3, -0.3])
 def test_the_plain_encodings_rounding_is_unbiased(fraction):
     # 0.3 of a grid step: each encoding is 0 or 1 (-1 or 0) step, up with probability 0.3
     # (0.7); the mean of n draws has standard error sqrt(0.21 / n) = 0.001 steps.
-    encoding = IntegerEncoding.plain()
+    encoding = IntegerEncoding.plain(16)
+    step = 1 / encoding.scale
     n = 200_000
-    encoded = encoding.encode(torch.full((n,), fraction * STEP, dtype=torch.float64),
+    encoded = encoding.encode(torch.full((n,), fraction * step, dtype=torch.float64),
                               torch.Generator().manual_seed(1))
     assert set(encoded.unique().tolist()) == ({0, 1} if fraction > 0 else {-1, 0})
-    mean = encoding.decode(encoded).mean().item() / STEP
+    mean = encoding.decode(encoded).mean().item() / step
     assert mean == pytest.approx(fraction, abs=5 * math.sqrt(0.21 / n))
 
 
@@ -247,12 +269,13 @@ def one_round(config, split):
     return engine, before, engine.model.item.detach().clone(), seen['result'].upload, stats
 
 
-def test_a_secure_round_is_fedavg_up_to_the_encodings_grid(planted_split):
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'fedmf'])
+def test_a_secure_round_is_fedavg_up_to_the_encodings_grid(planted_split, algorithm):
     # Each client's encoding draws its rounding from its own stream, so both rounds train
     # alike; the secure round draws its key seed from the round's generator afterwards
-    # (one round only). A milder item lr keeps every change within the plain bound of 8.
-    settings = dict(algorithm='pfedrec', protocol='full', client_streams=True,
-                    item_lr_eta=1.0, **SMALL)
+    # (one round only). PFedRec's own item lr moves rows by far more than 1: the plain
+    # bound holds them.
+    settings = dict(algorithm=algorithm, protocol='full', client_streams=True, **SMALL)
     _, before, plain, upload, _ = one_round(TrainConfig(**settings), planted_split)
     engine, _, secure, secure_upload, stats = one_round(
         TrainConfig(secure_aggregation=True, **settings), planted_split)
@@ -260,22 +283,8 @@ def test_a_secure_round_is_fedavg_up_to_the_encodings_grid(planted_split):
     assert upload.update.abs().max() < engine.secure.encoding.bound
     assert stats.num_clients == upload.clients.numel() and (plain != before).any()
     # The mean of B clients' roundings (each under one step) plus float32's own.
-    assert (secure - plain).abs().max() <= 2 * STEP
-
-
-def test_a_secure_round_without_dp_clamps_each_coordinate(planted_split):
-    # PFedRec's own item lr moves a row by more than the plain bound: the server's mean is
-    # that of the changes clamped to +-8.
-    settings = dict(algorithm='pfedrec', protocol='full', client_streams=True, **SMALL)
-    _, before, _, upload, _ = one_round(TrainConfig(**settings), planted_split)
-    engine, _, secure, _, _ = one_round(TrainConfig(secure_aggregation=True, **settings),
-                                        planted_split)
-    bound = engine.secure.encoding.bound
-    assert upload.update.abs().max() > bound
-    clamped = torch.zeros(before.shape, dtype=torch.float64).index_add(
-        0, upload.row_item, upload.update.double().clamp(-bound, bound))
-    expected = before.double() + clamped / upload.clients.numel()
-    assert (secure.double() - expected).abs().max() <= 2 * STEP
+    step = 1 / engine.secure.encoding.scale
+    assert (secure.double() - plain.double()).abs().max() <= 2 * step + 1e-6 * plain.abs().max()
 
 
 def test_perfedrec_clusters_refuse_secure_aggregation(planted_split):

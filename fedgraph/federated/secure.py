@@ -78,7 +78,7 @@ class SecureAggregation:
         """For updates of ``dim`` coordinates from rounds of ``clients`` clients: with
         ``privacy``, each client's noise share sized for the protocol's fewest survivors."""
         if privacy is None:
-            encoding = IntegerEncoding.plain()
+            encoding = IntegerEncoding.plain(clients)
         else:
             encoding = IntegerEncoding.distributed(privacy.clip, privacy.noise_multiplier, dim,
                                                    protocol.threshold(clients))

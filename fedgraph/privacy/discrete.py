@@ -37,10 +37,12 @@ from torch import Tensor
 ROUNDING_SLACK = 0.01
 #: :math:`\\gamma S` at least (the accountant's worst case).
 MIN_SCALED_NORM = 100.0
-#: The per-coordinate bound :math:`b` and the scale :math:`\\gamma` of secure aggregation
-#: without DP (Flower's SecAgg+ clips at 8 too).
-PLAIN_BOUND = 8.0
-PLAIN_SCALE = 2.0 ** 16
+#: The per-coordinate bound :math:`b` of secure aggregation without DP: above any change of
+#: a round measured here (PFedRec's item rows move by up to a few hundred: its item learning
+#: rate grows with the catalogue).
+PLAIN_BOUND = 2.0 ** 12
+#: Without DP a round's sum may take up to :math:`2^{30}` of the signed 32-bit range.
+PLAIN_RANGE = 2.0 ** 30
 
 
 def power_of_two_at_least(value: float) -> float:
@@ -69,10 +71,13 @@ class IntegerEncoding:
             raise ValueError(f'the scale must be a power of two >= 1, got {self.scale}')
 
     @classmethod
-    def plain(cls) -> 'IntegerEncoding':
-        """Secure aggregation without DP: each coordinate clipped to
-        :math:`\\pm` :data:`PLAIN_BOUND`, on a grid of :math:`1 /` :data:`PLAIN_SCALE`."""
-        return cls(PLAIN_SCALE)
+    def plain(cls, clients: int) -> 'IntegerEncoding':
+        """Secure aggregation without DP for rounds of ``clients`` clients: each coordinate
+        clipped to :math:`\\pm` :data:`PLAIN_BOUND`, on the finest grid :math:`1 / \\gamma`
+        (:math:`\\gamma` a power of two, at most :math:`2^{16}`) whose sums stay within
+        :data:`PLAIN_RANGE`."""
+        fits = PLAIN_RANGE / (max(clients, 1) * PLAIN_BOUND)
+        return cls(2.0 ** min(16, max(0, math.floor(math.log2(fits)))))
 
     @classmethod
     def distributed(cls, clip: float, noise_multiplier: float, dim: int,

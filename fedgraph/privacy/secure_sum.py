@@ -48,7 +48,7 @@ class SecAggPlus:
 
     Args:
         neighbours: the clients each client masks with (the SecAgg+ graph's degree, even;
-            capped at the round's clients minus one).
+            every other client of a round of at most ``neighbours + 1``).
         min_survivors: the share of a round's clients that must upload for the server to
             unmask (below it the round aborts).
         dropout: the probability that a client drops after the keys were shared
@@ -67,8 +67,9 @@ class SecAggPlus:
                              f'{self.min_survivors} and {self.dropout}')
 
     def threshold(self, clients: int) -> int:
-        """The fewest of ``clients`` whose uploads the server unmasks."""
-        return max(1, math.ceil(self.min_survivors * clients - 1e-9))
+        """The fewest of ``clients`` whose uploads the server unmasks: never fewer than two,
+        whose sum would be one client's upload."""
+        return max(2, math.ceil(self.min_survivors * clients - 1e-9))
 
 
 @dataclass
@@ -82,14 +83,15 @@ class RoundKeys:
     def agree(cls, parties: List[int], neighbours: int, round_seed: int) -> 'RoundKeys':
         order = np.random.Generator(np.random.PCG64([round_seed, 0])).permutation(len(parties))
         ring = [parties[i] for i in order]
-        half = min(neighbours, len(ring) - 1) // 2
-        graph: Dict[int, List[int]] = {party: [] for party in ring}
+        if neighbours >= len(ring) - 1:  # everyone masks with everyone
+            graph = {party: [other for other in ring if other != party] for party in ring}
+            return cls(ring, graph, round_seed)
+        graph = {party: [] for party in ring}
         for position, party in enumerate(ring):
-            for offset in range(1, half + 1):
+            for offset in range(1, neighbours // 2 + 1):
                 other = ring[(position + offset) % len(ring)]
-                if other != party and other not in graph[party]:
-                    graph[party].append(other)
-                    graph[other].append(party)
+                graph[party].append(other)
+                graph[other].append(party)
         return cls(ring, graph, round_seed)
 
     def private_mask(self, party: int, size: int) -> np.ndarray:
