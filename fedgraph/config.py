@@ -299,6 +299,9 @@ class TrainConfig:
                              'bound, which would need each upload')
         if self.engine != 'vectorized':
             raise ValueError('secure aggregation runs on the vectorized engine')
+        if self.clients_per_round is not None and self.clients_per_round < 2:
+            raise ValueError('secure aggregation needs at least two clients a round: the sum '
+                             'of one is its upload')
         if self.ldp_scale:
             raise ValueError('the Laplace noise per uploaded row (ldp_scale) is for uploads the '
                              'server reads; under secure aggregation it reads only the sum: '

@@ -371,6 +371,38 @@ def test_leak_under_secure_aggregation_guesses_at_chance(tmp_path, capsys):
     # The masks' values point nowhere: the top rows of their leading direction are a random
     # guess (over the 30 clients scored, precision's standard error is about 0.015).
     assert abs(secure['values']['precision'] - chance) < 0.05
+    # The server holds no graph, only each client's masked share of the propagation's sums.
+    assert abs(secure['graph']['precision'] - chance) < 0.05
     plain = leak_json(capsys, data)
     assert plain['values']['precision'] > 0.9  # the server reads each upload
     assert plain['rows']['precision'] > 2 * chance
+    assert plain['graph']['precision'] > 0.9  # and the enrollment graph
+
+
+def test_secure_propagation_is_lightgcns_context_without_the_graph():
+    from fedgraph.data import ClientPartition
+    from fedgraph.federated.private_graph import SecurePropagation
+    from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
+
+    partition = ClientPartition.from_data(synthetic_interactions(
+        num_users=60, num_items=90, mean_degree=8, seed=2))
+    graph = CollaborativeGraph(partition.edge_index(), 60, 90)
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randn(60, 8, generator=generator, dtype=torch.float64) * 0.3
+    items = torch.randn(90, 8, generator=generator, dtype=torch.float64) * 0.3
+    seen = []
+    propagation = SecurePropagation(graph, num_layers=3, protocol=SecAggPlus(), seed=1)
+    propagation.observer = seen.append
+    assert torch.equal(propagation.item_degree.long(), torch.bincount(graph.edge_index[1],
+                                                                      minlength=90))
+    for _ in range(2):  # the first layer's item sum is taken once
+        ours = propagation.context(users, items)
+        items = items + 0.1
+    theirs = FederatedGNN(3).context(users, items - 0.1, graph)
+    step = 1 / propagation.encoding.scale
+    for mine, reference in zip(ours, theirs):
+        # Each item sum is off by at most half a grid step per contributing user (degree
+        # at most 60 here), scaled by 1/sqrt(d_u d_i) <= 1.
+        assert (mine - reference).abs().max() <= 60 * step
+    # Three item halves in the first context, two in the second (the cached one skipped).
+    assert len(seen) == 5 and all(len(held.received) == 60 for held in seen)

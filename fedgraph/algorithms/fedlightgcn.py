@@ -11,7 +11,7 @@ rows and the change of their user embedding, through clipping and Laplace noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -23,6 +23,7 @@ from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import Payload
 from fedgraph.federated.graph import GraphFederatedEngine, enrollment_graph
+from fedgraph.federated.private_graph import SecurePropagation
 from fedgraph.federated.graph_hooks import GraphNodeHooks
 from fedgraph.federated.streams import draw_round_seed
 from fedgraph.nn.augment import PseudoItems
@@ -80,15 +81,27 @@ class FedLightGCN(FedMF):
         graph engine over them."""
         randomness = GraphFederatedEngine.randomness_for_all(engine, generator)
         graph = enrollment_graph(partition, PseudoItems(self.settings.pseudo_ratio), randomness)
-        out = self.graph_engine(engine, graph)
+        out = self.graph_engine(engine, graph, self.secure_propagation(engine, graph))
         out.enroll(randomness)
         return out
+
+    def secure_propagation(self, engine: FederatedEngine,
+                           graph: CollaborativeGraph) -> Optional[SecurePropagation]:
+        """Under secure aggregation the clients keep their edges ``graph`` and the server
+        receives only sums (:class:`SecurePropagation`); ``None`` otherwise."""
+        if engine.secure is None:
+            return None
+        return SecurePropagation(graph, self.settings.num_layers, engine.secure.protocol,
+                                 self.config.seed)
 
     def extend_remote(self, engine: FederatedEngine, generator: torch.Generator,
                       enroll: Callable[[int], List[Payload]]) -> GraphFederatedEngine:
         """The server half of enrollment over messages: the devices' items with pseudo-items
         and first noised user embeddings, from their streams of a seed drawn from
         ``generator``, become the server's graph and its view of the users."""
+        if engine.secure is not None:
+            raise ValueError('the graph models run secure aggregation in-process only: a '
+                             'deployment\'s enrollment would upload the item sets')
         uploads = enroll(draw_round_seed(generator))
         edges = torch.stack([torch.cat([upload['edge-user'] for upload in uploads]),
                              torch.cat([upload['edge-item'] for upload in uploads])])
@@ -106,9 +119,11 @@ class FedLightGCN(FedMF):
         return GraphNodeHooks(settings.num_layers, settings.pseudo_ratio,
                                 settings.level_weights)
 
-    def graph_engine(self, engine: FederatedEngine,
-                     graph: CollaborativeGraph) -> GraphFederatedEngine:
-        """The server's graph engine over ``graph``."""
+    def graph_engine(self, engine: FederatedEngine, graph: CollaborativeGraph,
+                     propagation: Optional[SecurePropagation] = None) -> GraphFederatedEngine:
+        """The server's graph engine over ``graph`` (``propagation``: without holding
+        it)."""
         settings = self.settings
         return GraphFederatedEngine(engine, FederatedGNN(settings.num_layers), graph,
-                                    settings.level_weights, seed=self.config.seed)
+                                    settings.level_weights, seed=self.config.seed,
+                                    propagation=propagation)

@@ -15,7 +15,7 @@ The machinery is :class:`~fedgraph.federated.graph.GraphFederatedEngine`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from fedgraph.algorithms.fedlightgcn import FedLightGCN, FedLightGCNSettings
 from fedgraph.algorithms.registry import register
@@ -23,6 +23,7 @@ from fedgraph.settings import setting
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.graph import GraphFederatedEngine
 from fedgraph.federated.graph_hooks import GraphNodeHooks
+from fedgraph.federated.private_graph import SecurePropagation
 from fedgraph.nn.augment import ClientDropout, Compose, PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 
@@ -74,17 +75,13 @@ class PerFedRec(FedLightGCN):
                                 settings.level_weights, settings.num_clusters,
                                 settings.pretrain_lr)
 
-    def graph_engine(self, engine: FederatedEngine,
-                     graph: CollaborativeGraph) -> GraphFederatedEngine:
+    def graph_engine(self, engine: FederatedEngine, graph: CollaborativeGraph,
+                     propagation: Optional[SecurePropagation] = None) -> GraphFederatedEngine:
         settings = self.settings
-        if self.config.secure_aggregation and settings.num_clusters:
-            raise ValueError('secure aggregation gives the server only the sum of the global '
-                             'table\'s updates: PerFedRec++\'s clusters need each user\'s '
-                             'embedding and its cluster\'s sum; set num_clusters=0')
         augmentation = Compose([ClientDropout(settings.client_dropout),
                                 PseudoItems(settings.pseudo_ratio)])
         return GraphFederatedEngine(
             engine, FederatedGNN(settings.num_layers), graph, settings.level_weights,
             settings.num_clusters, settings.cluster_every, augmentation, settings.simgcl_eps,
             settings.cl_weight, settings.cl_temperature, settings.pretrain_lr,
-            settings.pretrain_rounds, self.config.seed)
+            settings.pretrain_rounds, self.config.seed, propagation)

@@ -32,6 +32,7 @@ from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.messages import ClientRound, RoundStats
 from fedgraph.federated.pretraining import LocalClients, RemoteClients, pretrain
+from fedgraph.federated.private_graph import SecurePropagation
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import finite_rows
 from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, uniformity
@@ -87,15 +88,25 @@ class GraphFederatedEngine(RoundEngine):
         pretrain_lr: Adam's learning rate in pre-training.
         pretrain_rounds: rounds of contrastive pre-training before round 0.
         seed: the seed of FAISS k-means.
+        propagation: the context computed without the server holding the graph
+            (:class:`~fedgraph.federated.private_graph.SecurePropagation`, under secure
+            aggregation); ``graph`` is then the clients' own edges, which only the
+            simulation's measurements read (uniformity, export).
     """
 
     def __init__(self, engine: FederatedEngine, gnn: FederatedGNN, graph: CollaborativeGraph,
                  level_weights: Sequence[float] = (1.0, 0.0, 0.0), num_clusters: int = 0,
                  cluster_every: int = 5, augmentation: Optional[Compose] = None,
                  simgcl_eps: float = 0.1, cl_weight: float = 1.0, cl_temperature: float = 0.2,
-                 pretrain_lr: float = 0.05, pretrain_rounds: int = 0, seed: int = 0):
+                 pretrain_lr: float = 0.05, pretrain_rounds: int = 0, seed: int = 0,
+                 propagation: Optional[SecurePropagation] = None):
         if level_weights[2] and not engine.training.personalize_items:
             raise ValueError('the local level needs dual personalization (private item rows)')
+        if propagation is not None and (num_clusters or pretrain_rounds):
+            raise ValueError('secure aggregation gives the server sums only: PerFedRec++\'s '
+                             'clusters and contrastive pre-training need each user\'s '
+                             'embedding and the graph; set num_clusters=0 and '
+                             'pretrain_rounds=0')
         self.engine = engine
         self.model = engine.model
         self.training = engine.training
@@ -111,6 +122,7 @@ class GraphFederatedEngine(RoundEngine):
         self.pretrain_lr = pretrain_lr
         self.pretrain_rounds = pretrain_rounds
         self.seed = seed
+        self.propagation = propagation
         self.rounds_done = 0
         self.server_users = torch.zeros_like(self.user_table.detach())
         self.assignment: Optional[Tensor] = None
@@ -185,10 +197,21 @@ class GraphFederatedEngine(RoundEngine):
         self.server_users[clients[finite]] += change[finite].to(self.server_users.dtype)
         return int((~finite).sum())
 
+    @property
+    def held_graph(self) -> Optional[CollaborativeGraph]:
+        """The collaborative graph the server holds (``None`` under secure propagation)."""
+        return self.graph if self.propagation is None else None
+
     def refresh_context(self) -> None:
-        """Propagates the server's graph and sets every client's context."""
-        user_context, item_context = self.gnn.context(self.server_users,
-                                                      self.model.item.detach(), self.graph)
+        """Propagates the server's graph (or, under secure aggregation, the clients' halves
+        and the server's secure sums, :attr:`propagation`) and sets every client's
+        context."""
+        if self.propagation is not None and self.gnn.num_layers:
+            user_context, item_context = self.propagation.context(self.server_users,
+                                                                  self.model.item.detach())
+        else:
+            user_context, item_context = self.gnn.context(self.server_users,
+                                                          self.model.item.detach(), self.graph)
         self.model.set_context(self.gnn.num_layers, user_context, item_context)
 
     def propagated(self) -> Tuple[Tensor, Tensor]:

@@ -71,13 +71,13 @@ class IntegerEncoding:
             raise ValueError(f'the scale must be a power of two >= 1, got {self.scale}')
 
     @classmethod
-    def plain(cls, clients: int) -> 'IntegerEncoding':
-        """Secure aggregation without DP for rounds of ``clients`` clients: each coordinate
-        clipped to :math:`\\pm` :data:`PLAIN_BOUND`, on the finest grid :math:`1 / \\gamma`
-        (:math:`\\gamma` a power of two, at most :math:`2^{16}`) whose sums stay within
-        :data:`PLAIN_RANGE`."""
-        fits = PLAIN_RANGE / (max(clients, 1) * PLAIN_BOUND)
-        return cls(2.0 ** min(16, max(0, math.floor(math.log2(fits)))))
+    def plain(cls, clients: int, bound: float = PLAIN_BOUND) -> 'IntegerEncoding':
+        """Secure aggregation without DP for sums of ``clients`` clients: each coordinate
+        clipped to :math:`\\pm` ``bound`` (:data:`PLAIN_BOUND`), on the finest grid
+        :math:`1 / \\gamma` (:math:`\\gamma` a power of two, at most :math:`2^{16}`) whose
+        sums stay within :data:`PLAIN_RANGE`."""
+        fits = PLAIN_RANGE / (max(clients, 1) * bound)
+        return cls(2.0 ** min(16, max(0, math.floor(math.log2(fits)))), bound=bound)
 
     @classmethod
     def distributed(cls, clip: float, noise_multiplier: float, dim: int,

@@ -14,7 +14,9 @@ training items (its positives, against the truth of the client's training set):
   :math:`k` rows of largest projection, :math:`k` the client's number of training items (so
   precision equals recall: the guess is scored at the truth's size);
 * **graph** -- a graph model's enrollment upload, the client's items with pseudo-items
-  added: the server's collaborative graph.
+  added: the server's collaborative graph; under secure aggregation, where the server holds
+  no graph and propagates through secure sums (:mod:`fedgraph.federated.private_graph`),
+  the rows that stand out most in the client's masked share of the round's sum.
 
 Under local DP a client uploads its noised update of **every** row (a dense upload), so
 the rows guess is empty of information and only the values guess remains. Under secure
@@ -116,14 +118,17 @@ def item_set_leak(config: TrainConfig, split, warmup_rounds: int = 5,
     for _ in range(warmup_rounds):
         engine.run_round(generator)
     federated = engine.federated
-    observer, masked = UploadObserver(), MaskedObserver()
+    observer, masked, graph_sums = UploadObserver(), MaskedObserver(), MaskedObserver()
     federated.adversary = observer
     if federated.secure is not None:
         federated.secure.observer = masked
+    propagation = getattr(engine, 'propagation', None)
+    if propagation is not None:
+        propagation.observer = graph_sums
     engine.run_round(generator)
     upload = observer.seen.upload
     partition = federated.partition
-    graph = getattr(engine, 'graph', None)
+    graph = getattr(engine, 'held_graph', None)
     scores: Dict[str, List[Dict[str, float]]] = {}
     chance = []
     noise = torch.Generator().manual_seed(config.seed)
@@ -154,6 +159,13 @@ def item_set_leak(config: TrainConfig, split, warmup_rounds: int = 5,
         if graph is not None:
             held = graph.edge_index[1][graph.edge_index[0] == client]
             scores.setdefault('graph', []).append(precision_recall(held, truth))
+        elif client in graph_sums.received:
+            # The client's masked share of the round's propagation sum: the guess is the
+            # rows that stand out most.
+            table = masked_table(graph_sums.received[client], partition.num_items,
+                                 federated.model.dim)
+            scores.setdefault('graph', []).append(precision_recall(
+                torch.argsort(table.norm(dim=1), descending=True)[:truth.numel()], truth))
     out: Dict[str, object] = {
         guess: {key: sum(s[key] for s in values) / len(values) for key in ('precision', 'recall')}
         for guess, values in scores.items()}
@@ -173,9 +185,9 @@ def mechanism(secure: bool = False, epsilon: Optional[float] = None) -> Dict[str
 
 _NAMES = {'pfedrec': 'PFedRec', 'fedmf': 'FedMF', 'fedncf': 'FedNCF',
           'fedlightgcn': 'FedLightGCN', 'perfedrec++': 'PerFedRec++'}
-#: Settings a mechanism needs of an algorithm: PerFedRec++'s clusters need each user's
-#: upload, so it runs without them under secure aggregation.
-_SECURE_SETTINGS = {'perfedrec++': {'num_clusters': 0}}
+#: Settings a mechanism needs of an algorithm: PerFedRec++'s clusters and pre-training need
+#: each user's upload and the graph, so it runs without them under secure aggregation.
+_SECURE_SETTINGS = {'perfedrec++': {'num_clusters': 0, 'pretrain_rounds': 0}}
 _MECHANISMS = (('central DP ε = 4', False, 4.0), ('secure aggregation', True, None),
                ('secure aggregation + distributed DP ε = 4', True, 4.0))
 
@@ -193,7 +205,8 @@ def _scenarios():
         for label, secure, epsilon in _MECHANISMS:
             settings = {**mechanism(secure, epsilon),
                         **(_SECURE_SETTINGS.get(algorithm, {}) if secure else {})}
-            clusters = ' (no clusters)' if secure and algorithm in _SECURE_SETTINGS else ''
+            clusters = (' (no clusters, no pre-training)'
+                        if secure and algorithm in _SECURE_SETTINGS else '')
             yield f'{name}{clusters}, {label}', algorithm, settings, None
 
 
