@@ -72,6 +72,8 @@ class ReferenceEngine(RoundEngine):
                              f'FedAvg only, without norm bound, user-level DP or server '
                              f'noise (got {server.describe()})')
         self.server = server
+        #: Secure aggregation runs on the vectorized engine only.
+        self.secure = None
         self.weighted = server.aggregator.weighted
         self.model = model
         self.partition = partition

@@ -169,6 +169,9 @@ class Deployment(Federation):
             raise ValueError("a deployment's server never holds the clients' uploads to clip "
                              "and noise: user-level DP runs on devices, distributed "
                              "(--secure-aggregation --dp-noise-at distributed)")
+        if config.secure_dropout:
+            raise ValueError('secure_dropout simulates dropouts in one process; a deployment\'s '
+                             'dropouts are its nodes\' own')
         self.config = dataclasses.replace(config, client_streams=True)
         self.transport = transport
         self.algorithm = algorithm
