@@ -41,9 +41,14 @@ def stops_early(history: List[Dict], config: TrainConfig) -> bool:
             and evaluations_since_best(history, config.select_by) >= config.patience)
 
 
+def _loss(record: Dict) -> str:
+    """A record's training loss as text (``-`` when the clients did not report it)."""
+    return '-' if record['train_loss'] is None else f"{record['train_loss']:.4f}"
+
+
 def summary_line(record: Dict, select_by: str) -> str:
     """One round's record as the line the progress output prints."""
-    text = f"round {record['round']:>3}  loss {record['train_loss']:.4f}"
+    text = f"round {record['round']:>3}  loss {_loss(record)}"
     if 'val' in record:
         metric = select_by
         other = 'ndcg@10' if select_by == 'hr@10' else 'ndcg@20'
@@ -55,7 +60,7 @@ def summary_line(record: Dict, select_by: str) -> str:
 def progress_text(record: Dict, select_by: str) -> str:
     """A round's record as the progress bar's short text: its loss and, when it evaluated,
     its validation ``select_by``."""
-    text = f"loss {record['train_loss']:.4f}"
+    text = f"loss {_loss(record)}"
     if 'val' in record:
         text += f"  val {select_by} {record['val'][select_by]:.4f}"
     return text

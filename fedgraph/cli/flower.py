@@ -98,8 +98,9 @@ def _comparison(rounds: List[Dict], reference: Optional[List[Dict]]) -> str:
 
 
 def _compared(record: Dict) -> List[float]:
-    """Train loss, and val HR@10, test HR@10 and test NDCG@10 in evaluated rounds."""
-    values = [record['train_loss']]
+    """Train loss (NaN when not reported), and val HR@10, test HR@10 and test NDCG@10 in
+    evaluated rounds."""
+    values = [float('nan') if record['train_loss'] is None else record['train_loss']]
     if 'val' in record:
         values += [record['val']['hr@10'], record['test']['hr@10'], record['test']['ndcg@10']]
     return values

@@ -33,7 +33,7 @@ from fedgraph.federated.aggregation import per_client_vector
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.round_engine import RoundEngine
-from fedgraph.federated.secure import SecureAggregation, SecureTotals, vector_size
+from fedgraph.federated.secure import SecureAggregation, SecureTotals
 from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
@@ -189,7 +189,7 @@ class FederatedEngine(RoundEngine):
                    if totals.received.dropped else {})
         num_clients = totals.clients.numel()
         if totals.rows is None:
-            return RoundStats(float('nan'), 0, 0.0, 0.0,
+            return RoundStats(None, 0, 0.0, 0.0,
                               {**dropped, 'secure_sum_aborted': num_clients})
         dense = model.shared_dense()
         self.server.release_mean(model.item, dense, base, totals.rows, totals.dense,
@@ -198,9 +198,10 @@ class FederatedEngine(RoundEngine):
         self.broadcast = base
         self.ledger.record_aggregate(totals.clients, self.selector.uniform,
                                      torch.zeros(num_clients, dtype=torch.long))
-        size = vector_size(model.num_items, model.dim, self.dense_shapes)
+        size = self.secure.vector_size(model.num_items, model.dim, self.dense_shapes)
         return RoundStats(
-            loss=totals.loss / num_clients, num_clients=num_clients,
+            loss=None if totals.loss is None else totals.loss / num_clients,
+            num_clients=num_clients,
             upload_bytes=SecureAggregation.upload_bytes(size),
             download_bytes=float(base.numel() * base.element_size()) + model.dense_bytes(),
             dropped=dropped)

@@ -16,10 +16,11 @@ from torch import Tensor
 
 @dataclass
 class RoundStats:
-    """What one round measured: the clients' mean local training loss, the number of
-    clients, the mean bytes a client uploaded and downloaded, and the uploads the server
-    dropped by reason (:mod:`fedgraph.federated.trust`)."""
-    loss: float
+    """What one round measured: the clients' mean local training loss (``None``: the clients
+    did not report it, under distributed DP), the number of clients, the mean bytes a client
+    uploaded and downloaded, and the uploads the server dropped by reason
+    (:mod:`fedgraph.federated.trust`)."""
+    loss: Optional[float]
     num_clients: int
     upload_bytes: float
     download_bytes: float

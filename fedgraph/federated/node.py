@@ -38,7 +38,6 @@ from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.evaluation import sampled_evaluation
 from fedgraph.federated.messages import (ClientRound, EvaluationSums, Payload, TrainReply,
                                          TrainRequest, group, grouped)
-from fedgraph.federated.secure import vector_size
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
 
@@ -221,8 +220,8 @@ class Node:
         securely with the other nodes' (``secure-sum``), and the users it covers."""
         secure = self.algorithm.secure_aggregation(self.population, engine.model.shared_numel(),
                                                    clients)
-        total = torch.zeros(vector_size(self.num_items, engine.model.dim, engine.dense_shapes),
-                            dtype=torch.long)
+        total = torch.zeros(secure.vector_size(self.num_items, engine.model.dim,
+                                               engine.dense_shapes), dtype=torch.long)
         for _, vector in secure.client_vectors(result, self.num_items, result.generators):
             total += vector
         return {'users': self.users[result.upload.clients], 'secure-sum': total}

@@ -4,9 +4,10 @@ server learns only the sum (:func:`~fedgraph.privacy.secure_sum.secure_sum`).
 
 A client's vector holds its change of the **whole** item table (zero where it trained no
 row, so that which rows it touched is hidden too), then of each dense shared parameter,
-encoded together; then its mean training loss, on a fixed-point grid of its own
-(:data:`LOSS_SCALE`, clamped to :data:`LOSS_BOUND`). The server's mean is the sum over the
-clients that uploaded, divided by their number: FedAvg's unweighted mean.
+encoded together; then, without DP, its mean training loss on a fixed-point grid of its own
+(:data:`LOSS_SCALE`, clamped to :data:`LOSS_BOUND`). Under distributed DP the clients report
+no loss: a sum of losses would be a release the noise does not cover. The server's mean is
+the sum over the clients that uploaded, divided by their number: FedAvg's unweighted mean.
 """
 from __future__ import annotations
 
@@ -26,12 +27,6 @@ LOSS_SCALE = 2.0 ** 10
 LOSS_BOUND = 2.0 ** 6
 
 
-def vector_size(num_items: int, dim: int, dense_shapes: Dict[str, torch.Size]) -> int:
-    """The coordinates of a client's encoded vector: the item table, the dense shared
-    parameters, the loss."""
-    return num_items * dim + sum(shape.numel() for shape in dense_shapes.values()) + 1
-
-
 def dense_update(upload: RowUpload, position: int, num_items: int) -> Tensor:
     """``[D]`` float64: the whole-table change of the upload's client ``position`` (its
     rows in place, zeros elsewhere) followed by its dense changes, flattened."""
@@ -45,11 +40,11 @@ def dense_update(upload: RowUpload, position: int, num_items: int) -> Tensor:
 @dataclass
 class SecureTotals:
     """The server's view of a securely summed round: the sums of the clients' row-table
-    changes ``rows`` ``[I, d]``, of their dense changes ``dense``, of their losses, and how
-    many clients they sum (``None`` totals: the round aborted)."""
+    changes ``rows`` ``[I, d]``, of their dense changes ``dense``, of their losses (``None``:
+    not reported), and how many clients they sum (``None`` rows: the round aborted)."""
     rows: Optional[Tensor]
     dense: Dict[str, Tensor]
-    loss: float
+    loss: Optional[float]
     clients: Tensor
     received: SecureSum
 
@@ -72,6 +67,17 @@ class SecureAggregation:
         #: server's view, :mod:`fedgraph.privacy.leak`).
         self.observer: Optional[Callable[[SecureSum], None]] = None
 
+    @property
+    def reports_loss(self) -> bool:
+        """Whether a client's vector ends with its loss (not under DP)."""
+        return self.privacy is None
+
+    def vector_size(self, num_items: int, dim: int, dense_shapes: Dict[str, torch.Size]) -> int:
+        """The coordinates of a client's encoded vector: the item table, the dense shared
+        parameters and the loss (:attr:`reports_loss`)."""
+        return (num_items * dim + sum(shape.numel() for shape in dense_shapes.values())
+                + int(self.reports_loss))
+
     @classmethod
     def build(cls, protocol: SecAggPlus, privacy: Optional[UserLevelDP], dim: int,
               clients: int) -> 'SecureAggregation':
@@ -90,7 +96,8 @@ class SecureAggregation:
 
     def sum_bound(self, clients: int) -> float:
         """A bound on a coordinate of the sum of ``clients`` clients' encoded vectors."""
-        return self.encoding.coordinate_bound(clients) + clients * LOSS_BOUND * LOSS_SCALE
+        loss = clients * LOSS_BOUND * LOSS_SCALE if self.reports_loss else 0.0
+        return self.encoding.coordinate_bound(clients) + loss
 
     def client_vectors(self, result: ClientRound, num_items: int,
                        randomness: Union[torch.Generator, Sequence[torch.Generator]]
@@ -103,10 +110,12 @@ class SecureAggregation:
                          else randomness[position])
             vector = dense_update(upload, position, num_items)
             vector = torch.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
-            loss = float(result.loss[position])
-            loss = min(max(loss, 0.0), LOSS_BOUND) if loss == loss else LOSS_BOUND
-            yield client, torch.cat([self.encoding.encode(vector, generator),
-                                     torch.tensor([round(loss * LOSS_SCALE)])])
+            encoded = self.encoding.encode(vector, generator)
+            if self.reports_loss:
+                loss = float(result.loss[position])
+                loss = min(max(loss, 0.0), LOSS_BOUND) if loss == loss else LOSS_BOUND
+                encoded = torch.cat([encoded, torch.tensor([round(loss * LOSS_SCALE)])])
+            yield client, encoded
 
     def totals(self, result: ClientRound, num_items: int, dense_shapes: Dict[str, torch.Size],
                randomness: Union[torch.Generator, Sequence[torch.Generator]],
@@ -129,13 +138,14 @@ class SecureAggregation:
         clients = torch.tensor(sorted(clients), dtype=torch.long)
         received = received if received is not None else SecureSum(total=total)
         if total is None:
-            return SecureTotals(None, {}, float('nan'), clients, received)
-        values = self.encoding.decode(total[:-1])
+            return SecureTotals(None, {}, None, clients, received)
+        loss = float(total[-1]) / LOSS_SCALE if self.reports_loss else None
+        values = self.encoding.decode(total[:-1] if self.reports_loss else total)
         rows, rest = values[:num_items * dim].view(num_items, dim), values[num_items * dim:]
         dense: Dict[str, Tensor] = {}
         for name, shape in dense_shapes.items():
             dense[name], rest = rest[:shape.numel()].view(shape), rest[shape.numel():]
-        return SecureTotals(rows, dense, float(total[-1]) / LOSS_SCALE, clients, received)
+        return SecureTotals(rows, dense, loss, clients, received)
 
     @staticmethod
     def upload_bytes(size: int) -> float:
