@@ -46,6 +46,10 @@ from fedgraph.server.loop import Federation, Server
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a coordinate of a node's answer under secure aggregation (int64; float64 on
+#: Flower, before SecAgg+ masks it).
+BYTES_PER_COORDINATE = 8
+
 
 def payload_bytes(payload: Mapping[str, object]) -> int:
     """Bytes of the tensors of a payload."""
@@ -351,9 +355,12 @@ class Deployment(Federation):
             self.engine.after_aggregate(ClientRound(
                 RowUpload(users, nothing, nothing, self._base[:0]), nothing,
                 self._base[:0, 0]), {})
+        answer = federated.secure.vector_size(federated.model.num_items, federated.model.dim,
+                                              federated.dense_shapes) * BYTES_PER_COORDINATE
         self._record = {
             'clients_selected': self._selected,
             'nodes_failed': sorted(set(self._sent) - set(nodes)),
+            'payload_upload_bytes_per_client': answer * len(nodes) / max(1, users.numel()),
             'payload_download_bytes_per_node':
                 sum(payload_bytes(self._sent[node]) for node in nodes) / max(1, len(nodes))}
         return stats
