@@ -24,7 +24,8 @@ SECTIONS = {
                    'client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
                    'norm_bound'),
     'privacy': ('clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon', 'dp_delta',
-                'dp_noise_multiplier', 'dp_clip', 'dp_noise_at', 'secure_aggregation',
+                'dp_noise_multiplier', 'dp_clip', 'dp_clip_quantile', 'dp_clip_lr',
+                'dp_noise_at', 'secure_aggregation',
                 'secure_min_survivors', 'secure_dropout'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
             'closed_form', 'client_streams', 'threads'),
@@ -144,6 +145,12 @@ class TrainConfig:
     dp_clip: Optional[float] = setting(None,
         'user-level DP: the L2 bound of a client\'s whole update (default: the '
         'algorithm\'s)')
+    dp_clip_quantile: Optional[float] = setting(None,
+        'user-level DP: adapt the clip bound each round towards this quantile of the clients\' '
+        'update norms (adaptive clipping, Andrew et al. 2021; e.g. 0.5); --dp-clip is the '
+        'first round\'s bound')
+    dp_clip_lr: float = setting(0.2,
+        'adaptive clipping: the geometric step of the bound')
     dp_noise_at: str = setting('server',
         "user-level DP: 'server' adds the noise to the sum (central DP), 'client' to each "
         "upload (local DP), 'distributed' each client its share of the sum's noise (needs "
@@ -256,7 +263,8 @@ class TrainConfig:
             raise ValueError('give dp_epsilon (the noise is calibrated to it) or '
                              'dp_noise_multiplier, not both')
         if self.dp_epsilon is None and self.dp_noise_multiplier is None:
-            given = [name for name in ('dp_delta', 'dp_clip') if getattr(self, name) is not None]
+            given = [name for name in ('dp_delta', 'dp_clip', 'dp_clip_quantile')
+                     if getattr(self, name) is not None]
             if given:
                 raise ValueError(f'{", ".join(given)} set without user-level DP: give '
                                  'dp_epsilon or dp_noise_multiplier')
@@ -269,6 +277,14 @@ class TrainConfig:
             raise ValueError(f'dp_delta must be in (0, 1), got {self.dp_delta}')
         if self.dp_clip is None or not self.dp_clip > 0:
             raise ValueError(f'user-level DP needs dp_clip > 0, got {self.dp_clip}')
+        if self.dp_clip_quantile is not None:
+            if not 0 < self.dp_clip_quantile < 1 or not self.dp_clip_lr > 0:
+                raise ValueError(f'adaptive clipping needs dp_clip_quantile in (0, 1) and '
+                                 f'dp_clip_lr > 0, got {self.dp_clip_quantile} and '
+                                 f'{self.dp_clip_lr}')
+            if self.dp_noise_at == 'client':
+                raise ValueError('adaptive clipping needs the count of unclipped clients '
+                                 "summed: dp_noise_at='server' or 'distributed'")
         if self.ldp_scale:
             raise ValueError('user-level DP (dp_epsilon / dp_noise_multiplier) replaces the '
                              'Laplace noise of ldp_scale: give one of them')

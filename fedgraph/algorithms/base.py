@@ -53,6 +53,7 @@ from fedgraph.federated.secure import SecureAggregation
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams
 from fedgraph.privacy import accountant
+from fedgraph.privacy.adaptive import AdaptiveClip
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.secure_sum import SecAggPlus
 from fedgraph.privacy.upload import UploadTransform
@@ -76,7 +77,8 @@ class AlgorithmSettings:
 #: The shared settings of federation and privacy that no centralized model uses.
 CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
                       'norm_bound', 'clip', 'clip_mode', 'ldp_scale', 'noise_at', 'dp_epsilon',
-                      'dp_delta', 'dp_noise_multiplier', 'dp_clip', 'dp_noise_at',
+                      'dp_delta', 'dp_noise_multiplier', 'dp_clip', 'dp_clip_quantile',
+                      'dp_clip_lr', 'dp_noise_at',
                       'secure_aggregation', 'secure_min_survivors', 'secure_dropout', 'engine',
                       'client_streams')
 
@@ -217,7 +219,9 @@ class Algorithm:
         """DP-FedAvg's mechanism (``None`` without ``dp_epsilon`` or
         ``dp_noise_multiplier``): the clip bound ``dp_clip`` and the noise multiplier given,
         or the smallest that keeps :meth:`planned_releases` within ``dp_epsilon`` at
-        ``dp_delta`` (default :math:`1/N`)."""
+        ``dp_delta`` (default :math:`1/N`); with ``dp_clip_quantile``, the bound adapts
+        (:mod:`fedgraph.privacy.adaptive`; the count's noise is part of that
+        multiplier)."""
         config = self.config
         if config.dp_epsilon is None and config.dp_noise_multiplier is None:
             return None
@@ -227,7 +231,12 @@ class Algorithm:
             sample_size = self.build_selector(num_clients).count
             sigma = accountant.calibrate(config.dp_epsilon, delta, lambda noise: (
                 self.planned_releases(noise, num_clients, sample_size)))
-        return UserLevelDP(config.dp_clip, sigma, config.dp_noise_at)
+        adaptive = None
+        if config.dp_clip_quantile is not None:
+            adaptive = AdaptiveClip.for_rounds(config.dp_clip, config.dp_clip_quantile,
+                                               config.dp_clip_lr,
+                                               self.build_selector(num_clients).count)
+        return UserLevelDP(config.dp_clip, sigma, config.dp_noise_at, adaptive)
 
     def secure_aggregation(self, num_users: int, dim: int,
                            clients: int) -> Optional[SecureAggregation]:

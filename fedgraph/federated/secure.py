@@ -52,20 +52,55 @@ class SecureTotals:
 class SecureAggregation:
     """The secure sum of a round's uploads, simulated in one process.
 
+    Under adaptive clipping (``privacy.adaptive``) a client's vector ends with its bit
+    :math:`b_c = [\\lVert \\Delta_c \\rVert \\le S_t]` scaled by :math:`S_t \\lambda`, inside
+    the noised vector: the noised count's standard deviation is then
+    :math:`\\sigma \\sqrt{1 + \\lambda^2} / \\lambda`, :math:`\\sigma_b` for
+    :math:`\\lambda = (\\sigma_b^2 / \\sigma^2 - 1)^{-1/2}`, and the encoding clips the
+    pair at :math:`S_t \\sqrt{1 + \\lambda^2}`, a bound the accountant's Skellam release
+    over-covers (the pair of two users differs by at most :math:`S_t \\sqrt{4 + \\lambda^2}`).
+
     Args:
-        encoding: how a client encodes its update.
+        encoding: how a client encodes its update (a fixed bound's).
         protocol: SecAgg+'s settings.
         privacy: distributed DP's mechanism (``None``: secure aggregation alone).
+        dim: the coordinates of an update; ``min_clients``: the fewest survivors (both to
+            encode under adaptive clipping, whose encoding follows the bound).
     """
 
     def __init__(self, encoding: IntegerEncoding, protocol: SecAggPlus,
-                 privacy: Optional[UserLevelDP] = None):
-        self.encoding = encoding
+                 privacy: Optional[UserLevelDP] = None, dim: int = 0, min_clients: int = 1):
+        self._encoding = encoding
         self.protocol = protocol
         self.privacy = privacy
+        self.dim = dim
+        self.min_clients = min_clients
         #: Called with what the server holds after each round (an honest-but-curious
         #: server's view, :mod:`fedgraph.privacy.leak`).
         self.observer: Optional[Callable[[SecureSum], None]] = None
+
+    @property
+    def adaptive(self):
+        """The adaptive clip bound (``None``: none)."""
+        return None if self.privacy is None else self.privacy.adaptive
+
+    def count_weight(self) -> float:
+        """:math:`\\lambda`, the bit's weight (in units of :math:`S_t`)."""
+        ratio = self.adaptive.count_std / self.privacy.noise_multiplier
+        if ratio <= 1:
+            raise ValueError(f'adaptive clipping under distributed DP needs the count noise '
+                             f'{self.adaptive.count_std:.3g} above the noise multiplier '
+                             f'{self.privacy.noise_multiplier:.3g}: take more clients a round')
+        return (ratio ** 2 - 1) ** -0.5
+
+    @property
+    def encoding(self) -> IntegerEncoding:
+        """The coming round's encoding (it follows an adaptive bound)."""
+        if self.adaptive is None:
+            return self._encoding
+        bound = self.adaptive.clip * (1 + self.count_weight() ** 2) ** 0.5
+        return IntegerEncoding.distributed(bound, self.privacy.noise_multiplier, self.dim + 1,
+                                           self.min_clients)
 
     @property
     def reports_loss(self) -> bool:
@@ -76,7 +111,7 @@ class SecureAggregation:
         """The coordinates of a client's encoded vector: the item table, the dense shared
         parameters and the loss (:attr:`reports_loss`)."""
         return (num_items * dim + sum(shape.numel() for shape in dense_shapes.values())
-                + int(self.reports_loss))
+                + int(self.reports_loss) + int(self.adaptive is not None))
 
     @classmethod
     def build(cls, protocol: SecAggPlus, privacy: Optional[UserLevelDP], dim: int,
@@ -88,7 +123,7 @@ class SecureAggregation:
         else:
             encoding = IntegerEncoding.distributed(privacy.clip, privacy.noise_multiplier, dim,
                                                    protocol.threshold(clients))
-        secure = cls(encoding, protocol, privacy)
+        secure = cls(encoding, protocol, privacy, dim, protocol.threshold(clients))
         if secure.sum_bound(clients) >= 2 ** (MODULUS_BITS - 1):
             raise ValueError(f'a secure sum of {clients} clients overflows {MODULUS_BITS}-bit '
                              'arithmetic at this precision: take fewer clients a round')
@@ -105,17 +140,28 @@ class SecureAggregation:
         """Each client's encoded vector (int64), in the order of the round's clients,
         drawn from its own stream or from the round's shared generator."""
         upload = result.upload
+        encoding = self.encoding
         for position, client in enumerate(upload.clients.tolist()):
             generator = (randomness if isinstance(randomness, torch.Generator)
                          else randomness[position])
             vector = dense_update(upload, position, num_items)
             vector = torch.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
-            encoded = self.encoding.encode(vector, generator)
+            if self.adaptive is not None:
+                vector = self.with_count_bit(vector)
+            encoded = encoding.encode(vector, generator)
             if self.reports_loss:
                 loss = float(result.loss[position])
                 loss = min(max(loss, 0.0), LOSS_BOUND) if loss == loss else LOSS_BOUND
                 encoded = torch.cat([encoded, torch.tensor([round(loss * LOSS_SCALE)])])
             yield client, encoded
+
+    def with_count_bit(self, vector: Tensor) -> Tensor:
+        """``vector`` clipped to :math:`S_t`, then its bit scaled by :math:`S_t \\lambda`."""
+        bound = self.adaptive.clip
+        norm = float(vector.norm())
+        clipped = vector * min(1.0, bound / norm) if norm > 0 else vector
+        bit = float(norm <= bound) * bound * self.count_weight()
+        return torch.cat([clipped, torch.tensor([bit], dtype=vector.dtype)])
 
     def totals(self, result: ClientRound, num_items: int, dense_shapes: Dict[str, torch.Size],
                randomness: Union[torch.Generator, Sequence[torch.Generator]],
@@ -141,6 +187,10 @@ class SecureAggregation:
             return SecureTotals(None, {}, None, clients, received)
         loss = float(total[-1]) / LOSS_SCALE if self.reports_loss else None
         values = self.encoding.decode(total[:-1] if self.reports_loss else total)
+        if self.adaptive is not None:  # the noised count moves the bound
+            count = float(values[-1]) / (self.adaptive.clip * self.count_weight())
+            values = values[:-1]
+            self.adaptive.step(count, clients.numel())
         rows, rest = values[:num_items * dim].view(num_items, dim), values[num_items * dim:]
         dense: Dict[str, Tensor] = {}
         for name, shape in dense_shapes.items():

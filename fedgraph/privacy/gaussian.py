@@ -4,11 +4,13 @@ Models", ICLR 2018)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch_scatter import scatter
+
+from fedgraph.privacy.adaptive import AdaptiveClip
 
 #: Where the noise is added: by the server to the sum (central DP), by each client to its own
 #: upload (local DP), or by each client its share of the noise of a secure sum (distributed
@@ -47,10 +49,13 @@ class UserLevelDP:
         clip: the bound :math:`S` of a client's whole update.
         noise_multiplier: :math:`\\sigma`, the noise's standard deviation over :math:`S`.
         noise_at: ``'server'`` (central), ``'client'`` (local) or ``'distributed'``.
+        adaptive: the bound moves each round towards a quantile of the update norms
+            (:mod:`fedgraph.privacy.adaptive`); ``clip`` is then the first round's.
     """
     clip: float
     noise_multiplier: float
     noise_at: str = 'server'
+    adaptive: Optional[AdaptiveClip] = None
 
     def __post_init__(self):
         if not self.clip > 0 or not self.noise_multiplier >= 0:
@@ -58,6 +63,9 @@ class UserLevelDP:
                              f'{self.clip} and {self.noise_multiplier}')
         if self.noise_at not in NOISE_AT:
             raise ValueError(f'noise_at must be one of {NOISE_AT}, got {self.noise_at!r}')
+        if self.adaptive is not None and self.noise_at == 'client':
+            raise ValueError('adaptive clipping needs the count of unclipped clients summed: '
+                             'central or distributed noise, not local')
 
     @property
     def central(self) -> bool:
@@ -65,19 +73,35 @@ class UserLevelDP:
         return self.noise_at == 'server'
 
     @property
-    def std(self) -> float:
-        """The standard deviation :math:`\\sigma S` of one draw."""
-        return self.noise_multiplier * self.clip
+    def bound(self) -> float:
+        """The clip bound of the coming round (:math:`S_t` under adaptive clipping)."""
+        return self.clip if self.adaptive is None else self.adaptive.clip
 
-    def clip_clients(self, row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
-                     num_clients: int) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Each client's row updates (``update[r]`` is client ``row_owner[r]``'s) and dense
-        updates (``{name: [B, ...]}``) scaled together to L2 norm at most :math:`S`."""
+    @property
+    def std(self) -> float:
+        """The standard deviation of one draw on the update: :math:`\\sigma S`, or under
+        adaptive clipping :math:`\\sigma_\\Delta S_t`."""
+        if self.adaptive is None:
+            return self.noise_multiplier * self.clip
+        return self.adaptive.update_noise(self.noise_multiplier) * self.adaptive.clip
+
+    @staticmethod
+    def client_norms(row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
+                     num_clients: int) -> Tensor:
+        """``[B]`` the L2 norm of each client's whole update."""
         squared = scatter(update.pow(2).sum(1), row_owner, dim=0, dim_size=num_clients,
                           reduce='sum')
         for value in dense.values():
             squared = squared + value.reshape(num_clients, -1).pow(2).sum(1)
-        scale = (self.clip / squared.sqrt().clamp_min(1e-12)).clamp(max=1.0)
+        return squared.sqrt()
+
+    def clip_clients(self, row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
+                     num_clients: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Each client's row updates (``update[r]`` is client ``row_owner[r]``'s) and dense
+        updates (``{name: [B, ...]}``) scaled together to L2 norm at most :math:`S`
+        (:attr:`bound`)."""
+        norms = self.client_norms(row_owner, update, dense, num_clients)
+        scale = (self.bound / norms.clamp_min(1e-12)).clamp(max=1.0)
         return (update * scale[row_owner].unsqueeze(-1).to(update.dtype),
                 {name: value * scale.view(-1, *([1] * (value.dim() - 1))).to(value.dtype)
                  for name, value in dense.items()})

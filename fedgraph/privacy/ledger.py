@@ -126,8 +126,10 @@ class PrivacyLedger:
             return out
         if self.gaussian is not None:
             out.update(noise_multiplier=self.gaussian.noise_multiplier,
-                       clip=self.gaussian.clip, sampled_rounds=self.sampled_rounds,
+                       clip=self.gaussian.bound, sampled_rounds=self.sampled_rounds,
                        sample_rate=self.sample_size / self.num_clients)
+            if self.gaussian.adaptive is not None:
+                out['clip_quantile'] = self.gaussian.adaptive.quantile
         else:
             out.update(noise_multiplier=self.laplace.noise_multiplier(self.dim),
                        clip=self.laplace.clip, clip_mode=self.laplace.mode,
@@ -141,10 +143,15 @@ class PrivacyLedger:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:
-        return {'sampled_rounds': self.sampled_rounds, 'releases': self.releases,
-                'rows': self.rows}
+        state = {'sampled_rounds': self.sampled_rounds, 'releases': self.releases,
+                 'rows': self.rows}
+        if self.gaussian is not None and self.gaussian.adaptive is not None:
+            state['adaptive_clip'] = self.gaussian.adaptive.clip
+        return state
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.sampled_rounds = int(state['sampled_rounds'])
         self.releases = state['releases']
         self.rows = state['rows']
+        if 'adaptive_clip' in state:
+            self.gaussian.adaptive.clip = float(state['adaptive_clip'])

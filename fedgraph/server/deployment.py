@@ -173,6 +173,9 @@ class Deployment(Federation):
             raise ValueError("a deployment's server never holds the clients' uploads to clip "
                              "and noise: user-level DP runs on devices, distributed "
                              "(--secure-aggregation --dp-noise-at distributed)")
+        if config.dp_clip_quantile is not None:
+            raise ValueError('adaptive clipping runs in-process only: a deployment\'s devices '
+                             'clip at a fixed bound')
         if config.secure_dropout:
             raise ValueError('secure_dropout simulates dropouts in one process; a deployment\'s '
                              'dropouts are its nodes\' own')

@@ -209,26 +209,40 @@ class NormBound(UploadStage):
 @dataclass
 class DPClip(UploadStage):
     """DP-FedAvg's clipping: each client's whole update to L2 norm at most the mechanism's
-    :math:`S` (:meth:`~fedgraph.privacy.gaussian.UserLevelDP.clip_clients`)."""
+    :math:`S` (:meth:`~fedgraph.privacy.gaussian.UserLevelDP.clip_clients`); under adaptive
+    clipping it also counts the clients the bound did not cut, for :class:`DPNoise`."""
     name = 'dp_clip'
     mechanism: UserLevelDP = None
+    #: The clients of the latest round whose update the bound did not cut.
+    unclipped: int = 0
 
     def __call__(self, row_owner, update, dense, num_clients):
-        return self.mechanism.clip_clients(row_owner, update, dense, num_clients)
+        mechanism = self.mechanism
+        if mechanism.adaptive is not None:
+            norms = mechanism.client_norms(row_owner, update, dense, num_clients)
+            self.unclipped = int((norms <= mechanism.bound).sum())
+        return mechanism.clip_clients(row_owner, update, dense, num_clients)
 
 
 @register_stage
 @dataclass
 class DPNoise(ReleaseStage):
     """DP-FedAvg's Gaussian noise :math:`Z / B` on every coordinate of the mean
-    (:meth:`~fedgraph.privacy.gaussian.UserLevelDP.sum_noise`)."""
+    (:meth:`~fedgraph.privacy.gaussian.UserLevelDP.sum_noise`); under adaptive clipping,
+    then the noised count of :class:`DPClip`'s unclipped clients moves the bound
+    (:meth:`~fedgraph.privacy.adaptive.AdaptiveClip.step`)."""
     name = 'dp_noise'
     mechanism: UserLevelDP = None
+    clip: Optional[DPClip] = None
 
     def __call__(self, row_table, dense, base, num_clients, generator):
         for value in [row_table, *dense.values()]:
             value.add_(self.mechanism.sum_noise(value.shape, num_clients, generator,
                                                 value.dtype).to(value.device) / num_clients)
+        adaptive = self.mechanism.adaptive
+        if adaptive is not None:
+            noise = float(torch.randn((), generator=generator, dtype=torch.float64))
+            adaptive.step(self.clip.unclipped + adaptive.count_std * noise, num_clients)
 
 
 @register_stage
@@ -319,8 +333,9 @@ def build_pipeline(aggregation: str = 'mean', trim_ratio: float = 0.2,
     if norm_bound is not None:
         uploads.append(NormBound(norm_bound))
     if privacy is not None and privacy.noise_at != 'distributed':
-        uploads.append(DPClip(privacy))
-        releases.append(DPNoise(privacy))
+        clip = DPClip(privacy)
+        uploads.append(clip)
+        releases.append(DPNoise(privacy, clip))
     if server_noise:
         releases.append(ServerNoise(server_noise))
     return ServerPipeline(aggregator, tuple(uploads), tuple(releases))
