@@ -19,7 +19,8 @@ def at_epsilon(config: TrainConfig, epsilon: float, seed: int) -> TrainConfig:
     the non-private reference)."""
     values = {**config.to_dict(), 'seed': seed, 'dp_noise_multiplier': None}
     if math.isinf(epsilon):
-        values.update(dp_epsilon=None, dp_clip=None, ldp_scale=0.0)
+        values.update(dp_epsilon=None, dp_clip=None, dp_delta=None, dp_clip_quantile=None,
+                      ldp_scale=0.0)
     else:
         values.update(dp_epsilon=epsilon, clip=None, clip_mode=None, ldp_scale=None)
     return TrainConfig(**values)
@@ -43,6 +44,8 @@ def frontier_table(config: TrainConfig, epsilons: Sequence[float], seeds: Sequen
         metrics = train(run_config, progress=False, split=splits[seed])
         privacy = metrics['rounds'][-1]['privacy']
         return {'algorithm': config.algorithm, 'protocol': config.protocol,
+                'users': splits[seed].train['user'].num_nodes,
+                'clip_quantile': config.dp_clip_quantile, 'noise_at': privacy['noise_at'],
                 'target_epsilon': target, 'seed': seed, 'epsilon': privacy['epsilon'],
                 'delta': privacy['delta'], 'noise_multiplier': privacy.get('noise_multiplier'),
                 'clip': privacy.get('clip'), 'best_round': metrics['best']['round'],

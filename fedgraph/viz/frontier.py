@@ -52,3 +52,45 @@ def _summary(points: Sequence[Tuple[float, List[float]]]):
     mean = [statistics.mean(values) for _, values in points]
     std = [statistics.stdev(values) if len(values) > 1 else 0.0 for _, values in points]
     return x, mean, std
+
+
+def variant(row: Dict) -> str:
+    """A frontier row's algorithm, with its adaptive clip quantile when it has one."""
+    quantile = row.get('clip_quantile')
+    return row['algorithm'] + ('' if quantile is None else f', adaptive clip q = {quantile:g}')
+
+
+def plot_population(rows: Sequence[Dict], figure: Optional[Figure] = None) -> Figure:
+    """Frontiers of several populations (``users``) as one panel per target
+    :math:`\\epsilon`: each algorithm's test metric under DP over its test metric without
+    DP (the share it keeps, mean over seeds) against the number of users, on a log axis."""
+    free: Dict[Tuple[str, int], List[float]] = {}
+    private: Dict[float, Dict[str, Dict[int, List[float]]]] = {}
+    for row in rows:
+        value = row['test'][frontier_metric(row['protocol'])]
+        if row['target_epsilon'] is None:
+            free.setdefault((row['algorithm'], row['users']), []).append(value)
+        else:
+            private.setdefault(row['target_epsilon'], {}).setdefault(
+                variant(row), {}).setdefault(row['users'], []).append(value)
+    figure = figure or Figure(figsize=(5.6 * max(1, len(private)), 3.6), layout='constrained')
+    axes = figure.subplots(1, max(1, len(private)), squeeze=False).ravel()
+    for ax, (epsilon, variants) in zip(axes, sorted(private.items())):
+        for name, by_users in sorted(variants.items()):
+            algorithm = name.split(',')[0]
+            points = [(users, statistics.mean(values)
+                       / statistics.mean(free[(algorithm, users)]))
+                      for users, values in sorted(by_users.items())
+                      if (algorithm, users) in free]
+            if points:
+                ax.plot([u for u, _ in points], [share for _, share in points], marker='o',
+                        label=name)
+        ax.axhline(1.0, color='grey', linestyle='--', linewidth=1)
+        ax.set_xscale('log')
+        ax.set_ylim(0, 1.1)
+        ax.set_xlabel('users')
+        ax.set_ylabel('test metric under DP / without DP')
+        ax.set_title(f'ε = {epsilon:g}')
+        ax.legend(fontsize=7, loc='lower right')
+    return figure
+

@@ -11,7 +11,7 @@ from fedgraph.federated.personal import PersonalItemRows
 from fedgraph.server.loop import CHECKPOINT, EMBEDDINGS
 from fedgraph.viz.clusters import plot_clusters
 from fedgraph.viz.curves import plot_training_curves
-from fedgraph.viz.frontier import plot_frontier
+from fedgraph.viz.frontier import plot_frontier, plot_population
 from fedgraph.viz.personal import plot_personalized_views
 from fedgraph.viz.uniformity import plot_uniformity
 
@@ -54,9 +54,12 @@ def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
 
     frontiers = [Path(run) for run in runs if Path(run).suffix == '.jsonl']
     if frontiers:
-        save(plot_frontier([json.loads(line) for path in frontiers
-                            for line in path.read_text().splitlines() if line.strip()]),
-             'frontier.png')
+        rows = [json.loads(line) for path in frontiers
+                for line in path.read_text().splitlines() if line.strip()]
+        if len({row.get('users') for row in rows}) > 1:
+            save(plot_population(rows), 'population.png')
+        else:
+            save(plot_frontier(rows), 'frontier.png')
     runs = [run for run in runs if Path(run).suffix != '.jsonl']
     if not runs:
         return written
