@@ -41,8 +41,9 @@ def plot_runs(runs: Sequence[Union[str, Path]], out: Union[str, Path],
     user and item embeddings of every graph-model run side by side, when there are several)
     and, per run ``NAME``, ``NAME-uniformity.png`` and ``NAME-clusters.png`` (graph models)
     and ``NAME-personalized-views.png`` (runs with dual personalization). JSON-lines files of
-    ``fedgraph frontier`` among ``runs`` are drawn together as ``frontier.png``. Returns the
-    paths."""
+    ``fedgraph frontier`` among ``runs`` are drawn together as ``frontier.png``, or, when
+    they cover several populations, as ``population.png`` (the share of the metric kept
+    under DP against the users). Returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
