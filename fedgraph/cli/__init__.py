@@ -29,6 +29,7 @@ os.environ.setdefault('GOMP_SPINCOUNT', '1000')
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -78,7 +79,9 @@ def _frontier(args: argparse.Namespace) -> None:
     from fedgraph.privacy.frontier import format_frontier, frontier_table
     from fedgraph.viz.frontier import frontier_metric
 
-    config = config_from_args(args)
+    # The DP settings given (--dp-delta, --dp-clip-quantile) hold at every finite epsilon.
+    finite = [epsilon for epsilon in args.epsilons if math.isfinite(epsilon)]
+    config = config_from_args(args, dp_epsilon=finite[0] if finite else None)
     conditions = Conditions()
     rows = frontier_table(config, args.epsilons, args.seeds, args.out, progress=not args.quiet)
     print(format_frontier(rows, frontier_metric(config.protocol)))
