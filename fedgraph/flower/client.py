@@ -11,20 +11,31 @@ client halves.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedgraph.config import SECTIONS, TrainConfig
-from fedgraph.data.partition import ClientPartition
-from fedgraph.data.split import SampledSplit
-from fedgraph.federated.node import Node
-from fedgraph.flower.payloads import (config_to_run_config, load, run_config_to_config, store,
-                                     to_content)
-from fedgraph.flower.secure import secure_mod, unwrap_request, wrap_answer
+if TYPE_CHECKING:  # imported when a message needs them (see secure_mod)
+    from fedgraph.config import TrainConfig
+    from fedgraph.data.partition import ClientPartition
+    from fedgraph.data.split import SampledSplit
+    from fedgraph.federated.node import Node
 
 STATE = 'device-'
+#: The configuration record of a SecAgg+ message (Flower's ``RECORD_KEY_CONFIGS``).
+SECAGG_CONFIGS = 'secaggplus_configs'
+
+
+def secure_mod(message: Message, context: Context, call_next) -> Message:
+    """Flower's ``secaggplus_mod`` for the messages of SecAgg+ (they carry its configuration
+    record), the others straight on. Its key-exchange stages never reach fedgraph's
+    handlers, so a process that answers one imports neither PyTorch nor fedgraph's engine."""
+    if SECAGG_CONFIGS in message.content.config_records:
+        from flwr.client.mod import secaggplus_mod
+
+        return secaggplus_mod(message, context, call_next)
+    return call_next(message, context)
 
 
 @functools.lru_cache(maxsize=4)
@@ -35,6 +46,8 @@ def _population(data: Tuple[Tuple[str, object], ...],
     virtual nodes (Ray simulation) builds them once. Only a node's first message reads the
     data set: the loaders (and PyTorch Geometric) are imported here, not by every message."""
     from fedgraph.assemble import prepare_split
+    from fedgraph.config import TrainConfig
+    from fedgraph.data.partition import ClientPartition
 
     split = prepare_split(TrainConfig(**dict(data), seed=seed))
     return split, ClientPartition.from_data(split.train), split.known_items()
@@ -42,6 +55,10 @@ def _population(data: Tuple[Tuple[str, object], ...],
 
 def _device(config: TrainConfig, context: Context) -> Node:
     """The node's device: from its state, or, at the first message, from the data set."""
+    from fedgraph.config import SECTIONS
+    from fedgraph.federated.node import Node
+    from fedgraph.flower.payloads import load
+
     if STATE + 'scalars' in context.state:
         return Node.from_state(config, load(context.state, STATE))
     if config.protocol != 'sampled':
@@ -61,9 +78,13 @@ def make_client_app(config: Optional[TrainConfig] = None) -> ClientApp:
     :mod:`fedgraph.flower.secure`): the request arrives as a ``FitIns`` and the node's answer
     leaves masked."""
     app = ClientApp(mods=[secure_mod])
-    defaults = config_to_run_config(config) if config is not None else {}
 
     def answer(message: Message, context: Context, step: str, keep: bool = True) -> Message:
+        from fedgraph.flower.payloads import (config_to_run_config, load, run_config_to_config,
+                                             store, to_content)
+        from fedgraph.flower.secure import unwrap_request, wrap_answer
+
+        defaults = config_to_run_config(config) if config is not None else {}
         device = _device(run_config_to_config({**defaults, **context.run_config}), context)
         request = unwrap_request(message)
         payload = load(message.content) if request is None else request

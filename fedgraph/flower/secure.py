@@ -154,22 +154,6 @@ def secure_round(grid: Grid, payloads: Mapping[int, Payload], protocol: SecAggPl
                      dropped=sorted(set(payloads) - set(strategy.survivors)))
 
 
-def is_secure_request(message: Message) -> bool:
-    """Whether a ``train`` message is a step of SecAgg+ (its configuration record)."""
-    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-
-    return RECORD_KEY_CONFIGS in message.content.config_records
-
-
-def secure_mod(message: Message, context: Context, call_next) -> Message:
-    """Flower's ``secaggplus_mod`` for the messages of SecAgg+, the others straight on."""
-    from flwr.client.mod import secaggplus_mod
-
-    if is_secure_request(message):
-        return secaggplus_mod(message, context, call_next)
-    return call_next(message, context)
-
-
 def unwrap_request(message: Message) -> Optional[Payload]:
     """The training request inside a SecAgg+ message that carries one (``None``: not a
     SecAgg+ training request)."""
