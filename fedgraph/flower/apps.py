@@ -4,7 +4,7 @@ from the run configuration. Each is built when first asked for, so that a ``Clie
 process does not import the server side, nor PyTorch until a message needs it."""
 
 # Flower checks the names before it imports the module: they are listed here.
-__all__ = ['serverapp', 'clientapp']
+__all__ = ['serverapp', 'clientapp']  # noqa: F822 (built by __getattr__)
 
 
 def __getattr__(name: str):

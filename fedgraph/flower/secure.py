@@ -123,8 +123,11 @@ class ThresholdWorkflow(SecAggPlusWorkflow):
         super().__init__(**kwargs)
         self.users = dict(users)
         self.min_users = min_users
+        #: The nodes whose masked vectors the server received.
+        self.active: List[int] = []
 
     def unmask_stage(self, grid, context, state) -> bool:
+        self.active = sorted(state.active_node_ids)
         if sum(self.users[node] for node in state.active_node_ids) < self.min_users:
             return False
         return super().unmask_stage(grid, context, state)
@@ -150,8 +153,9 @@ def secure_round(grid: Grid, payloads: Mapping[int, Payload], protocol: SecAggPl
         reconstruction_threshold=0.5, max_weight=float(WEIGHT), clipping_range=clip,
         quantization_range=target, modulus_range=2 ** MODULUS_BITS, timeout=timeout)
     workflow(grid, context)
-    return SecureSum(total=strategy.total, survivors=strategy.survivors,
-                     dropped=sorted(set(payloads) - set(strategy.survivors)))
+    survivors = strategy.survivors if strategy.total is not None else workflow.active
+    return SecureSum(total=strategy.total, survivors=survivors,
+                     dropped=sorted(set(payloads) - set(survivors)))
 
 
 def unwrap_request(message: Message) -> Optional[Payload]:
