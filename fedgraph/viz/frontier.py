@@ -91,6 +91,6 @@ def plot_population(rows: Sequence[Dict], figure: Optional[Figure] = None) -> Fi
         ax.set_xlabel('users')
         ax.set_ylabel('test metric under DP / without DP')
         ax.set_title(f'ε = {epsilon:g}')
-        ax.legend(fontsize=7, loc='lower right')
+        ax.legend(fontsize=7, loc='upper left')
     return figure
 
