@@ -102,3 +102,25 @@ def test_a_deployment_writes_its_run_folder_as_an_in_process_run_does(tmp_path):
     with pytest.raises(FileExistsError, match='holds a run already'):
         Deployment(config, LocalTransport(_devices(config, 2))).run(tmp_path / 'run',
                                                                      progress=False)
+
+
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'fedncf'])
+def test_secure_aggregation_over_messages_matches_the_in_process_engine(algorithm):
+    """Each node answers the sum of its users' encoded vectors, noised with their shares of
+    distributed DP; the transport sums the nodes' answers securely: every round and the item
+    table end as in-process, where each user is a party of its own."""
+    config = TrainConfig(algorithm=algorithm, **SMALL, **EXTRA.get(algorithm, {}),
+                         secure_aggregation=True, dp_epsilon=4.0, dp_noise_at='distributed')
+    server = Deployment(config, LocalTransport(_devices(config, 3)))
+    deployed = server.run(progress=False)
+    in_process = train(config, progress=False)
+    for ours, theirs in zip(deployed['rounds'], in_process['rounds']):
+        assert ours['train_loss'] is None and theirs['train_loss'] is None
+        assert ours['privacy'] == theirs['privacy']
+        assert ours['test'] == pytest.approx(theirs['test'], abs=1e-9)
+
+
+def test_graph_models_refuse_secure_aggregation_over_messages():
+    config = TrainConfig(algorithm='fedlightgcn', **SMALL, secure_aggregation=True)
+    with pytest.raises(ValueError, match='in-process only'):
+        Deployment(config, LocalTransport(_devices(config, 2))).run(progress=False)

@@ -206,18 +206,20 @@ class Node:
         self.personal = engine.personal.state_dict()
         upload = result.upload
         if self.config.secure_aggregation:
-            return self.secure_reply(engine, result, int(payload['secure-clients']))
+            return self.secure_reply(engine, result)
         return TrainReply(self.users[upload.clients], self.users[upload.clients[upload.row_owner]],
                           upload.row_item, upload.update, result.num_samples, result.loss,
                           upload.dense, self.hooks.after_train(self, position, result)
                           ).to_payload()
 
-    def secure_reply(self, engine: FederatedEngine, result: ClientRound,
-                     clients: int) -> Payload:
+    def secure_reply(self, engine: FederatedEngine, result: ClientRound) -> Payload:
         """Under secure aggregation: the sum of the trained users' encoded vectors
-        (:class:`~fedgraph.federated.secure.SecureAggregation`, each from its own stream; the
-        noise shares sized for a round of ``clients`` users), which the transport sums
-        securely with the other nodes' (``secure-sum``), and the users it covers."""
+        (:class:`~fedgraph.federated.secure.SecureAggregation`, each from its own stream),
+        which the transport sums securely with the other nodes' (``secure-sum``), and the
+        users it covers. The noise shares are sized from the run's configuration and
+        population, never from what the server sends: a server that claimed larger rounds
+        would otherwise have the users add less noise."""
+        clients = self.algorithm.build_selector(self.population).count
         secure = self.algorithm.secure_aggregation(self.population, engine.model.shared_numel(),
                                                    clients)
         total = torch.zeros(secure.vector_size(self.num_items, engine.model.dim,

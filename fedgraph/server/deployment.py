@@ -278,8 +278,6 @@ class Deployment(Federation):
             if mine.numel():
                 payloads[node] = TrainRequest(self._base, mine, round_seed, dense,
                                               self.engine.round_payload(mine)).to_payload()
-                if self.federated.secure is not None:
-                    payloads[node]['secure-clients'] = selected.numel()
         self._sent = payloads
         return payloads
 
