@@ -109,6 +109,7 @@ def test_secure_adaptive_training_records_its_bound_and_stays_within_epsilon(spl
 @pytest.mark.parametrize('settings, match', [
     (dict(dp_clip_quantile=0.5), 'dp_clip_quantile set without'),
     (dict(dp_epsilon=4.0, dp_clip_quantile=1.5), 'quantile in'),
+    (dict(dp_epsilon=4.0, dp_clip_lr=0.5), 'dp_clip_lr set without adaptive clipping'),
     (dict(dp_epsilon=4.0, dp_clip_quantile=0.5, dp_noise_at='client'), 'adaptive clipping')])
 def test_adaptive_settings_that_do_not_go_together(settings, match):
     with pytest.raises(ValueError, match=match):

@@ -466,7 +466,8 @@ def test_secagg_plus_with_distributed_dp_on_flower_equals_in_process_and_shows_o
     assert torch.allclose(server.federated.model.item, engine.model.item, rtol=0, atol=1e-6)
     for ours, theirs in zip(deployed['rounds'], in_process['rounds']):
         assert ours['privacy'] == theirs['privacy']
-        assert ours['privacy']['secure_aggregation'] and ours['privacy']['noise_at'] == 'distributed'
+        assert ours['privacy']['secure_aggregation']
+        assert ours['privacy']['noise_at'] == 'distributed'
         assert 0 < ours['privacy']['epsilon'] <= 4.0
         assert ours['train_loss'] is None  # a sum of losses would escape the noise
     # The workflow hands the strategy one aggregate, the same for every node's result.

@@ -90,7 +90,8 @@ def _comparison(rounds: List[Dict], reference: Optional[List[Dict]]) -> str:
         difference = '(not run)'
         if reference is not None:
             theirs = _compared(reference[index])
-            difference = f'{max((abs(a - b) for a, b in zip(values, theirs) if a == a), default=0.0):.1e}'
+            reported = [abs(a - b) for a, b in zip(values, theirs) if a == a]  # NaN: no loss
+            difference = f'{max(reported, default=0.0):.1e}'
         cells = [f'{v:.4f}' for v in values] + [''] * (4 - len(values))
         lines.append(f"| {record['round']} | {record['clients']} | " + ' | '.join(cells)
                      + f' | {difference} |')

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from fedgraph.analysis import mean_std
-from fedgraph.config import TrainConfig
+from fedgraph.config import TrainConfig, shared_fields
 from fedgraph.grid import resumable_grid
 from fedgraph.training import prepare_split, train
 
@@ -20,7 +20,7 @@ def at_epsilon(config: TrainConfig, epsilon: float, seed: int) -> TrainConfig:
     values = {**config.to_dict(), 'seed': seed, 'dp_noise_multiplier': None}
     if math.isinf(epsilon):
         values.update(dp_epsilon=None, dp_clip=None, dp_delta=None, dp_clip_quantile=None,
-                      ldp_scale=0.0)
+                      dp_clip_lr=shared_fields()['dp_clip_lr'].default, ldp_scale=0.0)
     else:
         values.update(dp_epsilon=epsilon, clip=None, clip_mode=None, ldp_scale=None)
     return TrainConfig(**values)
