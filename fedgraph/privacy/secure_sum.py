@@ -98,7 +98,8 @@ class RoundKeys:
         return _mask((self.round_seed, 1, party), size)
 
     def pairwise_mask(self, party: int, other: int, size: int) -> np.ndarray:
-        """The mask ``party`` adds for ``other`` (``other`` subtracts it)."""
+        """The mask of the pair ``party``, ``other``: the larger of the two adds it, the
+        smaller subtracts it."""
         low, high = sorted((party, other))
         return _mask((self.round_seed, 2, low, high), size)
 
