@@ -14,8 +14,8 @@ with :math:`\\gamma` a power of two, unbiased randomized rounding, and clipping 
 :math:`S` (distributed DP) or to :math:`\\pm b` per coordinate (secure aggregation alone).
 The server decodes the sum as :math:`\\sum_c \\tilde x_c / \\gamma`. Skellam noise is
 closed under sums: the :math:`n` clients' shares add up to :math:`\\mathrm{Sk}(n\\mu_c,
-n\\mu_c)`, the noise that one trusted party would have added, with no client and no server
-ever holding an un-noised update.
+n\\mu_c)`, the noise that one trusted party would have added, with nobody but a client
+itself ever holding its un-noised update.
 
 The scale is chosen so that rounding cannot move a clipped update much:
 :math:`\\sqrt{D} \\le` :data:`ROUNDING_SLACK` :math:`\\cdot \\gamma S`, so that
