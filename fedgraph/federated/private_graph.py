@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch_scatter import scatter
 
+from fedgraph.data.partition import ClientPartition
 from fedgraph.nn.gnn import CollaborativeGraph
 from fedgraph.privacy.discrete import IntegerEncoding
 from fedgraph.privacy.secure_sum import SecAggPlus, SecureSum, secure_sum
@@ -51,17 +52,18 @@ class SecurePropagation:
     def __init__(self, clients: CollaborativeGraph, num_layers: int, protocol: SecAggPlus,
                  seed: int = 0):
         self.clients = clients
+        #: Each user's items, grouped by user.
+        self.held = ClientPartition.from_edge_index(clients.edge_index, clients.num_users,
+                                                    clients.num_items)
         self.num_layers = num_layers
         self.protocol = SecAggPlus(protocol.neighbours, protocol.min_survivors)
         self.encoding = IntegerEncoding.plain(clients.num_users, bound=CONTEXT_BOUND)
         self.generator = torch.Generator().manual_seed(seed)
-        user, item = clients.edge_index
-        self._user_degree = torch.bincount(user, minlength=clients.num_users)
         #: Called with what the server receives in each sum.
         self.observer: Optional[Callable[[SecureSum], None]] = None
         #: The item degrees :math:`d_i`: the server's first secure sum.
         self.item_degree = self._secure_sum(lambda u: torch.bincount(
-            item[user == u], minlength=clients.num_items)).double()
+            self.held.items_of(u), minlength=clients.num_items)).double()
         self._cache: Dict[int, Tuple[Tensor, Tensor]] = {}
 
     def _secure_sum(self, contribution: Callable[[int], Tensor]) -> Tensor:
@@ -79,13 +81,13 @@ class SecurePropagation:
 
     def _item_half(self, user_vectors: Tensor) -> Tensor:
         """:math:`x_i = d_i^{-1/2} \\sum_{u \\ni i} x_u d_u^{-1/2}` over a secure sum."""
-        user, item = self.clients.edge_index
-        scaled = user_vectors.double() * _inverse_sqrt(self._user_degree).unsqueeze(1)
+        scaled = user_vectors.double() * _inverse_sqrt(self.held.degree).unsqueeze(1)
         num_items, dim = self.clients.num_items, user_vectors.size(1)
 
         def contribution(u: int) -> Tensor:
+            items = self.held.items_of(u)
             table = torch.zeros(num_items, dim, dtype=torch.float64)
-            table.index_add_(0, item[user == u], scaled[u].expand(int((user == u).sum()), dim))
+            table.index_add_(0, items, scaled[u].expand(items.numel(), dim))
             return self.encoding.encode(table.reshape(-1), self.generator)
 
         total = self.encoding.decode(self._secure_sum(contribution)).view(num_items, dim)
@@ -95,7 +97,7 @@ class SecurePropagation:
         """Every user's :math:`x_u = \\sum_{i \\in S_u} x_i / \\sqrt{d_u d_i}`, each from its
         own items (computed side by side here)."""
         user, item = self.clients.edge_index
-        weight = (_inverse_sqrt(self._user_degree)[user]
+        weight = (_inverse_sqrt(self.held.degree)[user]
                   * _inverse_sqrt(self.item_degree)[item]).to(item_vectors.dtype)
         return scatter(item_vectors[item] * weight.unsqueeze(1), user, dim=0,
                        dim_size=self.clients.num_users, reduce='sum')

@@ -27,14 +27,21 @@ LOSS_SCALE = 2.0 ** 10
 LOSS_BOUND = 2.0 ** 6
 
 
-def dense_update(upload: RowUpload, position: int, num_items: int) -> Tensor:
-    """``[D]`` float64: the whole-table change of the upload's client ``position`` (its
-    rows in place, zeros elsewhere) followed by its dense changes, flattened."""
-    mine = upload.row_owner == position
-    table = torch.zeros(num_items, upload.update.size(1), dtype=torch.float64)
-    table[upload.row_item[mine]] = upload.update[mine].double()
-    dense = [value[position].reshape(-1).double() for value in upload.dense.values()]
-    return torch.cat([table.reshape(-1), *dense])
+def dense_update(items: Tensor, rows: Tensor, num_items: int,
+                 dense: Sequence[Tensor] = ()) -> Tensor:
+    """``[D]`` float64: one client's change of the whole item table -- its ``rows`` at
+    ``items``, zeros elsewhere -- followed by its dense changes ``dense``, flattened."""
+    table = torch.zeros(num_items, rows.size(1), dtype=torch.float64)
+    table[items] = rows.double()
+    return torch.cat([table.reshape(-1), *(value.reshape(-1).double() for value in dense)])
+
+
+def rows_by_client(upload: RowUpload) -> Tuple[Sequence[Tensor], Sequence[Tensor]]:
+    """The upload's items and row updates split by client, in the order of
+    ``upload.clients`` (one pass over the rows, whatever their order)."""
+    order = torch.sort(upload.row_owner, stable=True).indices
+    counts = torch.bincount(upload.row_owner, minlength=upload.clients.numel()).tolist()
+    return upload.row_item[order].split(counts), upload.update[order].split(counts)
 
 
 @dataclass
@@ -141,10 +148,12 @@ class SecureAggregation:
         drawn from its own stream or from the round's shared generator."""
         upload = result.upload
         encoding = self.encoding
+        items, rows = rows_by_client(upload)
         for position, client in enumerate(upload.clients.tolist()):
             generator = (randomness if isinstance(randomness, torch.Generator)
                          else randomness[position])
-            vector = dense_update(upload, position, num_items)
+            vector = dense_update(items[position], rows[position], num_items,
+                                  [value[position] for value in upload.dense.values()])
             vector = torch.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
             if self.adaptive is not None:
                 vector = self.with_count_bit(vector)

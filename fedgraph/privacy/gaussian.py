@@ -96,11 +96,13 @@ class UserLevelDP:
         return squared.sqrt()
 
     def clip_clients(self, row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
-                     num_clients: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+                     num_clients: int, norms: Optional[Tensor] = None
+                     ) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Each client's row updates (``update[r]`` is client ``row_owner[r]``'s) and dense
         updates (``{name: [B, ...]}``) scaled together to L2 norm at most :math:`S`
-        (:attr:`bound`)."""
-        norms = self.client_norms(row_owner, update, dense, num_clients)
+        (:attr:`bound`); ``norms``: their :meth:`client_norms`, when already taken."""
+        if norms is None:
+            norms = self.client_norms(row_owner, update, dense, num_clients)
         scale = (self.bound / norms.clamp_min(1e-12)).clamp(max=1.0)
         return (update * scale[row_owner].unsqueeze(-1).to(update.dtype),
                 {name: value * scale.view(-1, *([1] * (value.dim() - 1))).to(value.dtype)

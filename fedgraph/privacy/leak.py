@@ -35,6 +35,7 @@ from torch import Tensor
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated.messages import ClientRound
+from fedgraph.federated.secure import dense_update
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.secure_sum import SecureSum
 from fedgraph.assemble import build_run, prepare_split
@@ -99,8 +100,7 @@ def dense_local_upload(rows: Tensor, items: Tensor, num_items: int, dp: UserLeve
     ``[num_items, d]`` table of zeros, plus :math:`N(0, \\sigma^2 S^2)` on every entry."""
     owner = torch.zeros(items.numel(), dtype=torch.long)
     clipped, _ = dp.clip_clients(owner, rows, {}, 1)
-    table = torch.zeros(num_items, rows.size(1), dtype=torch.float64)
-    table[items] = clipped.double()
+    table = dense_update(items, clipped, num_items).view(num_items, rows.size(1))
     return table + dp.std * torch.randn(table.shape, generator=generator, dtype=torch.float64)
 
 

@@ -218,10 +218,10 @@ class DPClip(UploadStage):
 
     def __call__(self, row_owner, update, dense, num_clients):
         mechanism = self.mechanism
+        norms = mechanism.client_norms(row_owner, update, dense, num_clients)
         if mechanism.adaptive is not None:
-            norms = mechanism.client_norms(row_owner, update, dense, num_clients)
             self.unclipped = int((norms <= mechanism.bound).sum())
-        return mechanism.clip_clients(row_owner, update, dense, num_clients)
+        return mechanism.clip_clients(row_owner, update, dense, num_clients, norms)
 
 
 @register_stage
