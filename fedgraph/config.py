@@ -8,10 +8,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from fedgraph.privacy.gaussian import NOISE_AT
-from fedgraph.settings import setting
+from fedgraph.settings import non_finite_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,16 @@ class TrainConfig:
         if not isinstance(settings, cls.Settings):
             raise TypeError(f'settings of {algorithm} must be {cls.Settings.__name__}, '
                             f'got {type(settings).__name__}')
+        bad = non_finite_settings(self) + non_finite_settings(settings)
+        if bad:
+            raise ValueError('settings must be finite: ' + ', '.join(
+                f'{name} = {self._value(name, settings)!r}' for name in bad))
         settings.validate()
         self.settings = settings
         self._validate()
+
+    def _value(self, name: str, settings: Any) -> Any:
+        return self.__dict__[name] if name in self.__dict__ else getattr(settings, name)
 
     def _validate(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -246,15 +253,38 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
+        self._validate_protocol()
         self._validate_dp()
         self._validate_secure()
 
-    def _validate_server(self) -> None:
-        from fedgraph.server.stages import Aggregator, resolve_stage
+    def _changed(self, *names: str) -> List[str]:
+        """Which of the shared settings ``names`` are not at their defaults."""
+        fields = shared_fields()
+        return [name for name in names if getattr(self, name) != _plain(fields[name].default)]
 
-        resolve_stage(self.aggregation, Aggregator)
+    def _validate_protocol(self) -> None:
+        """Each protocol's own settings, and only those: the sampled protocol's negatives,
+        full ranking's split (train, validation and test ratios > 0 summing to 1: the best
+        round is picked on validation and reported on test)."""
+        unused = (self._changed('split_ratios', 'split_mode') if self.protocol == 'sampled'
+                  else self._changed('eval_negatives'))
+        if unused:
+            raise ValueError(f'the {self.protocol} protocol does not use '
+                             f'{", ".join(unused)}; leave it at its default')
+        ratios = self.split_ratios
+        if len(ratios) != 3 or not min(ratios) > 0 or abs(sum(ratios) - 1) > 1e-6:
+            raise ValueError(f'split_ratios must be three ratios > 0 (train, validation, '
+                             f'test) summing to 1, got {ratios}')
+
+    def _validate_server(self) -> None:
+        from fedgraph.server.stages import Aggregator, TrimmedMean, resolve_stage
+
+        cls = resolve_stage(self.aggregation, Aggregator)
         if not 0 <= self.trim_ratio < 0.5:
             raise ValueError(f'trim_ratio must be in [0, 0.5), got {self.trim_ratio}')
+        if not issubclass(cls, TrimmedMean) and self._changed('trim_ratio'):
+            raise ValueError(f'trim_ratio applies to aggregation=trimmed_mean only, not '
+                             f'{self.aggregation!r}')
         if self.norm_bound is not None and not self.norm_bound >= 0:
             raise ValueError(f'norm_bound must be > 0 (0: none), got {self.norm_bound}')
 
@@ -307,8 +337,7 @@ class TrainConfig:
                 raise ValueError("distributed DP (dp_noise_at='distributed') needs secure "
                                  'aggregation: a client\'s share of the noise alone does not '
                                  'hide its upload')
-            changed = [name for name in ('secure_min_survivors', 'secure_dropout')
-                       if getattr(self, name) != shared_fields()[name].default]
+            changed = self._changed('secure_min_survivors', 'secure_dropout')
             if changed:
                 raise ValueError(f'{", ".join(changed)} set without secure_aggregation')
             return
@@ -401,6 +430,11 @@ class TrainConfig:
             log.warning('%s: settings %s belong to no section of %s; left out', path,
                         ', '.join(dropped), algorithm)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _plain(default: Any) -> Any:
+    """A setting's default as the configuration holds it (a tuple for a sequence)."""
+    return tuple(default) if isinstance(default, list) else default
 
 
 def shared_fields() -> Dict[str, dataclasses.Field]:

@@ -54,7 +54,8 @@ def _rounds_match(flower, in_process, rounds):
 
 def test_configuration_survives_the_run_config():
     config = TrainConfig(algorithm='fedmf', dataset='synthetic', rounds=7, clip=0.5,
-                         ldp_scale=0.1, client_streams=True, split_ratios=(0.7, 0.2, 0.1))
+                         ldp_scale=0.1, client_streams=True, protocol='full',
+                         split_ratios=(0.7, 0.2, 0.1))
     run_config = config_to_run_config(config)
     assert all(isinstance(v, (bool, int, float, str)) for v in run_config.values())
     assert run_config_to_config(run_config) == config

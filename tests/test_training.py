@@ -271,6 +271,20 @@ def test_cli_train_and_resume(tmp_path, capsys):
     (['train', '--num-negatives', '0'], 'num_negatives must be >= 1'),
     (['train', '--dataset', 'csv', '--data-path', '.'], 'is a directory; expected a file'),
     (['train', '--aggregation', 'trimmed_mean', '--trim-ratio', '0.6'], 'trim_ratio must be'),
+    (['train', '--trim-ratio', '0.3'], 'trim_ratio applies to aggregation=trimmed_mean only'),
+    (['train', '--algorithm', 'fedmf', '--clip', 'nan', '--ldp-scale', '0.1'],
+     'settings must be finite: clip = nan'),
+    (['train', '--algorithm', 'pfedrec', '--lr', 'inf'], 'settings must be finite: lr = inf'),
+    (['train', '--protocol', 'full', '--eval-negatives', '50'],
+     'the full protocol does not use eval_negatives'),
+    (['train', '--split-ratios', '0.7', '0.2', '0.1'],
+     'the sampled protocol does not use split_ratios'),
+    (['train', '--protocol', 'full', '--split-ratios', '1', '0', '0'],
+     r'split_ratios must be three ratios > 0 \(train, validation, test\) summing to 1'),
+    (['train', '--protocol', 'full', '--split-ratios', 'nan', '0.5', '0.5'],
+     'settings must be finite: split_ratios'),
+    (['train', '--algorithm', 'perfedrec++', '--level-weights', '0', '0', '0'],
+     'one at least > 0'),
     (['no-such-command'], 'invalid choice'),
 ])
 def test_cli_answers_misuse_like_argparse(tmp_path, capsys, argv, message):
@@ -326,6 +340,7 @@ def test_a_non_finite_parameter_is_divergence():
 
     class Engine:
         federated = None
+        chance_loss = None
 
         def state_dict(self):
             return {'heads': [torch.zeros(2), torch.tensor([0.0, float('nan')])]}
@@ -336,12 +351,15 @@ def test_a_non_finite_parameter_is_divergence():
     assert divergence(stats, Engine()) == 'the training loss is inf'
 
 
-def test_the_command_line_reports_divergence_without_a_traceback(tmp_path, capsys):
+@pytest.mark.parametrize('algorithm', ['pfedrec', 'mf'])
+def test_the_command_line_reports_divergence_without_a_traceback(tmp_path, capsys, algorithm):
+    """A federated model and a centralized one alike: the loss far above chance stops the
+    run with the same sentence."""
     out = tmp_path / 'run'
     with pytest.raises(SystemExit) as raised:
-        main(['train', '--dataset', 'synthetic', '--lr', '1e6', '--rounds', '3', '--out',
-              str(out), '--quiet'])
-    assert str(raised.value).startswith('error: pfedrec diverged in round 0')
+        main(['train', '--algorithm', algorithm, '--dataset', 'synthetic', '--lr', '1e6',
+              '--rounds', '3', '--out', str(out), '--quiet'])
+    assert str(raised.value).startswith(f'error: {algorithm} diverged in round 0')
     assert 'No checkpoint was written' in str(raised.value)
     assert 'Traceback' not in capsys.readouterr().err
     assert not (out / 'metrics.json').exists() and not (out / CHECKPOINT).exists()

@@ -48,8 +48,10 @@ class FedLightGCNSettings(FedMFSettings):
     def validate(self) -> None:
         super().validate()
         self.level_weights = tuple(float(w) for w in self.level_weights)
-        if len(self.level_weights) != 3 or min(self.level_weights) < 0:
-            raise ValueError('level_weights are three weights >= 0 (global, cluster, local)')
+        if (len(self.level_weights) != 3 or min(self.level_weights) < 0
+                or not sum(self.level_weights) > 0):
+            raise ValueError(f'level_weights are three weights >= 0 (global, cluster, local), '
+                             f'one at least > 0; got {self.level_weights}')
         if self.level_weights[2] and not self.dual_personalization:
             raise ValueError('the local level (level_weights[2]) needs dual personalization '
                              '(dual_personalization=True)')

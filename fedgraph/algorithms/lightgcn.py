@@ -22,6 +22,7 @@ items.
 from __future__ import annotations
 
 import warnings
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -125,6 +126,8 @@ class CentralizedLightGCN(RoundEngine):
                  known: Optional[ClientPartition] = None, contrastive: bool = False):
         settings = config.settings
         self.config, self.settings = config, settings
+        # BPR at s_ui = s_uj; SimGCL's InfoNCE adds a term of its own.
+        self.chance_loss = None if contrastive else math.log(2)
         self.partition = partition.to(config.device)
         self.known = (known if known is not None else partition).to(config.device)
         self.num_users = partition.num_clients

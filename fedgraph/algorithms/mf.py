@@ -1,6 +1,7 @@
 """Centralized matrix factorization: the non-federated reference point of the baselines."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -47,6 +48,7 @@ class CentralizedMF(RoundEngine):
     loss (BCE, ``num_negatives`` fresh negatives per positive) and evaluation as the
     federated algorithms. One "round" is one epoch of Adam over shuffled mini-batches of
     ``batch_size`` (learning rate: :class:`MFSettings`' ``lr``)."""
+    chance_loss = math.log(2)  # BCE at sigma(s) = 1/2
 
     def __init__(self, config, partition: ClientPartition,
                  generator: torch.Generator, known: Optional[ClientPartition] = None):

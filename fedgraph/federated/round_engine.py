@@ -20,6 +20,9 @@ class RoundEngine:
 
     #: The privacy releases of a federated engine's clients (``None``: centralized).
     ledger: Optional[PrivacyLedger] = None
+    #: A centralized engine's training loss when its model scores every item alike
+    #: (``None``: not known); a federated engine's is its clients' loss's.
+    chance_loss: Optional[float] = None
 
     @property
     def federated(self) -> Optional['RoundEngine']:
