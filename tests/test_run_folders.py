@@ -2,6 +2,9 @@
 files are replaced atomically (a crash while writing a checkpoint leaves the previous one to
 resume from), and nothing read from a run folder runs code."""
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 import fedgraph.files
 from fedgraph.cli import main
 from fedgraph.config import TrainConfig
+from fedgraph.server.loop import SET_ASIDE, set_aside
 from fedgraph.training import CHECKPOINT, EMBEDDINGS, train
 from helpers import HostilePayload, cli_misuse, read_metrics, without_seconds
 
@@ -27,21 +31,61 @@ def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert not list(out.glob('.*.partial'))  # every file was renamed into place
 
 
-def test_an_overwrite_that_cannot_start_leaves_the_old_run_and_one_that_does_leaves_no_trace(
+def test_an_overwrite_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(
         tmp_path, capsys):
-    """A configuration that fails when the run is built writes nothing; an overwrite that
-    starts removes the old run's files first, so a run folder never mixes two runs."""
+    """A configuration that fails when the run is built writes nothing; a new run that fails
+    before its first checkpoint brings the old run back, figures and all; one that gets
+    there leaves nothing of the old run, its figures neither."""
     out = tmp_path / 'run'
-    main(['train', '--out', str(out), '--checkpoint-every', '1'] + SMALL)
-    config_before, metrics_before = (out / 'config.json').read_text(), read_metrics(out)
+    main(['train', '--out', str(out), '--checkpoint-every', '1', '--plot'] + SMALL)
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob('*')
+              if path.is_file() and path.name != '.lock'}
+    assert (out / 'figures' / 'curves.png').exists()
     with cli_misuse(capsys, 'unknown data set'):
         main(['train', '--out', str(out), '--overwrite', '--dataset', 'no-such-data'])
-    assert (out / 'config.json').read_text() == config_before
-    assert read_metrics(out) == metrics_before
     with pytest.raises(SystemExit, match='diverged in round 0'):
         main(['train', '--out', str(out), '--overwrite', '--lr', '1e6'] + SMALL)
-    assert not (out / 'metrics.json').exists() and not (out / CHECKPOINT).exists()
-    assert '"lr": 1000000.0' in (out / 'config.json').read_text()
+    after = {path.relative_to(out): path.read_bytes() for path in out.rglob('*')
+             if path.is_file() and path.name != '.lock'}
+    assert after == before
+    main(['train', '--out', str(out), '--overwrite', '--seed', '1'] + SMALL)
+    assert not (out / 'figures').exists() and not (out / SET_ASIDE).exists()
+    assert '"seed": 1' in (out / 'config.json').read_text()
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_leaves_the_old_run(tmp_path, capsys):
+    """A process killed while its overwrite had no checkpoint yet leaves the old run set
+    aside; the next command on the folder brings it back before it looks."""
+    out = tmp_path / 'run'
+    main(['train', '--out', str(out)] + SMALL)
+    before = read_metrics(out)
+    set_aside(out)
+    (out / 'config.json').write_text('{"the killed run": true}')
+    with cli_misuse(capsys, 'holds a run already'):
+        main(['train', '--out', str(out), '--seed', '1'] + SMALL)
+    assert read_metrics(out) == before and not (out / SET_ASIDE).exists()
+    assert 'killed' not in (out / 'config.json').read_text()
+
+
+def test_two_runs_started_together_on_one_folder_leave_one_run(tmp_path):
+    """Both processes start at once; the folder's lock is taken before anything is checked,
+    so one trains and the other fails, whichever came first, and the folder holds the
+    winner's run whole."""
+    out = tmp_path / 'run'
+    command = [sys.executable, '-m', 'fedgraph', 'train', '--out', str(out)] + SMALL
+    runs = [subprocess.Popen(command + ['--seed', str(seed)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    results = [(run.wait(), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close()
+        run.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert re.search('is being written by process|holds a run already', loser), loser
+    winner = 1 + [code for code, _ in results].index(0)
+    assert f'"seed": {winner}' in (out / 'config.json').read_text()
+    assert read_metrics(out)['rounds']
 
 
 def test_a_folder_being_written_is_locked(tmp_path, capsys):
@@ -112,3 +156,24 @@ def test_a_user_the_run_does_not_know_is_a_misuse(tmp_path, capsys):
         main(['recommend', str(out), '--user', '999999'])
     with cli_misuse(capsys, "the user ids of this run are integers, got 'abc'"):
         main(['export', str(out), '--user', 'abc', '--out', str(tmp_path / 'abc.pt')])
+
+
+def test_resume_refuses_a_changed_setting_and_applies_more_rounds(tmp_path, capsys, caplog):
+    """A resumed run trains what its config.json says: a flag that would change that is an
+    error naming it; more rounds are applied, said and recorded, and end where an
+    uninterrupted run of that many rounds ends."""
+    out = tmp_path / 'run'
+    main(['train', '--out', str(out), '--checkpoint-every', '1'] + SMALL)
+    before = read_metrics(out)
+    with cli_misuse(capsys, r'--dim 16 \(the run has 8\), --lr 0.5 \(the run has 0.1\)'):
+        main(['train', '--resume', str(out), '--rounds', '4', '--lr', '0.5', '--dim', '16'])
+    with cli_misuse(capsys, r'--dim 32 \(the run has 8\)'):  # the default, not this run's
+        main(['train', '--resume', str(out), '--dim', '32'])
+    assert read_metrics(out) == before
+    with caplog.at_level('INFO', logger='fedgraph.cli'):
+        main(['train', '--resume', str(out), '--rounds', '4', '--dim', '8', '--quiet'])
+    assert 'with rounds = 4' in caplog.text
+    assert TrainConfig.load(out / 'config.json').rounds == 4
+    uninterrupted = tmp_path / 'whole'
+    main(['train', '--out', str(uninterrupted)] + SMALL[:-3] + ['--rounds', '4', '--quiet'])
+    assert without_seconds(read_metrics(out)) == without_seconds(read_metrics(uninterrupted))

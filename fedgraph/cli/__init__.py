@@ -35,10 +35,14 @@ from pathlib import Path
 from typing import List, Optional
 
 from fedgraph.analysis import mean_std
-from fedgraph.cli.flags import add_config_flags, config_from_args, remember_parsers, run_command
+from fedgraph.cli.flags import (add_config_flags, config_from_args, given_flags,
+                                remember_parsers, resumed_config, run_command)
 from fedgraph.config import SECTIONS, TrainConfig
 from fedgraph.data import leave_one_out_split
 from fedgraph.data.source import load_configured
+
+log = logging.getLogger(__name__)
+
 
 def _train(args: argparse.Namespace) -> None:
     from fedgraph.training import train
@@ -47,7 +51,15 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError('--plot needs --out (or --resume)')
     if args.resume:
         out = Path(args.resume)
-        config = TrainConfig.load(out / 'config.json')
+        given = given_flags(args.parser, args.argv[1:])
+        if 'out' in given or 'overwrite' in given:
+            raise ValueError('--resume continues the run in its own folder: leave out --out '
+                             'and --overwrite')
+        config, changes = resumed_config(TrainConfig.load(out / 'config.json'), args, given,
+                                         str(out))
+        if changes:
+            log.info('resuming %s with %s', out,
+                     ', '.join(f'{name} = {value}' for name, value in changes.items()))
         metrics = train(config, out, resume=True, progress=not args.quiet)
     else:
         config = config_from_args(args)
@@ -434,6 +446,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         _flower(argv[1:])
         return
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from fedgraph import runtime
     from fedgraph.training import TrainingDiverged
 

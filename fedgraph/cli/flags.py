@@ -101,6 +101,57 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     return TrainConfig(**{'algorithm': args.algorithm, **values})
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> List[str]:
+    """The destinations of the flags written in ``argv`` (not those left at their defaults),
+    as ``parser`` parses them."""
+    actions = [action for action in parser._actions if action.dest != argparse.SUPPRESS]
+    defaults = [action.default for action in actions]
+    for action in actions:
+        action.default = argparse.SUPPRESS
+    try:
+        parsed, _ = parser.parse_known_args(list(argv), argparse.Namespace())
+    finally:
+        for action, default in zip(actions, defaults):
+            action.default = default
+    return [action.dest for action in actions if hasattr(parsed, action.dest)]
+
+
+#: The settings a resumed run may change: how long it goes on and how it runs, not what it
+#: trains (a change of ``rounds`` under a target epsilon is refused: the noise was calibrated
+#: to the rounds).
+RESUMABLE_CHANGES = ('rounds', 'patience', 'eval_every', 'checkpoint_every', 'threads')
+
+
+def resumed_config(saved: TrainConfig, args: argparse.Namespace, given: Sequence[str],
+                   folder: str) -> Tuple[TrainConfig, Dict[str, object]]:
+    """The configuration a run resumed from ``folder`` continues with: its ``saved`` one with
+    the :data:`RESUMABLE_CHANGES` among the flags ``given`` applied; returns it and the
+    changes. Any other flag given with a value that differs from the run's is an error: a
+    resumed run trains what it was configured to train."""
+    settings = algorithm_settings()
+    changes: Dict[str, object] = {}
+    for name in given:
+        if name == 'algorithm' or name in shared_fields() or name in settings:
+            value = getattr(args, name)
+            value = tuple(value) if isinstance(value, list) else value
+            if value != getattr(saved, name):
+                changes[name] = value
+    refused = [name for name in changes
+               if name not in RESUMABLE_CHANGES
+               or (name == 'rounds' and saved.dp_epsilon is not None)]
+    if refused:
+        given_values = ', '.join(f'--{name.replace("_", "-")} {_shown(changes[name])} (the run '
+                                 f'has {_shown(getattr(saved, name))})' for name in refused)
+        raise ValueError(f'--resume continues {folder} as its config.json configures it: '
+                         f'{given_values}; a resumed run may change only '
+                         f'{", ".join("--" + n.replace("_", "-") for n in RESUMABLE_CHANGES)}'
+                         f' (not --rounds under --dp-epsilon, whose noise was calibrated to '
+                         f'the rounds); train a new run (--out) for other settings')
+    if not changes:
+        return saved, {}
+    return TrainConfig(**{**saved.to_dict(), **changes}), changes
+
+
 #: What a command raises when it was given something it cannot use (a value out of range, a
 #: file that is missing, a folder that holds a run, a user a run does not know): reported as
 #: argparse reports a bad flag.

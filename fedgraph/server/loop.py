@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -35,8 +36,12 @@ CHECKPOINT = 'checkpoint.pt'
 EMBEDDINGS = 'embeddings.pt'
 #: The split a run trained on when it was passed in Python (:func:`fedgraph.run.save_split`).
 SPLIT = 'split.pt'
-#: What a run writes besides its config.json (``overwrite`` removes them first).
+#: What a run writes besides its config.json.
 RUN_FILES = ('metrics.json', 'metrics.csv', CHECKPOINT, EMBEDDINGS, SPLIT)
+#: Everything of a run in its folder, its figures included: what an overwrite replaces.
+REPLACED_FILES = ('config.json', *RUN_FILES, 'figures')
+#: Where an overwrite keeps the run it replaces until the new run's first checkpoint.
+SET_ASIDE = '.replaced'
 
 #: A training loss this many times the chance loss means local training diverged.
 EXPLODED = 10.0
@@ -138,6 +143,37 @@ def divergence(stats: RoundStats, engine) -> Optional[str]:
     return None if name is None else f'{name} is not finite'
 
 
+def set_aside(out: Path) -> None:
+    """Moves the run in ``out`` (:data:`REPLACED_FILES`) into ``out/.replaced``."""
+    aside = out / SET_ASIDE
+    aside.mkdir()
+    for name in REPLACED_FILES:
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def settle_set_aside(out: Path, restore: bool) -> None:
+    """Ends an overwrite of the run in ``out``: with ``restore``, the new run's files are
+    removed and the run set aside (:func:`set_aside`) comes back; else the set-aside run is
+    deleted. Nothing to do without one."""
+    aside = out / SET_ASIDE
+    if not aside.exists():
+        return
+    if restore:
+        for name in REPLACED_FILES:
+            _remove(out / name)
+            if (aside / name).exists():
+                (aside / name).rename(out / name)
+    shutil.rmtree(aside)
+
+
 class Server:
     """Drives a run's rounds over a :class:`Federation` (see the module docstring).
 
@@ -182,8 +218,11 @@ class Server:
     def run(self, resume: bool = False, overwrite: bool = False) -> Dict:
         """The whole run; returns its metrics. Without ``resume`` or ``overwrite``, a run
         folder that holds a run already is an error, so that no run is lost or mixed with
-        another; ``overwrite`` removes that run's files first; ``resume`` continues from
-        its ``checkpoint.pt``."""
+        another; ``resume`` continues from its ``checkpoint.pt``. ``overwrite`` sets that
+        run aside (every file of it, figures included) and deletes it once the new run has
+        written its first checkpoint; a new run that fails before then, or a process killed
+        before then (found by the next run on the folder), brings the old run back. All of
+        it under the folder's lock, taken first."""
         out = self.out
         if resume and not self.federation.resumable:
             raise ValueError('a deployment cannot resume: its clients keep their own state')
@@ -193,14 +232,18 @@ class Server:
             return self._rounds(resume=False)
         out.mkdir(parents=True, exist_ok=True)
         with folder_lock(out):
+            settle_set_aside(out, restore=not (out / 'metrics.json').exists())
             check_folder(out, resume, overwrite)
-            if overwrite and not resume:
-                for name in RUN_FILES:
-                    (out / name).unlink(missing_ok=True)
-            self.config.save(out / 'config.json', self.built_from())
-            if not resume:
-                self.federation.save_inputs(out)
-            return self._rounds(resume)
+            if overwrite and not resume and any((out / name).exists()
+                                                for name in REPLACED_FILES):
+                set_aside(out)
+            try:
+                self.config.save(out / 'config.json', self.built_from())
+                if not resume:
+                    self.federation.save_inputs(out)
+                return self._rounds(resume)
+            finally:
+                settle_set_aside(out, restore=not (out / 'metrics.json').exists())
 
     def _rounds(self, resume: bool) -> Dict:
         config, federation, out = self.config, self.federation, self.out
@@ -251,6 +294,7 @@ class Server:
                             **federation.state_dict(), 'history': history,
                             'round': round_index + 1, 'pretraining': self.pretraining})
                     write_metrics(out, self.metrics())
+                    settle_set_aside(out, restore=False)
                     saved = round_index + 1
                 if stop:
                     log.info('%s: no better validation %s in %d evaluations; stopped after '
