@@ -17,6 +17,8 @@ __version__ = package_version()
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     'train': 'training',
     'TrainingDiverged': 'training',
+    'NothingTrained': 'training',
+    'RunFailed': 'training',
     'TrainConfig': 'config',
     'Run': 'run',
     'load_run': 'run',

@@ -19,11 +19,11 @@ from fedgraph.config import TrainConfig
 from fedgraph.federated.evaluation import Split
 from fedgraph.run import Run, load_split
 from fedgraph.server.inprocess import InProcess
-from fedgraph.server.loop import (CHECKPOINT, EMBEDDINGS, RUN_FILES, Server, TrainingDiverged,
-                                  check_folder, divergence)
+from fedgraph.server.loop import (CHECKPOINT, EMBEDDINGS, RUN_FILES, NothingTrained, RunFailed,
+                                  Server, TrainingDiverged, check_folder, divergence)
 
-__all__ = ['CHECKPOINT', 'EMBEDDINGS', 'RUN_FILES', 'TrainingDiverged', 'build_run',
-           'divergence', 'prepare_split', 'train']
+__all__ = ['CHECKPOINT', 'EMBEDDINGS', 'RUN_FILES', 'NothingTrained', 'RunFailed',
+           'TrainingDiverged', 'build_run', 'divergence', 'prepare_split', 'train']
 
 
 def train(config: TrainConfig, out: Optional[Union[str, Path]] = None, resume: bool = False,

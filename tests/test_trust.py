@@ -273,3 +273,31 @@ def _drop_first_client(result, num_items):
     result.upload.update[result.upload.row_owner == 0] = float('nan')
     kept, _, _ = screen(result, num_items)
     return kept
+
+
+def test_a_run_whose_every_upload_is_dropped_is_an_error_and_its_records_say_so(tmp_path):
+    """Every round's uploads dropped: each record says no client was aggregated and no loss
+    (strict JSON, no NaN), and the run ends with NothingTrained instead of a 'best round'
+    of the initial model."""
+    import json
+
+    from fedgraph.server.inprocess import InProcess
+    from fedgraph.server.loop import NothingTrained, Server
+
+    config = TrainConfig(**SMALL)
+    split = prepare_split(config)
+    engine, generator = build_run(config, split)
+    initial = engine.model.item.detach().clone()
+
+    def poison_all(result):
+        result.upload.update.fill_(float('nan'))
+        return result
+
+    engine.adversary = poison_all
+    with pytest.raises(NothingTrained, match=r'no round aggregated an upload.*non_finite: '):
+        Server(config, InProcess(engine, split, generator), tmp_path, progress=False).run()
+    records = json.loads((tmp_path / 'metrics.json').read_text(),
+                         parse_constant=lambda name: pytest.fail(f'{name} in metrics.json'))
+    assert [(r['clients'], r['train_loss']) for r in records['rounds']] == [(0, None)] * 2
+    assert all(r['uploads_dropped']['non_finite'] > 0 for r in records['rounds'])
+    assert torch.equal(engine.model.item, initial)

@@ -448,10 +448,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     args.argv = argv
     from fedgraph import runtime
-    from fedgraph.training import TrainingDiverged
+    from fedgraph.server.loop import RunFailed
 
     runtime.keep_freed_memory()  # this process is the command's: its rounds reuse their pages
     try:
         run_command(args)
-    except TrainingDiverged as error:
+    except RunFailed as error:
         raise SystemExit(f'error: {error}') from None

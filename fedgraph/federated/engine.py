@@ -144,7 +144,7 @@ class FederatedEngine(RoundEngine):
         upload = result.upload
         num_clients = upload.clients.numel()
         if num_clients == 0:
-            return RoundStats(float('nan'), 0, 0.0, 0.0, dict(dropped or {}))
+            return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
         self.server(self.model.item, self.model.shared_dense(), base, upload.row_item,
                     upload.row_owner, upload.update, upload.dense, num_clients,
                     result.num_samples, generator)

@@ -6,7 +6,9 @@ from fedgraph.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     'Server': 'loop',
     'Federation': 'loop',
+    'RunFailed': 'loop',
     'TrainingDiverged': 'loop',
+    'NothingTrained': 'loop',
     'InProcess': 'inprocess',
     'Deployment': 'deployment',
     'LocalTransport': 'deployment',

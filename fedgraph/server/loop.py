@@ -47,8 +47,18 @@ SET_ASIDE = '.replaced'
 EXPLODED = 10.0
 
 
-class TrainingDiverged(RuntimeError):
+class RunFailed(RuntimeError):
+    """A run that ended without a model worth its name; the message says why and what of
+    it was kept."""
+
+
+class TrainingDiverged(RunFailed):
     """A round produced a non-finite loss or parameter, or a loss far above chance."""
+
+
+class NothingTrained(RunFailed):
+    """No round of the run aggregated an upload: the server dropped every one, and the
+    model is the one it started from."""
 
 
 class Federation:
@@ -174,6 +184,15 @@ def settle_set_aside(out: Path, restore: bool) -> None:
     shutil.rmtree(aside)
 
 
+def _dropped_in(history: List[Dict[str, object]]) -> str:
+    """The uploads dropped over ``history``, by reason, as text."""
+    total: Dict[str, int] = {}
+    for record in history:
+        for reason, count in (record.get('uploads_dropped') or {}).items():
+            total[reason] = total.get(reason, 0) + count
+    return ', '.join(f'{reason}: {count}' for reason, count in total.items()) or 'none sent'
+
+
 class Server:
     """Drives a run's rounds over a :class:`Federation` (see the module docstring).
 
@@ -278,6 +297,9 @@ class Server:
                             'Nothing was saved')
                     raise TrainingDiverged(f'{config.algorithm} diverged in round {round_index}: '
                                            f'{problem}; lower the learning rate (--lr). {kept}')
+                if not stats.num_clients:
+                    log.warning('round %d: the server aggregated no upload (dropped: %s); the '
+                                'model did not change', round_index, stats.dropped or 'none')
                 record = {**round_record(round_index, stats, federation.engine), **extra}
                 if config.evaluates_after(round_index + 1):
                     record.update(federation.evaluate(round_index))
@@ -303,6 +325,11 @@ class Server:
                              best_round(history, config.select_by)['round'])
                     break
         bar.close()
+        if history and not any(record['clients'] for record in history):
+            raise NothingTrained(
+                f'{config.algorithm}: no round aggregated an upload, the server dropped every '
+                f'one ({_dropped_in(history)}); the model is the one it started from'
+                + (f'. The records are in {out / "metrics.json"}' if out is not None else ''))
         exported = federation.export() if out is not None else None
         if exported is not None:
             save_tensors(out / EMBEDDINGS, exported)
