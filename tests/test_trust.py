@@ -245,13 +245,15 @@ def _report_loss(result):
     ('weighted', _report_samples(float('nan')), 'bad_samples'),
     ('weighted', _report_samples(-1e9), 'bad_samples'),
     ('weighted', _report_samples(0), 'bad_samples'),
+    ('weighted', _report_samples(1e9), 'bad_samples'),
     ('mean', _report_loss, 'non_finite')])
 def test_in_process_a_client_that_games_the_rule_is_dropped(aggregation, tamper, reason,
                                                             tiny_sampled_split):
     """A client that repeats a row (a row-counting rule would count it 61 times), reports a
-    sample count that is not one (weighted FedAvg weighs by it) or a NaN loss (which would
-    end the run as divergence) is dropped and counted: the round equals the round without
-    that client."""
+    sample count that is not one or that its rows cannot back (weighted FedAvg weighs by
+    it; 1e9 would make its upload the round's mean) or a NaN loss (which would end the run
+    as divergence) is dropped and counted: the round equals the round without that
+    client."""
     config = TrainConfig(dim=8, aggregation=aggregation)
     split = tiny_sampled_split
     tampered, generator = build_run(config, split)

@@ -127,7 +127,8 @@ class FederatedEngine(RoundEngine):
             result = self.adversary(result)
         if self.secure is not None:
             return self.aggregate_secure(base, result, generator), result
-        result, _, dropped = screen(result, self.model.num_items)
+        result, _, dropped = screen(result, self.model.num_items,
+                                    samples_per_row=1 + self.training.num_negatives)
         return self.aggregate(base, result, dropped, generator), result
 
     def aggregate(self, base: Tensor, result: ClientRound,

@@ -58,19 +58,25 @@ def finite_rows(values: Tensor) -> Tensor:
     return torch.isfinite(values.reshape(values.size(0), -1).norm(dim=1))
 
 
-def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor]] = None
+def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor]] = None,
+           samples_per_row: Optional[int] = None
            ) -> Tuple[ClientRound, Dict[str, Tensor], Dict[str, int]]:
     """The round's uploads without the clients that sent an item id out of range
     (``bad_item``), a non-finite tensor or loss (``non_finite``), the same item's row twice
     (``repeated_row``: one client's upload counts once per row, whatever the rule), or a
-    sample count below 1 (``bad_samples``: weighted FedAvg weighs by it); a client is counted
-    under the first of these reasons that holds.
+    sample count that its upload cannot back (``bad_samples``: weighted FedAvg weighs by
+    it): below 1, or above ``samples_per_row`` times its rows (a client trains each of its
+    positives, whose rows it uploads, with ``samples_per_row - 1`` negatives, so it has at
+    most that many samples per row); a client is counted under the first of these reasons
+    that holds.
 
     Args:
         result: what the round's clients handed the server.
         num_items: the catalogue size.
         extra: other per-client tensors ``[B, ...]`` in the order of
             ``result.upload.clients`` (a graph model's user-embedding changes).
+        samples_per_row: the samples a row backs (``1 + num_negatives``; ``None``: no
+            upper bound).
 
     Returns:
         ``(kept round, kept extra, {reason: clients dropped})``.
@@ -96,6 +102,12 @@ def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor
     bad_samples = ~(samples >= 1)  # NaN included
     if samples.is_floating_point():
         bad_samples |= torch.isinf(samples)
+    if samples_per_row is not None:
+        rows = torch.bincount(owner.cpu(), minlength=num).to(bad_samples.device)
+        bad_samples |= samples > rows * samples_per_row
+    if samples_per_row is not None:
+        rows = torch.bincount(owner.cpu(), minlength=num).to(bad_samples.device)
+        bad_samples |= samples > rows * samples_per_row
     dropped, drop = {}, torch.zeros(num, dtype=torch.bool)
     for reason, bad in (('bad_item', bad_item), ('non_finite', bad_value),
                         ('repeated_row', repeated), ('bad_samples', bad_samples)):

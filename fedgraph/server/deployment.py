@@ -323,7 +323,8 @@ class Deployment(Federation):
             joined('num_samples', nothing)[order], joined('loss', self._base[:0, 0])[order])
         extra_like = {key: self._base[:0] for key in (uploads[0].extra if uploads else {})}
         others = {key: value[order] for key, value in joined_group('extra', extra_like).items()}
-        result, others, screened = screen(result, self.federated.model.num_items, others)
+        result, others, screened = screen(result, self.federated.model.num_items, others,
+                                          1 + self.federated.training.num_negatives)
         for reason, count in screened.items():
             dropped[reason] = dropped.get(reason, 0) + count
         stats = self.federated.aggregate(self._base, result, dropped, self.generator)
