@@ -49,6 +49,16 @@ def build_run(config: TrainConfig, split) -> RunParts:
         raise ValueError(f'--device {config.device}: this PyTorch ({torch.__version__}) has no '
                          f'CUDA device; use --device cpu')
     generator = torch.Generator().manual_seed(config.seed)
-    engine = build_engine(config, ClientPartition.from_data(split.train), generator,
-                          split.known_items())
+    partition = ClientPartition.from_data(split.train)
+    try:
+        engine = build_engine(config, partition, generator, split.known_items())
+    except (MemoryError, RuntimeError) as error:
+        # PyTorch's allocators report as a RuntimeError: OutOfMemoryError on CUDA, a message
+        # on the CPU.
+        if not (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+                or "can't allocate memory" in str(error)):
+            raise
+        raise ValueError(f'the {config.algorithm} model of {partition.num_clients} users and '
+                         f'{partition.num_items} items at dim {config.dim} does not fit in '
+                         f'memory; lower --dim') from None
     return RunParts(engine, generator)

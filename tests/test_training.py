@@ -285,6 +285,7 @@ def test_cli_train_and_resume(tmp_path, capsys):
      'settings must be finite: split_ratios'),
     (['train', '--algorithm', 'perfedrec++', '--level-weights', '0', '0', '0'],
      'one at least > 0'),
+    (['train', '--dim', str(10 ** 12)], r'does not fit in memory; lower --dim'),
     (['no-such-command'], 'invalid choice'),
 ])
 def test_cli_answers_misuse_like_argparse(tmp_path, capsys, argv, message):
