@@ -266,6 +266,81 @@ def test_read_csv_whitespace(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# Quoted CSV fields (RFC 4180)
+# --------------------------------------------------------------------------------------
+QUOTED_CSV = ('"user","item","rating","timestamp"\r\n'
+              'u1,"Film, 12",4,1000\r\n'
+              'u2,"Say ""hi""",5,1001\r\n'
+              'u1, "Two\r\nlines, too",3,1002\r\n'
+              '\r\n'
+              'u3,12" screen,2,1003\r\n'
+              '"u,2",plain,1,1004\r\n')
+
+
+def test_read_csv_quoted_fields(tmp_path):
+    path = _write(tmp_path / 'q.csv', QUOTED_CSV)
+    data = read_csv(path, rating='rating', time='timestamp')
+    # Quoted fields keep their delimiters, line breaks and (undoubled) quotes; a quote
+    # inside an unquoted field is an ordinary character.
+    assert data[ITEM].raw_id == ['12" screen', 'Film, 12', 'Say "hi"', 'Two\r\nlines, too',
+                                 'plain']
+    assert data[USER].raw_id == ['u,2', 'u1', 'u2', 'u3']
+    assert data[RATES].edge_index.shape == (2, 5)
+    # 'u,2': plain @ 1004; u1: Film @ 1000, Two lines @ 1002; u2: Say hi; u3: 12" screen
+    assert data[RATES].edge_index.tolist() == [[0, 1, 1, 2, 3], [4, 1, 3, 2, 0]]
+    assert data[RATES].rating.tolist() == [1.0, 4.0, 3.0, 5.0, 2.0]
+    assert data[RATES].time.tolist() == [1004, 1000, 1002, 1001, 1003]
+
+
+def test_read_csv_quoted_tsv(tmp_path):
+    path = _write(tmp_path / 'q.tsv', 'user\titem\n"a\tb"\t"x\ty"\nc\tz\n')
+    data = read_csv(path, delimiter='\t')
+    assert data[USER].raw_id == ['a\tb', 'c']
+    assert data[ITEM].raw_id == ['x\ty', 'z']
+
+
+@pytest.mark.parametrize('block_chars', [8, 40, 100, None])
+@pytest.mark.parametrize('integer_ids', [False, 'auto'])
+def test_the_column_reader_reads_quoted_fields_as_the_line_reader(tmp_path, monkeypatch,
+                                                                  block_chars, integer_ids):
+    # Blocks of 8 or 40 characters end inside the quoted line break of line 4.
+    path = _write(tmp_path / 'q.csv', QUOTED_CSV)
+    if block_chars is not None:
+        monkeypatch.setattr(reader, 'BLOCK_CHARS', block_chars)
+    args = (path, MIXED_COLUMNS[:1] + [reader.Column('item', 1),
+                                       reader.Column('rating', 2, 'float'),
+                                       reader.Column('time', 3, 'time')], ',')
+    columns = reader._read_columns(*args, True, integer_ids, 'utf-8', None)
+    expected = _line_by_line(monkeypatch, *args, header=True, integer_ids=integer_ids)
+    assert expected['item'].tolist() == ['Film, 12', 'Say "hi"', 'Two\r\nlines, too',
+                                         '12" screen', 'plain']
+    assert columns is not None
+    for name, values in expected.items():
+        assert columns[name].tolist() == values.tolist()
+
+
+@pytest.mark.parametrize('rows,line,what', [
+    pytest.param('u1,"a"b,1\n', 3, "bad quoting \\(',' expected after '\"'\\)",
+                 id='text-after-the-closing-quote'),
+    pytest.param('u1,"never closed,1\nu2,i,1\n', 3, 'bad quoting \\(unexpected end of data\\)',
+                 id='unclosed-quote-names-the-line-it-opens-on'),
+    pytest.param('u1,"two\nlines",1\nu2,i,x\n', 5, "must be a finite number, got 'x'",
+                 id='lines-after-a-quoted-line-break-keep-their-numbers'),
+    pytest.param('u1,"two\nlines",x\n', 3, "must be a finite number, got 'x'",
+                 id='a-record-over-two-lines-is-named-by-its-first'),
+    pytest.param('u1,"two\nlines"\n', 3,
+                 re.escape("expected 3 fields separated by ',' (user,item,rating), found 2: "
+                           "'u1,\"two\\nlines\"'"),
+                 id='too-few-fields-quotes-the-whole-record'),
+])
+def test_quoting_errors_name_the_line(tmp_path, rows, line, what):
+    path = _write(tmp_path / 'q.csv', 'user,item,rating\nu0,i0,1\n' + rows)
+    with pytest.raises(DataFormatError, match=_error(path, line, what)) as info:
+        read_csv(path, rating='rating')
+    assert info.value.line == line
+
+
+# --------------------------------------------------------------------------------------
 # Malformed input
 # --------------------------------------------------------------------------------------
 GOOD_TAB = '196\t242\t3\t881250949\n186\t302\t3\t891717742\n'
@@ -285,10 +360,10 @@ MALFORMED = [
                          "found 3: '22\\t377\\t1'")),
     _malformed('ml-100k-non-numeric-rating', read_movielens_100k, 'u.data',
                '196\t242\t3\t881250949\n186\t302\tgood\t891717742\n', 2,
-               re.escape("field 'rating' (field 3) must be a number, got 'good'")),
+               re.escape("field 'rating' (field 3) must be a finite number, got 'good'")),
     _malformed('ml-100k-nan-rating', read_movielens_100k, 'u.data',
                GOOD_TAB + '22\t377\tnan\t878887116\n', 3,
-               re.escape("field 'rating' (field 3) must be a number, got 'nan'")),
+               re.escape("field 'rating' (field 3) must be a finite number, got 'nan'")),
     _malformed('ml-100k-time-not-a-timestamp', read_movielens_100k, 'u.data',
                GOOD_TAB + '22\t377\t1\tyesterday\n', 3,
                re.escape("field 'time' (field 4) must be a timestamp (Unix seconds or ISO "
@@ -305,7 +380,7 @@ MALFORMED = [
                GOOD_TAB + '22\t377\t \t878887116\n', 3, re.escape("field 'rating' is empty")),
     _malformed('ml-100k-blank-lines-are-counted', read_movielens_100k, 'u.data',
                GOOD_TAB + '\n\n22\t377\tx\t878887116\n', 5,
-               re.escape("field 'rating' (field 3) must be a number, got 'x'")),
+               re.escape("field 'rating' (field 3) must be a finite number, got 'x'")),
     # MovieLens-1M, PFedRec, Amazon
     _malformed('ml-1m-wrong-delimiter', read_movielens_1m, 'ratings.dat',
                '1::1193::5::978300760\n1,661,3,978302109\n', 2,
@@ -313,7 +388,7 @@ MALFORMED = [
                          "found 1: '1,661,3,978302109'")),
     _malformed('pfedrec-non-numeric-rating', read_pfedrec_ratings, 'ratings.dat',
                '0,1,5,100\n0,2,4,101\n1,item3,four,102\n', 3,
-               "field 'rating' \\(field 3\\) must be a number, got 'four'"),
+               "field 'rating' \\(field 3\\) must be a finite number, got 'four'"),
     _malformed('amazon-empty-field', read_amazon_csv, 'a.csv',
                'A1,B1,5.0,1\n,B2,4.0,2\n', 2, "field 'user' is empty"),
     _malformed('amazon-too-few-fields', read_amazon_csv, 'a.csv',
@@ -324,7 +399,7 @@ MALFORMED = [
                'userID\tartistID\tweight\n', None, 'file is empty'),
     _malformed('lastfm-line-numbers-count-the-header', read_lastfm_2k, 'user_artists.dat',
                'userID\tartistID\tweight\n2\t51\t13883\n2\t52\tlots\n', 3,
-               "field 'rating' \\(field 3\\) must be a number, got 'lots'"),
+               "field 'rating' \\(field 3\\) must be a finite number, got 'lots'"),
     # Generic CSV
     _malformed('csv-header-missing-named-column', read_csv, 'r.csv',
                'uid,movie,ts\n1,2,3\n', 1,
@@ -457,7 +532,7 @@ MIXED_TEXT = ('user,rating,item,time\r\n'
               ' 7 ,4.5,007,881250949\r\n'
               '8,-1e3,12,+5\n'
               '   \n'
-              '9,inf,u9,0,extra\n'
+              '9,1e308,u9,0,extra\n'
               '10,0,x,-12\n')
 
 
@@ -494,7 +569,7 @@ def test_the_column_reader_reads_what_the_line_reader_reads(tmp_path, monkeypatc
         expected['item'].tolist()
 
 
-@pytest.mark.parametrize('line', ['1,2,nan,4', '1,2,3', '1,,3,4', '1,2_0,3,4', '1,2,3,4.5',
+@pytest.mark.parametrize('line', ['1,2,nan,4', '1,2,inf,4', '1,2,1e400,4', '1,2,3,1e300', '1,2,3', '1,,3,4', '1,2_0,3,4', '1,2,3,4.5',
                                   '1,2,3,2024-01-01', '99999999999999999999,2,3,4'])
 def test_the_column_reader_leaves_every_doubtful_line_to_the_line_reader(tmp_path, line):
     path = _write(tmp_path / 'r.csv', f'1,2,3,4\n{line}\n')
@@ -504,3 +579,89 @@ def test_the_column_reader_leaves_every_doubtful_line_to_the_line_reader(tmp_pat
     clean = _write(tmp_path / 'clean.csv', '1,2,3,4\n5,6,7e0,8\n')
     read = reader._read_columns(clean, columns, ',', False, True, 'utf-8', None)
     assert read['rating'].tolist() == [3.0, 7.0] and read['time'].tolist() == [4, 8]
+
+
+# --------------------------------------------------------------------------------------
+# Non-finite ratings, out-of-range timestamps, long fields
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize('rating', ['inf', '-inf', 'Infinity', '+INF', 'nan', 'NaN', '1e400'])
+@pytest.mark.parametrize('reader_, sep', [(read_pfedrec_ratings, ','),
+                                          (read_movielens_100k, '\t')])
+def test_a_non_finite_rating_is_refused_with_its_line(tmp_path, rating, reader_, sep):
+    rows = _rows_text(ROWS[:2], sep) + sep.join(['22', '377', rating, '878887116']) + '\n'
+    path = _write(tmp_path / 'ratings.dat', rows + _rows_text(ROWS[2:], sep))
+    with pytest.raises(DataFormatError, match=_error(path, 3, re.escape(
+            f"field 'rating' (field 3) must be a finite number, got {rating!r}"))):
+        reader_(path)
+
+
+@pytest.mark.parametrize('time', ['1e300', '-1e300', '9223372036854775808',
+                                  '9.3e18', '-99999999999999999999'])
+@pytest.mark.parametrize('time_format', [None, 'unix'])
+def test_a_timestamp_beyond_64_bits_is_refused_with_its_line(tmp_path, time, time_format):
+    path = _write(tmp_path / 'r.csv', f'user,item,time\nu1,a,5\nu2,b,{time}\nu3,c,6\n')
+    with pytest.raises(DataFormatError, match=_error(path, 3, re.escape(
+            f"field 'time' (field 3) is a timestamp beyond the 64-bit range of Unix "
+            f"seconds: {time!r}"))):
+        read_csv(path, time='time', time_format=time_format)
+
+
+@pytest.mark.parametrize('time', ['inf', 'nan', '-Infinity'])
+def test_a_non_finite_timestamp_is_refused_with_its_line(tmp_path, time):
+    path = _write(tmp_path / 'r.csv', f'user,item,time\nu1,a,5\nu2,b,{time}\n')
+    with pytest.raises(DataFormatError, match=_error(path, 3, re.escape(
+            f"field 'time' (field 3) must be a timestamp (Unix seconds or ISO 8601), "
+            f"got {time!r}"))):
+        read_csv(path, time='time')
+
+
+def test_timestamps_at_the_64_bit_limits_are_read(tmp_path):
+    path = _write(tmp_path / 'r.csv', 'user,item,time\nu1,a,9223372036854775807\n'
+                                      'u2,b,-9223372036854775808\nu3,c,1.5e9\n')
+    assert read_csv(path, time='time')[RATES].time.tolist() == [
+        9223372036854775807, -9223372036854775808, 1500000000]
+
+
+MEGABYTE = 'x' * (1 << 20)
+
+
+@pytest.mark.parametrize('name,text,line', [
+    pytest.param('rating.csv', f'user,item,rating\nu,i,1\nu,j,{MEGABYTE}\n', 3,
+                 id='a-long-rating'),
+    pytest.param('fields.csv', f'user,item,rating\nu,i,1\nu{MEGABYTE}\n', 3,
+                 id='a-long-line-with-too-few-fields'),
+    pytest.param('empty.csv', f'user,item,rating\nu,,{MEGABYTE}\n', 2,
+                 id='a-long-line-with-an-empty-field'),
+    pytest.param('quoted.csv', f'user,item,rating\nu,"i",1\nu,"j,{MEGABYTE}",x\n', 3,
+                 id='a-long-quoted-field'),
+    pytest.param('time.csv', f'user,item,rating\nu,i,1\nu,j,1{"0" * (1 << 20)}\n', 3,
+                 id='a-long-number'),
+])
+def test_an_error_quotes_a_short_excerpt_of_a_long_field(tmp_path, name, text, line):
+    path = _write(tmp_path / name, text)
+    with pytest.raises(DataFormatError, match=_error(path, line, r"\.\.\. \(\d+ characters\)")) \
+            as info:
+        read_csv(path, rating='rating')
+    assert info.value.line == line
+    assert len(str(info.value)) < 300 + len(str(path))
+
+
+def test_long_header_names_and_lightgcn_tokens_are_quoted_short(tmp_path):
+    path = _write(tmp_path / 'r.csv', f'user,{MEGABYTE}\nu,i\n')
+    with pytest.raises(DataFormatError, match=_error(path, 1, "no column 'item'")) as info:
+        read_csv(path)
+    assert len(str(info.value)) < 300 + len(str(path))
+    _write(tmp_path / 'train.txt', f'0 1\n1 {MEGABYTE}\n')
+    _write(tmp_path / 'test.txt', '0 2\n')
+    with pytest.raises(DataFormatError, match=_error(tmp_path / 'train.txt', 2, '64-bit')) \
+            as info:
+        read_lightgcn(tmp_path)
+    assert len(str(info.value)) < 300 + len(str(tmp_path))
+
+
+def test_excerpt():
+    assert reader.excerpt('short') == "'short'"
+    long = reader.excerpt('ab' * 1000)
+    assert long == repr('ab' * 1000)[:60] + '... (2000 characters)'
+    assert reader.excerpt(['a', 'b']) == "['a', 'b']"
+    assert reader.excerpt(['a' * 100, 'b']).endswith('... (2 items)')

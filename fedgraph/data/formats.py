@@ -15,8 +15,8 @@ from torch_geometric.data import HeteroData
 
 from fedgraph.data.hetero import RATES, interactions_to_hetero
 from fedgraph.data.partition import ClientPartition
-from fedgraph.data.reader import (Column, DataFormatError, PathLike, read_adjacency_lists,
-                                  read_delimited, read_header)
+from fedgraph.data.reader import (Column, DataFormatError, PathLike, excerpt,
+                                  read_adjacency_lists, read_delimited, read_header)
 from fedgraph.files import write_text
 
 if TYPE_CHECKING:
@@ -113,9 +113,10 @@ def read_csv(path: PathLike, user: Union[str, int] = 'user', item: Union[str, in
 
     Columns are named (looked up in the header line) or given as 0-based positions (then
     ``header`` only says whether to skip the first line). ``delimiter='\\t'`` reads TSV,
-    ``None`` splits on whitespace. Ids are strings (``integer_ids``: integers); times are
-    Unix seconds or ISO 8601 unless ``time_format`` says otherwise
-    (:func:`~fedgraph.data.reader.parse_time`).
+    ``None`` splits on whitespace; with a one-character delimiter, fields in double quotes
+    may hold the delimiter, line breaks and doubled quotes (RFC 4180). Ids are strings
+    (``integer_ids``: integers); times are Unix seconds or ISO 8601 unless ``time_format``
+    says otherwise (:func:`~fedgraph.data.reader.parse_time`).
     """
     mapping = {'user': user, 'item': item, 'rating': rating, 'time': time}
     mapping = {key: value for key, value in mapping.items() if value is not None}
@@ -126,7 +127,7 @@ def read_csv(path: PathLike, user: Union[str, int] = 'user', item: Union[str, in
         if isinstance(column, str):
             if column not in names:
                 raise DataFormatError(path, 1, f'the header has no column {column!r} for the '
-                                               f'{key}; its columns are {names}')
+                                               f'{key}; its columns are {excerpt(names)}')
             column = names.index(column)
         columns.append(Column(key, column, kinds[key]))
     return _build(read_delimited(path, columns, delimiter, header=header,
