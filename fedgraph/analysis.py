@@ -1,10 +1,11 @@
 """Reading runs back: convergence speed and embedding uniformity from ``metrics.json``."""
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Union
+
+from fedgraph.files import load_metrics
 
 
 def mean_std(values: List[float]) -> str:
@@ -13,10 +14,6 @@ def mean_std(values: List[float]) -> str:
     if len(values) == 1:
         return f'{values[0]:.4f}'
     return f'{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}'
-
-
-def load_metrics(run: Union[str, Path]) -> Dict:
-    return json.loads((Path(run) / 'metrics.json').read_text())
 
 
 def rounds_to_reach(history: List[Dict], metric: str, fraction: float = 0.95) -> Optional[int]:
@@ -31,9 +28,19 @@ def rounds_to_reach(history: List[Dict], metric: str, fraction: float = 0.95) ->
 
 
 def convergence_row(run: Union[str, Path], metric: str, fraction: float = 0.95) -> Dict:
-    """One run's convergence and uniformity summary."""
+    """One run's convergence and uniformity summary.
+
+    Raises:
+        FileNotFoundError: ``run`` holds no ``metrics.json``.
+        fedgraph.files.DamagedFileError: its ``metrics.json`` is damaged.
+        KeyError: the run's validation did not record ``metric``.
+    """
     metrics = load_metrics(run)
     history = metrics['rounds']
+    recorded = next((record['val'] for record in history if 'val' in record), {})
+    if recorded and metric not in recorded:
+        raise KeyError(f'{run} recorded no validation {metric}; its metrics: '
+                       f'{", ".join(sorted(recorded))}')
     row = {'run': str(run), 'rounds_to_reach': rounds_to_reach(history, metric, fraction),
            'best_val': max((r['val'][metric] for r in history if 'val' in r), default=None),
            'test': metrics['best']['test'] if metrics.get('best') else None}
@@ -51,7 +58,11 @@ LEVEL_SETTINGS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 
 
 def level_table(run: Union[str, Path], settings=LEVEL_SETTINGS) -> List[Dict]:
     """Validation and test metrics of a finished graph-model run's final checkpoint, scored
-    with each level weighting of ``settings`` (global, cluster, local)."""
+    with each level weighting of ``settings`` (global, cluster, local).
+
+    Raises:
+        FileNotFoundError, fedgraph.files.DamagedFileError: as :func:`fedgraph.run.load_run`.
+    """
     from fedgraph.federated.evaluation import evaluate
     from fedgraph.run import load_run
 

@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Union
 import torch
 from torch import Tensor
 
+from fedgraph.files import load_tensors, reading
 from fedgraph.nn.heads import DotProductHead, LinearScoreHead, NCFHead, ScoreHead
 from fedgraph.nn.levels import combine_levels
 
@@ -27,8 +28,16 @@ HEADS = {cls.__name__: cls for cls in (LinearScoreHead, DotProductHead, NCFHead)
 def export_user(engine, user: int, head: ScoreHead, path: Union[str, Path],
                 item_ids: Union[Tensor, Sequence[str]], exclude: Tensor) -> Path:
     """Writes user ``user``'s model (``engine.item_views(user)``, scored by ``head``'s kind)
-    to ``path``; ``item_ids`` are the items' own ids, ``exclude`` the item indices never to
-    recommend."""
+    to ``path``, creating its folder; ``item_ids`` are the items' own ids, ``exclude`` the
+    item indices never to recommend.
+
+    Raises:
+        OSError: ``path`` is a folder (:class:`IsADirectoryError`) or cannot be written
+            (``cannot write the exported model to PATH: REASON``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f'cannot write the exported model to {path}: it is a folder')
     name = type(head).__name__
     if HEADS.get(name) is not type(head):
         raise ValueError(f'export supports the heads {", ".join(HEADS)}; {name} is not one')
@@ -40,10 +49,30 @@ def export_user(engine, user: int, head: ScoreHead, path: Union[str, Path],
              'weights': [float(weight) for weight in weights],
              'items': item_ids.clone() if isinstance(item_ids, Tensor) else list(item_ids),
              'exclude': exclude.cpu().clone()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, 'wb') as handle:
+            torch.save(state, handle)
+    except (OSError, RuntimeError) as error:
+        kind = type(error) if isinstance(error, OSError) else OSError
+        reason = getattr(error, 'strerror', None) or error
+        raise kind(f'cannot write the exported model to {path}: {reason}') from error
     return path
+
+
+def top_items(scores: Tensor, exclude: Tensor, k: int, item_ids: Union[Tensor, Sequence]) -> List:
+    """The ids (of ``item_ids``) of the ``k`` items of highest ``scores`` (``[I]``), best
+    first, leaving out the item indices ``exclude``; fewer when fewer are left.
+
+    Raises:
+        ValueError: ``k`` is below 1.
+    """
+    if k < 1:
+        raise ValueError(f'k must be at least 1, got {k}')
+    scores = scores.clone()
+    scores[exclude] = float('-inf')
+    top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.tolist()
+    return [item_ids[i].item() if isinstance(item_ids, Tensor) else item_ids[i] for i in top]
 
 
 class DeviceModel:
@@ -70,8 +99,16 @@ class DeviceModel:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> 'DeviceModel':
-        """The model in ``path`` (read with ``weights_only=True``)."""
-        return cls(torch.load(path, map_location='cpu', weights_only=True))
+        """The model in ``path`` (read with ``weights_only=True``).
+
+        Raises:
+            fedgraph.files.DamagedFileError: ``path`` holds no device model (``not a
+                fedgraph device model (or damaged): PATH``).
+        """
+        what = 'a fedgraph device model'
+        state = load_tensors(path, map_location='cpu', what=what)
+        with reading(path, what):
+            return cls(state)
 
     @torch.no_grad()
     def scores(self) -> Tensor:
@@ -80,9 +117,6 @@ class DeviceModel:
         return combine_levels(logits, self.weights)[0]
 
     def recommend(self, k: int = 10) -> List:
-        """The ``k`` best items it did not interact with, as the items' own ids."""
-        scores = self.scores().clone()
-        scores[self.exclude] = float('-inf')
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.tolist()
-        return [self.items[i].item() if isinstance(self.items, Tensor) else self.items[i]
-                for i in top]
+        """The ``k`` best items it did not interact with, as the items' own ids
+        (:func:`top_items`)."""
+        return top_items(self.scores(), self.exclude, k, self.items)

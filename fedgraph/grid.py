@@ -9,17 +9,23 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from fedgraph.files import read_json_lines
+
 
 def resumable_grid(cells: Sequence[Hashable], key: Callable[[Dict], Hashable],
                    run: Callable[[Hashable], Dict], out: Optional[Path] = None,
                    desc: str = 'grid', progress: bool = True) -> List[Dict]:
     """``run(cell)`` for every cell, in order, each row timed (``wall_s``, ``cpu_s``). With
     ``out``, a cell whose row is in that file already (``key(row) == cell``) is read back
-    instead of run, and every new row is appended as soon as it is done."""
+    instead of run, and every new row is appended as soon as it is done.
+
+    Raises:
+        fedgraph.files.DamagedFileError: a line of ``out`` is not JSON (the message names
+            the file and the line).
+    """
     done = {}
     if out is not None and out.exists():
-        for line in out.read_text().splitlines():
-            row = json.loads(line)
+        for row in read_json_lines(out):
             done[key(row)] = row
     rows = []
     for cell in tqdm(cells, desc=desc, unit='run', disable=not progress):

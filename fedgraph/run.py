@@ -2,7 +2,6 @@
 :func:`load_run` brings back from a run folder, with recommendations in the data's own ids."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -10,6 +9,8 @@ import torch
 
 from fedgraph.config import TrainConfig
 from fedgraph.data.hetero import ITEM, USER
+from fedgraph.files import (json_errors, load_metrics, load_tensors, matching_config, reading,
+                            run_file, save_tensors)
 
 
 class Run(dict):
@@ -60,14 +61,17 @@ class Run(dict):
     def recommend(self, user, k: int = 10) -> List:
         """The ``k`` items ``user`` (an id of the data's own) scores highest with its own
         model, as raw item ids, best first; items it interacted with in training (and, under
-        the sampled protocol, its held-out items) are left out."""
+        the sampled protocol, its held-out items) are left out.
+
+        Raises:
+            ValueError: ``k`` is below 1.
+        """
+        from fedgraph.export import top_items
+
         index = self._user_index(user)
-        scores = self.engine.scores_all(torch.tensor([index]))[0].clone()
-        scores[self.split.known_items().items_of(index)] = float('-inf')
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
-        raw = self.split.train[ITEM].raw_id
-        return [raw[i].item() if isinstance(raw, torch.Tensor) else raw[i]
-                for i in top.tolist()]
+        scores = self.engine.scores_all(torch.tensor([index]))[0]
+        return top_items(scores, self.split.known_items().items_of(index), k,
+                         self.split.train[ITEM].raw_id)
 
     def to_frame(self):
         """The per-round metrics as a :class:`pandas.DataFrame`: one row a round, one column
@@ -92,7 +96,6 @@ def save_split(split, folder: Path) -> Path:
     """Writes ``split`` to ``folder/split.pt``, for a run trained on a split passed in
     Python: its ``config.json`` names a data set that would not rebuild it."""
     from fedgraph.data.split import split_state
-    from fedgraph.files import save_tensors
     from fedgraph.server.loop import SPLIT
 
     path = Path(folder) / SPLIT
@@ -109,24 +112,48 @@ def load_split(folder: Path):
     path = Path(folder) / SPLIT
     if not path.exists():
         return None
-    return split_from_state(torch.load(path, weights_only=True))
+    what = 'a fedgraph data split'
+    state = load_tensors(path, what=what)
+    with reading(path, what):
+        return split_from_state(state)
+
+
+def load_config(folder: Union[str, Path]) -> TrainConfig:
+    """The configuration of the run in ``folder`` (its ``config.json``).
+
+    Raises:
+        FileNotFoundError: ``folder`` holds no ``config.json``.
+        fedgraph.files.DamagedFileError: ``config.json`` is not UTF-8 JSON.
+    """
+    path = run_file(folder, 'config.json')
+    with json_errors(path):
+        return TrainConfig.load(path)
 
 
 def load_run(folder: Union[str, Path]) -> Run:
     """The run in ``folder`` as its last checkpoint left it: its configuration, metrics,
     the engine with the trained state, and the split: the one saved in the folder
     (``split.pt``) when the run was trained on a split passed in Python, else the one its
-    ``config.json`` rebuilds from its data (checked against the digest it recorded)."""
+    ``config.json`` rebuilds from its data (checked against the digest it recorded).
+
+    Raises:
+        FileNotFoundError: ``folder`` lacks ``config.json``, ``metrics.json`` or
+            ``checkpoint.pt``.
+        fedgraph.files.DamagedFileError: one of its files is damaged, or the checkpoint
+            does not fit the engine its ``config.json`` builds.
+    """
     from fedgraph.assemble import build_run, prepare_split
     from fedgraph.server.loop import CHECKPOINT
 
     folder = Path(folder)
-    config = TrainConfig.load(folder / 'config.json')
+    config = load_config(folder)
+    metrics = load_metrics(folder)
+    checkpoint = run_file(folder, CHECKPOINT)
     split = load_split(folder)
     if split is None:
         split = prepare_split(config)
     engine, _ = build_run(config, split)
-    state = torch.load(folder / CHECKPOINT, map_location=config.device, weights_only=True)
-    engine.load_state_dict(state['engine'])
-    metrics = json.loads((folder / 'metrics.json').read_text())
+    state = load_tensors(checkpoint, map_location=config.device, keys=('engine',))
+    with matching_config(checkpoint):
+        engine.load_state_dict(state['engine'])
     return Run(metrics, config, engine, split, folder)

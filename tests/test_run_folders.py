@@ -131,8 +131,6 @@ def graph_run(tmp_path_factory):
 
 @pytest.mark.parametrize('file, argv', [
     (CHECKPOINT, ['train', '--resume', '{run}', '--quiet']),
-    (CHECKPOINT, ['levels', '{run}']),
-    (EMBEDDINGS, ['plot', '{run}', '{run}', '--out', '{figures}']),
 ])
 def test_commands_refuse_a_hostile_file_without_running_it(graph_run, tmp_path, file, argv):
     run = tmp_path / 'run'

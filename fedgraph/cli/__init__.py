@@ -40,11 +40,13 @@ from fedgraph.cli.flags import (add_config_flags, config_from_args, given_flags,
 from fedgraph.config import SECTIONS, TrainConfig
 from fedgraph.data import leave_one_out_split
 from fedgraph.data.source import load_configured
+from fedgraph.files import load_metrics
 
 log = logging.getLogger(__name__)
 
 
 def _train(args: argparse.Namespace) -> None:
+    from fedgraph.run import load_config
     from fedgraph.training import train
 
     if args.plot and not (args.out or args.resume):
@@ -55,8 +57,7 @@ def _train(args: argparse.Namespace) -> None:
         if 'out' in given or 'overwrite' in given:
             raise ValueError('--resume continues the run in its own folder: leave out --out '
                              'and --overwrite')
-        config, changes = resumed_config(TrainConfig.load(out / 'config.json'), args, given,
-                                         str(out))
+        config, changes = resumed_config(load_config(out), args, given, str(out))
         if changes:
             log.info('resuming %s with %s', out,
                      ', '.join(f'{name} = {value}' for name, value in changes.items()))
@@ -154,7 +155,7 @@ def _synthesize(args: argparse.Namespace) -> None:
 def _summarize(args: argparse.Namespace) -> None:
     rows = []
     for run in args.runs:
-        best = json.loads((Path(run) / 'metrics.json').read_text())['best']
+        best = load_metrics(run)['best']
         rows.append((run, best))
     names = args.metrics or sorted(rows[0][1]['test'])
     print('| run | best round | ' + ' | '.join(f'test {n}' for n in names) + ' |')
@@ -184,6 +185,8 @@ def _convergence(args: argparse.Namespace) -> None:
 def _recommend(args: argparse.Namespace) -> None:
     from fedgraph.run import load_run
 
+    if args.k < 1:
+        raise ValueError(f'-k must be at least 1, got {args.k}')
     run = load_run(args.folder)
     user = _user_id(run, args.user)
     print(json.dumps({'user': user, 'items': run.recommend(user, args.k)}))
@@ -453,5 +456,5 @@ def main(argv: Optional[List[str]] = None) -> None:
     runtime.keep_freed_memory()  # this process is the command's: its rounds reuse their pages
     try:
         run_command(args)
-    except RunFailed as error:
+    except (RunFailed, OSError) as error:  # OSError: a file it cannot read or write
         raise SystemExit(f'error: {error}') from None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from fedgraph.config import TrainConfig
+from fedgraph.files import load_metrics, read_json
 from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.payloads import config_to_run_config
 
@@ -245,7 +246,7 @@ def _wait_for_port(port: int, timeout: float) -> None:
 
 def _rounds_done(metrics_path: Path) -> int:
     try:
-        return len(json.loads(metrics_path.read_text())['rounds'])
+        return len(read_json(metrics_path)['rounds'])
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -291,5 +292,5 @@ def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 
                 for counter, before in zip(deployment.counters, idle)]
     if not (out / 'metrics.json').exists() or _rounds_done(out / 'metrics.json') < config.rounds:
         raise RuntimeError(f'the run did not finish; logs in {workdir / "logs"}')
-    return {'metrics': json.loads((out / 'metrics.json').read_text()), 'wire': wire,
+    return {'metrics': load_metrics(out), 'wire': wire,
             'idle': idle, 'idle_seconds': idle_seconds, 'seconds': seconds}

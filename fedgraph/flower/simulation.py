@@ -8,7 +8,6 @@ engine trains the same users side by side and is the tool for experiments
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -19,6 +18,7 @@ from typing import Dict, Optional
 from flwr.simulation import run_simulation
 
 from fedgraph.config import TrainConfig
+from fedgraph.files import load_metrics
 from fedgraph.flower.client import make_client_app
 from fedgraph.flower.server import make_server_app
 
@@ -43,4 +43,4 @@ def simulate(config: TrainConfig, num_nodes: int, out: Optional[Path] = None,
     run_simulation(server_app=server, client_app=make_client_app(config),
                    num_supernodes=num_nodes, backend_config=backend)
     seconds = time.perf_counter() - began
-    return {'metrics': json.loads((out / 'metrics.json').read_text()), 'seconds': seconds}
+    return {'metrics': load_metrics(out), 'seconds': seconds}

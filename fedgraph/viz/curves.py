@@ -1,11 +1,12 @@
 """Training curves of one or several runs, read from their ``metrics.json``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
 
 from matplotlib.figure import Figure
+
+from fedgraph.files import load_metrics
 
 Run = Union[str, Path, Dict]
 
@@ -13,7 +14,7 @@ Run = Union[str, Path, Dict]
 def _load(run: Run) -> Dict:
     if isinstance(run, dict):
         return run
-    return json.loads((Path(run) / 'metrics.json').read_text())
+    return load_metrics(run)
 
 
 def _series(history, key, split=None):
@@ -37,6 +38,10 @@ def plot_training_curves(runs: Mapping[str, Run], metric: Optional[str] = None,
         runs: ``{label: run folder or metrics dict}``.
         metric: the ranking metric to show (default: ``hr@10`` under the sampled protocol,
             ``recall@20`` under full ranking).
+
+    Raises:
+        FileNotFoundError: a run folder holds no ``metrics.json``.
+        fedgraph.files.DamagedFileError: a ``metrics.json`` is damaged.
     """
     loaded = {label: _load(run) for label, run in runs.items()}
     if not loaded:
