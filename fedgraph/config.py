@@ -410,12 +410,26 @@ class TrainConfig:
     def load(cls, path: Path) -> 'TrainConfig':
         """The configuration saved in ``path``. A flat file of an earlier version (every
         setting at the top level) loads too: the settings its algorithm no longer has are
-        logged and left out."""
-        values = json.loads(Path(path).read_text())
+        logged and left out.
+
+        Raises:
+            FileNotFoundError: there is no ``path``.
+            fedgraph.files.DamagedFileError: it is not a configuration that loads (its
+                message names the file and why).
+        """
+        from fedgraph.files import DamagedFileError, read_json
+
+        values = read_json(path)
+        if not isinstance(values, dict) or not isinstance(values.get('settings', {}), dict):
+            raise DamagedFileError(f'{path} is not a fedgraph configuration (or damaged): '
+                                   f'expected an object of settings')
         values.pop('provenance', None)
         values.pop('ran', None)
         if 'settings' in values:
-            return cls(**values)
+            try:
+                return cls(**values)
+            except (TypeError, ValueError) as error:
+                raise DamagedFileError(f'{path} does not load: {error}') from None
         from fedgraph.algorithms.registry import resolve
 
         algorithm = values.get('algorithm', 'pfedrec')

@@ -56,6 +56,15 @@ def _bad_config(run, other):
     (run / 'config.json').write_text('{bad')
 
 
+def _foreign_config(run, other):
+    (run / 'config.json').write_text('[1, 2]')
+
+
+def _config_of_no_algorithm_setting(run, other):
+    text = (run / 'config.json').read_text()
+    (run / 'config.json').write_text(text.replace('"settings": {', '"settings": {"bogus": 1, ', 1))
+
+
 def _bad_metrics(run, other):
     (run / 'metrics.json').write_bytes(b'\xff\xfe')
 
@@ -73,6 +82,12 @@ DAMAGES = {
     'config': (_bad_config, "{run}/config.json is not valid JSON \\(or damaged\\): Expecting "
                             "property name enclosed in double quotes at line 1 column 2",
                ('resume', 'recommend', 'export', 'levels')),
+    'foreign-config': (_foreign_config, "{run}/config.json is not a fedgraph configuration "
+                                        "\\(or damaged\\): expected an object of settings",
+                       ('resume', 'recommend', 'export', 'levels')),
+    'unknown-setting': (_config_of_no_algorithm_setting,
+                        "{run}/config.json does not load: .*bogus",
+                        ('resume', 'recommend', 'export', 'levels')),
     'metrics': (_bad_metrics, "{run}/metrics.json is not valid JSON \\(or damaged\\): not "
                               "UTF-8 text \\(byte 0xff at position 0\\)",
                 ('recommend', 'export', 'levels', 'plot', 'summarize', 'convergence')),
@@ -86,19 +101,10 @@ COMMANDS = {
     'summarize': ['summarize', '{run}'],
     'convergence': ['convergence', '{run}', '--metric', 'hr@10'],
 }
-#: fedgraph/server/loop.py resumes with torch.load and federation.load_state_dict itself
-#: until it reads the checkpoint with fedgraph.files.load_tensors and loads it inside
-#: fedgraph.files.matching_config.
-RESUME_READS_ITS_OWN_CHECKPOINT = pytest.mark.xfail(
-    strict=True, reason='the resume in fedgraph/server/loop.py does not use fedgraph.files.load_tensors')
-
-
 def _cases():
     for damage, (_, _, commands) in DAMAGES.items():
         for command in commands:
-            marks = (RESUME_READS_ITS_OWN_CHECKPOINT
-                     if command == 'resume' and damage not in ('config', 'metrics') else ())
-            yield pytest.param(damage, command, id=f'{damage}-{command}', marks=marks)
+            yield pytest.param(damage, command, id=f'{damage}-{command}')
 
 
 @pytest.mark.parametrize('damage, command', list(_cases()))

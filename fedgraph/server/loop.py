@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedgraph.config import TrainConfig
 from fedgraph.federated.messages import RoundStats
-from fedgraph.files import folder_lock, save_tensors
+from fedgraph.files import folder_lock, load_tensors, matching_config, save_tensors
 from fedgraph.records import (best_round, metrics_of, progress_text, round_record, stops_early,
                               summary_line, write_metrics)
 
@@ -268,8 +268,11 @@ class Server:
         config, federation, out = self.config, self.federation, self.out
         start_round = 0
         if resume:
-            state = torch.load(out / CHECKPOINT, map_location=config.device, weights_only=True)
-            federation.load_state_dict(state)
+            path = out / CHECKPOINT
+            state = load_tensors(path, map_location=config.device,
+                                 keys=('history', 'round', 'pretraining'))
+            with matching_config(path):
+                federation.load_state_dict(state)
             self.history, start_round = state['history'], state['round']
             self.pretraining = state['pretraining']
             log.info('resuming %s at round %d', out, start_round)
