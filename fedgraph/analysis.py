@@ -58,18 +58,33 @@ LEVEL_SETTINGS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 
 
 def level_table(run: Union[str, Path], settings=LEVEL_SETTINGS) -> List[Dict]:
     """Validation and test metrics of a finished graph-model run's final checkpoint, scored
-    with each level weighting of ``settings`` (global, cluster, local).
+    with each level weighting of ``settings`` (global, cluster, local) that uses only the
+    levels the run has: the cluster level with clusters, the local one with dual
+    personalization.
 
     Raises:
         FileNotFoundError, fedgraph.files.DamagedFileError: as :func:`fedgraph.run.load_run`.
+        ValueError: the run's model has no levels to compare (not a graph model, or the
+            global level alone).
     """
     from fedgraph.federated.evaluation import evaluate
+    from fedgraph.federated.graph import GraphFederatedEngine
     from fedgraph.run import load_run
 
     loaded = load_run(run)
     engine = loaded.engine
+    if not isinstance(engine, GraphFederatedEngine):
+        raise ValueError(f'{run} is a {loaded.config.algorithm} run: its model has no levels '
+                         f'(the graph models have: fedlightgcn, perfedrec++)')
+    has = (True, engine.cluster_tables is not None, engine.training.personalize_items)
+    usable = [weights for weights in settings
+              if all(has[level] or not weight for level, weight in enumerate(weights))]
+    if len(usable) < 2:
+        raise ValueError(f'{run} has the global level only: train with clusters (perfedrec++ '
+                         f'--num-clusters) or dual personalization (--dual-personalization) '
+                         f'to compare levels')
     rows = []
-    for weights in settings:
+    for weights in usable:
         engine.level_weights = tuple(weights)
         rows.append({'weights': tuple(weights), 'round': len(loaded['rounds']),
                      **evaluate(engine, loaded.split)})

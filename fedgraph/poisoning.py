@@ -245,8 +245,11 @@ def attack_table(config: TrainConfig, attack: ItemPromotion, fractions: Sequence
                 'seed': seed, **result}
 
     cells = [(f, d, s) for s in seeds for f in fractions for d in defences]
+    shared = {**{name: value for name, value in config.to_dict().items() if name != 'seed'},
+              'attack': {name: value for name, value in dataclasses.asdict(attack).items()
+                         if name not in ('fraction', 'seed')}}
     return resumable_grid(cells, lambda row: (row['fraction'], row['defence'], row['seed']),
-                          run, out, 'attack grid', progress)
+                          run, out, 'attack grid', progress, shared)
 
 
 def format_table(rows: List[Dict]) -> str:

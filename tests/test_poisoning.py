@@ -123,3 +123,8 @@ def test_attack_command_prints_the_grid_and_resumes_from_its_file(tmp_path, caps
     assert capsys.readouterr().out.split('threads')[0] == first.split('threads')[0]
     with cli_misuse(capsys, 'needs --norm-bound'):
         main(argv[:-7] + ['--seeds', '1', '--quiet'])
+    before = out.read_text()
+    with cli_misuse(capsys, r'grid.jsonl holds results of another configuration \(dim: 8 '
+                            r'there, 16 now; attack.boost: 30.0 there, 5.0 now\)'):
+        main(argv + ['--dim', '16', '--boost', '5'])
+    assert out.read_text() == before

@@ -19,7 +19,8 @@ from fedgraph.privacy.leak import SCENARIOS, item_set_leak, precision_recall, va
 from fedgraph.privacy.ledger import PrivacyLedger
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.training import build_run, train
-from helpers import read_metrics, train_interrupted, without_seconds, write_small_csv
+from helpers import (cli_misuse, read_metrics, train_interrupted, without_seconds,
+                     write_small_csv)
 
 SMALL = dict(dim=8, rounds=6, eval_every=3, batch_size=32)
 
@@ -334,6 +335,9 @@ def test_frontier_command_resumes_from_its_file_and_plots(tmp_path, capsys):
     assert '| 2 | 2 |' in first and '| ∞ (no DP) | 2 | – | – |' in first
     main(argv)  # every run is in the file: nothing runs again
     assert out.read_text().count('\n') == 4
+    with cli_misuse(capsys, 'frontier.jsonl holds results of another configuration '
+                            '\\(rounds: 3 there, 4 now\\)'):
+        main(argv + ['--rounds', '4'])
     main(['plot', str(out), '--out', str(tmp_path / 'figures')])
     assert (tmp_path / 'figures' / 'frontier.png').stat().st_size > 0
 

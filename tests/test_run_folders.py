@@ -176,3 +176,22 @@ def test_resume_refuses_a_changed_setting_and_applies_more_rounds(tmp_path, caps
     uninterrupted = tmp_path / 'whole'
     main(['train', '--out', str(uninterrupted)] + SMALL[:-3] + ['--rounds', '4', '--quiet'])
     assert without_seconds(read_metrics(out)) == without_seconds(read_metrics(uninterrupted))
+
+
+def test_levels_compares_the_levels_a_run_has_and_refuses_a_run_without(tmp_path, capsys):
+    """A model without levels is refused, so is a graph model with the global level alone;
+    with dual personalization the table has the global and the local rows, which differ."""
+    plain, graph, personal = tmp_path / 'pfedrec', tmp_path / 'graph', tmp_path / 'personal'
+    main(['train', '--out', str(plain)] + SMALL)
+    main(['train', '--algorithm', 'fedlightgcn', '--out', str(graph)] + SMALL)
+    main(['train', '--algorithm', 'fedlightgcn', '--dual-personalization', '--out',
+          str(personal)] + SMALL)
+    capsys.readouterr()
+    with cli_misuse(capsys, 'is a pfedrec run: its model has no levels'):
+        main(['levels', str(plain)])
+    with cli_misuse(capsys, 'has the global level only'):
+        main(['levels', str(graph)])
+    main(['levels', str(personal)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| (')]
+    assert [row.split(' |')[0] for row in rows] == ['| (1.0, 0.0, 0.0)', '| (0.0, 0.0, 1.0)']
+    assert rows[0].split('|')[2:] != rows[1].split('|')[2:]

@@ -53,8 +53,9 @@ def frontier_table(config: TrainConfig, epsilons: Sequence[float], seeds: Sequen
 
     cells = [(None if math.isinf(epsilon) else epsilon, seed)
              for seed in seeds for epsilon in epsilons]
+    shared = {name: value for name, value in config.to_dict().items() if name != 'seed'}
     return resumable_grid(cells, lambda row: (row['target_epsilon'], row['seed']), run, out,
-                          'privacy frontier', progress)
+                          'privacy frontier', progress, shared)
 
 
 def format_frontier(rows: List[Dict], metric: str) -> str:
