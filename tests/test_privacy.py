@@ -193,8 +193,15 @@ def test_without_a_mechanism_the_record_says_so(planted_split):
     metrics = train(TrainConfig(algorithm='fedmf', protocol='full', **SMALL), progress=False,
                     split=planted_split)
     assert metrics['rounds'][-1]['privacy'] == {
-        'mechanism': 'none', 'epsilon': None, 'delta': pytest.approx(1 / 120),
-        'secure_aggregation': False, 'noise_at': None}
+        'mechanism': 'none', 'epsilon': None, 'delta': None, 'secure_aggregation': False,
+        'noise_at': None}
+    # The server's Laplace noise (the PerFedRec++ code's) is recorded as what it is.
+    server = train(TrainConfig(algorithm='fedmf', protocol='full', clip=0.5, ldp_scale=0.1,
+                               noise_at='server', **SMALL), progress=False, split=planted_split)
+    assert server['rounds'][-1]['privacy'] == {
+        'mechanism': 'none: the server adds laplace noise of scale 0.1 to the aggregate of '
+                     'uploads it reads (no guarantee)',
+        'epsilon': None, 'delta': None, 'secure_aggregation': False, 'noise_at': 'server'}
     noiseless = train(TrainConfig(algorithm='fedmf', protocol='full', dp_noise_multiplier=0.0,
                                   dp_clip=1.0, **SMALL), progress=False, split=planted_split)
     assert noiseless['rounds'][-1]['privacy']['epsilon'] is None

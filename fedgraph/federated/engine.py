@@ -102,7 +102,7 @@ class FederatedEngine(RoundEngine):
         self.ledger = PrivacyLedger(
             model.num_clients, selector.count, model.dim,
             self.server.privacy if secure is None else secure.privacy, training.upload,
-            secure=secure is not None)
+            secure=secure is not None, server_noise=self.server.server_noise)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
         #: What stands between the clients' honest uploads and the server in a simulated

@@ -41,12 +41,15 @@ class PrivacyLedger:
         laplace: the uploads' transform; its Laplace noise, if any, is accounted per row.
         delta: :math:`\\delta` (default :math:`1/N`).
         secure: whether the server receives only the secure sum of the uploads.
+        server_noise: the scale of the Laplace noise the server adds to the aggregate (the
+            PerFedRec++ code's ``noise_at='server'``: no guarantee, the server reads every
+            upload), recorded as such.
     """
 
     def __init__(self, num_clients: int, sample_size: int, dim: int,
                  gaussian: Optional[UserLevelDP] = None,
                  laplace: Optional[UploadTransform] = None, delta: Optional[float] = None,
-                 secure: bool = False):
+                 secure: bool = False, server_noise: float = 0.0):
         self.num_clients = num_clients
         self.sample_size = sample_size
         self.dim = dim
@@ -54,6 +57,7 @@ class PrivacyLedger:
         self.laplace = laplace if laplace is not None and laplace.laplace_scale else None
         self.delta = 1.0 / num_clients if delta is None else delta
         self.secure = secure
+        self.server_noise = server_noise
         self.sampled_rounds = 0
         self.releases = torch.zeros(num_clients, dtype=torch.long)
         self.rows = torch.zeros(num_clients, dtype=torch.long)
@@ -68,6 +72,9 @@ class PrivacyLedger:
             return f'gaussian, user level, {where}'
         if self.laplace is not None:
             return 'laplace, local, per uploaded row'
+        if self.server_noise:
+            return (f'none: the server adds laplace noise of scale {self.server_noise:g} to the '
+                    f'aggregate of uploads it reads (no guarantee)')
         return 'none'
 
     # ------------------------------------------------------------------ counting
@@ -114,15 +121,18 @@ class PrivacyLedger:
     def report(self) -> Dict[str, object]:
         """``metrics.json``'s ``privacy`` record: the accountant's :math:`\\epsilon` at
         :math:`\\delta` so far (``None``: no guarantee, :math:`\\epsilon = \\infty`: no
-        mechanism, or no noise), the mechanism, its noise multiplier and clip bound, and the
+        mechanism, or no noise; without a mechanism :math:`\\delta` is ``None`` too), the
+        mechanism, its noise multiplier and clip bound, and the
         counts it composed; whether the server received only secure sums, and where the
         user-level noise was added (``server``, ``client``, ``distributed``)."""
+        guarantee = self.gaussian is not None or self.laplace is not None
         out: Dict[str, object] = {
-            'mechanism': self.mechanism, 'epsilon': None, 'delta': self.delta,
-            'secure_aggregation': self.secure,
+            'mechanism': self.mechanism, 'epsilon': None,
+            'delta': self.delta if guarantee else None, 'secure_aggregation': self.secure,
             'noise_at': (self.gaussian.noise_at if self.gaussian is not None
-                         else 'client' if self.laplace is not None else None)}
-        if self.gaussian is None and self.laplace is None:
+                         else 'client' if self.laplace is not None
+                         else 'server' if self.server_noise else None)}
+        if not guarantee:
             return out
         if self.gaussian is not None:
             out.update(noise_multiplier=self.gaussian.noise_multiplier,

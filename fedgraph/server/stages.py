@@ -275,6 +275,11 @@ class ServerPipeline:
         return None if clip is None else clip.mechanism
 
     @property
+    def server_noise(self) -> float:
+        """The scale of the Laplace noise the server adds to the aggregate (0: none)."""
+        return sum(stage.scale for stage in self.releases if isinstance(stage, ServerNoise))
+
+    @property
     def stages(self) -> List[ServerStage]:
         """Every stage, in the order they run."""
         return [*self.uploads, self.aggregator, *self.releases]
