@@ -172,8 +172,16 @@ def read_json_lines(path: Union[str, Path]) -> List[Any]:
 
 
 def load_metrics(folder: Union[str, Path]) -> Dict[str, Any]:
-    """The run folder ``folder``'s ``metrics.json`` (:func:`run_file`, :func:`read_json`)."""
-    return read_json(run_file(folder, 'metrics.json'))
+    """The run folder ``folder``'s ``metrics.json`` (:func:`run_file`, :func:`read_json`):
+    an object with a list of ``rounds`` and a ``best`` round, or a
+    :class:`DamagedFileError` that says so."""
+    path = run_file(folder, 'metrics.json')
+    metrics = read_json(path)
+    if (not isinstance(metrics, dict) or not isinstance(metrics.get('rounds'), list)
+            or 'best' not in metrics):
+        raise DamagedFileError(f'{path} is not a run\'s metrics (or damaged): expected an '
+                               f'object with rounds and best')
+    return metrics
 
 
 LOCK = '.lock'

@@ -65,6 +65,10 @@ def _config_of_no_algorithm_setting(run, other):
     (run / 'config.json').write_text(text.replace('"settings": {', '"settings": {"bogus": 1, ', 1))
 
 
+def _foreign_metrics(run, other):
+    (run / 'metrics.json').write_text('{"rounds": 3}')
+
+
 def _bad_metrics(run, other):
     (run / 'metrics.json').write_bytes(b'\xff\xfe')
 
@@ -88,6 +92,10 @@ DAMAGES = {
     'unknown-setting': (_config_of_no_algorithm_setting,
                         "{run}/config.json does not load: .*bogus",
                         ('resume', 'recommend', 'export', 'levels')),
+    'foreign-metrics': (_foreign_metrics, "{run}/metrics.json is not a run's metrics "
+                                          "\\(or damaged\\): expected an object with rounds "
+                                          "and best",
+                        ('recommend', 'export', 'levels', 'plot', 'summarize', 'convergence')),
     'metrics': (_bad_metrics, "{run}/metrics.json is not valid JSON \\(or damaged\\): not "
                               "UTF-8 text \\(byte 0xff at position 0\\)",
                 ('recommend', 'export', 'levels', 'plot', 'summarize', 'convergence')),
