@@ -254,6 +254,7 @@ class TrainConfig:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
         self._validate_protocol()
+        self._validate_laplace()
         self._validate_dp()
         self._validate_secure()
 
@@ -275,6 +276,16 @@ class TrainConfig:
         if len(ratios) != 3 or not min(ratios) > 0 or abs(sum(ratios) - 1) > 1e-6:
             raise ValueError(f'split_ratios must be three ratios > 0 (train, validation, '
                              f'test) summing to 1, got {ratios}')
+
+    def _validate_laplace(self) -> None:
+        """The Laplace mechanism's settings apply to what is set: where its noise is added to
+        its noise (``ldp_scale``), the clip mode to a clip bound."""
+        if self.noise_at != 'client' and not self.ldp_scale:
+            raise ValueError(f'noise_at={self.noise_at!r} places the Laplace noise of ldp_scale, '
+                             f'which is not set')
+        if self.clip_mode == 'coordinate' and not self.clip:
+            raise ValueError("clip_mode='coordinate' applies to a clip bound (clip), which is "
+                             'not set')
 
     def _validate_server(self) -> None:
         from fedgraph.server.stages import Aggregator, TrimmedMean, resolve_stage

@@ -286,6 +286,9 @@ def test_cli_train_and_resume(tmp_path, capsys):
     (['train', '--algorithm', 'perfedrec++', '--level-weights', '0', '0', '0'],
      'one at least > 0'),
     (['train', '--dim', str(10 ** 12)], r'does not fit in memory; lower --dim'),
+    (['train', '--noise-at', 'server'], "noise_at='server' places the Laplace noise of ldp_scale"),
+    (['train', '--algorithm', 'fedmf', '--clip-mode', 'coordinate'],
+     "clip_mode='coordinate' applies to a clip bound"),
     (['no-such-command'], 'invalid choice'),
 ])
 def test_cli_answers_misuse_like_argparse(tmp_path, capsys, argv, message):

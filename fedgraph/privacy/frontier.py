@@ -17,7 +17,8 @@ def at_epsilon(config: TrainConfig, epsilon: float, seed: int) -> TrainConfig:
     """``config`` with seed ``seed`` under DP-FedAvg calibrated to ``epsilon``, which replaces
     the Laplace mechanism; infinite: no privacy mechanism at all (no Laplace noise either,
     the non-private reference)."""
-    values = {**config.to_dict(), 'seed': seed, 'dp_noise_multiplier': None}
+    values = {**config.to_dict(), 'seed': seed, 'dp_noise_multiplier': None,
+              'noise_at': shared_fields()['noise_at'].default}
     if math.isinf(epsilon):
         values.update(dp_epsilon=None, dp_clip=None, dp_delta=None, dp_clip_quantile=None,
                       dp_clip_lr=shared_fields()['dp_clip_lr'].default, ldp_scale=0.0)
