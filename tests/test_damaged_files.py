@@ -189,10 +189,9 @@ def test_a_device_model_file_that_is_damaged_is_named(runs, tmp_path):
 
 
 def test_an_export_to_a_folder_or_under_a_file_is_a_sentence(runs, tmp_path, capsys):
-    with pytest.raises(SystemExit) as raised:
+    with cli_misuse(capsys, re.escape(f'cannot write the exported model to {tmp_path}: '
+                                      'it is a folder')):
         main(['export', str(runs[0]), '--user', '1', '--out', str(tmp_path)])
-    assert raised.value.code == (f'error: cannot write the exported model to {tmp_path}: '
-                                 'it is a folder')
     (tmp_path / 'file').write_text('')
     with cli_misuse(capsys, re.escape('cannot write the exported model to '
                                       f'{tmp_path / "file" / "user.pt"}: File exists')):
@@ -213,7 +212,7 @@ def test_k_below_one_is_refused(runs, capsys):
         run.recommend(run.split.train['user'].raw_id[0], 0)
 
 
-def test_a_folder_that_cannot_be_written_is_named(runs, tmp_path, monkeypatch):
+def test_a_folder_that_cannot_be_written_is_named(runs, tmp_path, monkeypatch, capsys):
     run = tmp_path / 'run'
     shutil.copytree(runs[0], run)
     (run / fedgraph.files.LOCK).unlink()
@@ -234,8 +233,7 @@ def test_a_folder_that_cannot_be_written_is_named(runs, tmp_path, monkeypatch):
         with pytest.raises(PermissionError, match=re.escape(message)):
             with folder_lock(run):
                 pass
-        with pytest.raises(SystemExit) as raised:
+        with cli_misuse(capsys, re.escape(message)):
             main(['train', '--resume', str(run), '--quiet'])
-        assert raised.value.code == f'error: {message}'
     finally:
         os.chmod(run, 0o700)

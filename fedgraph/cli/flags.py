@@ -153,9 +153,11 @@ def resumed_config(saved: TrainConfig, args: argparse.Namespace, given: Sequence
 
 
 #: What a command raises when it was given something it cannot use (a value out of range, a
-#: file that is missing, a folder that holds a run, a user a run does not know): reported as
+#: file that is missing, a folder where a file belongs or one it may not write, a folder that
+#: holds a run, a user a run does not know): reported as
 #: argparse reports a bad flag.
-MISUSE = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
+MISUSE = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          IsADirectoryError, PermissionError)
 
 
 def remember_parsers(commands: argparse._SubParsersAction) -> None:
