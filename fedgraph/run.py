@@ -9,8 +9,8 @@ import torch
 
 from fedgraph.config import TrainConfig
 from fedgraph.data.hetero import ITEM, USER
-from fedgraph.files import (json_errors, load_metrics, load_tensors, matching_config, reading,
-                            run_file, save_tensors)
+from fedgraph.files import (load_metrics, load_tensors, matching_config, reading, run_file,
+                            save_tensors)
 
 
 class Run(dict):
@@ -123,11 +123,9 @@ def load_config(folder: Union[str, Path]) -> TrainConfig:
 
     Raises:
         FileNotFoundError: ``folder`` holds no ``config.json``.
-        fedgraph.files.DamagedFileError: ``config.json`` is not UTF-8 JSON.
+        fedgraph.files.DamagedFileError: ``config.json`` is not a configuration that loads.
     """
-    path = run_file(folder, 'config.json')
-    with json_errors(path):
-        return TrainConfig.load(path)
+    return TrainConfig.load(run_file(folder, 'config.json'))
 
 
 def load_run(folder: Union[str, Path]) -> Run:
