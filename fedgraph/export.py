@@ -17,12 +17,14 @@ import torch
 from torch import Tensor
 
 from fedgraph.files import load_tensors, reading
-from fedgraph.nn.heads import DotProductHead, LinearScoreHead, NCFHead, ScoreHead
+from fedgraph.nn.heads import (DotProductHead, LinearScoreHead, NCFHead, PrivateNCFHead,
+                               ScoreHead)
 from fedgraph.nn.levels import combine_levels
 
 FORMAT = 'fedgraph-device-model/1'
 #: The heads an exported model can use: a file names one of these, never arbitrary code.
-HEADS = {cls.__name__: cls for cls in (LinearScoreHead, DotProductHead, NCFHead)}
+HEADS = {cls.__name__: cls
+         for cls in (LinearScoreHead, DotProductHead, NCFHead, PrivateNCFHead)}
 
 
 def export_user(engine, user: int, head: ScoreHead, path: Union[str, Path],

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, List, Mapping, Optional, Tuple, Type
+from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -149,6 +149,12 @@ class Algorithm:
     unused_settings: ClassVar[Tuple[str, ...]] = ()
     #: Whether clients train it on their devices (``False``: a centralized baseline).
     federated: ClassVar[bool] = True
+    #: Whether it has the node and server halves a deployment runs (in one process or on
+    #: Flower); ``False``: in-process only.
+    deployable: ClassVar[bool] = True
+    #: The in-process engines it trains on: vectorized, and the reference loop per client.
+    engine_class: ClassVar[Type[FederatedEngine]] = FederatedEngine
+    reference_class: ClassVar[Type[ReferenceEngine]] = ReferenceEngine
     #: Names its settings had in earlier versions' ``config.json``, and their names now.
     renamed_settings: ClassVar[Mapping[str, str]] = {}
 
@@ -290,20 +296,28 @@ class Algorithm:
         training = self.local_training(partition.num_items)
         server = self.server_pipeline(partition.num_clients)
         selector = self.build_selector(partition.num_clients)
+        extra = self.engine_arguments(model, partition.num_clients)
         if config.engine == 'vectorized':
             streams = ClientStreams() if config.client_streams else None
-            engine = FederatedEngine(model, partition, training, selector, known, streams,
-                                     config.closed_form, server,
-                                     self.secure_aggregation(partition.num_clients,
-                                                             model.shared_numel(),
-                                                             selector.count))
+            engine = self.engine_class(model, partition, training, selector, known, streams,
+                                       config.closed_form, server,
+                                       self.secure_aggregation(partition.num_clients,
+                                                               model.shared_numel(),
+                                                               selector.count), **extra)
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:
-            engine = ReferenceEngine(model, partition, training, selector, known, server)
+            engine = self.reference_class(model, partition, training, selector, known, server,
+                                          **extra)
         if config.dp_delta is not None:
             engine.ledger.delta = config.dp_delta
         return self.extend(engine, partition, generator)
+
+    def engine_arguments(self, model: FederatedRecommender, num_clients: int
+                         ) -> Dict[str, object]:
+        """Hook: keyword arguments of :attr:`engine_class` and :attr:`reference_class` beyond
+        the common ones (default: none)."""
+        return {}
 
     def extend(self, engine: FederatedEngine, partition: ClientPartition,
                generator: torch.Generator) -> RoundEngine:

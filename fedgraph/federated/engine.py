@@ -256,10 +256,15 @@ class FederatedEngine(RoundEngine):
                                   local)
         return ClientRound(upload, plan.num_samples, loss, generators)
 
-    def train_clients(self, plan: RoundPlan, table: Tensor
+    def train_clients(self, plan: RoundPlan, table: Tensor, target: Optional[Tensor] = None
                       ) -> Tuple[Tensor, Tensor, Dict[str, Tensor], Tensor]:
         """Runs every selected client's local steps side by side, each starting from its
-        rows of the item table ``table`` ``[I, d]`` (the broadcast one).
+        rows of the item table ``table`` ``[I, d]`` (the broadcast one). With
+        :attr:`LocalTraining.proximal <fedgraph.federated.local.LocalTraining.proximal>`,
+        ``target`` ``[R, d]`` holds each local row's target (row ``r``: client
+        ``plan.row_owner[r]``'s target of item ``plan.row_item[r]``), and every step of a
+        client pulls each of its rows towards it by the proximal term's gradient
+        :math:`2 \rho (q - r) / (I d)`.
 
         Returns ``(local, change, private, loss)``: the trained local item rows ``[R, d]``
         (row ``r`` is client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), their
@@ -268,7 +273,7 @@ class FederatedEngine(RoundEngine):
         """
         cfg = self.training
         model = self.model
-        if self.closed_form and closed_form.supports(model, cfg):
+        if self.closed_form and closed_form.supports(model, cfg) and not cfg.proximal:
             return closed_form.train_clients(model, cfg, plan, table)
         initial = table.index_select(0, plan.row_item)
         local = initial.clone()
@@ -302,8 +307,8 @@ class FederatedEngine(RoundEngine):
                 return losses
 
             def stepped(params, grads):
-                return {name: optimizer.step(value.detach(), grad, cfg.lr, private_state[name],
-                                             active)
+                return {name: optimizer.step(value.detach(), grad, cfg.lr_of(name),
+                                             private_state[name], active)
                         for (name, value), grad in zip(params.items(), grads)}
 
             params = {name: value.requires_grad_() for name, value in private.items()}
@@ -319,8 +324,15 @@ class FederatedEngine(RoundEngine):
                 *grads, row_grad = torch.autograd.grad((losses * weight).sum(),
                                                        list(params.values()) + [rows])
                 private = stepped(params, grads)
-            local = optimizer.step_rows(local, row, row_grad, cfg.item_lr, row_state, active,
-                                        plan.row_owner)
+            if cfg.proximal:
+                grad = torch.zeros_like(local).index_add_(0, row, row_grad)
+                pull = 2 * cfg.proximal / (model.num_items * model.dim)
+                grad += pull * (local - target) * active[plan.row_owner].unsqueeze(1)
+                local = optimizer.step(local, grad, cfg.item_lr, row_state,
+                                       active[plan.row_owner])
+            else:
+                local = optimizer.step_rows(local, row, row_grad, cfg.item_lr, row_state,
+                                            active, plan.row_owner)
             sample_loss[start:end] = losses.detach()
         loss_sum = scatter(sample_loss, plan.owner, dim_size=plan.clients.numel(), reduce='sum')
         num_samples = plan.num_samples.to(loss_sum.dtype) * cfg.local_epochs

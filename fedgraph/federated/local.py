@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +185,11 @@ class LocalTraining:
         l2_reg: :math:`\\lambda` of the L2 regularization each sample adds to its loss,
             :math:`\\tfrac{\\lambda}{2} (\\lVert e_i \\rVert^2 + \\lVert \\theta_u \\rVert^2)`
             over its item row and its client's private parameters.
+        param_lrs: learning rates of named private parameters other than ``lr``.
+        proximal: :math:`\\rho` of GPFedRec's pull of a client's whole local item table
+            :math:`Q_c` towards a target :math:`R_c` (its personalized aggregate): every step
+            adds :math:`\\rho \\cdot \\mathrm{mean}\\big((Q_c - R_c)^2\\big)` (the mean over all
+            :math:`I \\times d` coordinates) to the client's loss; 0: none.
 
     What the server does with the uploads is not the client's recipe but the server's
     pipeline (:class:`~fedgraph.server.stages.ServerPipeline`).
@@ -200,3 +205,9 @@ class LocalTraining:
     loss: LocalLoss = field(default_factory=BCELoss)
     optimizer: LocalOptimizer = field(default_factory=SGD)
     l2_reg: float = 0.0
+    param_lrs: Mapping[str, float] = field(default_factory=dict)
+    proximal: float = 0.0
+
+    def lr_of(self, name: str) -> float:
+        """The learning rate of the private parameter ``name``."""
+        return self.param_lrs.get(name, self.lr)

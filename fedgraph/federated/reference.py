@@ -144,27 +144,36 @@ class ReferenceEngine(RoundEngine):
     def count_participation(self, clients: Tensor) -> None:
         self.participation[clients] += 1
 
-    def _train_client(self, plan: RoundPlan, position: int, client: int, global_items: Tensor):
+    def _train_client(self, plan: RoundPlan, position: int, client: int, global_items: Tensor,
+                      target: Optional[Tensor] = None):
+        """Client ``client``'s local steps from ``global_items``; with
+        :attr:`LocalTraining.proximal <fedgraph.federated.local.LocalTraining.proximal>`, its
+        loss adds the pull of its whole table towards ``target`` ``[I, d]``."""
         cfg = self.training
         private = {k: v.detach()[client] for k, v in self.model.private_parameters().items()}
         private.update({k: v.detach() for k, v in self.model.shared_dense().items()})
         model = ClientModel(client, global_items, private, self.model)
         rule = cfg.optimizer
-        head_optimizer = rule.torch_optimizer(model.private.parameters(), cfg.lr)
+        head_groups = [{'params': [value], 'lr': cfg.lr_of(name)}
+                       for name, value in model.parameters_by_name().items()]
+        head_optimizer = rule.torch_optimizer(head_groups, cfg.lr)
         item_optimizer = rule.torch_optimizer(model.item.parameters(), cfg.item_lr)
-        joint_optimizer = rule.torch_optimizer([
-            {'params': model.private.parameters(), 'lr': cfg.lr},
-            {'params': model.item.parameters(), 'lr': cfg.item_lr}], cfg.lr)
+        joint_optimizer = rule.torch_optimizer(
+            head_groups + [{'params': model.item.parameters(), 'lr': cfg.item_lr}], cfg.lr)
         group = 1 + cfg.num_negatives
         private_names = set(self.model.private_parameters())
 
-        def criterion(items: Tensor, labels: Tensor) -> Tensor:
+        def criterion(items: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
+            """The samples' mean loss (what a round reports) and the loss optimized."""
             loss = cfg.loss(model(items), labels, group)
             if cfg.l2_reg:
                 own = sum(value.pow(2).sum() for name, value in
                           model.parameters_by_name().items() if name in private_names)
                 loss = loss + cfg.l2_reg / 2 * (model.item(items).pow(2).sum(1) + own)
-            return loss.mean()
+            loss = loss.mean()
+            if not cfg.proximal:
+                return loss, loss
+            return loss, loss + cfg.proximal * (model.item.weight - target).pow(2).mean()
 
         mine = plan.owner == position
         total, count = 0.0, 0
@@ -177,16 +186,16 @@ class ReferenceEngine(RoundEngine):
             items, labels = plan.item[in_step], plan.label[in_step]
             if cfg.alternating:
                 head_optimizer.zero_grad()
-                criterion(items, labels).backward()
+                criterion(items, labels)[1].backward()
                 head_optimizer.step()
                 item_optimizer.zero_grad()
-                loss = criterion(items, labels)
-                loss.backward()
+                loss, optimized = criterion(items, labels)
+                optimized.backward()
                 item_optimizer.step()
             else:
                 joint_optimizer.zero_grad()
-                loss = criterion(items, labels)
-                loss.backward()
+                loss, optimized = criterion(items, labels)
+                optimized.backward()
                 joint_optimizer.step()
             total += loss.item() * items.numel()
             count += items.numel()

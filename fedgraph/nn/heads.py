@@ -221,3 +221,59 @@ class NCFHead(ScoreHead):
             if name != 'output':
                 x = torch.relu(x)
         return x.new_empty(owner.numel()).index_put((order,), x[sorted_owner, position, 0])
+
+
+class _StackedLinear(nn.Module):
+    """``num_clients`` private ``Linear(in_features, out_features)`` layers, stacked:
+    ``weight`` ``[C, out, in]``, ``bias`` ``[C, out]``."""
+
+    def __init__(self, num_clients: int, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num_clients, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_clients, out_features))
+
+
+class PrivateNCFHead(NCFHead):
+    """NCF's MLP score function with every parameter private, GPFedRec's client model (Zhang
+    et al., KDD 2024): :class:`NCFHead`'s score, whose user vector :math:`u_c` and MLP are
+    client ``c``'s own and never leave it. Every client starts from one draw: the user
+    vector :math:`\\mathcal{N}(0, \\sigma^2)`, each layer as ``nn.Linear`` draws it.
+
+    Args:
+        num_clients, dim, hidden, std: as :class:`NCFHead`'s.
+    """
+
+    def __init__(self, num_clients: int, dim: int, hidden: Sequence[int] = (32, 16, 8),
+                 std: float = 1.0, generator: Optional[torch.Generator] = None):
+        ScoreHead.__init__(self, num_clients, dim)
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f'hidden layer widths must be >= 1, got {tuple(hidden)}')
+        self.std = std
+        self.user = nn.Parameter(torch.empty(num_clients, dim))
+        widths = [2 * dim, *hidden]
+        self.layers = nn.ModuleList(_StackedLinear(num_clients, a, b)
+                                    for a, b in zip(widths[:-1], widths[1:]))
+        self.output = _StackedLinear(num_clients, widths[-1], 1)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        self.user.copy_(torch.randn(1, self.dim, generator=generator) * self.std)
+        for layer in [*self.layers, self.output]:
+            bound = 1.0 / math.sqrt(layer.in_features)
+            for value in (layer.weight, layer.bias):
+                value.copy_(torch.rand(value.shape[1:], generator=generator) * 2 * bound - bound)
+
+    def shared_parameters(self) -> Dict[str, Tensor]:
+        return {}
+
+    def logits_all(self, params: Dict[str, Tensor], items: Tensor) -> Tensor:
+        user = params['user'].unsqueeze(1).expand(-1, items.size(0), -1)
+        x = torch.cat([user, items.unsqueeze(0).expand(user.size(0), -1, -1)], dim=-1)
+        for name in self._layer_names():
+            weight, bias = params[f'{name}.weight'], params[f'{name}.bias']
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            if name != 'output':
+                x = torch.relu(x)
+        return x.squeeze(-1)

@@ -167,6 +167,9 @@ class Deployment(Federation):
         algorithm = config.build_algorithm()
         if not algorithm.federated:
             raise ValueError(f'{config.algorithm} is centralized: nothing to federate')
+        if not algorithm.deployable:
+            raise ValueError(f'{config.algorithm} runs in-process only: it has no node and '
+                             f'server halves for a deployment yet')
         if config.protocol != 'sampled':
             raise ValueError('deployments evaluate on devices under the sampled protocol only')
         if config.private and config.dp_noise_at != 'distributed':
