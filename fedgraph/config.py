@@ -32,7 +32,7 @@ SECTIONS = {
 }
 
 #: What a shared setting left at ``None`` means when the algorithm gives it no default.
-_FALLBACKS = {'clip_mode': 'l2'}
+_FALLBACKS = {'clip_mode': 'l2', 'batch_size': 256, 'local_epochs': 1}
 
 _CHOICES = {'protocol': ('sampled', 'full'),
             'engine': ('vectorized', 'reference'),
@@ -103,10 +103,10 @@ class TrainConfig:
         'seed of the initial model, the selection and every sample')
     dim: int = setting(32,
         'embedding size d')
-    batch_size: int = setting(256,
-        'local mini-batch size')
-    local_epochs: int = setting(1,
-        'passes over the local data per round')
+    batch_size: Optional[int] = setting(None,
+        "local mini-batch size (default: the algorithm's, else 256)")
+    local_epochs: Optional[int] = setting(None,
+        "passes over the local data per round (default: the algorithm's, else 1)")
     num_negatives: int = setting(4,
         'training negatives per positive, redrawn every round')
     client_ratio: Optional[float] = setting(None,
@@ -250,7 +250,7 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f'threads must be >= 1, got {self.threads}')
         for name in ('dim', 'batch_size', 'local_epochs', 'num_negatives', 'eval_negatives'):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
         self._validate_protocol()

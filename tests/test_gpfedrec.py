@@ -77,6 +77,3 @@ def test_gpfedrec_trains_from_the_command_line_and_exports_a_user(tmp_path, caps
     user = user.item() if isinstance(user, torch.Tensor) else user
     exported = DeviceModel.load(run.export(user, tmp_path / 'user.pt'))
     torch.testing.assert_close(exported.scores(), run.engine.scores_all(torch.tensor([3]))[0])
-    with pytest.raises(ValueError, match='gpfedrec runs in-process only'):
-        from fedgraph.server.deployment import Deployment, LocalTransport
-        Deployment(run.config, LocalTransport({}))

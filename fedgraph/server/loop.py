@@ -138,7 +138,7 @@ def non_finite_tensor(state, name: str = 'state') -> Optional[str]:
 def divergence(stats: RoundStats, engine) -> Optional[str]:
     """What diverged in the round just run, or ``None``: its training loss, when reported (not
     finite, or :data:`EXPLODED` times the loss at chance: the clients',
-    :attr:`~fedgraph.federated.local.LocalLoss.chance_loss`, or a centralized engine's,
+    :attr:`~fedgraph.federated.local.LocalLoss.chance_loss`, or an engine's own,
     :attr:`~fedgraph.federated.round_engine.RoundEngine.chance_loss`), or a tensor of the
     engine's state that is not finite."""
     if stats.num_clients and stats.loss is not None and not math.isfinite(stats.loss):

@@ -1,0 +1,333 @@
+"""FedRAP's additive personalization (Li et al., *Federated Recommendation with Additive
+Personalization*, ICLR 2024; code ``mtics/FedRAP``), on a vectorized engine and on a
+loop-per-client reference.
+
+Client :math:`u` scores item :math:`i` with a private linear head over the sum of a private
+item table :math:`D_u` and the shared one :math:`C`,
+
+.. math::
+    s_{ui} = w_u^\\top (D_u[i] + C[i]) + b_u ,
+
+and trains its head, :math:`D_u` and its copy of :math:`C` (received from the server each
+round) with plain SGD and weight decay :math:`\\omega` on every parameter, on
+
+.. math::
+    \\mathcal{L} = \\mathrm{BCE} - \\lambda_t\\, \\mathrm{mean}_B\\big((D_u - C)^2\\big)
+                 + \\mu_t\\, \\mathrm{mean}_B\\,\\lvert C \\rvert
+
+over each mini-batch's rows :math:`B` (the first term keeps the two views apart, the second
+makes :math:`C` sparse). Learning rates fall by ``step_decay`` after every local step and by
+``round_decay`` after every round; a client stops its round early once its running mean loss
+changes by less than ``tol`` (relative) from one epoch to the next. The server averages the
+uploaded :math:`C` copies. :math:`\\lambda_t, \\mu_t` follow the paper's curriculum,
+:math:`\\tanh(\\max(t - 1, 0) / 10)` times their final values, or stay at them as the code
+runs (``curriculum='code'``: it computes the curriculum but never uses it).
+
+Both engines hold every client's :math:`D_u` densely: memory grows with ``clients x items``.
+The vectorized engine trains only the rows a round's samples touch and carries weight decay,
+which shrinks every row of a client's tables alike, as one factor per client; the reference
+engine trains whole tables.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_scatter import scatter
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.local import bce
+from fedgraph.federated.messages import RoundStats
+from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.round_engine import RoundEngine
+from fedgraph.federated.selection import ClientSelector
+from fedgraph.nn.recommender import FederatedRecommender
+
+#: How :math:`\lambda_t, \mu_t` move over the rounds: ``'paper'`` the tanh curriculum,
+#: ``'code'`` constant.
+CURRICULA = ('paper', 'code')
+
+
+@dataclass
+class AdditiveTraining:
+    """FedRAP's local training (defaults: its code's, ``train.py``).
+
+    Attributes:
+        lr: the head's learning rate in round 0.
+        table_lr: :math:`D_u`'s and :math:`C`'s learning rate in round 0.
+        round_decay: the learning rates' factor after every round.
+        step_decay: the learning rates' factor after every local step.
+        weight_decay: :math:`\\omega`.
+        lam, mu: :math:`\\lambda` and :math:`\\mu` (their values at the curriculum's end).
+        curriculum: one of :data:`CURRICULA`.
+        tol: the relative change of the running mean loss that ends a client's round.
+        batch_size, max_epochs, num_negatives: mini-batch size, epochs at most, negatives
+            per positive (redrawn every round).
+    """
+    lr: float = 0.5
+    table_lr: float = 200.0
+    round_decay: float = 0.97
+    step_decay: float = 0.95
+    weight_decay: float = 1e-4
+    lam: float = 0.1
+    mu: float = 0.1
+    curriculum: str = 'paper'
+    tol: float = 1e-4
+    batch_size: int = 2048
+    max_epochs: int = 10
+    num_negatives: int = 4
+
+    def learning_rates(self, round_index: int) -> Tuple[float, float]:
+        """The head's and the tables' learning rates at the start of round ``round_index``."""
+        decay = self.round_decay ** round_index
+        return self.lr * decay, self.table_lr * decay
+
+    def weights(self, round_index: int) -> Tuple[float, float]:
+        """:math:`(\\lambda_t, \\mu_t)` of round ``round_index``."""
+        if self.curriculum == 'code':
+            return self.lam, self.mu
+        ramp = math.tanh(max(round_index - 1, 0) / 10)
+        return ramp * self.lam, ramp * self.mu
+
+    def loss(self, logits: Tensor, label: Tensor, personal: Tensor, common: Tensor,
+             round_index: int) -> Tensor:
+        """``[N]`` each sample's share of its mini-batch's loss before the batch mean: its
+        BCE, minus :math:`\\lambda_t` times its rows' mean squared difference, plus
+        :math:`\\mu_t` times :math:`C`'s row's mean absolute value."""
+        lam, mu = self.weights(round_index)
+        dim = personal.size(-1)
+        return (bce(logits, label) - lam * (personal - common).pow(2).sum(-1) / dim
+                + mu * common.abs().sum(-1) / dim)
+
+
+class AdditiveEngine(RoundEngine):
+    """FedRAP on the vectorized engine: a round's clients train side by side, each holding
+    only the rows its samples touch and a scale for the rest (:meth:`train_clients`).
+
+    Args:
+        model: :math:`C` (the row table) and the clients' private linear heads.
+        partition: each client's training items.
+        training: the local training.
+        selector: each round's clients.
+        known: the items a client never draws as a negative (default: its training items).
+    """
+
+    ledger = None
+    chance_loss = math.log(2)  # BCE at sigma(s) = 1/2, the regularizers at zero
+
+    def __init__(self, model: FederatedRecommender, partition: ClientPartition,
+                 training: AdditiveTraining, selector: ClientSelector,
+                 known: Optional[ClientPartition] = None,
+                 personal: Optional[Tensor] = None):
+        self.model = model
+        self.partition, self.known = partition, known
+        self.training, self.selector = training, selector
+        #: Every client's private table :math:`D_u`, ``[N, I, d]``.
+        self.personal = personal
+        self.rounds_done = 0
+        self.participation = torch.zeros(model.num_clients, dtype=torch.long)
+
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        cfg, model = self.training, self.model
+        clients = self.selector(generator)
+        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                          cfg.max_epochs, generator, self.known)
+        common = model.item.detach().clone()
+        head, scale, personal_rows, common_rows, loss = self.train_clients(plan, common)
+        owner, item = plan.row_owner, plan.row_item
+        with torch.no_grad():
+            for name, value in model.private_parameters().items():
+                value[plan.clients] = head[name]
+            self.personal[plan.clients] *= scale.view(-1, 1, 1)
+            self.personal[plan.clients[owner], item] = scale[owner].unsqueeze(1) * personal_rows
+            moved = scale[owner].unsqueeze(1) * (common_rows - common[item])
+            model.item.copy_((common * scale.sum() + torch.zeros_like(common).index_add_(
+                0, item, moved)) / plan.clients.numel())
+        return self.finish_round(plan.clients, common, loss)
+
+    def finish_round(self, clients: Tensor, common: Tensor, loss: Tensor) -> RoundStats:
+        """Counts the round and returns its record: each client downloads and uploads
+        :math:`C`."""
+        self.rounds_done += 1
+        self.participation[clients] += 1
+        size = float(common.numel() * common.element_size())
+        return RoundStats(loss=float(loss.mean()), num_clients=clients.numel(),
+                          upload_bytes=size, download_bytes=size)
+
+    def train_clients(self, plan: RoundPlan, common: Tensor
+                      ) -> Tuple[Dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """The plan's clients' local steps side by side from the shared table ``common``.
+
+        Weight decay shrinks every row of a client's tables by the same factor each step,
+        so each client's tables are held as a scale ``[B]`` times tables that change only at
+        the rows its samples touch (the plan's rows): the rows of :math:`D_u` and of its copy
+        of :math:`C` at the plan's rows are ``scale * personal_rows`` and
+        ``scale * common_rows``, every other row is ``scale`` times its value before the
+        round.
+
+        Returns:
+            ``(head, scale, personal_rows, common_rows, loss)``: the trained heads
+            ``{name: [B, ...]}``, the scales, the rows ``[R, d]`` and each client's running
+            mean loss ``[B]``.
+        """
+        cfg, head_module = self.training, self.model.head
+        size = plan.clients.numel()
+        personal_rows = self.personal[plan.clients[plan.row_owner], plan.row_item].clone()
+        common_rows = common[plan.row_item].clone()
+        scale = torch.ones(size, dtype=common.dtype, device=common.device)
+        head = {name: value.detach()[plan.clients].clone()
+                for name, value in self.model.private_parameters().items()}
+        head_lr, table_lr = cfg.learning_rates(self.rounds_done)
+        batches = (plan.num_samples + cfg.batch_size - 1) // cfg.batch_size
+        loss_sum = torch.zeros(size, dtype=common.dtype, device=common.device)
+        seen = torch.zeros_like(loss_sum)
+        previous = torch.full_like(loss_sum, float('nan'))
+        stopped = torch.zeros(size, dtype=torch.bool, device=common.device)
+        step_ptr = plan.step_ptr.tolist()
+        for step, (start, end) in enumerate(zip(step_ptr[:-1], step_ptr[1:])):
+            owner, row = plan.owner[start:end], plan.row[start:end]
+            going = ~stopped[owner]
+            owner, row = owner[going], row[going]
+            if owner.numel() == 0:
+                continue
+            label, weight = plan.label[start:end][going], plan.weight[start:end][going]
+            params = {name: value.requires_grad_() for name, value in head.items()}
+            rows_d = (scale[owner].unsqueeze(1) * personal_rows[row]).requires_grad_()
+            rows_c = (scale[owner].unsqueeze(1) * common_rows[row]).requires_grad_()
+            sample = cfg.loss(head_module.grouped_logits(params, owner, rows_d + rows_c), label,
+                              rows_d, rows_c, self.rounds_done)
+            client_loss = scatter(sample * weight, owner, dim_size=size, reduce='sum')
+            *grads, grad_d, grad_c = torch.autograd.grad(
+                client_loss.sum(), [*params.values(), rows_d, rows_c])
+            active = torch.zeros(size, dtype=torch.bool, device=owner.device)
+            active[owner] = True
+            decay = cfg.step_decay ** step
+            head = {name: _sgd(value.detach(), grad, head_lr * decay, cfg.weight_decay, active)
+                    for (name, value), grad in zip(params.items(), grads)}
+            lr = table_lr * decay
+            scale = torch.where(active, scale * (1 - lr * cfg.weight_decay), scale)
+            step_size = (lr / scale[owner]).unsqueeze(1)
+            personal_rows.index_add_(0, row, grad_d.mul_(-step_size))
+            common_rows.index_add_(0, row, grad_c.mul_(-step_size))
+            count = torch.bincount(owner, minlength=size).to(loss_sum.dtype)
+            loss_sum += client_loss.detach() * count
+            seen += count
+            ended = active & ((step + 1) % batches == 0)
+            current = loss_sum / seen.clamp_min(1)
+            change = (current - previous).abs() / previous.abs()
+            stopped |= ended & (step + 1 > batches) & (change < cfg.tol)
+            previous = torch.where(ended, current, previous)
+        return head, scale, personal_rows, common_rows, loss_sum / seen.clamp_min(1)
+
+    # ------------------------------------------------------------------ scoring
+    def tables(self, users: Tensor) -> Tensor:
+        """``[U, I, d]`` each user's item view :math:`D_u + C`."""
+        return self.personal[users] + self.model.item.detach()
+
+    @torch.no_grad()
+    def scores(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k]`` logits of ``items[u, j]`` for ``users[u]``."""
+        params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
+                  for name, value in self.model.client_params(users).items()}
+        rows = self.personal[users.unsqueeze(-1), items] + self.model.item.detach()[items]
+        return self.model.head.logits(params, rows)
+
+    @torch.no_grad()
+    def scores_all(self, users: Tensor) -> Tensor:
+        """``[U, I]`` logits of every item for ``users``."""
+        every = torch.arange(self.model.num_items, device=users.device)
+        return self.scores(users, every.expand(users.numel(), -1))
+
+    def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
+        """``user``'s head and its item view :math:`D_u + C`."""
+        users = torch.tensor([user], device=self.model.item.device)
+        return self.model.client_params(users), [self.tables(users)[0]], [1.0]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, object]:
+        return {'model': self.model.state_dict(), 'personal': self.personal,
+                'rounds_done': self.rounds_done, 'participation': self.participation}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.model.load_state_dict(state['model'])
+        self.personal = state['personal']
+        self.rounds_done = int(state['rounds_done'])
+        self.participation = state['participation']
+
+
+def _sgd(value: Tensor, grad: Tensor, lr: float, weight_decay: float, active: Tensor) -> Tensor:
+    """``torch.optim.SGD``'s step with weight decay, :math:`v - \\eta (g + \\omega v)`, for
+    the clients ``active`` (a mask over the first dimension); the others keep ``value``."""
+    mask = active.view(-1, *[1] * (value.dim() - 1))
+    return torch.where(mask, value - lr * (grad + weight_decay * value), value)
+
+
+class AdditiveReference(AdditiveEngine):
+    """FedRAP as its code runs it: each client's own modules (its :math:`D_u` and copy of
+    :math:`C` as ``nn.Embedding``, its head as ``nn.Linear``), ``torch.optim.SGD`` with weight
+    decay, ``ExponentialLR`` stepped after every mini-batch, client after client."""
+
+    def run_round(self, generator: torch.Generator) -> RoundStats:
+        cfg, model = self.training, self.model
+        clients = self.selector(generator)
+        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                          cfg.max_epochs, generator, self.known)
+        common = model.item.detach().clone()
+        copies, losses = [], []
+        for position, client in enumerate(plan.clients.tolist()):
+            head, personal, copy, loss = self._train_client(plan, position, client, common)
+            with torch.no_grad():
+                for name, value in head.items():
+                    getattr(model.head, name)[client] = value
+                self.personal[client] = personal
+            copies.append(copy)
+            losses.append(loss)
+        with torch.no_grad():
+            model.item.copy_(torch.stack(copies).mean(0))
+        return self.finish_round(plan.clients, common, torch.tensor(losses))
+
+    def _train_client(self, plan: RoundPlan, position: int, client: int, common: Tensor):
+        cfg = self.training
+        personal = torch.nn.Embedding.from_pretrained(self.personal[client].clone(),
+                                                      freeze=False)
+        copy = torch.nn.Embedding.from_pretrained(common.clone(), freeze=False)
+        linear = torch.nn.Linear(common.size(1), 1).to(common.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.model.head.weight[client].view(1, -1))
+            linear.bias.copy_(self.model.head.bias[client].view(1))
+        head_lr, table_lr = cfg.learning_rates(self.rounds_done)
+        optimizer = torch.optim.SGD([
+            {'params': linear.parameters(), 'lr': head_lr},
+            {'params': personal.parameters(), 'lr': table_lr},
+            {'params': copy.parameters(), 'lr': table_lr}], lr=head_lr,
+            weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.step_decay)
+        batches = int((plan.num_samples[position] + cfg.batch_size - 1) // cfg.batch_size)
+        mine = plan.owner == position
+        total, count, running = 0.0, 0, []
+        for step in range(plan.num_steps):
+            in_step = mine.clone()
+            in_step[:plan.step_ptr[step]] = False
+            in_step[plan.step_ptr[step + 1]:] = False
+            if not in_step.any():
+                break
+            items, labels = plan.item[in_step], plan.label[in_step]
+            rows_d, rows_c = personal(items), copy(items)
+            logits = linear(rows_d + rows_c).view(-1)
+            loss = cfg.loss(logits, labels, rows_d, rows_c, self.rounds_done).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * items.numel()
+            count += items.numel()
+            if (step + 1) % batches == 0:
+                running.append(total / count)
+                if len(running) > 1 and (abs(running[-1] - running[-2]) / abs(running[-2])
+                                         < cfg.tol):
+                    break
+        head = {'weight': linear.weight.detach().view(-1), 'bias': linear.bias.detach().view(())}
+        return head, personal.weight.detach(), copy.weight.detach(), total / count
