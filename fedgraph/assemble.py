@@ -42,6 +42,14 @@ class RunParts(NamedTuple):
     generator: torch.Generator
 
 
+def known_items(config: TrainConfig, split):
+    """The items each user never draws as a training negative (``config.unseen_candidates``:
+    its evaluation negatives too)."""
+    if config.unseen_candidates:
+        return split.known_items(candidates=True)
+    return split.known_items()
+
+
 def build_run(config: TrainConfig, split) -> RunParts:
     """The engine of a run and its random generator, seeded by ``config.seed`` (the engine's
     initialization draws from it first)."""
@@ -51,7 +59,7 @@ def build_run(config: TrainConfig, split) -> RunParts:
     generator = torch.Generator().manual_seed(config.seed)
     partition = ClientPartition.from_data(split.train)
     try:
-        engine = build_engine(config, partition, generator, split.known_items())
+        engine = build_engine(config, partition, generator, known_items(config, split))
     except (MemoryError, RuntimeError) as error:
         # PyTorch's allocators report as a RuntimeError: OutOfMemoryError on CUDA, a message
         # on the CPU.

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 SECTIONS = {
     'data': ('dataset', 'data_root', 'data_path', 'user_col', 'item_col', 'rating_col',
              'time_col', 'time_format', 'min_rating', 'data_digest', 'protocol',
-             'split_ratios', 'split_mode', 'eval_negatives'),
+             'split_ratios', 'split_mode', 'eval_negatives', 'unseen_candidates'),
     'federation': ('rounds', 'seed', 'dim', 'batch_size', 'local_epochs', 'num_negatives',
                    'client_ratio', 'clients_per_round', 'aggregation', 'trim_ratio',
                    'norm_bound'),
@@ -96,6 +96,10 @@ class TrainConfig:
         "split (a LightGCN folder's files; the default when the data has one, else random)")
     eval_negatives: int = setting(99,
         'sampled negatives per held-out item (sampled protocol)')
+    unseen_candidates: bool = setting(False,
+        "sampled protocol: training negatives never include a user's evaluation negatives, "
+        "so that no model learns to rank them down before it is scored on them (off: the "
+        "PFedRec code's negatives, any item the user never rated)")
     # federation
     rounds: int = setting(100,
         'federated rounds (centralized: epochs)')
@@ -268,7 +272,7 @@ class TrainConfig:
         full ranking's split (train, validation and test ratios > 0 summing to 1: the best
         round is picked on validation and reported on test)."""
         unused = (self._changed('split_ratios', 'split_mode') if self.protocol == 'sampled'
-                  else self._changed('eval_negatives'))
+                  else self._changed('eval_negatives', 'unseen_candidates'))
         if unused:
             raise ValueError(f'the {self.protocol} protocol does not use '
                              f'{", ".join(unused)}; leave it at its default')

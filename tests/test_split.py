@@ -10,6 +10,7 @@ from fedgraph.data import (ITEM, RATED_BY, RATES, USER, ClientPartition, interac
                            leave_one_out_split, predefined_split, ratio_split,
                            synthetic_interactions)
 from fedgraph.data.hetero import in_client_order
+from fedgraph.federated import plan as plan_module
 
 
 @pytest.fixture(scope='module')
@@ -373,3 +374,23 @@ def test_the_old_name_of_the_evaluation_negatives_still_splits_and_warns():
         old = leave_one_out_split(_loo_graph(), num_negatives=3)
     new = leave_one_out_split(_loo_graph(), eval_negatives=3)
     assert torch.equal(old.test_negatives, new.test_negatives)
+
+
+def test_unseen_candidates_keeps_evaluation_negatives_out_of_training(synthetic):
+    """With unseen_candidates a user's validation and test negatives are never drawn as a
+    training negative; by default (the PFedRec code's) some are, round after round."""
+    from fedgraph.config import TrainConfig
+    from fedgraph.training import build_run
+
+    split = leave_one_out_split(synthetic, seed=0)
+    candidates = torch.cat([split.val_negatives, split.test_negatives], 1)
+    drawn = {}
+    for unseen in (False, True):
+        config = TrainConfig(dataset='synthetic', dim=8, unseen_candidates=unseen)
+        engine, generator = build_run(config, split)
+        plan = plan_module.plan_round(engine.partition, torch.arange(split.val_item.numel()),
+                                      4, 256, 1, generator, engine.known)
+        negative = plan.label == 0
+        owner, item = plan.clients[plan.owner[negative]], plan.item[negative]
+        drawn[unseen] = int((candidates[owner] == item.unsqueeze(1)).any(1).sum())
+    assert drawn[True] == 0 < drawn[False]

@@ -53,14 +53,19 @@ class SampledSplit:
         return {'val': torch.cat([self.val_item.unsqueeze(1), self.val_negatives], 1),
                 'test': torch.cat([self.test_item.unsqueeze(1), self.test_negatives], 1)}
 
-    def known_items(self) -> ClientPartition:
+    def known_items(self, candidates: bool = False) -> ClientPartition:
         """Each user's training, validation and test items: the items the PFedRec code never
         draws as a training negative for that user (its negatives come from the items the
-        user never rated)."""
+        user never rated); with ``candidates``, its sampled validation and test negatives
+        too, so that training never scores an item it will be evaluated on."""
         users = torch.arange(self.val_item.numel())
-        edge_index = torch.cat([self.train[RATES].edge_index,
-                                torch.stack([users, self.val_item]),
-                                torch.stack([users, self.test_item])], dim=1)
+        parts = [self.train[RATES].edge_index, torch.stack([users, self.val_item]),
+                 torch.stack([users, self.test_item])]
+        if candidates:
+            for negatives in (self.val_negatives, self.test_negatives):
+                parts.append(torch.stack([users.repeat_interleave(negatives.size(1)),
+                                          negatives.reshape(-1)]))
+        edge_index = torch.cat(parts, dim=1)
         return ClientPartition.from_edge_index(edge_index, self.train[USER].num_nodes,
                                                self.train[ITEM].num_nodes)
 

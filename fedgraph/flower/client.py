@@ -45,12 +45,13 @@ def _population(data: Tuple[Tuple[str, object], ...],
     with its training and known-item partitions; cached, so that a process serving many
     virtual nodes (Ray simulation) builds them once. Only a node's first message reads the
     data set: the loaders (and PyTorch Geometric) are imported here, not by every message."""
-    from fedgraph.assemble import prepare_split
+    from fedgraph.assemble import known_items, prepare_split
     from fedgraph.config import TrainConfig
     from fedgraph.data.partition import ClientPartition
 
-    split = prepare_split(TrainConfig(**dict(data), seed=seed))
-    return split, ClientPartition.from_data(split.train), split.known_items()
+    config = TrainConfig(**dict(data), seed=seed)
+    split = prepare_split(config)
+    return split, ClientPartition.from_data(split.train), known_items(config, split)
 
 
 def _device(config: TrainConfig, context: Context) -> Node:
