@@ -238,10 +238,8 @@ class PrivateNCFHead(NCFHead):
     """NCF's MLP score function with every parameter private, GPFedRec's client model (Zhang
     et al., KDD 2024): :class:`NCFHead`'s score, whose user vector :math:`u_c` and MLP are
     client ``c``'s own and never leave it. Every client starts from one draw: the user
-    vector :math:`\\mathcal{N}(0, \\sigma^2)`, each layer as ``nn.Linear`` draws it.
-
-    Args:
-        num_clients, dim, hidden, std: as :class:`NCFHead`'s.
+    vector :math:`\\mathcal{N}(0, \\sigma^2)`, each layer as ``nn.Linear`` draws it. Its
+    arguments are :class:`NCFHead`'s.
     """
 
     def __init__(self, num_clients: int, dim: int, hidden: Sequence[int] = (32, 16, 8),
