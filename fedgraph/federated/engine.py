@@ -264,7 +264,7 @@ class FederatedEngine(RoundEngine):
         ``target`` ``[R, d]`` holds each local row's target (row ``r``: client
         ``plan.row_owner[r]``'s target of item ``plan.row_item[r]``), and every step of a
         client pulls each of its rows towards it by the proximal term's gradient
-        :math:`2 \rho (q - r) / (I d)`.
+        :math:`2 \\rho (q - r) / (I d)`.
 
         Returns ``(local, change, private, loss)``: the trained local item rows ``[R, d]``
         (row ``r`` is client ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``), their
