@@ -1,6 +1,7 @@
 """Helpers shared by the test modules: small synthetic engines, candidate lists, metrics files
 and interrupted training runs. (Shared fixtures: ``conftest.py``.)"""
 import contextlib
+import functools
 import json
 import re
 
@@ -9,6 +10,7 @@ import torch
 
 import fedgraph.server.inprocess
 import fedgraph.training
+from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
 from fedgraph.federated import ClientSelector, LocalTraining
 from fedgraph.nn import DotProductHead, FederatedRecommender, LinearScoreHead
@@ -138,3 +140,56 @@ def write_small_csv(path, num_users=30, num_items=200, per_user=15):
                              for i in torch.randperm(num_items, generator=generator)[:per_user]]
     path.write_text('\n'.join(lines) + '\n')
     return path
+
+
+def algorithm_engine(data, algorithm, engine, **settings):
+    """``algorithm``'s in-process engine (``engine``: ``'vectorized'`` or ``'reference'``) on
+    ``data`` (:func:`engine_data`), d = 8, mini-batches of 16, initialized from seed 0."""
+    _, partition, known = data
+    config = TrainConfig(algorithm=algorithm, dim=8, batch_size=16, engine=engine, **settings)
+    return config.build_algorithm().build_engine(partition, torch.Generator().manual_seed(0),
+                                                 known)
+
+
+def assert_engines_agree(fast, slow, split, atol, rounds=3, state=lambda engine: []):
+    """Runs ``rounds`` rounds of both engines from one seed and checks that training moved
+    the shared table and that both agree within ``atol``: the shared table, the private
+    parameters, ``state(engine)``'s tensors, every round's loss and clients, and the scores
+    of the test candidates."""
+    initial = fast.model.item.detach().clone()
+    stats = []
+    for engine in (fast, slow):
+        generator = torch.Generator().manual_seed(5)
+        stats.append([engine.run_round(generator) for _ in range(rounds)])
+    assert (fast.model.item - initial).abs().max() > 1e-2  # not vacuous
+    close = functools.partial(torch.testing.assert_close, atol=atol, rtol=0)
+    close(fast.model.item, slow.model.item)
+    for ours, theirs in zip(state(fast), state(slow)):
+        close(ours, theirs)
+    for name, value in fast.model.private_parameters().items():
+        close(value, slow.model.private_parameters()[name])
+    for a, b in zip(*stats):
+        assert a.loss == pytest.approx(b.loss, abs=atol) and a.num_clients == b.num_clients
+    users = torch.arange(split.train['user'].num_nodes)
+    close(fast.scores(users, candidates(split, 'test')),
+          slow.scores(users, candidates(split, 'test')))
+
+
+def train_and_export(tmp_path, algorithm):
+    """Trains ``algorithm`` for 3 rounds on a small CSV from the command line, checks that a
+    user's exported model scores every item as the engine does, and returns the run."""
+    from fedgraph.cli import main
+    from fedgraph.export import DeviceModel
+    from fedgraph.run import load_run
+
+    data = write_small_csv(tmp_path / 'data.csv')
+    out = tmp_path / 'run'
+    main(['train', '--algorithm', algorithm, '--dataset', 'csv', '--data-path', str(data),
+          '--eval-negatives', '20', '--rounds', '3', '--dim', '8', '--out', str(out),
+          '--quiet'])
+    run = load_run(out)
+    user = run.split.train['user'].raw_id[3]
+    user = user.item() if isinstance(user, torch.Tensor) else user
+    exported = DeviceModel.load(run.export(user, tmp_path / 'user.pt'))
+    torch.testing.assert_close(exported.scores(), run.engine.scores_all(torch.tensor([3]))[0])
+    return run

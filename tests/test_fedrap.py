@@ -7,12 +7,8 @@ import math
 import pytest
 import torch
 
-from fedgraph.cli import main
-from fedgraph.config import TrainConfig
-from fedgraph.export import DeviceModel
 from fedgraph.federated.additive import AdditiveEngine, AdditiveReference, AdditiveTraining
-from fedgraph.run import load_run
-from helpers import candidates, engine_data, write_small_csv
+from helpers import algorithm_engine, assert_engines_agree, engine_data, train_and_export
 
 ATOL = 1e-9
 
@@ -23,10 +19,7 @@ def data():
 
 
 def _engine(data, engine, **settings):
-    _, partition, known = data
-    config = TrainConfig(algorithm='fedrap', dim=8, batch_size=16, engine=engine, **settings)
-    return config.build_algorithm().build_engine(partition, torch.Generator().manual_seed(0),
-                                                 known)
+    return algorithm_engine(data, 'fedrap', engine, **settings)
 
 
 @pytest.mark.parametrize('settings', [
@@ -36,22 +29,7 @@ def _engine(data, engine, **settings):
 def test_vectorized_engine_matches_reference(float64, data, settings):
     fast, slow = _engine(data, 'vectorized', **settings), _engine(data, 'reference', **settings)
     assert type(fast) is AdditiveEngine and type(slow) is AdditiveReference
-    initial = fast.model.item.detach().clone()
-    for engine in (fast, slow):
-        generator = torch.Generator().manual_seed(5)
-        engine.stats = [engine.run_round(generator) for _ in range(3)]
-    assert (fast.model.item - initial).abs().max() > 1e-2  # not vacuous
-    torch.testing.assert_close(fast.model.item, slow.model.item, atol=ATOL, rtol=0)
-    torch.testing.assert_close(fast.personal, slow.personal, atol=ATOL, rtol=0)
-    for name, value in fast.model.private_parameters().items():
-        torch.testing.assert_close(value, slow.model.private_parameters()[name], atol=ATOL,
-                                   rtol=0)
-    for a, b in zip(fast.stats, slow.stats):
-        assert a.loss == pytest.approx(b.loss, abs=ATOL) and a.num_clients == b.num_clients
-    split = data[0]
-    users = torch.arange(split.train['user'].num_nodes)
-    torch.testing.assert_close(fast.scores(users, candidates(split, 'test')),
-                               slow.scores(users, candidates(split, 'test')), atol=ATOL, rtol=0)
+    assert_engines_agree(fast, slow, data[0], ATOL, state=lambda engine: [engine.personal])
 
 
 def test_early_stopping_shortens_a_round(data):
@@ -73,15 +51,6 @@ def test_the_curriculum_ramps_lambda_and_mu_as_tanh_and_the_code_keeps_them():
 
 
 def test_fedrap_trains_from_the_command_line_and_exports_a_user(tmp_path):
-    data = write_small_csv(tmp_path / 'data.csv')
-    out = tmp_path / 'run'
-    main(['train', '--algorithm', 'fedrap', '--dataset', 'csv', '--data-path', str(data),
-          '--eval-negatives', '20', '--rounds', '3', '--dim', '8', '--out', str(out),
-          '--quiet'])
-    run = load_run(out)
+    run = train_and_export(tmp_path, 'fedrap')
     assert run.config.batch_size == 2048 and run.config.local_epochs == 10  # the code's
     assert run['best']['test']['hr@10'] > 0
-    user = run.split.train['user'].raw_id[3]
-    user = user.item() if isinstance(user, torch.Tensor) else user
-    exported = DeviceModel.load(run.export(user, tmp_path / 'user.pt'))
-    torch.testing.assert_close(exported.scores(), run.engine.scores_all(torch.tensor([3]))[0])

@@ -130,12 +130,17 @@ class AdditiveEngine(RoundEngine):
         self.rounds_done = 0
         self.participation = torch.zeros(model.num_clients, dtype=torch.long)
 
+    def plan_round(self, generator: torch.Generator) -> Tuple[RoundPlan, Tensor]:
+        """A round's clients, their samples and mini-batches, and the shared table they
+        start from."""
+        cfg = self.training
+        plan = plan_round(self.partition, self.selector(generator), cfg.num_negatives,
+                          cfg.batch_size, cfg.max_epochs, generator, self.known)
+        return plan, self.model.item.detach().clone()
+
     def run_round(self, generator: torch.Generator) -> RoundStats:
-        cfg, model = self.training, self.model
-        clients = self.selector(generator)
-        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.max_epochs, generator, self.known)
-        common = model.item.detach().clone()
+        model = self.model
+        plan, common = self.plan_round(generator)
         head, scale, personal_rows, common_rows, loss = self.train_clients(plan, common)
         owner, item = plan.row_owner, plan.row_item
         with torch.no_grad():
@@ -271,11 +276,8 @@ class AdditiveReference(AdditiveEngine):
     decay, ``ExponentialLR`` stepped after every mini-batch, client after client."""
 
     def run_round(self, generator: torch.Generator) -> RoundStats:
-        cfg, model = self.training, self.model
-        clients = self.selector(generator)
-        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.max_epochs, generator, self.known)
-        common = model.item.detach().clone()
+        model = self.model
+        plan, common = self.plan_round(generator)
         copies, losses = [], []
         for position, client in enumerate(plan.clients.tolist()):
             head, personal, copy, loss = self._train_client(plan, position, client, common)
@@ -306,15 +308,8 @@ class AdditiveReference(AdditiveEngine):
             weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.step_decay)
         batches = int((plan.num_samples[position] + cfg.batch_size - 1) // cfg.batch_size)
-        mine = plan.owner == position
         total, count, running = 0.0, 0, []
-        for step in range(plan.num_steps):
-            in_step = mine.clone()
-            in_step[:plan.step_ptr[step]] = False
-            in_step[plan.step_ptr[step + 1]:] = False
-            if not in_step.any():
-                break
-            items, labels = plan.item[in_step], plan.label[in_step]
+        for step, items, labels in plan.client_batches(position):
             rows_d, rows_c = personal(items), copy(items)
             logits = linear(rows_d + rows_c).view(-1)
             loss = cfg.loss(logits, labels, rows_d, rows_c, self.rounds_done).mean()

@@ -9,7 +9,7 @@ work and can be compared number by number.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import numba
 import numpy as np
@@ -66,6 +66,16 @@ class RoundPlan:
     @property
     def num_steps(self) -> int:
         return self.step_ptr.numel() - 1
+
+    def client_batches(self, position: int) -> Iterator[Tuple[int, Tensor, Tensor]]:
+        """Client ``position``'s mini-batches in local-step order: ``(step, items,
+        labels)``, the samples it has in each step (the reference engines' loop)."""
+        mine = self.owner == position
+        ptr = self.step_ptr.tolist()
+        for step, (start, end) in enumerate(zip(ptr[:-1], ptr[1:])):
+            in_step = mine[start:end]
+            if in_step.any():
+                yield step, self.item[start:end][in_step], self.label[start:end][in_step]
 
 
 def plan_round(partition: ClientPartition, clients: Tensor, num_negatives: int,

@@ -175,15 +175,8 @@ class ReferenceEngine(RoundEngine):
                 return loss, loss
             return loss, loss + cfg.proximal * (model.item.weight - target).pow(2).mean()
 
-        mine = plan.owner == position
         total, count = 0.0, 0
-        for step in range(plan.num_steps):
-            in_step = mine.clone()
-            in_step[:plan.step_ptr[step]] = False
-            in_step[plan.step_ptr[step + 1]:] = False
-            if not in_step.any():
-                continue
-            items, labels = plan.item[in_step], plan.label[in_step]
+        for _, items, labels in plan.client_batches(position):
             if cfg.alternating:
                 head_optimizer.zero_grad()
                 criterion(items, labels)[1].backward()
