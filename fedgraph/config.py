@@ -304,8 +304,7 @@ class TrainConfig:
             raise ValueError(f'norm_bound must be > 0 (0: none), got {self.norm_bound}')
 
     def _validate_dp(self) -> None:
-        default_lr = shared_fields()['dp_clip_lr'].default
-        if self.dp_clip_quantile is None and self.dp_clip_lr != default_lr:
+        if self.dp_clip_quantile is None and self._changed('dp_clip_lr'):
             raise ValueError('dp_clip_lr set without adaptive clipping: give dp_clip_quantile')
         if self.dp_epsilon is not None and self.dp_noise_multiplier is not None:
             raise ValueError('give dp_epsilon (the noise is calibrated to it) or '

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 
-from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, ClientSettings
+from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm
+from fedgraph.algorithms.fedncf import FedNCFSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.graph_guided import (CLOSENESS, GraphGuidedEngine, GraphGuidedReference,
                                              GraphGuidedState)
@@ -33,8 +34,9 @@ from fedgraph.settings import setting
 
 
 @dataclass
-class GPFedRecSettings(ClientSettings):
-    """The GPFedRec code's defaults (``train.py``)."""
+class GPFedRecSettings(FedNCFSettings):
+    """The GPFedRec code's defaults (``train.py``); its MLP's widths as FedNCF's
+    (``hidden``)."""
     lr: float = 0.1
     item_lr_eta: float = 80.0
     dual_personalization: bool = True
@@ -49,13 +51,9 @@ class GPFedRecSettings(ClientSettings):
                                  'client above the mean closeness times --threshold)')
     threshold: float = setting(1.0, 'with neighbours 0: the share of the mean closeness a '
                                     'neighbour exceeds')
-    hidden: Tuple[int, ...] = setting((32, 16, 8), "widths of the MLP's hidden layers")
 
     def validate(self) -> None:
         super().validate()
-        self.hidden = tuple(int(width) for width in self.hidden)
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f'hidden layer widths must be >= 1, got {self.hidden}')
         if self.closeness not in CLOSENESS:
             raise ValueError(f'closeness must be one of {CLOSENESS}, got {self.closeness!r}')
         if self.neighbours < 0 or not self.proximal > 0 or self.user_lr < 0:

@@ -35,7 +35,7 @@ from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.secure import SecureAggregation, SecureTotals
 from fedgraph.federated.personal import PersonalItemRows
-from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.plan import RoundPlan
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import screen
@@ -230,8 +230,7 @@ class FederatedEngine(RoundEngine):
         cfg = self.training
         clients = torch.sort(clients).values
         if self.streams is None:
-            plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                              cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
+            plan = cfg.plan(self.partition, clients, generator, self.known)
         else:
             plan = self.streams.plan(self.partition, clients, cfg.num_negatives,
                                      cfg.batch_size, cfg.local_epochs, round_seed, self.known,

@@ -32,7 +32,7 @@ from torch import Tensor
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import SGD
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
-from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.plan import RoundPlan
 from fedgraph.federated.reference import ReferenceEngine
 
 #: How the server measures how close two clients' tables are: ``'paper'`` by cosine
@@ -153,23 +153,39 @@ def _stats(engine, clients: Tensor, base: Tensor, loss: float) -> RoundStats:
                       download_bytes=float(2 * size))
 
 
-class GraphGuidedEngine(FederatedEngine):
-    """GPFedRec on the vectorized engine (see the module docstring); ``guided`` holds the
-    clients' tables and aggregates. Its clients train with SGD (the closed form of the
-    untouched rows is SGD's)."""
+class _Guided:
+    """What GPFedRec adds to either engine: ``guided``, the clients' tables and aggregates
+    (kept in its state), from which each user scores."""
 
     def __init__(self, *args, guided: GraphGuidedState, **kwargs):
         super().__init__(*args, **kwargs)
+        self.guided = guided
+
+    def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
+        """``[U, k, d]`` each user's rows of ``items[u]`` in the table it trained last."""
+        return self.guided.tables[users.unsqueeze(-1), items]
+
+    def state_dict(self) -> Dict[str, object]:
+        return {**super().state_dict(), 'guided': self.guided.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        super().load_state_dict(state)
+        self.guided.load_state_dict(state['guided'])
+
+
+class GraphGuidedEngine(_Guided, FederatedEngine):
+    """GPFedRec on the vectorized engine (see the module docstring). Its clients train with
+    SGD (the closed form of the untouched rows is SGD's)."""
+
+    def __init__(self, *args, guided: GraphGuidedState, **kwargs):
+        super().__init__(*args, guided=guided, **kwargs)
         if not isinstance(self.training.optimizer, SGD) or not self.training.proximal:
             raise ValueError('graph-guided personalization trains with SGD and a proximal '
                              'term')
-        self.guided = guided
 
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         cfg, model = self.training, self.model
-        clients = self.selector(generator)
-        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
+        plan = cfg.plan(self.partition, self.selector(generator), generator, self.known)
         base = model.item.detach().clone()
         targets = self.guided.targets[plan.clients]
         local, _, private, loss = self.train_clients(
@@ -183,10 +199,6 @@ class GraphGuidedEngine(FederatedEngine):
         stats = _stats(self, plan.clients, base, float(loss.mean()))
         return stats, _round_result(plan.clients, tables, base, plan.num_samples, loss)
 
-    def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
-        """``[U, k, d]`` each user's rows of ``items[u]`` in the table it trained last."""
-        return self.guided.tables[users.unsqueeze(-1), items]
-
     def personal_scores_all(self, users: Tensor, params: Dict[str, Tensor]) -> Tensor:
         """``[U, I]`` each user's logits of every item of its own table, a user at a time."""
         head = self.model.head
@@ -196,30 +208,18 @@ class GraphGuidedEngine(FederatedEngine):
                           for position, user in enumerate(users.tolist())])
 
     def item_views(self, user: int):
-        params, _, weights = super().item_views(user)
-        return params, [self.guided.tables[user].clone()], weights
-
-    def state_dict(self) -> Dict[str, object]:
-        return {**super().state_dict(), 'guided': self.guided.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        super().load_state_dict(state)
-        self.guided.load_state_dict(state['guided'])
+        """``user``'s private parameters and the table it trained last."""
+        users = torch.tensor([user], device=self.model.item.device)
+        return self.model.client_params(users), [self.guided.tables[user].clone()], [1.0]
 
 
-class GraphGuidedReference(ReferenceEngine):
+class GraphGuidedReference(_Guided, ReferenceEngine):
     """GPFedRec on the reference engine: each client trains its whole table with
     ``torch.optim.SGD`` and the proximal term, client after client; the same server."""
 
-    def __init__(self, *args, guided: GraphGuidedState, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.guided = guided
-
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
-        cfg = self.training
-        clients = self.selector(generator)
-        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
+        plan = self.training.plan(self.partition, self.selector(generator), generator,
+                                  self.known)
         base = self.model.item.detach().clone()
         tables, losses = [], []
         for position, client in enumerate(plan.clients.tolist()):
@@ -236,13 +236,3 @@ class GraphGuidedReference(ReferenceEngine):
         loss = torch.tensor(losses, dtype=base.dtype)
         stats = _stats(self, plan.clients, base, float(loss.mean()))
         return stats, _round_result(plan.clients, tables, base, plan.num_samples, loss)
-
-    def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.guided.tables[users.unsqueeze(-1), items]
-
-    def state_dict(self) -> Dict[str, object]:
-        return {**super().state_dict(), 'guided': self.guided.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        super().load_state_dict(state)
-        self.guided.load_state_dict(state['guided'])

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.privacy.upload import UploadTransform
 
 
@@ -211,3 +213,12 @@ class LocalTraining:
     def lr_of(self, name: str) -> float:
         """The learning rate of the private parameter ``name``."""
         return self.param_lrs.get(name, self.lr)
+
+    def plan(self, partition: ClientPartition, clients: Tensor,
+             generator: Optional[torch.Generator],
+             known: Optional[ClientPartition] = None) -> RoundPlan:
+        """The round plan of ``clients`` under this training (its negatives, mini-batches and
+        epochs; a pairwise loss keeps each positive with its negatives), drawn from
+        ``generator`` (:func:`~fedgraph.federated.plan.plan_round`)."""
+        return plan_round(partition, clients, self.num_negatives, self.batch_size,
+                          self.local_epochs, generator, known, self.loss.keeps_groups)

@@ -19,7 +19,7 @@ from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import BYTES_PER_INDEX, dense_transform
 from fedgraph.federated.local import LocalTraining
 from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
-from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.plan import RoundPlan
 from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.recommender import FederatedRecommender
@@ -93,9 +93,7 @@ class ReferenceEngine(RoundEngine):
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         """One round, client after client; also returns what the clients uploaded."""
         cfg = self.training
-        clients = self.selector(generator)
-        plan = plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                          cfg.local_epochs, generator, self.known, cfg.loss.keeps_groups)
+        plan = cfg.plan(self.partition, self.selector(generator), generator, self.known)
         global_items = self.model.item.detach().clone()
         shared_dense = self.model.shared_dense()
         tables, weights, losses, uploads, dense_updates = [], [], [], [], []

@@ -157,9 +157,13 @@ class NCFHead(ScoreHead):
         self.std = std
         self.user = nn.Parameter(torch.empty(num_clients, dim))
         widths = [2 * dim, *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.output = nn.Linear(widths[-1], 1)
+        self.layers = nn.ModuleList(self._linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.output = self._linear(widths[-1], 1)
         self.reset_parameters(generator)
+
+    def _linear(self, in_features: int, out_features: int) -> nn.Module:
+        """One layer of the MLP: a shared ``nn.Linear``."""
+        return nn.Linear(in_features, out_features)
 
     @torch.no_grad()
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
@@ -242,18 +246,9 @@ class PrivateNCFHead(NCFHead):
     arguments are :class:`NCFHead`'s.
     """
 
-    def __init__(self, num_clients: int, dim: int, hidden: Sequence[int] = (32, 16, 8),
-                 std: float = 1.0, generator: Optional[torch.Generator] = None):
-        ScoreHead.__init__(self, num_clients, dim)
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f'hidden layer widths must be >= 1, got {tuple(hidden)}')
-        self.std = std
-        self.user = nn.Parameter(torch.empty(num_clients, dim))
-        widths = [2 * dim, *hidden]
-        self.layers = nn.ModuleList(_StackedLinear(num_clients, a, b)
-                                    for a, b in zip(widths[:-1], widths[1:]))
-        self.output = _StackedLinear(num_clients, widths[-1], 1)
-        self.reset_parameters(generator)
+    def _linear(self, in_features: int, out_features: int) -> nn.Module:
+        """One layer of the MLP: every client's own, stacked."""
+        return _StackedLinear(self.num_clients, in_features, out_features)
 
     @torch.no_grad()
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
