@@ -105,9 +105,6 @@ def screen(result: ClientRound, num_items: int, extra: Optional[Dict[str, Tensor
     if samples_per_row is not None:
         rows = torch.bincount(owner.cpu(), minlength=num).to(bad_samples.device)
         bad_samples |= samples > rows * samples_per_row
-    if samples_per_row is not None:
-        rows = torch.bincount(owner.cpu(), minlength=num).to(bad_samples.device)
-        bad_samples |= samples > rows * samples_per_row
     dropped, drop = {}, torch.zeros(num, dtype=torch.bool)
     for reason, bad in (('bad_item', bad_item), ('non_finite', bad_value),
                         ('repeated_row', repeated), ('bad_samples', bad_samples)):
