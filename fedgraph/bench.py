@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -73,16 +73,53 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``: resident now,
+    ``VmHWM``: its peak since the last reset), in MiB."""
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f'/proc/self/status has no {field}')
+
+
+class ServerTimer:
+    """Times the server half of every round, the federated engine's ``aggregate`` (GPFedRec:
+    the user-relation graph and its aggregation; a graph model's propagation is not in it),
+    and the memory it adds at its peak over what was resident when it began (Linux: the
+    peak is reset before each call through ``/proc/self/clear_refs``; the process's own
+    peak is kept in :attr:`peak_mib`)."""
+
+    def __init__(self, federated):
+        self.seconds: List[float] = []
+        self.added_mib: List[float] = []
+        self.peak_mib = 0.0
+        self._aggregate = federated.aggregate
+        federated.aggregate = self
+
+    def __call__(self, *args, **kwargs):
+        self.peak_mib = max(self.peak_mib, _status_mib('VmHWM'))
+        with open('/proc/self/clear_refs', 'w') as refs:
+            refs.write('5')
+        before, began = _status_mib('VmRSS'), time.perf_counter()
+        out = self._aggregate(*args, **kwargs)
+        self.seconds.append(time.perf_counter() - began)
+        self.added_mib.append(_status_mib('VmHWM') - before)
+        return out
+
+
 def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
                    split=None, known: Optional[ClientPartition] = None,
                    keep_memory: bool = True) -> Dict[str, float]:
     """Runs one warm-up round, then ``rounds`` timed rounds, evaluating after each when a
     ``split`` is given, with ``config.threads`` and freed memory kept or not
     (:func:`fedgraph.runtime.configure`); returns the median wall seconds of training and
-    of evaluation, and the median CPU seconds and minor page faults of a training round."""
+    of evaluation, the median CPU seconds and minor page faults of a training round, and
+    the median seconds and added memory of its server half (:class:`ServerTimer`)."""
     threads = runtime.configure(config.threads, keep_memory)
     generator = torch.Generator().manual_seed(config.seed)
     engine = build_engine(config, partition, generator, known)
+    server = ServerTimer(engine.federated) if engine.federated is not None else None
     train_seconds, eval_seconds, cpu_seconds, faults = [], [], [], []
     for index in range(rounds + 1):
         _sync(config.device)
@@ -106,7 +143,11 @@ def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
             'eval_seconds': statistics.median(eval_seconds),
             'cpu_seconds': statistics.median(cpu_seconds),
             'page_faults': statistics.median(faults),
-            'peak_memory_mb': _peak_memory_mb(config.device)}
+            'server_seconds': statistics.median(server.seconds[1:]) if server else None,
+            'server_added_mb': statistics.median(server.added_mib[1:]) if server else None,
+            'peak_memory_mb': max(_peak_memory_mb(config.device),
+                                  server.peak_mib if server and config.device == 'cpu'
+                                  else 0.0)}
 
 
 def _run_worker(payload: Dict) -> Dict:
@@ -227,15 +268,17 @@ def _rounds(args: argparse.Namespace) -> List[Dict]:
 def _scale(args: argparse.Namespace) -> List[Dict]:
     conditions = Conditions()
     rows = []
-    print(f'{args.algorithm}, {args.rounds} timed rounds after one warm-up')
+    settings = ''.join(f', {name}={json.dumps(value)}' for name, value in args.setting)
+    print(f'{args.algorithm}{settings}, {args.rounds} timed rounds after one warm-up')
     print('| users | items | interactions | clients/round | threads | s/round | CPU s/round '
-          '| page faults/round | peak memory (MiB) |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          '| page faults/round | server s/round | server added MiB | peak memory (MiB) |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for users in args.sizes:
         items = max(1000, users // 20)
         count = min(args.clients_per_round, users)
         config = dict(algorithm=args.algorithm, dataset='synthetic', seed=args.seed,
-                      device=args.device, clients_per_round=count, threads=args.threads)
+                      device=args.device, clients_per_round=count, threads=args.threads,
+                      **dict(args.setting))
         synthetic = dict(num_users=users, num_items=items, mean_degree=args.mean_degree,
                          seed=args.seed)
         result = _run_worker({'config': config, 'rounds': args.rounds, 'synthetic': synthetic,
@@ -244,6 +287,7 @@ def _scale(args: argparse.Namespace) -> List[Dict]:
         print(f"| {users:,} | {items:,} | {result['interactions']:,} | {count:,} "
               f"| {result['threads']} | {result['train_seconds']:.3f} "
               f"| {result['cpu_seconds']:.3f} | {result['page_faults']:,.0f} "
+              f"| {result['server_seconds']:.3f} | {result['server_added_mb']:,.0f} "
               f"| {result['peak_memory_mb']:.0f} |", flush=True)
     print(conditions)
     return rows
@@ -335,6 +379,17 @@ def _export(args: argparse.Namespace) -> List[Dict]:
     return rows
 
 
+def _setting(text: str) -> Tuple[str, object]:
+    """``NAME=VALUE`` as ``(NAME, VALUE)``, the value read as JSON where it is JSON."""
+    name, equals, value = text.partition('=')
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f'expected NAME=VALUE, got {text!r}')
+    try:
+        return name.replace('-', '_'), json.loads(value)
+    except json.JSONDecodeError:
+        return name.replace('-', '_'), value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest='kind', required=True)
     engines = kinds.add_parser('engines', help='vectorized vs reference engine')
@@ -361,6 +416,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument('--clients-per-round', type=int, default=1000)
     scale.add_argument('--mean-degree', type=float, default=20.0)
     scale.add_argument('--rounds', type=int, default=5, help='timed rounds (after 1 warm-up)')
+    scale.add_argument('--setting', type=_setting, action='append', default=[],
+                       metavar='NAME=VALUE',
+                       help="a setting of the run (repeatable; VALUE read as JSON, else as a "
+                            "string), e.g. --setting neighbours=10")
     export = kinds.add_parser('export', help="a finished run's users as device files: size, "
                                               'load and top-10 time')
     export.add_argument('folder', metavar='RUN', help='the run folder')

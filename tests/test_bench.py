@@ -35,6 +35,18 @@ def test_bench_scale_runs_a_graph_model_with_its_server_propagation(capsys):
     assert lines[0].startswith('fedlightgcn') and lines[3].split('|')[1].strip() == '400'
 
 
+def test_bench_scale_times_the_server_half_with_the_settings_given(tmp_path, capsys):
+    out = tmp_path / 'scale.json'
+    main(['bench', 'scale', '--algorithm', 'gpfedrec', '--sizes', '200', '--rounds', '2',
+          '--clients-per-round', '40', '--threads', '1', '--setting', 'neighbours=3',
+          '--setting', 'hidden=[8, 4]', '--out', str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == 'gpfedrec, neighbours=3, hidden=[8, 4], 2 timed rounds after one warm-up'
+    (row,) = json.loads(out.read_text())
+    assert 0 < row['server_seconds'] < row['train_seconds']
+    assert row['server_added_mb'] >= 0
+
+
 @pytest.mark.parametrize('files, expected', [
     ({'cpu.max': 'max 100000\n'}, None),
     ({'cpu.max': '150000 100000\n'}, 1.5),

@@ -12,10 +12,12 @@ from fedgraph.server.deployment import Deployment, LocalTransport
 from fedgraph.training import prepare_split, train
 
 FEDERATED = [name for name in algorithm_names() if resolve(name).federated]
-DEPLOYABLE = [name for name in FEDERATED if resolve(name).deployable]
 SMALL = dict(dataset='synthetic', seed=0, rounds=2, dim=8, client_streams=True)
 EXTRA = {'perfedrec++': dict(pretrain_rounds=2, num_clusters=3, cluster_every=1),
-         'fedncf': dict(hidden=(8, 4))}
+         'fedncf': dict(hidden=(8, 4)),
+         # some users train in neither round: they score with the initial tables
+         'gpfedrec': dict(hidden=(8, 4), client_ratio=0.3),
+         'fedrap': dict(client_ratio=0.3, local_epochs=3)}
 
 
 def _devices(config, num_devices):
@@ -26,18 +28,12 @@ def _devices(config, num_devices):
 
 
 def test_every_federated_algorithm_is_tested():
-    assert {'pfedrec', 'fedmf', 'fedncf', 'fedlightgcn', 'perfedrec++'} <= set(DEPLOYABLE)
+    assert {'pfedrec', 'fedmf', 'fedncf', 'fedlightgcn', 'perfedrec++', 'gpfedrec',
+            'fedrap'} <= set(FEDERATED)
     assert 'mf' not in FEDERATED
 
 
-@pytest.mark.parametrize('algorithm', sorted(set(FEDERATED) - set(DEPLOYABLE)))
-def test_an_algorithm_without_deployment_halves_is_refused(algorithm):
-    config = TrainConfig(algorithm=algorithm, dataset='synthetic', rounds=2, dim=8)
-    with pytest.raises(ValueError, match=f'{algorithm} runs in-process only'):
-        Deployment(config, LocalTransport({}))
-
-
-@pytest.mark.parametrize('algorithm', DEPLOYABLE)
+@pytest.mark.parametrize('algorithm', FEDERATED)
 def test_server_and_devices_match_the_in_process_engine(algorithm):
     config = TrainConfig(algorithm=algorithm, **SMALL, **EXTRA.get(algorithm, {}))
     transport = LocalTransport(_devices(config, 3))

@@ -167,7 +167,8 @@ def test_write_app_names_fedgraphs_apps_and_the_run_config(tmp_path):
     ('pfedrec', {}), ('fedmf', {}), ('fedncf', dict(hidden=(8, 4))), ('fedlightgcn', {}),
     # Pre-training, and clusters from the first round on, so that cluster tables and levels
     # are exercised.
-    ('perfedrec++', dict(pretrain_rounds=2, num_clusters=3, cluster_every=1))])
+    ('perfedrec++', dict(pretrain_rounds=2, num_clusters=3, cluster_every=1)),
+    ('gpfedrec', dict(hidden=(8, 4))), ('fedrap', dict(local_epochs=2))])
 def test_flower_simulation_matches_the_in_process_engine(tmp_path, algorithm, settings):
     config = TrainConfig(algorithm=algorithm, rounds=2, **CONFIG, **settings)
     flower = simulate(config, num_nodes=4, out=tmp_path, progress=False)

@@ -149,10 +149,8 @@ class Algorithm:
     unused_settings: ClassVar[Tuple[str, ...]] = ()
     #: Whether clients train it on their devices (``False``: a centralized baseline).
     federated: ClassVar[bool] = True
-    #: Whether it has the node and server halves a deployment runs (in one process or on
-    #: Flower); ``False``: in-process only.
-    deployable: ClassVar[bool] = True
-    #: The in-process engines it trains on: vectorized, and the reference loop per client.
+    #: The engines it trains on: vectorized (in-process, and the halves of a deployment's
+    #: rounds: :meth:`vectorized_engine`), and the reference loop per client.
     engine_class: ClassVar[Type[FederatedEngine]] = FederatedEngine
     reference_class: ClassVar[Type[ReferenceEngine]] = ReferenceEngine
     #: Names its settings had in earlier versions' ``config.json``, and their names now.
@@ -293,25 +291,36 @@ class Algorithm:
         config = self.config
         model = self.build_model(partition.num_clients, partition.num_items,
                                  generator).to(config.device)
-        training = self.local_training(partition.num_items)
         server = self.server_pipeline(partition.num_clients)
         selector = self.build_selector(partition.num_clients)
-        extra = self.engine_arguments(model, partition.num_clients)
         if config.engine == 'vectorized':
             streams = ClientStreams() if config.client_streams else None
-            engine = self.engine_class(model, partition, training, selector, known, streams,
-                                       config.closed_form, server,
-                                       self.secure_aggregation(partition.num_clients,
-                                                               model.shared_numel(),
-                                                               selector.count), **extra)
+            engine = self.vectorized_engine(model, partition, selector, known, streams,
+                                            server, self.secure_aggregation(
+                                                partition.num_clients, model.shared_numel(),
+                                                selector.count))
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:
-            engine = self.reference_class(model, partition, training, selector, known, server,
-                                          **extra)
+            engine = self.reference_class(model, partition,
+                                          self.local_training(partition.num_items), selector,
+                                          known, server,
+                                          **self.engine_arguments(model, partition.num_clients))
         if config.dp_delta is not None:
             engine.ledger.delta = config.dp_delta
         return self.extend(engine, partition, generator)
+
+    def vectorized_engine(self, model: FederatedRecommender, partition: ClientPartition,
+                          selector: ClientSelector, known: Optional[ClientPartition] = None,
+                          streams: Optional[ClientStreams] = None,
+                          server: Optional[ServerPipeline] = None,
+                          secure: Optional[SecureAggregation] = None) -> FederatedEngine:
+        """Its :attr:`engine_class` over ``model`` and ``partition``: the in-process engine
+        before :meth:`extend`, a deployment's server (with no interactions) and a node's
+        client halves (its users only)."""
+        return self.engine_class(model, partition, self.local_training(model.num_items),
+                                 selector, known, streams, self.config.closed_form, server,
+                                 secure, **self.engine_arguments(model, model.num_clients))
 
     def engine_arguments(self, model: FederatedRecommender, num_clients: int
                          ) -> Dict[str, object]:

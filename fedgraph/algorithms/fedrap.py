@@ -12,18 +12,15 @@ constant as the code runs (``'code'``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
 from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.data.partition import ClientPartition
-from fedgraph.federated.additive import (CURRICULA, AdditiveEngine, AdditiveReference,
+from fedgraph.federated.additive import (CURRICULA, AdditiveEngine, AdditiveNodeHooks,
+                                         AdditiveRecommender, AdditiveReference,
                                          AdditiveTraining)
-from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.nn.heads import LinearScoreHead
-from fedgraph.nn.recommender import FederatedRecommender
 from fedgraph.settings import setting
 
 
@@ -61,18 +58,25 @@ class FedRAP(Algorithm):
     Settings = FedRAPSettings
     #: The code's mini-batches and epochs (at most: a client stops early).
     shared_defaults = dict(batch_size=2048, local_epochs=10)
+    #: The server reads each client's copy of :math:`C`: none of the upload defences, noise
+    #: or secure aggregation apply.
     unused_settings = tuple(name for name in CENTRALIZED_UNUSED
-                            if name not in ('client_ratio', 'clients_per_round', 'engine'))
-    deployable = False
+                            if name not in ('client_ratio', 'clients_per_round', 'engine',
+                                            'client_streams'))
+
+    engine_class = AdditiveEngine
+    reference_class = AdditiveReference
 
     def build_model(self, num_clients: int, num_items: int,
-                    generator: torch.Generator) -> FederatedRecommender:
-        """One ``nn.Linear`` initialization copied to every client's head, then the shared
-        table :math:`C` ``N(0, 1)`` (``nn.Embedding``'s default)."""
+                    generator: torch.Generator) -> AdditiveRecommender:
+        """One ``nn.Linear`` initialization copied to every client's head, the shared table
+        :math:`C` ``N(0, 1)`` (``nn.Embedding``'s default), then the private tables
+        :math:`D_u`, one ``N(0, 1)`` draw copied to all (the code deep-copies one model for
+        every client)."""
         head = LinearScoreHead(num_clients, self.config.dim, generator=generator)
-        return FederatedRecommender(num_items, head, init_std=1.0, generator=generator)
+        return AdditiveRecommender(num_items, head, generator=generator)
 
-    def additive_training(self) -> AdditiveTraining:
+    def local_training(self, num_items: int) -> AdditiveTraining:
         settings, config = self.settings, self.config
         return AdditiveTraining(
             lr=settings.lr, table_lr=settings.table_lr, round_decay=settings.round_decay,
@@ -81,16 +85,5 @@ class FedRAP(Algorithm):
             batch_size=config.batch_size, max_epochs=config.local_epochs,
             num_negatives=config.num_negatives)
 
-    def build_engine(self, partition: ClientPartition, generator: torch.Generator,
-                     known: Optional[ClientPartition] = None) -> RoundEngine:
-        """The model, then every client's private table :math:`D_u`, one ``N(0, 1)`` draw
-        copied to all (the code deep-copies one model for every client)."""
-        config = self.config
-        model = self.build_model(partition.num_clients, partition.num_items,
-                                 generator).to(config.device)
-        personal = torch.randn(partition.num_items, config.dim, generator=generator).to(
-            device=config.device, dtype=model.item.dtype)
-        personal = personal.expand(partition.num_clients, -1, -1).clone()
-        engine = AdditiveEngine if config.engine == 'vectorized' else AdditiveReference
-        return engine(model, partition, self.additive_training(),
-                      self.build_selector(partition.num_clients), known, personal)
+    def node_hooks(self) -> AdditiveNodeHooks:
+        return AdditiveNodeHooks()

@@ -25,7 +25,7 @@ from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm
 from fedgraph.algorithms.fedncf import FedNCFSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.graph_guided import (CLOSENESS, GraphGuidedEngine, GraphGuidedReference,
-                                             GraphGuidedState)
+                                             GraphGuidedState, GuidedNodeHooks)
 from fedgraph.federated.local import LocalTraining
 from fedgraph.nn.heads import PrivateNCFHead
 from fedgraph.nn.recommender import FederatedRecommender
@@ -70,10 +70,10 @@ class GPFedRec(Algorithm):
                'user-relation graph')
     Settings = GPFedRecSettings
     #: The server reads each client's whole table: none of the upload defences, noise or
-    #: secure aggregation apply; clients draw from the round's generator.
+    #: secure aggregation apply.
     unused_settings = tuple(name for name in CENTRALIZED_UNUSED
-                            if name not in ('client_ratio', 'clients_per_round', 'engine'))
-    deployable = False
+                            if name not in ('client_ratio', 'clients_per_round', 'engine',
+                                            'client_streams'))
     engine_class = GraphGuidedEngine
     reference_class = GraphGuidedReference
 
@@ -91,6 +91,9 @@ class GPFedRec(Algorithm):
         return dataclasses.replace(self.client_training(num_items),
                                    param_lrs={'user': settings.user_lr},
                                    proximal=settings.proximal)
+
+    def node_hooks(self) -> GuidedNodeHooks:
+        return GuidedNodeHooks()
 
     def upload_transform(self) -> UploadTransform:
         """The tables go up as they are (no clipping or noise applies)."""

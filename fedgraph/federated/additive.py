@@ -31,20 +31,23 @@ engine trains whole tables.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch_scatter import scatter
 
 from fedgraph.data.partition import ClientPartition
+from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import bce
-from fedgraph.federated.messages import RoundStats
+from fedgraph.federated.messages import ClientRound, Payload, RoundStats, RowUpload
+from fedgraph.federated.node import Node, NodeHooks
 from fedgraph.federated.plan import RoundPlan, plan_round
-from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.selection import ClientSelector
+from fedgraph.nn.heads import LinearScoreHead
 from fedgraph.nn.recommender import FederatedRecommender
+from fedgraph.privacy.upload import UploadTransform
 
 #: How :math:`\lambda_t, \mu_t` move over the rounds: ``'paper'`` the tanh curriculum,
 #: ``'code'`` constant.
@@ -79,6 +82,13 @@ class AdditiveTraining:
     batch_size: int = 2048
     max_epochs: int = 10
     num_negatives: int = 4
+    #: What an upload goes through: nothing (the server reads the copies as they are).
+    upload: UploadTransform = field(default_factory=UploadTransform)
+
+    def describe(self) -> Dict[str, str]:
+        """The loss's and the optimizer's names (``config.json``'s ``ran``)."""
+        return {'loss': 'FedRAP (BCE - lambda_t mean (D - C)^2 + mu_t mean |C|)',
+                'optimizer': 'SGD with weight decay'}
 
     def learning_rates(self, round_index: int) -> Tuple[float, float]:
         """The head's and the tables' learning rates at the start of round ``round_index``."""
@@ -103,64 +113,101 @@ class AdditiveTraining:
                 + mu * common.abs().sum(-1) / dim)
 
 
-class AdditiveEngine(RoundEngine):
-    """FedRAP on the vectorized engine: a round's clients train side by side, each holding
-    only the rows its samples touch and a scale for the rest (:meth:`train_clients`).
+class AdditiveRecommender(FederatedRecommender):
+    """FedRAP's model: the shared table :math:`C` (:attr:`item`), every client's private
+    linear head and every client's private table :math:`D_u` (:attr:`personal`
+    ``[N, I, d]``, private like the head: it never leaves the client), one ``N(0, 1)`` draw
+    after :math:`C`'s copied to every client (the code deep-copies one model per client)."""
+
+    def __init__(self, num_items: int, head: LinearScoreHead,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(num_items, head, init_std=1.0, generator=generator)
+        first = torch.randn(num_items, head.dim, generator=generator)
+        self.personal = nn.Parameter(first.expand(head.num_clients, -1, -1).clone())
+
+    def private_parameters(self) -> Dict[str, Tensor]:
+        return {**self.head.private_parameters(), 'personal': self.personal}
+
+
+class AdditiveEngine(FederatedEngine):
+    """FedRAP on the vectorized engine, as the two halves of a round that a deployment runs
+    apart: :meth:`local_round` on the clients' devices (a round's clients train side by
+    side, each holding only the rows its samples touch and a scale for the rest,
+    :meth:`train_clients`), :meth:`aggregate` on the server.
 
     Args:
-        model: :math:`C` (the row table) and the clients' private linear heads.
+        model: :math:`C`, the clients' private heads and tables.
         partition: each client's training items.
         training: the local training.
         selector: each round's clients.
         known: the items a client never draws as a negative (default: its training items).
+        streams, closed_form, server, secure: as :class:`FederatedEngine`'s (FedRAP's
+            server averages the copies as they are: no pipeline or secure sum applies).
     """
 
-    ledger = None
     chance_loss = math.log(2)  # BCE at sigma(s) = 1/2, the regularizers at zero
 
-    def __init__(self, model: FederatedRecommender, partition: ClientPartition,
-                 training: AdditiveTraining, selector: ClientSelector,
-                 known: Optional[ClientPartition] = None,
-                 personal: Optional[Tensor] = None):
-        self.model = model
-        self.partition, self.known = partition, known
-        self.training, self.selector = training, selector
-        #: Every client's private table :math:`D_u`, ``[N, I, d]``.
-        self.personal = personal
+    def __init__(self, model: AdditiveRecommender, partition: ClientPartition,
+                 training: AdditiveTraining, *args, **kwargs):
+        super().__init__(model, partition, training, *args, **kwargs)
+        #: Rounds aggregated so far: the learning rates' and the curriculum's clock.
         self.rounds_done = 0
-        self.participation = torch.zeros(model.num_clients, dtype=torch.long)
 
-    def plan_round(self, generator: torch.Generator) -> Tuple[RoundPlan, Tensor]:
-        """A round's clients, their samples and mini-batches, and the shared table they
-        start from."""
+    def round_plan(self, clients: Tensor, generator: Optional[torch.Generator] = None,
+                   round_seed: Optional[int] = None) -> RoundPlan:
+        """The round's samples and mini-batches for ``clients``, over at most
+        ``max_epochs`` epochs."""
         cfg = self.training
-        plan = plan_round(self.partition, self.selector(generator), cfg.num_negatives,
-                          cfg.batch_size, cfg.max_epochs, generator, self.known)
-        return plan, self.model.item.detach().clone()
+        clients = torch.sort(clients).values
+        if self.streams is None:
+            return plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                              cfg.max_epochs, generator, self.known)
+        return self.streams.plan(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                                 cfg.max_epochs, round_seed, self.known)
 
-    def run_round(self, generator: torch.Generator) -> RoundStats:
+    def local_round(self, clients: Tensor, generator: Optional[torch.Generator] = None,
+                    round_seed: Optional[int] = None) -> ClientRound:
+        """The client half: ``clients`` train from :math:`C`, keep their heads and
+        :math:`D_u` and upload their copies of :math:`C`."""
         model = self.model
-        plan, common = self.plan_round(generator)
+        plan = self.round_plan(clients, generator, round_seed)
+        common = model.item.detach()
         head, scale, personal_rows, common_rows, loss = self.train_clients(plan, common)
         owner, item = plan.row_owner, plan.row_item
         with torch.no_grad():
-            for name, value in model.private_parameters().items():
-                value[plan.clients] = head[name]
-            self.personal[plan.clients] *= scale.view(-1, 1, 1)
-            self.personal[plan.clients[owner], item] = scale[owner].unsqueeze(1) * personal_rows
-            moved = scale[owner].unsqueeze(1) * (common_rows - common[item])
-            model.item.copy_((common * scale.sum() + torch.zeros_like(common).index_add_(
-                0, item, moved)) / plan.clients.numel())
-        return self.finish_round(plan.clients, common, loss)
+            for name, value in head.items():
+                model.head.private_parameters()[name][plan.clients] = value
+            model.personal[plan.clients] *= scale.view(-1, 1, 1)
+            model.personal[plan.clients[owner], item] = scale[owner].unsqueeze(1) * personal_rows
+        copies = scale.view(-1, 1, 1) * common
+        copies[owner, item] = scale[owner].unsqueeze(1) * common_rows
+        generators = (None if self.streams is None
+                      else self.streams.generators(round_seed, plan.clients))
+        return ClientRound(RowUpload.tables(plan.clients, copies, common), plan.num_samples,
+                           loss, generators)
 
-    def finish_round(self, clients: Tensor, common: Tensor, loss: Tensor) -> RoundStats:
-        """Counts the round and returns its record: each client downloads and uploads
-        :math:`C`."""
+    def aggregate(self, base: Tensor, result: ClientRound,
+                  dropped: Optional[Dict[str, int]] = None,
+                  generator: Optional[torch.Generator] = None) -> RoundStats:
+        """The server half: :math:`C` becomes the mean of the uploaded copies; with no
+        upload left, the model stays as it was."""
+        upload = result.upload
+        size = upload.clients.numel()
+        if size == 0:
+            return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
+        change = torch.zeros_like(base).index_add_(0, upload.row_item, upload.update)
+        with torch.no_grad():
+            self.model.item.copy_(base + change / size)
         self.rounds_done += 1
-        self.participation[clients] += 1
-        size = float(common.numel() * common.element_size())
-        return RoundStats(loss=float(loss.mean()), num_clients=clients.numel(),
-                          upload_bytes=size, download_bytes=size)
+        return self.table_round_stats(upload.clients, base, float(result.loss.mean()),
+                                      dropped, tables_down=1)
+
+    def round_payload(self, users: Tensor) -> Dict[str, object]:
+        """What a deployment's server sends with a round: the round's index."""
+        return {'round': self.rounds_done}
+
+    def evaluation_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        return {'items': self.model.item.detach()}
 
     def train_clients(self, plan: RoundPlan, common: Tensor
                       ) -> Tuple[Dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
@@ -180,11 +227,12 @@ class AdditiveEngine(RoundEngine):
         """
         cfg, head_module = self.training, self.model.head
         size = plan.clients.numel()
-        personal_rows = self.personal[plan.clients[plan.row_owner], plan.row_item].clone()
+        personal_rows = self.model.personal.detach()[plan.clients[plan.row_owner],
+                                                     plan.row_item].clone()
         common_rows = common[plan.row_item].clone()
         scale = torch.ones(size, dtype=common.dtype, device=common.device)
         head = {name: value.detach()[plan.clients].clone()
-                for name, value in self.model.private_parameters().items()}
+                for name, value in head_module.private_parameters().items()}
         head_lr, table_lr = cfg.learning_rates(self.rounds_done)
         batches = (plan.num_samples + cfg.batch_size - 1) // cfg.batch_size
         loss_sum = torch.zeros(size, dtype=common.dtype, device=common.device)
@@ -230,14 +278,14 @@ class AdditiveEngine(RoundEngine):
     # ------------------------------------------------------------------ scoring
     def tables(self, users: Tensor) -> Tensor:
         """``[U, I, d]`` each user's item view :math:`D_u + C`."""
-        return self.personal[users] + self.model.item.detach()
+        return self.model.personal.detach()[users] + self.model.item.detach()
 
     @torch.no_grad()
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k]`` logits of ``items[u, j]`` for ``users[u]``."""
-        params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
-                  for name, value in self.model.client_params(users).items()}
-        rows = self.personal[users.unsqueeze(-1), items] + self.model.item.detach()[items]
+        params = {name: value[users].unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
+                  for name, value in self.model.head.private_parameters().items()}
+        rows = self.model.personal[users.unsqueeze(-1), items] + self.model.item[items]
         return self.model.head.logits(params, rows)
 
     @torch.no_grad()
@@ -249,18 +297,27 @@ class AdditiveEngine(RoundEngine):
     def item_views(self, user: int) -> Tuple[Dict[str, Tensor], List[Tensor], List[float]]:
         """``user``'s head and its item view :math:`D_u + C`."""
         users = torch.tensor([user], device=self.model.item.device)
-        return self.model.client_params(users), [self.tables(users)[0]], [1.0]
+        params = {name: value.detach()[users]
+                  for name, value in self.model.head.private_parameters().items()}
+        return params, [self.tables(users)[0]], [1.0]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:
-        return {'model': self.model.state_dict(), 'personal': self.personal,
-                'rounds_done': self.rounds_done, 'participation': self.participation}
+        return {**super().state_dict(), 'rounds_done': self.rounds_done}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
-        self.model.load_state_dict(state['model'])
-        self.personal = state['personal']
+        super().load_state_dict(state)
         self.rounds_done = int(state['rounds_done'])
-        self.participation = state['participation']
+
+
+class AdditiveNodeHooks(NodeHooks):
+    """FedRAP's node halves: a round's request brings the round's index (the learning
+    rates' and the curriculum's clock)."""
+
+    def configure(self, node: Node, engine: FederatedEngine, payload: Payload,
+                  position: Tensor) -> None:
+        if 'round' in payload:
+            engine.rounds_done = int(payload['round'])
 
 
 def _sgd(value: Tensor, grad: Tensor, lr: float, weight_decay: float, active: Tensor) -> Tensor:
@@ -273,27 +330,34 @@ def _sgd(value: Tensor, grad: Tensor, lr: float, weight_decay: float, active: Te
 class AdditiveReference(AdditiveEngine):
     """FedRAP as its code runs it: each client's own modules (its :math:`D_u` and copy of
     :math:`C` as ``nn.Embedding``, its head as ``nn.Linear``), ``torch.optim.SGD`` with weight
-    decay, ``ExponentialLR`` stepped after every mini-batch, client after client."""
+    decay, ``ExponentialLR`` stepped after every mini-batch, client after client; the same
+    server."""
 
-    def run_round(self, generator: torch.Generator) -> RoundStats:
+    def __init__(self, model: AdditiveRecommender, partition: ClientPartition,
+                 training: AdditiveTraining, selector: ClientSelector,
+                 known: Optional[ClientPartition] = None, server=None):
+        super().__init__(model, partition, training, selector, known, server=server)
+
+    def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         model = self.model
-        plan, common = self.plan_round(generator)
+        plan = self.round_plan(self.selector(generator), generator)
+        common = model.item.detach().clone()
         copies, losses = [], []
         for position, client in enumerate(plan.clients.tolist()):
             head, personal, copy, loss = self._train_client(plan, position, client, common)
             with torch.no_grad():
                 for name, value in head.items():
                     getattr(model.head, name)[client] = value
-                self.personal[client] = personal
+                model.personal[client] = personal
             copies.append(copy)
             losses.append(loss)
-        with torch.no_grad():
-            model.item.copy_(torch.stack(copies).mean(0))
-        return self.finish_round(plan.clients, common, torch.tensor(losses))
+        result = ClientRound(RowUpload.tables(plan.clients, torch.stack(copies), common),
+                             plan.num_samples, torch.tensor(losses, dtype=common.dtype))
+        return self.aggregate(common, result), result
 
     def _train_client(self, plan: RoundPlan, position: int, client: int, common: Tensor):
         cfg = self.training
-        personal = torch.nn.Embedding.from_pretrained(self.personal[client].clone(),
+        personal = torch.nn.Embedding.from_pretrained(self.model.personal[client].clone(),
                                                       freeze=False)
         copy = torch.nn.Embedding.from_pretrained(common.clone(), freeze=False)
         linear = torch.nn.Linear(common.size(1), 1).to(common.dtype)

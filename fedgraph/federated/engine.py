@@ -113,6 +113,12 @@ class FederatedEngine(RoundEngine):
     def federated(self) -> 'FederatedEngine':
         return self
 
+    @property
+    def chance_loss(self) -> Optional[float]:
+        """Its clients' loss at chance (:attr:`LocalLoss.chance_loss
+        <fedgraph.federated.local.LocalLoss.chance_loss>`)."""
+        return self.training.loss.chance_loss
+
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
         return self.train_round(generator)[0]
@@ -228,13 +234,7 @@ class FederatedEngine(RoundEngine):
         (a graph model's user embeddings).
         """
         cfg = self.training
-        clients = torch.sort(clients).values
-        if self.streams is None:
-            plan = cfg.plan(self.partition, clients, generator, self.known)
-        else:
-            plan = self.streams.plan(self.partition, clients, cfg.num_negatives,
-                                     cfg.batch_size, cfg.local_epochs, round_seed, self.known,
-                                     cfg.loss.keeps_groups)
+        plan = self.round_plan(clients, generator, round_seed)
         local, change, private, loss = self.train_clients(plan, self.model.item.detach())
         shared_dense = self.model.shared_dense()
         dense = {name: private.pop(name) - value.detach() for name, value in shared_dense.items()}
@@ -243,7 +243,7 @@ class FederatedEngine(RoundEngine):
             update = cfg.upload(change, generator)
             dense = dense_transform(cfg.upload, dense, generator)
         else:
-            generators = self.streams.generators(round_seed, clients)
+            generators = self.streams.generators(round_seed, plan.clients)
             update = self.streams.transform(cfg.upload, change, plan.row_owner, generators)
             dense = dense_transform(cfg.upload, dense, generators)
         upload = RowUpload(plan.clients, plan.row_owner, plan.row_item, update, dense)
@@ -254,6 +254,17 @@ class FederatedEngine(RoundEngine):
             self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
                                   local)
         return ClientRound(upload, plan.num_samples, loss, generators)
+
+    def round_plan(self, clients: Tensor, generator: Optional[torch.Generator] = None,
+                   round_seed: Optional[int] = None) -> RoundPlan:
+        """The round's plan for ``clients`` (in id order): drawn from ``generator``, or, with
+        :attr:`streams`, from each client's counter-based stream of ``round_seed``."""
+        cfg = self.training
+        clients = torch.sort(clients).values
+        if self.streams is None:
+            return cfg.plan(self.partition, clients, generator, self.known)
+        return self.streams.plan(self.partition, clients, cfg.num_negatives, cfg.batch_size,
+                                 cfg.local_epochs, round_seed, self.known, cfg.loss.keeps_groups)
 
     def train_clients(self, plan: RoundPlan, table: Tensor, target: Optional[Tensor] = None
                       ) -> Tuple[Tensor, Tensor, Dict[str, Tensor], Tensor]:
@@ -325,7 +336,7 @@ class FederatedEngine(RoundEngine):
                 private = stepped(params, grads)
             if cfg.proximal:
                 grad = torch.zeros_like(local).index_add_(0, row, row_grad)
-                pull = 2 * cfg.proximal / (model.num_items * model.dim)
+                pull = cfg.proximal_pull(model.num_items, model.dim)
                 grad += pull * (local - target) * active[plan.row_owner].unsqueeze(1)
                 local = optimizer.step(local, grad, cfg.item_lr, row_state,
                                        active[plan.row_owner])

@@ -23,15 +23,17 @@ grows with ``clients x items``.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import SGD
-from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
+from fedgraph.federated.messages import ClientRound, Payload, RoundStats, RowUpload
+from fedgraph.federated.node import Node, NodeHooks
 from fedgraph.federated.plan import RoundPlan
 from fedgraph.federated.reference import ReferenceEngine
 
@@ -45,41 +47,96 @@ CLOSENESS = ('paper', 'code')
 def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,
                    threshold: float = 1.0) -> Tensor:
     """GPFedRec's user-relation graph over ``B`` clients' flattened tables ``[B, D]``: the
-    row-normalized ``[B, B]`` matrix :math:`A` with :math:`A_{cj} = 1 / |N_c|` for
-    :math:`j \\in N_c`.
+    row-normalized matrix :math:`A` with :math:`A_{cj} = 1 / |N_c|` for :math:`j \\in N_c`,
+    as a sparse CSR ``[B, B]`` tensor.
 
     :math:`s_{cj}` is the cosine similarity of the two tables (``closeness='paper'``) or the
     cosine distance :math:`1 - \\cos` (``'code'``); every client, itself included, is a
     candidate. With ``neighbours = k > 0``, :math:`N_c` is the ``k`` clients of largest
     :math:`s_{cj}`; with ``0``, those with :math:`s_{cj}` above ``threshold`` times the mean
-    of all :math:`B^2` values, and :math:`\\{c\\}` when none is. Dense: its memory grows with
-    :math:`B^2`.
+    of all :math:`B^2` values, :math:`\\bar s = \\lVert \\sum_c \\hat q_c \\rVert^2 / B^2`
+    over the unit tables :math:`\\hat q_c` (one minus that for distances), and
+    :math:`\\{c\\}` when none is.
+
+    FAISS's exact inner-product search (``IndexFlatIP``: k-nearest neighbours, or a range
+    search above the threshold) over the unit tables in float32 finds the neighbours block
+    by block: memory grows with :math:`B D` and the graph's edges, never with :math:`B^2`
+    (the time still grows with :math:`B^2 D`). A client's farthest tables are the nearest
+    to its negated table.
     """
     if closeness not in CLOSENESS:
         raise ValueError(f'closeness must be one of {CLOSENESS}, got {closeness!r}')
-    unit = F.normalize(tables, dim=1)
-    score = unit @ unit.T
-    if closeness == 'code':
-        score = 1 - score
+    import faiss  # imported on first use: loading it is slow
+
+    unit = F.normalize(tables.detach().float(), dim=1).cpu().numpy()
+    size = unit.shape[0]
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(unit)
+    queries = unit if closeness == 'paper' else -unit
     if neighbours:
-        index = torch.topk(score, min(neighbours, score.size(0)), dim=1).indices
-        chosen = torch.zeros_like(score, dtype=torch.bool).scatter_(1, index, True)
+        count = min(neighbours, size)
+        _, found = index.search(queries, count)
+        found, ptr = found.reshape(-1), np.arange(0, size * count + 1, count)
     else:
-        chosen = score > score.mean() * threshold
-        lonely = ~chosen.any(1)
-        chosen[lonely, lonely.nonzero().view(-1)] = True
-    chosen = chosen.to(tables.dtype)
-    return chosen / chosen.sum(1, keepdim=True)
+        total = unit.sum(0, dtype=np.float64)
+        mean = float(total @ total) / size ** 2
+        # paper: cos > t * mean cos; code: 1 - cos > t * (1 - mean cos), i.e.
+        # -cos > t * (1 - mean cos) - 1
+        radius = threshold * mean if closeness == 'paper' else threshold * (1 - mean) - 1
+        ptr, _, found = index.range_search(queries, radius)
+        ptr = ptr.astype(np.int64)
+        lonely = np.flatnonzero(np.diff(ptr) == 0)
+        if lonely.size:
+            found = np.insert(found, ptr[lonely], lonely)
+            ptr = ptr + np.searchsorted(lonely, np.arange(size + 1), side='left')
+    from torch_geometric.utils import to_torch_csr_tensor
+
+    degree = torch.from_numpy(np.diff(ptr).astype(np.int64))
+    row = torch.repeat_interleave(torch.arange(size), degree)
+    edges = torch.stack([row, torch.from_numpy(found.astype(np.int64))])
+    weight = (1 / degree.to(tables.dtype))[row]
+    return to_torch_csr_tensor(edges.to(tables.device), weight.to(tables.device), (size, size))
 
 
 def guided_aggregate(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,
                      threshold: float = 1.0) -> Tuple[Tensor, Tensor]:
     """``(R, G)``: each of the ``B`` clients' personalized aggregate of the uploaded tables
     ``[B, I, d]``, :math:`R = A Q` over the :func:`relation_graph`, and the global table
-    :math:`G` their mean (a client weighs by how many clients count it a neighbour)."""
+    :math:`G = \\frac{1}{B} \\sum_c R_c = w^\\top Q` with :math:`w_j = \\frac{1}{B}
+    \\sum_c A_{cj}` (a client weighs by how many clients count it a neighbour)."""
     flat = tables.reshape(tables.size(0), -1)
-    personal = relation_graph(flat, closeness, neighbours, threshold) @ flat
-    return personal.view_as(tables), personal.mean(0).view_as(tables[0])
+    graph = relation_graph(flat, closeness, neighbours, threshold)
+    weight = torch.zeros(flat.size(0), dtype=flat.dtype, device=flat.device).index_add_(
+        0, graph.col_indices(), graph.values()) / flat.size(0)
+    return propagate(graph, flat).view_as(tables), (weight @ flat).view_as(tables[0])
+
+
+#: A graph with more than this share of all pairs as edges is multiplied as a dense matrix.
+DENSE_SHARE = 1 / 16
+#: Rows of the dense matrix built at a time.
+BLOCK_ROWS = 1024
+
+
+def propagate(graph: Tensor, flat: Tensor) -> Tensor:
+    """:math:`A Q` for a sparse CSR ``graph`` ``[B, B]`` and ``flat`` ``[B, D]``: as a sparse
+    product when the graph is sparse (k neighbours), else in blocks of
+    :data:`BLOCK_ROWS` rows of the dense matrix (the threshold links about half of all
+    pairs, where a sparse product is tens of times slower than a dense one), so that memory
+    stays :math:`O(B \\cdot` ``BLOCK_ROWS`` :math:`+ B D)`."""
+    size = flat.size(0)
+    if graph.values().numel() <= DENSE_SHARE * size * size:
+        return graph @ flat
+    ptr, col, value = graph.crow_indices(), graph.col_indices(), graph.values()
+    out = torch.empty_like(flat)
+    for start in range(0, size, BLOCK_ROWS):
+        end = min(start + BLOCK_ROWS, size)
+        first, last = int(ptr[start]), int(ptr[end])
+        row = torch.repeat_interleave(torch.arange(end - start, device=flat.device),
+                                      ptr[start + 1:end + 1] - ptr[start:end])
+        block = flat.new_zeros(end - start, size)
+        block[row, col[first:last]] = value[first:last]
+        out[start:end] = block @ flat
+    return out
 
 
 def steps_taken(plan: RoundPlan) -> Tensor:
@@ -103,54 +160,94 @@ def dense_tables(plan: RoundPlan, base: Tensor, targets: Tensor, local: Tensor,
     return tables
 
 
+class ClientTables:
+    """Every client's own ``[I, d]`` item table, equal to ``initial`` until it is written:
+    tables are held only for the clients written so far, so memory grows with them, not with
+    every client of the population. Indexed by client ids (a tensor, or one ``int``)."""
+
+    def __init__(self, initial: Tensor, num_clients: int):
+        self.initial = initial.detach().clone()
+        self.slot = torch.full((num_clients,), -1, dtype=torch.long, device=initial.device)
+        self.values = initial.new_empty((0, *initial.shape))
+        self.count = 0
+
+    @classmethod
+    def held(cls, values: Tensor) -> 'ClientTables':
+        """The tables ``values`` ``[N, I, d]`` of every client, held as they are (a write
+        lands in ``values``)."""
+        tables = cls(values[0], 0)
+        tables.slot = torch.arange(values.size(0), device=values.device)
+        tables.values, tables.count = values, values.size(0)
+        return tables
+
+    def __getitem__(self, clients) -> Tensor:
+        """``[B, I, d]`` the tables of ``clients`` ``[B]`` (``[I, d]`` for an ``int``)."""
+        if isinstance(clients, int):
+            return self[torch.tensor([clients], device=self.slot.device)][0]
+        every = torch.arange(self.initial.size(0), device=clients.device)
+        return self.rows(clients.unsqueeze(1), every.unsqueeze(0))
+
+    def rows(self, clients: Tensor, items: Tensor) -> Tensor:
+        """``[..., d]`` the rows ``items`` of the tables of ``clients``, the two broadcast
+        together (``[U, 1]`` clients and ``[U, k]`` items give ``[U, k, d]``)."""
+        clients, items = torch.broadcast_tensors(clients, items)
+        slot = self.slot[clients]
+        out = self.initial[items]
+        held = slot >= 0
+        out[held] = self.values[slot[held], items[held]]
+        return out
+
+    def __setitem__(self, clients, tables: Tensor) -> None:
+        """Writes the tables ``[B, I, d]`` of ``clients`` ``[B]``."""
+        if isinstance(clients, int):
+            clients, tables = torch.tensor([clients], device=self.slot.device), tables[None]
+        new = clients[self.slot[clients] < 0]
+        if new.numel():
+            needed = self.count + new.numel()
+            if needed > self.values.size(0):
+                grown = self.initial.new_empty((min(max(needed, 2 * self.values.size(0)),
+                                                    self.slot.numel()), *self.initial.shape))
+                grown[:self.count] = self.values[:self.count]
+                self.values = grown
+            self.slot[new] = torch.arange(self.count, needed, device=self.slot.device)
+            self.count = needed
+        self.values[self.slot[clients]] = tables
+
+    def state_dict(self) -> Dict[str, Tensor]:
+        return {'initial': self.initial, 'slot': self.slot, 'values': self.values[:self.count]}
+
+    def load_state_dict(self, state: Dict[str, Tensor]) -> None:
+        self.initial, self.slot = state['initial'], state['slot']
+        self.values = state['values'].clone()
+        self.count = self.values.size(0)
+
+
 class GraphGuidedState:
     """What GPFedRec's server and clients hold besides the model: every client's latest
-    table :math:`Q_c` and personalized aggregate :math:`R_c`, both ``[N, I, d]`` (from the
-    initial table), and the server's graph settings."""
+    table :math:`Q_c` (its own, on its device) and personalized aggregate :math:`R_c` (the
+    server's, sent with the client's next round), both the initial table until the client
+    first trains (:class:`ClientTables`), and the server's graph settings."""
 
     def __init__(self, table: Tensor, num_clients: int, closeness: str, neighbours: int,
                  threshold: float):
-        self.tables = table.expand(num_clients, -1, -1).clone()
-        self.targets = self.tables.clone()
+        self.tables = ClientTables(table, num_clients)
+        self.targets = ClientTables(table, num_clients)
         self.closeness, self.neighbours, self.threshold = closeness, neighbours, threshold
 
     def aggregate(self, clients: Tensor, tables: Tensor) -> Tensor:
-        """Keeps ``clients``' trained ``tables``, gives them their new aggregates, and
-        returns the new global table."""
-        self.tables[clients] = tables
+        """Gives ``clients`` the aggregates of their uploaded ``tables`` and returns the new
+        global table."""
         personal, global_table = guided_aggregate(tables, self.closeness, self.neighbours,
                                                   self.threshold)
         self.targets[clients] = personal
         return global_table
 
-    def state_dict(self) -> Dict[str, Tensor]:
-        return {'tables': self.tables, 'targets': self.targets}
+    def state_dict(self) -> Dict[str, Dict[str, Tensor]]:
+        return {'tables': self.tables.state_dict(), 'targets': self.targets.state_dict()}
 
-    def load_state_dict(self, state: Dict[str, Tensor]) -> None:
-        self.tables, self.targets = state['tables'], state['targets']
-
-
-def _round_result(clients: Tensor, tables: Tensor, base: Tensor, num_samples: Tensor,
-                  loss: Tensor) -> ClientRound:
-    """What the round's clients uploaded: each its whole table's change, as rows."""
-    size, num_items = tables.shape[:2]
-    device = tables.device
-    upload = RowUpload(clients, torch.arange(size, device=device).repeat_interleave(num_items),
-                       torch.arange(num_items, device=device).repeat(size),
-                       (tables - base).reshape(-1, tables.size(-1)), {})
-    return ClientRound(upload, num_samples, loss)
-
-
-def _stats(engine, clients: Tensor, base: Tensor, loss: float) -> RoundStats:
-    """The round's record: its clients counted, each uploading and downloading a table (it
-    downloads two: the global one and its own aggregate)."""
-    engine.participation[clients.cpu()] += 1
-    engine.broadcast = base
-    size = base.numel() * base.element_size()
-    engine.ledger.record_aggregate(clients, engine.selector.uniform,
-                                   torch.full((clients.numel(),), base.size(0)))
-    return RoundStats(loss=loss, num_clients=clients.numel(), upload_bytes=float(size),
-                      download_bytes=float(2 * size))
+    def load_state_dict(self, state: Dict[str, Dict[str, Tensor]]) -> None:
+        self.tables.load_state_dict(state['tables'])
+        self.targets.load_state_dict(state['targets'])
 
 
 class _Guided:
@@ -163,7 +260,11 @@ class _Guided:
 
     def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k, d]`` each user's rows of ``items[u]`` in the table it trained last."""
-        return self.guided.tables[users.unsqueeze(-1), items]
+        return self.guided.tables.rows(users.unsqueeze(-1), items)
+
+    def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a deployment's server sends with a round: the users' aggregates."""
+        return {'target': self.guided.targets[users]}
 
     def state_dict(self) -> Dict[str, object]:
         return {**super().state_dict(), 'guided': self.guided.state_dict()}
@@ -174,8 +275,10 @@ class _Guided:
 
 
 class GraphGuidedEngine(_Guided, FederatedEngine):
-    """GPFedRec on the vectorized engine (see the module docstring). Its clients train with
-    SGD (the closed form of the untouched rows is SGD's)."""
+    """GPFedRec on the vectorized engine (see the module docstring), as the two halves of a
+    round that a deployment runs apart: :meth:`local_round` on the clients' devices,
+    :meth:`aggregate` on the server. Its clients train with SGD (the closed form of the
+    untouched rows is SGD's)."""
 
     def __init__(self, *args, guided: GraphGuidedState, **kwargs):
         super().__init__(*args, guided=guided, **kwargs)
@@ -183,21 +286,40 @@ class GraphGuidedEngine(_Guided, FederatedEngine):
             raise ValueError('graph-guided personalization trains with SGD and a proximal '
                              'term')
 
-    def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
+    def local_round(self, clients: Tensor, generator: Optional[torch.Generator] = None,
+                    round_seed: Optional[int] = None) -> ClientRound:
+        """The client half: ``clients`` train from the global table towards their
+        aggregates, keep their private parameters and tables, and upload the tables."""
         cfg, model = self.training, self.model
-        plan = cfg.plan(self.partition, self.selector(generator), generator, self.known)
-        base = model.item.detach().clone()
+        plan = self.round_plan(clients, generator, round_seed)
+        base = model.item.detach()
         targets = self.guided.targets[plan.clients]
         local, _, private, loss = self.train_clients(
             plan, base, targets[plan.row_owner, plan.row_item])
-        pull = 2 * cfg.proximal * cfg.item_lr / (model.num_items * model.dim)
-        tables = dense_tables(plan, base, targets, local, pull)
+        tables = dense_tables(plan, base, targets, local,
+                              cfg.item_lr * cfg.proximal_pull(model.num_items, model.dim))
         with torch.no_grad():
             for name, tensor in model.private_parameters().items():
                 tensor[plan.clients] = private[name]
-            model.item.copy_(self.guided.aggregate(plan.clients, tables))
-        stats = _stats(self, plan.clients, base, float(loss.mean()))
-        return stats, _round_result(plan.clients, tables, base, plan.num_samples, loss)
+        self.guided.tables[plan.clients] = tables
+        generators = (None if self.streams is None
+                      else self.streams.generators(round_seed, plan.clients))
+        return ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
+                           loss, generators)
+
+    def aggregate(self, base: Tensor, result: ClientRound,
+                  dropped: Optional[Dict[str, int]] = None,
+                  generator: Optional[torch.Generator] = None) -> RoundStats:
+        """The server half: the uploaded tables related and aggregated along their graph
+        (:meth:`GraphGuidedState.aggregate`) into the clients' aggregates and the global
+        table; with no upload left, the model stays as it was."""
+        upload = result.upload
+        if upload.clients.numel() == 0:
+            return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
+        with torch.no_grad():
+            self.model.item.copy_(self.guided.aggregate(upload.clients, upload.to_tables(base)))
+        return self.table_round_stats(upload.clients, base, float(result.loss.mean()),
+                                      dropped, tables_down=2)
 
     def personal_scores_all(self, users: Tensor, params: Dict[str, Tensor]) -> Tensor:
         """``[U, I]`` each user's logits of every item of its own table, a user at a time."""
@@ -211,6 +333,24 @@ class GraphGuidedEngine(_Guided, FederatedEngine):
         """``user``'s private parameters and the table it trained last."""
         users = torch.tensor([user], device=self.model.item.device)
         return self.model.client_params(users), [self.guided.tables[user].clone()], [1.0]
+
+
+class GuidedNodeHooks(NodeHooks):
+    """GPFedRec's node halves: a node keeps its users' tables (``extra['tables']``
+    ``[n, I, d]``, the initial table until a user trains), and a round's request brings the
+    selected users' aggregates (``target``)."""
+
+    def enroll(self, node: Node, payload: Payload) -> Payload:
+        node.extra['tables'] = payload['items'].expand(node.users.numel(), -1, -1).clone()
+        return {}
+
+    def configure(self, node: Node, engine: FederatedEngine, payload: Payload,
+                  position: Tensor) -> None:
+        """The engine trains and scores the node's tables in place; a round's users pull
+        towards the aggregates the server sent."""
+        engine.guided.tables = ClientTables.held(node.extra['tables'])
+        if 'target' in payload:
+            engine.guided.targets[position] = payload['target']
 
 
 class GraphGuidedReference(_Guided, ReferenceEngine):
@@ -231,8 +371,10 @@ class GraphGuidedReference(_Guided, ReferenceEngine):
             tables.append(table)
             losses.append(loss)
         tables = torch.stack(tables)
+        self.guided.tables[plan.clients] = tables
         with torch.no_grad():
             self.model.item.copy_(self.guided.aggregate(plan.clients, tables))
         loss = torch.tensor(losses, dtype=base.dtype)
-        stats = _stats(self, plan.clients, base, float(loss.mean()))
-        return stats, _round_result(plan.clients, tables, base, plan.num_samples, loss)
+        stats = self.table_round_stats(plan.clients, base, float(loss.mean()), tables_down=2)
+        return stats, ClientRound(RowUpload.tables(plan.clients, tables, base),
+                                  plan.num_samples, loss)

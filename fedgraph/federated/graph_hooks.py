@@ -58,10 +58,11 @@ class GraphNodeHooks(NodeHooks):
         uploaded[position] += change
         return change
 
-    def enroll(self, node: Node, seed: int) -> Payload:
+    def enroll(self, node: Node, payload: Payload) -> Payload:
         """The users' item sets with pseudo-items (``edge-user``, ``edge-item``) and their
-        first noised embedding (``users``, ``user-update``), from their streams of ``seed``."""
-        streams = node.streams(seed)
+        first noised embedding (``users``, ``user-update``), from their streams of the seed
+        ``enroll-seed``."""
+        streams = node.streams(int(payload['enroll-seed']))
         graph = enrollment_graph(node.train, PseudoItems(self.pseudo_ratio), streams)
         node.extra['uploaded'] = torch.zeros_like(node.private[self.user_vector])
         change = self._upload_users(node, torch.arange(node.users.numel()), streams)

@@ -214,6 +214,14 @@ class LocalTraining:
         """The learning rate of the private parameter ``name``."""
         return self.param_lrs.get(name, self.lr)
 
+    def describe(self) -> Dict[str, str]:
+        """The loss's and the optimizer's names (``config.json``'s ``ran``)."""
+        return {'loss': type(self.loss).__name__, 'optimizer': type(self.optimizer).__name__}
+
+    def proximal_pull(self, num_items: int, dim: int) -> float:
+        """:math:`2 \\rho / (I d)`: the proximal term's gradient per unit of :math:`q - r`."""
+        return 2 * self.proximal / (num_items * dim)
+
     def plan(self, partition: ClientPartition, clients: Tensor,
              generator: Optional[torch.Generator],
              known: Optional[ClientPartition] = None) -> RoundPlan:

@@ -38,6 +38,21 @@ class RowUpload:
     update: Tensor
     dense: Dict[str, Tensor] = field(default_factory=dict)
 
+    @classmethod
+    def tables(cls, clients: Tensor, tables: Tensor, base: Tensor) -> 'RowUpload':
+        """The upload of ``clients``' whole item ``tables`` ``[B, I, d]`` (GPFedRec's,
+        FedRAP's): every row's change from the ``base`` table they trained from."""
+        size, num_items = tables.shape[:2]
+        device = tables.device
+        return cls(clients, torch.arange(size, device=device).repeat_interleave(num_items),
+                   torch.arange(num_items, device=device).repeat(size),
+                   (tables - base).reshape(-1, tables.size(-1)))
+
+    def to_tables(self, base: Tensor) -> Tensor:
+        """``[B, I, d]`` each client's table: ``base`` with its row changes."""
+        tables = base.expand(self.clients.numel(), -1, -1).clone()
+        return tables.index_put_((self.row_owner, self.row_item), self.update, accumulate=True)
+
 
 @dataclass
 class ClientRound:

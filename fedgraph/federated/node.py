@@ -13,7 +13,8 @@ scalars, a name ``group/key`` for a tensor of a group; a round's are typed
 
 * ``enroll`` -- the ids of the users it holds and the number of items;
 * ``init`` -- stores the users' initial private parameters (``private/*``); the hooks
-  answer what the users upload when they enroll (:meth:`NodeHooks.enroll`);
+  keep what they need of the initial item table (``items``) and answer what the users
+  upload when they enroll (:meth:`NodeHooks.enroll`);
 * ``train`` -- trains the selected ``users`` for one round from the sent item table
   (``items``, ``dense/*``) with :meth:`~fedgraph.federated.engine.FederatedEngine.local_round`,
   the client half of the in-process engine's round, and answers the upload;
@@ -49,8 +50,9 @@ class NodeHooks:
     #: the server drops a reply without them as malformed.
     replies: Dict[str, Tuple[str, ...]] = {}
 
-    def enroll(self, node: 'Node', seed: int) -> Payload:
-        """What the users upload when they enroll, drawn from their streams of ``seed``."""
+    def enroll(self, node: 'Node', payload: Payload) -> Payload:
+        """What the users upload when they enroll, drawn from their streams of the seed
+        ``enroll-seed``; ``payload`` also holds the initial shared item table (``items``)."""
         return {}
 
     def configure(self, node: 'Node', engine: FederatedEngine, payload: Payload,
@@ -148,7 +150,7 @@ class Node:
             return {'users': self.users, 'num-items': self.num_items}
         if step == 'init':
             self.private = group(payload, 'private')
-            return self.hooks.enroll(self, int(payload['enroll-seed']))
+            return self.hooks.enroll(self, payload)
         if step == 'train':
             return self.train_round(payload)
         if step == 'evaluate':
@@ -174,9 +176,9 @@ class Node:
                 tensor.copy_(self.private[name])
             for name, tensor in model.shared_dense().items():
                 tensor.copy_(dense[name])
-        engine = FederatedEngine(model, self.train, self.algorithm.local_training(self.num_items),
-                                 ClientSelector(self.users.numel()), self.known,
-                                 ClientStreams(self.users))
+        engine = self.algorithm.vectorized_engine(model, self.train,
+                                                  ClientSelector(self.users.numel()),
+                                                  self.known, ClientStreams(self.users))
         engine.broadcast = (items if broadcast is None else broadcast).clone()
         if self.personal:
             engine.personal.load_state_dict(self.personal)

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from fedgraph.federated.messages import ClientRound
+from fedgraph.federated.messages import ClientRound, RoundStats
 from fedgraph.privacy.ledger import PrivacyLedger
 
 
@@ -69,3 +69,17 @@ class RoundEngine:
         """``user``'s model on its own: its parameters, item-input tables and their weights
         (:mod:`fedgraph.export`)."""
         raise NotImplementedError
+
+    def table_round_stats(self, clients: Tensor, base: Tensor, loss: float,
+                          dropped: Optional[Dict[str, int]] = None,
+                          tables_down: int = 1) -> RoundStats:
+        """The record of a federated round whose ``clients`` each upload a whole item table
+        and download ``tables_down`` (GPFedRec, FedRAP), trained from ``base``: their
+        participation and the release counted."""
+        self.participation[clients.cpu()] += 1
+        self.broadcast = base
+        size = float(base.numel() * base.element_size())
+        self.ledger.record_aggregate(clients, self.selector.uniform,
+                                     torch.full((clients.numel(),), base.size(0)))
+        return RoundStats(loss=loss, num_clients=clients.numel(), upload_bytes=size,
+                          download_bytes=tables_down * size, dropped=dict(dropped or {}))

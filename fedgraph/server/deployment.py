@@ -167,9 +167,6 @@ class Deployment(Federation):
         algorithm = config.build_algorithm()
         if not algorithm.federated:
             raise ValueError(f'{config.algorithm} is centralized: nothing to federate')
-        if not algorithm.deployable:
-            raise ValueError(f'{config.algorithm} runs in-process only: it has no node and '
-                             f'server halves for a deployment yet')
         if config.protocol != 'sampled':
             raise ValueError('deployments evaluate on devices under the sampled protocol only')
         if config.private and config.dp_noise_at != 'distributed':
@@ -214,18 +211,19 @@ class Deployment(Federation):
         nothing = ClientPartition(torch.zeros(num_users + 1, dtype=torch.long),
                                   torch.empty(0, dtype=torch.long), num_items)
         selector = algorithm.build_selector(num_users)
-        self.federated = FederatedEngine(
-            model, nothing, algorithm.local_training(num_items), selector, None,
-            ClientStreams(), server=algorithm.server_pipeline(num_users),
-            secure=algorithm.secure_aggregation(num_users, model.shared_numel(), selector.count))
+        self.federated = algorithm.vectorized_engine(
+            model, nothing, selector, None, ClientStreams(), algorithm.server_pipeline(num_users),
+            algorithm.secure_aggregation(num_users, model.shared_numel(), selector.count))
         transport.nodes = self.node_users
         transport = self.screened = ScreenedTransport(transport, num_items, model.dim,
                                                       algorithm.node_hooks().replies)
 
         def enroll_devices(seed: int) -> List[Payload]:
-            payloads = {node: {'enroll-seed': seed, **grouped('private', {
-                name: value.detach()[held] for name, value in model.private_parameters().items()})}
-                for node, held in self.node_users.items()}
+            private = {name: value.detach() for name, value in model.private_parameters().items()}
+            payloads = {node: {'enroll-seed': seed, 'items': model.item.detach(),
+                               **grouped('private', {name: value[held]
+                                                     for name, value in private.items()})}
+                        for node, held in self.node_users.items()}
             answers = transport.send('init', payloads)
             self.federated.count_participation(torch.cat([self.node_users[n] for n in answers]))
             return list(answers.values())

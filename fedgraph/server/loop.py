@@ -137,15 +137,13 @@ def non_finite_tensor(state, name: str = 'state') -> Optional[str]:
 
 def divergence(stats: RoundStats, engine) -> Optional[str]:
     """What diverged in the round just run, or ``None``: its training loss, when reported (not
-    finite, or :data:`EXPLODED` times the loss at chance: the clients',
-    :attr:`~fedgraph.federated.local.LocalLoss.chance_loss`, or an engine's own,
-    :attr:`~fedgraph.federated.round_engine.RoundEngine.chance_loss`), or a tensor of the
-    engine's state that is not finite."""
+    finite, or :data:`EXPLODED` times the loss at chance,
+    :attr:`~fedgraph.federated.round_engine.RoundEngine.chance_loss` of the engine or of the
+    federated engine it wraps), or a tensor of the engine's state that is not finite."""
     if stats.num_clients and stats.loss is not None and not math.isfinite(stats.loss):
         return f'the training loss is {stats.loss}'
     federated = engine.federated
-    chance = (federated.training.loss.chance_loss if federated is not None
-              else engine.chance_loss)
+    chance = (federated if federated is not None else engine).chance_loss
     if chance is not None and stats.loss is not None and stats.loss > EXPLODED * chance:
         return (f'the training loss {stats.loss:.3g} is over {EXPLODED:g} times that of a '
                 f'model that scores every item alike ({chance:.3g})')
@@ -224,9 +222,7 @@ class Server:
         engine = self.federation.engine
         federated = engine.federated if engine is not None else None
         if federated is not None:
-            out.update(loss=type(federated.training.loss).__name__,
-                       optimizer=type(federated.training.optimizer).__name__,
-                       server=federated.server.describe())
+            out.update(federated.training.describe(), server=federated.server.describe())
         return out
 
     def metrics(self) -> Dict:
