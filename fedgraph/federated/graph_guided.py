@@ -184,8 +184,12 @@ class ClientTables:
         """``[B, I, d]`` the tables of ``clients`` ``[B]`` (``[I, d]`` for an ``int``)."""
         if isinstance(clients, int):
             return self[torch.tensor([clients], device=self.slot.device)][0]
-        every = torch.arange(self.initial.size(0), device=clients.device)
-        return self.rows(clients.unsqueeze(1), every.unsqueeze(0))
+        slot = self.slot[clients]
+        held = slot >= 0
+        out = self.initial.new_empty((clients.numel(), *self.initial.shape))
+        out[held] = self.values[slot[held]]
+        out[~held] = self.initial
+        return out
 
     def rows(self, clients: Tensor, items: Tensor) -> Tensor:
         """``[..., d]`` the rows ``items`` of the tables of ``clients``, the two broadcast
