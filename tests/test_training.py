@@ -43,6 +43,12 @@ CONFIGS = {
     'mf': dict(algorithm='mf', rounds=3, dim=8, batch_size=64),
     'lightgcn': dict(algorithm='lightgcn', rounds=3, dim=8, batch_size=128, lr=0.01),
     'simgcl': dict(algorithm='simgcl', rounds=3, dim=8, batch_size=128, lr=0.01),
+    # clients that have not trained yet hold no table of their own (ClientTables)
+    'gpfedrec-partial': dict(algorithm='gpfedrec', rounds=3, dim=8, hidden=(8, 4),
+                             client_ratio=0.3),
+    # the learning rates and the curriculum follow the rounds done
+    'fedrap-partial': dict(algorithm='fedrap', rounds=3, dim=8, client_ratio=0.5,
+                           local_epochs=2),
 }
 
 
@@ -66,7 +72,8 @@ def test_same_seed_same_metrics(tmp_path, sampled_split, name):
         [r['train_loss'] for r in runs[0]['rounds']]
 
 
-@pytest.mark.parametrize('name', ['pfedrec', 'fedmf-partial-ldp', 'mf', 'simgcl'])
+@pytest.mark.parametrize('name', ['pfedrec', 'fedmf-partial-ldp', 'mf', 'simgcl',
+                                  'gpfedrec-partial', 'fedrap-partial'])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, sampled_split,
                                                             monkeypatch, name):
     config = dict(CONFIGS[name], rounds=4, checkpoint_every=2)
