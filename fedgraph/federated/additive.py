@@ -181,10 +181,7 @@ class AdditiveEngine(FederatedEngine):
             model.personal[plan.clients[owner], item] = scale[owner].unsqueeze(1) * personal_rows
         copies = scale.view(-1, 1, 1) * common
         copies[owner, item] = scale[owner].unsqueeze(1) * common_rows
-        generators = (None if self.streams is None
-                      else self.streams.generators(round_seed, plan.clients))
-        return ClientRound(RowUpload.tables(plan.clients, copies, common), plan.num_samples,
-                           loss, generators)
+        return self.table_round(plan, copies, common, loss, round_seed)
 
     def aggregate(self, base: Tensor, result: ClientRound,
                   dropped: Optional[Dict[str, int]] = None,

@@ -266,6 +266,16 @@ class FederatedEngine(RoundEngine):
         return self.streams.plan(self.partition, clients, cfg.num_negatives, cfg.batch_size,
                                  cfg.local_epochs, round_seed, self.known, cfg.loss.keeps_groups)
 
+    def table_round(self, plan: RoundPlan, tables: Tensor, base: Tensor, loss: Tensor,
+                    round_seed: Optional[int] = None) -> ClientRound:
+        """What the plan's clients hand the server when each uploads its whole item table
+        ``[B, I, d]`` trained from ``base`` (GPFedRec, FedRAP), with their streams of
+        ``round_seed`` when the engine has :attr:`streams`."""
+        generators = (None if self.streams is None
+                      else self.streams.generators(round_seed, plan.clients))
+        return ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
+                           loss, generators)
+
     def train_clients(self, plan: RoundPlan, table: Tensor, target: Optional[Tensor] = None
                       ) -> Tuple[Tensor, Tensor, Dict[str, Tensor], Tensor]:
         """Runs every selected client's local steps side by side, each starting from its

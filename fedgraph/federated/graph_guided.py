@@ -306,10 +306,7 @@ class GraphGuidedEngine(_Guided, FederatedEngine):
             for name, tensor in model.private_parameters().items():
                 tensor[plan.clients] = private[name]
         self.guided.tables[plan.clients] = tables
-        generators = (None if self.streams is None
-                      else self.streams.generators(round_seed, plan.clients))
-        return ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
-                           loss, generators)
+        return self.table_round(plan, tables, base, loss, round_seed)
 
     def aggregate(self, base: Tensor, result: ClientRound,
                   dropped: Optional[Dict[str, int]] = None,
