@@ -45,6 +45,9 @@ _CHOICES = {'protocol': ('sampled', 'full'),
 #: them its default DP clip bound is not.
 DP_SETTINGS = ('dp_epsilon', 'dp_noise_multiplier')
 _LAPLACE_SETTINGS = ('clip', 'clip_mode', 'ldp_scale')
+#: Settings that say one thing two ways: the one given overrides the algorithm's default of
+#: the other.
+_ALTERNATIVES = {'client_ratio': 'clients_per_round', 'clients_per_round': 'client_ratio'}
 
 
 @dataclass(init=False)
@@ -218,7 +221,8 @@ class TrainConfig:
                                  f'leave it {unset}')
             if value is None and name not in cls.unused_settings:
                 skipped = ((name in _LAPLACE_SETTINGS and no_laplace)
-                           or (name == 'dp_clip' and not private))
+                           or (name == 'dp_clip' and not private)
+                           or values.get(_ALTERNATIVES.get(name)) is not None)
                 value = _FALLBACKS.get(name) if skipped else cls.shared_defaults.get(
                     name, _FALLBACKS.get(name))
             setattr(self, name, value)

@@ -41,6 +41,16 @@ def test_settings_by_name_go_to_the_algorithms_section():
         TrainConfig(algorithm='perfedrec++', pretrain_rounds=-1)
 
 
+def test_a_client_ratio_given_overrides_the_algorithms_clients_per_round():
+    assert TrainConfig(algorithm='fedlightgcn').clients_per_round == 256
+    config = TrainConfig(algorithm='fedlightgcn', client_ratio=0.5)
+    assert config.client_ratio == 0.5 and config.clients_per_round is None
+    assert config.build_algorithm().build_selector(100).count == 50
+    both = TrainConfig(algorithm='fedlightgcn', client_ratio=0.5, clients_per_round=10)
+    with pytest.raises(ValueError, match='either ratio or count'):
+        both.build_algorithm().build_selector(100)
+
+
 def test_a_saved_config_loads_back(tmp_path):
     config = TrainConfig(algorithm='fedncf', hidden=(16, 8), clip=0.5, ldp_scale=0.1)
     config.save(tmp_path / 'config.json')
