@@ -32,7 +32,7 @@ SECTIONS = {
 }
 
 #: What a shared setting left at ``None`` means when the algorithm gives it no default.
-_FALLBACKS = {'clip_mode': 'l2', 'batch_size': 256, 'local_epochs': 1}
+_FALLBACKS = {'clip_mode': 'l2', 'batch_size': 256, 'local_epochs': 1, 'num_negatives': 4}
 
 _CHOICES = {'protocol': ('sampled', 'full'),
             'engine': ('vectorized', 'reference'),
@@ -114,8 +114,9 @@ class TrainConfig:
         "local mini-batch size (default: the algorithm's, else 256)")
     local_epochs: Optional[int] = setting(None,
         "passes over the local data per round (default: the algorithm's, else 1)")
-    num_negatives: int = setting(4,
-        'training negatives per positive, redrawn every round')
+    num_negatives: Optional[int] = setting(None,
+        "training negatives per positive, redrawn every round (default: the algorithm's, "
+        "else 4)")
     client_ratio: Optional[float] = setting(None,
         'fraction of clients per round (default: all)')
     clients_per_round: Optional[int] = setting(None,

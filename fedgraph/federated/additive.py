@@ -23,10 +23,14 @@ uploaded :math:`C` copies. :math:`\\lambda_t, \\mu_t` follow the paper's curricu
 :math:`\\tanh(\\max(t - 1, 0) / 10)` times their final values, or stay at them as the code
 runs (``curriculum='code'``: it computes the curriculum but never uses it).
 
-Both engines hold every client's :math:`D_u` densely: memory grows with ``clients x items``.
-The vectorized engine trains only the rows a round's samples touch and carries weight decay,
-which shrinks every row of a client's tables alike, as one factor per client; the reference
-engine trains whole tables.
+Both engines hold every client's :math:`D_u` densely, a private parameter of the model
+(:class:`AdditiveRecommender`): memory grows with ``clients x items``. The vectorized engine
+trains only the rows a round's samples touch and carries weight decay, which shrinks every
+row of a client's tables alike, as one factor per client; the reference engine trains whole
+tables. The vectorized engine is the two halves of a round, the clients'
+:meth:`AdditiveEngine.local_round` and the server's :meth:`AdditiveEngine.aggregate`, which
+a deployment runs apart (:math:`D_u` stays on the node with the head; the server sends the
+round's index, :class:`AdditiveNodeHooks`).
 """
 from __future__ import annotations
 
@@ -139,10 +143,10 @@ class AdditiveEngine(FederatedEngine):
         model: :math:`C`, the clients' private heads and tables.
         partition: each client's training items.
         training: the local training.
-        selector: each round's clients.
-        known: the items a client never draws as a negative (default: its training items).
-        streams, closed_form, server, secure: as :class:`FederatedEngine`'s (FedRAP's
-            server averages the copies as they are: no pipeline or secure sum applies).
+
+    The rest of the arguments are :class:`FederatedEngine`'s (the selector, the known items,
+    the streams; FedRAP's server averages the copies as they are: no server pipeline or
+    secure sum applies).
     """
 
     chance_loss = math.log(2)  # BCE at sigma(s) = 1/2, the regularizers at zero

@@ -18,11 +18,17 @@ per step, :math:`q \\leftarrow q - \\beta (q - r)` with :math:`\\beta = 2 \\rho 
 d)`, so after the client's :math:`K_c` steps such a row is :math:`r + (1 - \\beta)^{K_c}
 (g - r)`: the vectorized engine trains only the rows of the round's samples and writes the
 others in that closed form (:func:`dense_tables`); the reference engine trains each
-client's whole table. Both hold every client's :math:`Q_c` and :math:`R_c`: their memory
-grows with ``clients x items``.
+client's whole table. Both hold :math:`Q_c` and :math:`R_c` of every client that has
+trained (:class:`ClientTables`): their memory grows with those clients times the items.
+
+Each engine is the two halves of a round: the clients' :meth:`GraphGuidedEngine.local_round`
+and the server's :meth:`GraphGuidedEngine.aggregate`, which a deployment runs apart (a node
+keeps its users' tables, :class:`GuidedNodeHooks`; the server sends each round's clients
+their aggregates with the request).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -95,7 +101,10 @@ def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0
     row = torch.repeat_interleave(torch.arange(size), degree)
     edges = torch.stack([row, torch.from_numpy(found.astype(np.int64))])
     weight = (1 / degree.to(tables.dtype))[row]
-    return to_torch_csr_tensor(edges.to(tables.device), weight.to(tables.device), (size, size))
+    with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
+        warnings.simplefilter('ignore', UserWarning)
+        return to_torch_csr_tensor(edges.to(tables.device), weight.to(tables.device),
+                                   (size, size))
 
 
 def guided_aggregate(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,

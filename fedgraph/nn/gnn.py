@@ -1,12 +1,14 @@
 """The federated GNN layer: LightGCN propagation over the clients' collaborative graph."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import to_torch_csr_tensor
 
 
 @dataclass
@@ -24,10 +26,29 @@ class CollaborativeGraph:
     edge_index: Tensor
     num_users: int
     num_items: int
+    _adjacency: Optional[Tensor] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_edges(self) -> int:
         return self.edge_index.size(1)
+
+    def normalized_adjacency(self, device: Optional[torch.device] = None) -> Tensor:
+        """:math:`D^{-1/2} A D^{-1/2}` of the undirected graph over nodes ``[users; items]``
+        as a sparse CSR tensor on ``device`` (``gcn_norm`` without self-loops, as PyG's
+        ``LGConv`` normalizes), built on the first call and kept: propagating with it is a
+        sparse matrix product, several times faster on CPU than message passing over the
+        edge list, which normalizes again at every layer."""
+        if self._adjacency is None or (device is not None
+                                       and self._adjacency.device != torch.device(device)):
+            num_nodes = self.num_users + self.num_items
+            edges = self.homogeneous_edge_index()
+            edge_index, weight = gcn_norm(edges if device is None else edges.to(device), None,
+                                          num_nodes, add_self_loops=False)
+            with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
+                warnings.simplefilter('ignore', UserWarning)
+                self._adjacency = to_torch_csr_tensor(edge_index, weight,
+                                                      (num_nodes, num_nodes))
+        return self._adjacency
 
     def homogeneous_edge_index(self) -> Tensor:
         """``[2, 2E]`` undirected edges over nodes ``[users; items]`` (item ``i`` is node
@@ -44,9 +65,10 @@ class FederatedGNN(nn.Module):
         X^{(k+1)} = D^{-1/2} A D^{-1/2} X^{(k)}, \\qquad
         \\bar X = \\frac{1}{K + 1} \\sum_{k=0}^{K} X^{(k)},
 
-    on the stacked user and item embeddings :math:`X^{(0)} = [U; E]`, with PyG's
-    :class:`~torch_geometric.nn.conv.LGConv` (symmetric ``gcn_norm``). ``num_layers = 0``
-    returns the embeddings unchanged: the PFedRec / FedMF case.
+    on the stacked user and item embeddings :math:`X^{(0)} = [U; E]`, each layer a product
+    with the graph's :meth:`CollaborativeGraph.normalized_adjacency` (what PyG's ``LGConv``
+    computes, without normalizing again at every layer). ``num_layers = 0`` returns the
+    embeddings unchanged: the PFedRec / FedMF case.
 
     An optional ``perturb`` callable is applied to each layer's output (SimGCL's noise for
     contrastive views, see :class:`~fedgraph.nn.augment.SimGCLNoise`).
@@ -57,7 +79,6 @@ class FederatedGNN(nn.Module):
         if num_layers < 0:
             raise ValueError(f'num_layers must be >= 0, got {num_layers}')
         self.num_layers = num_layers
-        self.conv = LGConv(normalize=True)
 
     def forward(self, user: Tensor, item: Tensor, graph: Optional[CollaborativeGraph],
                 perturb: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
@@ -65,10 +86,10 @@ class FederatedGNN(nn.Module):
         if self.num_layers == 0 or graph is None:
             return user, item
         x = torch.cat([user, item])
-        edge_index = graph.homogeneous_edge_index().to(x.device)
+        adjacency = graph.normalized_adjacency(x.device)
         total = x
         for _ in range(self.num_layers):
-            x = self.conv(x, edge_index)
+            x = adjacency @ x
             if perturb is not None:
                 x = perturb(x)
             total = total + x
