@@ -32,17 +32,22 @@ class CollaborativeGraph:
     def num_edges(self) -> int:
         return self.edge_index.size(1)
 
-    def normalized_adjacency(self, device: Optional[torch.device] = None) -> Tensor:
+    def normalized_adjacency(self, device: Optional[torch.device] = None,
+                             dtype: Optional[torch.dtype] = None) -> Tensor:
         """:math:`D^{-1/2} A D^{-1/2}` of the undirected graph over nodes ``[users; items]``
-        as a sparse CSR tensor on ``device`` (``gcn_norm`` without self-loops, as PyG's
-        ``LGConv`` normalizes), built on the first call and kept: propagating with it is a
-        sparse matrix product, several times faster on CPU than message passing over the
-        edge list, which normalizes again at every layer."""
-        if self._adjacency is None or (device is not None
-                                       and self._adjacency.device != torch.device(device)):
+        as a sparse CSR tensor on ``device`` in ``dtype`` (default: the default dtype;
+        ``gcn_norm`` without self-loops, as PyG's ``LGConv`` normalizes), built on the first
+        call and kept: propagating with it is a sparse matrix product, several times faster
+        on CPU than message passing over the edge list, which normalizes again at every
+        layer."""
+        device = torch.device(device if device is not None else 'cpu')
+        dtype = dtype or torch.get_default_dtype()
+        cached = self._adjacency
+        if cached is None or cached.device != device or cached.dtype != dtype:
             num_nodes = self.num_users + self.num_items
-            edges = self.homogeneous_edge_index()
-            edge_index, weight = gcn_norm(edges if device is None else edges.to(device), None,
+            edge_index, weight = gcn_norm(self.homogeneous_edge_index().to(device),
+                                          torch.ones(2 * self.num_edges, device=device,
+                                                     dtype=dtype),
                                           num_nodes, add_self_loops=False)
             with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
                 warnings.simplefilter('ignore', UserWarning)
@@ -86,7 +91,7 @@ class FederatedGNN(nn.Module):
         if self.num_layers == 0 or graph is None:
             return user, item
         x = torch.cat([user, item])
-        adjacency = graph.normalized_adjacency(x.device)
+        adjacency = graph.normalized_adjacency(x.device, x.dtype)
         total = x
         for _ in range(self.num_layers):
             x = adjacency @ x
