@@ -47,7 +47,7 @@ from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import bce
 from fedgraph.federated.messages import ClientRound, Payload, RoundStats, RowUpload
 from fedgraph.federated.node import Node, NodeHooks
-from fedgraph.federated.plan import RoundPlan, plan_round
+from fedgraph.federated.plan import RoundPlan
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.nn.heads import LinearScoreHead
 from fedgraph.nn.recommender import FederatedRecommender
@@ -93,6 +93,11 @@ class AdditiveTraining:
         """The loss's and the optimizer's names (``config.json``'s ``ran``)."""
         return {'loss': 'FedRAP (BCE - lambda_t mean (D - C)^2 + mu_t mean |C|)',
                 'optimizer': 'SGD with weight decay'}
+
+    def plan_settings(self) -> Tuple[int, int, int, bool]:
+        """``(num_negatives, batch_size, epochs, keep_groups)`` of its round plans: at most
+        ``max_epochs`` epochs, the samples shuffled freely."""
+        return self.num_negatives, self.batch_size, self.max_epochs, False
 
     def learning_rates(self, round_index: int) -> Tuple[float, float]:
         """The head's and the tables' learning rates at the start of round ``round_index``."""
@@ -156,18 +161,6 @@ class AdditiveEngine(FederatedEngine):
         super().__init__(model, partition, training, *args, **kwargs)
         #: Rounds aggregated so far: the learning rates' and the curriculum's clock.
         self.rounds_done = 0
-
-    def round_plan(self, clients: Tensor, generator: Optional[torch.Generator] = None,
-                   round_seed: Optional[int] = None) -> RoundPlan:
-        """The round's samples and mini-batches for ``clients``, over at most
-        ``max_epochs`` epochs."""
-        cfg = self.training
-        clients = torch.sort(clients).values
-        if self.streams is None:
-            return plan_round(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                              cfg.max_epochs, generator, self.known)
-        return self.streams.plan(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                                 cfg.max_epochs, round_seed, self.known)
 
     def local_round(self, clients: Tensor, generator: Optional[torch.Generator] = None,
                     round_seed: Optional[int] = None) -> ClientRound:

@@ -35,7 +35,7 @@ from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
 from fedgraph.federated.round_engine import RoundEngine
 from fedgraph.federated.secure import SecureAggregation, SecureTotals
 from fedgraph.federated.personal import PersonalItemRows
-from fedgraph.federated.plan import RoundPlan
+from fedgraph.federated.plan import RoundPlan, plan_round
 from fedgraph.federated.selection import ClientSelector
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import screen
@@ -257,14 +257,16 @@ class FederatedEngine(RoundEngine):
 
     def round_plan(self, clients: Tensor, generator: Optional[torch.Generator] = None,
                    round_seed: Optional[int] = None) -> RoundPlan:
-        """The round's plan for ``clients`` (in id order): drawn from ``generator``, or, with
-        :attr:`streams`, from each client's counter-based stream of ``round_seed``."""
-        cfg = self.training
+        """The round's plan for ``clients`` (in id order) under the training's
+        ``plan_settings()``: drawn from ``generator``, or, with :attr:`streams`, from each
+        client's counter-based stream of ``round_seed``."""
+        negatives, batch_size, epochs, keep_groups = self.training.plan_settings()
         clients = torch.sort(clients).values
         if self.streams is None:
-            return cfg.plan(self.partition, clients, generator, self.known)
-        return self.streams.plan(self.partition, clients, cfg.num_negatives, cfg.batch_size,
-                                 cfg.local_epochs, round_seed, self.known, cfg.loss.keeps_groups)
+            return plan_round(self.partition, clients, negatives, batch_size, epochs,
+                              generator, self.known, keep_groups)
+        return self.streams.plan(self.partition, clients, negatives, batch_size, epochs,
+                                 round_seed, self.known, keep_groups)
 
     def table_round(self, plan: RoundPlan, tables: Tensor, base: Tensor, loss: Tensor,
                     round_seed: Optional[int] = None) -> ClientRound:

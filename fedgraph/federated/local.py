@@ -222,11 +222,16 @@ class LocalTraining:
         """:math:`2 \\rho / (I d)`: the proximal term's gradient per unit of :math:`q - r`."""
         return 2 * self.proximal / (num_items * dim)
 
+    def plan_settings(self) -> Tuple[int, int, int, bool]:
+        """``(num_negatives, batch_size, epochs, keep_groups)`` of its round plans (a
+        pairwise loss keeps each positive with its negatives)."""
+        return self.num_negatives, self.batch_size, self.local_epochs, self.loss.keeps_groups
+
     def plan(self, partition: ClientPartition, clients: Tensor,
              generator: Optional[torch.Generator],
              known: Optional[ClientPartition] = None) -> RoundPlan:
-        """The round plan of ``clients`` under this training (its negatives, mini-batches and
-        epochs; a pairwise loss keeps each positive with its negatives), drawn from
-        ``generator`` (:func:`~fedgraph.federated.plan.plan_round`)."""
-        return plan_round(partition, clients, self.num_negatives, self.batch_size,
-                          self.local_epochs, generator, known, self.loss.keeps_groups)
+        """The round plan of ``clients`` under this training (:meth:`plan_settings`), drawn
+        from ``generator`` (:func:`~fedgraph.federated.plan.plan_round`)."""
+        negatives, batch_size, epochs, keep_groups = self.plan_settings()
+        return plan_round(partition, clients, negatives, batch_size, epochs, generator, known,
+                          keep_groups)
