@@ -265,7 +265,7 @@ class GraphGuidedState:
 
 class _Guided:
     """What GPFedRec adds to either engine: ``guided``, the clients' tables and aggregates
-    (kept in its state), from which each user scores."""
+    (kept in its state), from which each user scores, and the server half of a round."""
 
     def __init__(self, *args, guided: GraphGuidedState, **kwargs):
         super().__init__(*args, **kwargs)
@@ -274,6 +274,20 @@ class _Guided:
     def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k, d]`` each user's rows of ``items[u]`` in the table it trained last."""
         return self.guided.tables.rows(users.unsqueeze(-1), items)
+
+    def aggregate(self, base: Tensor, result: ClientRound,
+                  dropped: Optional[Dict[str, int]] = None,
+                  generator: Optional[torch.Generator] = None) -> RoundStats:
+        """The server half: the uploaded tables related and aggregated along their graph
+        (:meth:`GraphGuidedState.aggregate`) into the clients' aggregates and the global
+        table; with no upload left, the model stays as it was."""
+        upload = result.upload
+        if upload.clients.numel() == 0:
+            return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
+        with torch.no_grad():
+            self.model.item.copy_(self.guided.aggregate(upload.clients, upload.to_tables(base)))
+        return self.table_round_stats(upload.clients, base, float(result.loss.mean()),
+                                      dropped, tables_down=2)
 
     def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
         """What a deployment's server sends with a round: the users' aggregates."""
@@ -290,7 +304,7 @@ class _Guided:
 class GraphGuidedEngine(_Guided, FederatedEngine):
     """GPFedRec on the vectorized engine (see the module docstring), as the two halves of a
     round that a deployment runs apart: :meth:`local_round` on the clients' devices,
-    :meth:`aggregate` on the server. Its clients train with SGD (the closed form of the
+    :meth:`aggregate` on the server (also the reference engine's). Its clients train with SGD (the closed form of the
     untouched rows is SGD's)."""
 
     def __init__(self, *args, guided: GraphGuidedState, **kwargs):
@@ -316,20 +330,6 @@ class GraphGuidedEngine(_Guided, FederatedEngine):
                 tensor[plan.clients] = private[name]
         self.guided.tables[plan.clients] = tables
         return self.table_round(plan, tables, base, loss, round_seed)
-
-    def aggregate(self, base: Tensor, result: ClientRound,
-                  dropped: Optional[Dict[str, int]] = None,
-                  generator: Optional[torch.Generator] = None) -> RoundStats:
-        """The server half: the uploaded tables related and aggregated along their graph
-        (:meth:`GraphGuidedState.aggregate`) into the clients' aggregates and the global
-        table; with no upload left, the model stays as it was."""
-        upload = result.upload
-        if upload.clients.numel() == 0:
-            return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
-        with torch.no_grad():
-            self.model.item.copy_(self.guided.aggregate(upload.clients, upload.to_tables(base)))
-        return self.table_round_stats(upload.clients, base, float(result.loss.mean()),
-                                      dropped, tables_down=2)
 
     def personal_scores_all(self, users: Tensor, params: Dict[str, Tensor]) -> Tensor:
         """``[U, I]`` each user's logits of every item of its own table, a user at a time."""
@@ -382,9 +382,6 @@ class GraphGuidedReference(_Guided, ReferenceEngine):
             losses.append(loss)
         tables = torch.stack(tables)
         self.guided.tables[plan.clients] = tables
-        with torch.no_grad():
-            self.model.item.copy_(self.guided.aggregate(plan.clients, tables))
-        loss = torch.tensor(losses, dtype=base.dtype)
-        stats = self.table_round_stats(plan.clients, base, float(loss.mean()), tables_down=2)
-        return stats, ClientRound(RowUpload.tables(plan.clients, tables, base),
-                                  plan.num_samples, loss)
+        result = ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
+                             torch.tensor(losses, dtype=base.dtype))
+        return self.aggregate(base, result), result
