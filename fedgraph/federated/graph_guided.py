@@ -28,7 +28,6 @@ their aggregates with the request).
 """
 from __future__ import annotations
 
-import warnings
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -95,16 +94,13 @@ def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0
         if lonely.size:
             found = np.insert(found, ptr[lonely], lonely)
             ptr = ptr + np.searchsorted(lonely, np.arange(size + 1), side='left')
-    from torch_geometric.utils import to_torch_csr_tensor
+    from fedgraph.nn.gnn import csr_matrix  # imports PyTorch Geometric
 
     degree = torch.from_numpy(np.diff(ptr).astype(np.int64))
     row = torch.repeat_interleave(torch.arange(size), degree)
     edges = torch.stack([row, torch.from_numpy(found.astype(np.int64))])
     weight = (1 / degree.to(tables.dtype))[row]
-    with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
-        warnings.simplefilter('ignore', UserWarning)
-        return to_torch_csr_tensor(edges.to(tables.device), weight.to(tables.device),
-                                   (size, size))
+    return csr_matrix(edges.to(tables.device), weight.to(tables.device), (size, size))
 
 
 def guided_aggregate(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,

@@ -11,6 +11,14 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
 
+def csr_matrix(edge_index: Tensor, weight: Tensor, size: Tuple[int, int]) -> Tensor:
+    """The sparse CSR matrix with ``weight[e]`` at ``edge_index[:, e]`` (PyG's
+    ``to_torch_csr_tensor``, without torch's note that sparse CSR support is in beta)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        return to_torch_csr_tensor(edge_index, weight, size)
+
+
 @dataclass
 class CollaborativeGraph:
     """The bipartite user-item graph a server holds: one edge per item a client reported.
@@ -49,10 +57,7 @@ class CollaborativeGraph:
                                           torch.ones(2 * self.num_edges, device=device,
                                                      dtype=dtype),
                                           num_nodes, add_self_loops=False)
-            with warnings.catch_warnings():  # torch's notes that sparse CSR is in beta
-                warnings.simplefilter('ignore', UserWarning)
-                self._adjacency = to_torch_csr_tensor(edge_index, weight,
-                                                      (num_nodes, num_nodes))
+            self._adjacency = csr_matrix(edge_index, weight, (num_nodes, num_nodes))
         return self._adjacency
 
     def homogeneous_edge_index(self) -> Tensor:
