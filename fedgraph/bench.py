@@ -108,6 +108,12 @@ class ServerTimer:
         return out
 
 
+def _median(values: List[float]) -> Optional[float]:
+    """The median of ``values``; ``None`` for none (a server half that never ran
+    ``aggregate``: under secure aggregation it sums instead)."""
+    return statistics.median(values) if values else None
+
+
 def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
                    split=None, known: Optional[ClientPartition] = None,
                    keep_memory: bool = True) -> Dict[str, float]:
@@ -143,8 +149,8 @@ def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
             'eval_seconds': statistics.median(eval_seconds),
             'cpu_seconds': statistics.median(cpu_seconds),
             'page_faults': statistics.median(faults),
-            'server_seconds': statistics.median(server.seconds[1:]) if server else None,
-            'server_added_mb': statistics.median(server.added_mib[1:]) if server else None,
+            'server_seconds': _median(server.seconds[1:]) if server else None,
+            'server_added_mb': _median(server.added_mib[1:]) if server else None,
             'peak_memory_mb': max(_peak_memory_mb(config.device),
                                   server.peak_mib if server and config.device == 'cpu'
                                   else 0.0)}
@@ -265,6 +271,11 @@ def _rounds(args: argparse.Namespace) -> List[Dict]:
     return [result]
 
 
+def _figure(value: Optional[float], spec: str) -> str:
+    """``value`` formatted by ``spec``, or ``n/a``."""
+    return 'n/a' if value is None else format(value, spec)
+
+
 def _scale(args: argparse.Namespace) -> List[Dict]:
     conditions = Conditions()
     rows = []
@@ -287,7 +298,8 @@ def _scale(args: argparse.Namespace) -> List[Dict]:
         print(f"| {users:,} | {items:,} | {result['interactions']:,} | {count:,} "
               f"| {result['threads']} | {result['train_seconds']:.3f} "
               f"| {result['cpu_seconds']:.3f} | {result['page_faults']:,.0f} "
-              f"| {result['server_seconds']:.3f} | {result['server_added_mb']:,.0f} "
+              f"| {_figure(result['server_seconds'], '.3f')} "
+              f"| {_figure(result['server_added_mb'], ',.0f')} "
               f"| {result['peak_memory_mb']:.0f} |", flush=True)
     print(conditions)
     return rows

@@ -47,6 +47,15 @@ def test_bench_scale_times_the_server_half_with_the_settings_given(tmp_path, cap
     assert row['server_added_mb'] >= 0
 
 
+def test_bench_scale_reports_no_server_half_under_secure_aggregation(capsys):
+    """Under secure aggregation the server sums instead of calling ``aggregate``: nothing to
+    time, and the row says so."""
+    main(['bench', 'scale', '--sizes', '300', '--rounds', '1', '--clients-per-round', '50',
+          '--threads', '1', '--setting', 'secure_aggregation=true'])
+    row = capsys.readouterr().out.strip().splitlines()[3].split('|')
+    assert [cell.strip() for cell in row[9:11]] == ['n/a', 'n/a']
+
+
 @pytest.mark.parametrize('files, expected', [
     ({'cpu.max': 'max 100000\n'}, None),
     ({'cpu.max': '150000 100000\n'}, 1.5),
