@@ -307,3 +307,62 @@ def test_recommender_docstring_math_is_not_mangled_by_escapes():
         doc = obj.__doc__
         assert not any(char in doc for char in '\t\x0c\x08'), obj.__qualname__
         assert '\\tilde' in doc
+
+
+# --------------------------------------------------------------------------------------
+# A round's rows only: csr_rows and context_rows
+# --------------------------------------------------------------------------------------
+def _random_graph(num_users=40, num_items=30, num_edges=120, seed=0):
+    """Random edges, repeats included; user 0 and item 0 isolated."""
+    generator = torch.Generator().manual_seed(seed)
+    edge_index = torch.stack([torch.randint(1, num_users, (num_edges,), generator=generator),
+                              torch.randint(1, num_items, (num_edges,), generator=generator)])
+    edge_index = torch.cat([edge_index, edge_index[:, :5]], dim=1)
+    return CollaborativeGraph(edge_index, num_users, num_items)
+
+
+def test_normalized_adjacency_is_gcn_norm_with_repeated_edges(float64):
+    graph = _random_graph()
+    expected = torch.zeros(70, 70)
+    user, item = graph.edge_index
+    expected.index_put_((user, item + 40), torch.ones(user.numel()), accumulate=True)
+    expected = expected + expected.t()
+    degree = expected.sum(1)
+    inv_sqrt = torch.where(degree > 0, degree.pow(-0.5), torch.zeros_like(degree))
+    expected = inv_sqrt.view(-1, 1) * expected * inv_sqrt.view(1, -1)
+    adjacency = graph.normalized_adjacency()
+    assert adjacency.col_indices().dtype == torch.int32
+    torch.testing.assert_close(adjacency.to_dense(), expected)
+    assert graph.normalized_adjacency() is adjacency
+
+
+@pytest.mark.parametrize('rows', [[5, 2, 2, 60, 0], [3, 4, 5, 6], [], list(range(70))])
+def test_csr_rows_are_the_dense_rows(float64, rows):
+    from fedgraph.nn.gnn import csr_rows
+
+    adjacency = _random_graph().normalized_adjacency()
+    rows = torch.tensor(rows, dtype=torch.long)
+    torch.testing.assert_close(csr_rows(adjacency, rows).to_dense(), adjacency.to_dense()[rows])
+
+
+@pytest.mark.parametrize('num_layers', [1, 2, 3])
+@pytest.mark.parametrize('full_share', [0.0, 0.5, 1.0])
+def test_context_rows_equal_the_full_context_at_those_rows(float64, monkeypatch, num_layers,
+                                                           full_share):
+    """The rows' K-hop propagation (all layers over the whole graph, the last ones over
+    the rows' neighbourhoods, or all over the neighbourhoods) gives the full context's
+    rows, isolated nodes included."""
+    monkeypatch.setattr(FederatedGNN, 'FULL_SHARE', full_share)
+    graph = _random_graph()
+    generator = torch.Generator().manual_seed(3)
+    user, item = torch.randn(40, DIM, generator=generator), torch.randn(30, DIM,
+                                                                        generator=generator)
+    gnn = FederatedGNN(num_layers)
+    user_context, item_context = gnn.context(user, item, graph)
+    for users, items in (([0, 7, 3], [0, 29, 4]), ([], [1, 2]), ([39], []),
+                         (list(range(40)), list(range(30)))):
+        users, items = torch.tensor(users, dtype=torch.long), torch.tensor(items,
+                                                                           dtype=torch.long)
+        user_rows, item_rows = gnn.context_rows(user, item, graph, users, items)
+        torch.testing.assert_close(user_rows, user_context[users], atol=1e-12, rtol=0)
+        torch.testing.assert_close(item_rows, item_context[items], atol=1e-12, rtol=0)

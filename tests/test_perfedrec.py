@@ -17,6 +17,7 @@ from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split, synthetic_interactions
 from fedgraph.federated import ClientSelector
 from fedgraph.federated.graph import GraphFederatedEngine
+from fedgraph.nn import FederatedGNN
 from fedgraph.training import CHECKPOINT, EMBEDDINGS, train
 from helpers import candidates, read_metrics, train_interrupted, without_seconds
 
@@ -366,9 +367,8 @@ def test_state_dict_round_trip(split):
 
 def test_loaded_engine_scores_as_the_saved_one(split):
     """A state saved after a round and loaded into a fresh engine scores every user as the
-    saved engine does (e.g. to evaluate a checkpoint). The clients' scores use the GNN
-    context of the latest round (``model.set_context``), which ``state_dict`` does not
-    hold, so the loaded engine scores with bare ego embeddings until its next round."""
+    saved engine does (e.g. to evaluate a checkpoint): both propagate the context from the
+    server's view of the users and the item table they hold."""
     engine, generator, _ = _build(split, pretrain_rounds=1)
     engine.pretrain(generator, progress=False)
     for _ in range(2):
@@ -403,6 +403,52 @@ def test_graph_engine_on_reference_engine_matches_vectorized(split, float64):
     val_candidates = candidates(split)
     torch.testing.assert_close(fast.scores(users, val_candidates),
                                slow.scores(users, val_candidates), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize('base', [
+    pytest.param(dict(algorithm='fedlightgcn', dim=8, num_layers=2, clients_per_round=20),
+                 id='fedlightgcn'),
+    pytest.param(dict(GRAPH, pretrain_rounds=1), id='perfedrec++')])
+def test_a_round_propagates_its_neighbourhoods_as_the_whole_graph_would(split, float64,
+                                                                         monkeypatch, base):
+    """A round's clients train with the context of their and their items' K-hop
+    neighbourhoods only (:meth:`FederatedGNN.context_rows`, here over the neighbourhoods
+    at every layer): the same model, round for round, as with the whole graph propagated
+    before each round; and the rows no client of the first round needs are never
+    propagated."""
+    monkeypatch.setattr(FederatedGNN, 'FULL_SHARE', 1.0)
+    engines = []
+    for whole_graph in (False, True):
+        engine, generator, _ = _build(split, base=base)
+        engine.pretrain(generator, progress=False)
+        if whole_graph:
+            engine.engine.before_training = lambda plan, engine=engine: engine.model.set_context(
+                engine.gnn.num_layers,
+                *engine.gnn.context(engine.server_users, engine.model.item.detach(),
+                                    engine.graph))
+        engine.model.set_context(engine.gnn.num_layers, None, None)
+        planned, propagate = [], engine.engine.before_training
+        engine.engine.before_training = lambda plan: (planned.append(plan.clients),
+                                                      propagate(plan))
+        engine.run_round(generator)
+        engine.engine.before_training = propagate
+        if not whole_graph:
+            others = torch.ones(NUM_USERS, dtype=torch.bool)
+            others[planned[0]] = False
+            assert engine.model.user_context[others].abs().max() == 0
+            assert engine.model.user_context[~others].abs().min() > 0
+        stats = [engine.run_round(generator) for _ in range(3)]
+        engines.append((engine, stats))
+    (rows, row_stats), (whole, whole_stats) = engines
+    for a, b in zip(row_stats, whole_stats):
+        assert a.loss == pytest.approx(b.loss, abs=1e-12)
+    for name in ('item', 'head.user'):
+        torch.testing.assert_close(rows.model.get_parameter(name),
+                                   whole.model.get_parameter(name), atol=1e-12, rtol=0)
+    torch.testing.assert_close(rows.server_users, whole.server_users, atol=1e-12, rtol=0)
+    users = torch.arange(NUM_USERS)
+    torch.testing.assert_close(rows.scores_all(users), whole.scores_all(users), atol=1e-12,
+                               rtol=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ class FederatedEngine(RoundEngine):
         (a graph model's user embeddings).
         """
         cfg = self.training
-        plan = self.round_plan(clients, generator, round_seed)
+        plan = self.planned(self.round_plan(clients, generator, round_seed))
         local, change, private, loss = self.train_clients(plan, self.model.item.detach())
         shared_dense = self.model.shared_dense()
         dense = {name: private.pop(name) - value.detach() for name, value in shared_dense.items()}

@@ -92,6 +92,9 @@ class GraphFederatedEngine(RoundEngine):
             (:class:`~fedgraph.federated.private_graph.SecurePropagation`, under secure
             aggregation); ``graph`` is then the clients' own edges, which only the
             simulation's measurements read (uniformity, export).
+        propagates: whether the engine propagates its own context (the server's, or the
+            in-process run's); ``False``: a device's scorer, which scores with the context
+            the server sent.
     """
 
     def __init__(self, engine: FederatedEngine, gnn: FederatedGNN, graph: CollaborativeGraph,
@@ -99,7 +102,7 @@ class GraphFederatedEngine(RoundEngine):
                  cluster_every: int = 5, augmentation: Optional[Compose] = None,
                  simgcl_eps: float = 0.1, cl_weight: float = 1.0, cl_temperature: float = 0.2,
                  pretrain_lr: float = 0.05, pretrain_rounds: int = 0, seed: int = 0,
-                 propagation: Optional[SecurePropagation] = None):
+                 propagation: Optional[SecurePropagation] = None, propagates: bool = True):
         if level_weights[2] and not engine.training.personalize_items:
             raise ValueError('the local level needs dual personalization (private item rows)')
         if propagation is not None and (num_clusters or pretrain_rounds):
@@ -127,6 +130,12 @@ class GraphFederatedEngine(RoundEngine):
         self.server_users = torch.zeros_like(self.user_table.detach())
         self.assignment: Optional[Tensor] = None
         self.cluster_tables: Optional[Tensor] = None
+        #: What the model's context was propagated from for every node (the versions of
+        #: the server's user vectors and item table); ``None``: rows of a round only.
+        self._context_of: Optional[Tuple[int, ...]] = None
+        self.propagates = propagates
+        if propagates and propagation is None:
+            engine.before_training = self.plan_context
 
     @property
     def federated(self) -> FederatedEngine:
@@ -203,16 +212,58 @@ class GraphFederatedEngine(RoundEngine):
         return self.graph if self.propagation is None else None
 
     def refresh_context(self) -> None:
-        """Propagates the server's graph (or, under secure aggregation, the clients' halves
-        and the server's secure sums, :attr:`propagation`) and sets every client's
-        context."""
-        if self.propagation is not None and self.gnn.num_layers:
-            user_context, item_context = self.propagation.context(self.server_users,
-                                                                  self.model.item.detach())
-        else:
-            user_context, item_context = self.gnn.context(self.server_users,
-                                                          self.model.item.detach(), self.graph)
+        """Sets every node's context for a metric that needs every user (evaluation,
+        export, clustering): the server's graph propagated from its current view, at most
+        once while neither its users' vectors nor the item table change. Under secure
+        aggregation the context is the one of the round's start (:meth:`secure_context`):
+        computing it takes the clients' secure sums. A device's scorer keeps the context
+        the server sent (:attr:`propagates`)."""
+        if self.propagation is not None or not self.propagates:
+            return
+        inputs = (id(self.server_users), self.server_users._version, id(self.model.item),
+                  self.model.item._version)
+        if inputs != self._context_of:
+            user_context, item_context = self.gnn.context(
+                self.server_users, self.model.item.detach(), self.graph)
+            self.model.set_context(self.gnn.num_layers, user_context, item_context)
+            self._context_of = inputs
+
+    def secure_context(self) -> None:
+        """Under secure aggregation, every node's context from the clients' halves and the
+        server's secure sums (:attr:`propagation`)."""
+        user_context, item_context = (None, None) if not self.gnn.num_layers else \
+            self.propagation.context(self.server_users, self.model.item.detach())
         self.model.set_context(self.gnn.num_layers, user_context, item_context)
+
+    def context_for(self, users: Tensor, items: Optional[Tensor] = None) -> None:
+        """Sets the context of ``users`` and of ``items`` (default: every item), propagated
+        over their K-hop neighbourhoods only (:meth:`FederatedGNN.context_rows
+        <fedgraph.nn.gnn.FederatedGNN.context_rows>`): what a round's clients train with.
+        The other rows keep what they held; under secure aggregation, every row's
+        (:meth:`secure_context`)."""
+        if self.propagation is not None:
+            self.secure_context()
+            return
+        model = self.model
+        if not self.gnn.num_layers or self.graph is None:
+            model.set_context(self.gnn.num_layers, None, None)
+            return
+        if items is None:
+            items = torch.arange(model.num_items, device=users.device)
+        item_table = model.item.detach()
+        user_rows, item_rows = self.gnn.context_rows(self.server_users, item_table,
+                                                     self.graph, users, items)
+        if model.user_context is None:
+            model.set_context(self.gnn.num_layers, torch.zeros_like(self.server_users),
+                              torch.zeros_like(item_table))
+        model.user_context[users] = user_rows
+        model.item_context[items] = item_rows
+        self._context_of = None
+
+    def plan_context(self, plan) -> None:
+        """The context of a round's plan (:attr:`~fedgraph.federated.round_engine.RoundEngine.
+        before_training`): its clients' and the items they train on."""
+        self.context_for(plan.clients, torch.unique(plan.row_item))
 
     def propagated(self) -> Tuple[Tensor, Tensor]:
         """The global model's final user and item vectors (the clients' own embeddings over
@@ -237,7 +288,8 @@ class GraphFederatedEngine(RoundEngine):
         whose guarantee covers the averaged shared parameters only: a user's own embedding
         would be a release of its own each round, and noise of the clip bound's scale on it
         drowns it; the server's view keeps what the users uploaded before the rounds."""
-        self.before_round()
+        if self.propagation is not None:
+            self.secure_context()
         stats, result = self.engine.train_round(generator)
         if self.users_upload:
             randomness = generator if result.generators is None else result.generators
@@ -248,9 +300,10 @@ class GraphFederatedEngine(RoundEngine):
         return stats
 
     # The server's halves of a round over messages (see fedgraph.server.deployment.Deployment).
-    def before_round(self) -> None:
-        """Propagates the graph: the round's context."""
-        self.refresh_context()
+    def before_round(self, users: Tensor) -> None:
+        """The context of the round's ``users`` and of every item (a device draws its
+        negatives)."""
+        self.context_for(users)
 
     def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
         """What a device needs besides the tables to train ``users``: their context and
@@ -270,6 +323,7 @@ class GraphFederatedEngine(RoundEngine):
         """What a device needs to score ``users`` as :meth:`scores` does: the global table
         (and the broadcast one under fine-tuned rows), their context, and with a cluster
         level the clusters and their tables."""
+        self.refresh_context()
         out = {**self.engine.evaluation_payload(users), 'items': self.model.item.detach(),
                **self.round_payload(users)}
         if self.cluster_tables is not None and self.level_weights[1]:
@@ -297,8 +351,10 @@ class GraphFederatedEngine(RoundEngine):
         cluster tables are copies of the global table; later, a cluster's table starts as the
         mean of its members' previous cluster tables, so reclustering keeps what the clusters
         learned."""
-        with torch.no_grad():
-            users, _ = self.gnn(self.server_users, self.model.item.detach(), self.graph)
+        self.refresh_context()
+        context = self.model.user_context
+        users = (self.server_users if context is None
+                 else context + self.server_users / (self.gnn.num_layers + 1))
         assignment = kmeans(users, self.num_clusters, seed=self.seed + self.rounds_done)
         if self.cluster_tables is None:
             self.cluster_tables = self.model.item.detach().unsqueeze(0).repeat(
@@ -356,6 +412,7 @@ class GraphFederatedEngine(RoundEngine):
         parameters with context, and the item-input table of each active level (global,
         its cluster's, its fine-tuned rows over the broadcast table) with the level's
         weight."""
+        self.refresh_context()
         model = self.model
         params, (own,), _ = self.engine.item_views(user)
         tables = {'global': model.item_table_input(model.item.detach())}
@@ -372,6 +429,7 @@ class GraphFederatedEngine(RoundEngine):
     def scores(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k]``: the weighted global, cluster and local models' logits (see
         :meth:`_combine`)."""
+        self.refresh_context()
         params = {name: value.unsqueeze(1).expand(-1, items.size(1), *value.shape[1:])
                   for name, value in self.model.client_params(users).items()}
         return self._combine({
@@ -383,6 +441,7 @@ class GraphFederatedEngine(RoundEngine):
         """``[U, I]`` scores of every item (see :meth:`scores`), as matrix products: one for
         the global table, one per cluster, and the local level as the broadcast table
         corrected at each user's fine-tuned rows."""
+        self.refresh_context()
         model, head = self.model, self.model.head
         params = model.client_params(users)
         levels = {'global': head.logits_all(params, model.item_table_input(model.item.detach()))}
@@ -432,6 +491,7 @@ class GraphFederatedEngine(RoundEngine):
         self.cluster_tables = state['cluster_tables']
         self.rounds_done = state['rounds_done']
         self.model.set_context(self.gnn.num_layers, *state['context'])
+        self._context_of = None
         self.graph = CollaborativeGraph(state['graph'], self.graph.num_users,
                                         self.graph.num_items)
         if self.assignment is not None:

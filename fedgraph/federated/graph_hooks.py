@@ -88,7 +88,7 @@ class GraphNodeHooks(NodeHooks):
         empty = CollaborativeGraph(torch.empty(2, 0, dtype=torch.long), node.users.numel(),
                                    node.num_items)
         scorer = GraphFederatedEngine(engine, FederatedGNN(self.num_layers), empty,
-                                      self.level_weights, self.num_clusters)
+                                      self.level_weights, self.num_clusters, propagates=False)
         clusters = group(payload, 'clusters')
         if clusters:
             scorer.assignment, scorer.cluster_tables = clusters['assignment'], clusters['tables']

@@ -93,7 +93,8 @@ class ReferenceEngine(RoundEngine):
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         """One round, client after client; also returns what the clients uploaded."""
         cfg = self.training
-        plan = cfg.plan(self.partition, self.selector(generator), generator, self.known)
+        plan = self.planned(cfg.plan(self.partition, self.selector(generator), generator,
+                                     self.known))
         global_items = self.model.item.detach().clone()
         shared_dense = self.model.shared_dense()
         tables, weights, losses, uploads, dense_updates = [], [], [], [], []

@@ -3,13 +3,16 @@ steps whose defaults do nothing; the federated engines, the graph models' engine
 centralized baselines implement it."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from fedgraph.federated.messages import ClientRound, RoundStats
 from fedgraph.privacy.ledger import PrivacyLedger
+
+if TYPE_CHECKING:
+    from fedgraph.federated.plan import RoundPlan
 
 
 class RoundEngine:
@@ -23,6 +26,9 @@ class RoundEngine:
     #: A centralized engine's training loss when its model scores every item alike
     #: (``None``: not known); a federated engine's is its clients' loss's.
     chance_loss: Optional[float] = None
+    #: Called with a round's plan before its clients train (a graph model propagates the
+    #: context of the plan's clients and items here); ``None``: nothing.
+    before_training: Optional[Callable[[RoundPlan], None]] = None
 
     @property
     def federated(self) -> Optional['RoundEngine']:
@@ -49,8 +55,14 @@ class RoundEngine:
         """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
         return None
 
-    def before_round(self) -> None:
-        """The server's work before it sends a round's messages."""
+    def planned(self, plan: RoundPlan) -> RoundPlan:
+        """``plan``, once :attr:`before_training` has seen it."""
+        if self.before_training is not None:
+            self.before_training(plan)
+        return plan
+
+    def before_round(self, users: Tensor) -> None:
+        """The server's work before it sends a round's messages to train ``users``."""
 
     def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
         """What a device needs besides the shared parameters to train ``users``."""

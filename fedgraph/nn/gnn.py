@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
 
@@ -17,6 +16,38 @@ def csr_matrix(edge_index: Tensor, weight: Tensor, size: Tuple[int, int]) -> Ten
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         return to_torch_csr_tensor(edge_index, weight, size)
+
+
+def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
+    """The sparse CSR matrix of ``(crow, col, values)``, as ``torch.sparse_csr_tensor``
+    without torch's notes that sparse CSR support is in beta and that invariants go
+    unchecked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size)
+
+
+def csr_rows(matrix: Tensor, rows: Tensor) -> Tensor:
+    """``matrix[rows]`` of a sparse CSR ``matrix`` as a sparse CSR matrix of
+    ``rows.numel()`` rows (torch has no row ``index_select`` for CSR): the rows' segments
+    gathered, in ``O(rows + their entries)``; a run of consecutive rows is a view."""
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    size = (rows.numel(), matrix.size(1))
+    if rows.numel() and int(rows[-1]) - int(rows[0]) + 1 == rows.numel() and bool(
+            (rows[1:] - rows[:-1] == 1).all()):
+        first, last = int(crow[rows[0]]), int(crow[rows[-1] + 1])
+        return sparse_csr(crow[int(rows[0]):int(rows[-1]) + 2] - first, col[first:last],
+                          values[first:last], size)
+    start, end = crow[rows].long(), crow[rows + 1].long()
+    counts = end - start
+    out_crow = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(counts, 0, out=out_crow[1:])
+    total = int(out_crow[-1])
+    # Entry e of the result is entry start[r] + (e - out_crow[r]) of the matrix, r its row.
+    shift = start - out_crow[:-1].long()
+    position = torch.arange(total, device=crow.device) + torch.repeat_interleave(
+        shift, counts, output_size=total)
+    return sparse_csr(out_crow, col[position], values[position], size)
 
 
 @dataclass
@@ -42,23 +73,47 @@ class CollaborativeGraph:
 
     def normalized_adjacency(self, device: Optional[torch.device] = None,
                              dtype: Optional[torch.dtype] = None) -> Tensor:
-        """:math:`D^{-1/2} A D^{-1/2}` of the undirected graph over nodes ``[users; items]``
-        as a sparse CSR tensor on ``device`` in ``dtype`` (default: the default dtype;
-        ``gcn_norm`` without self-loops, as PyG's ``LGConv`` normalizes), built on the first
-        call and kept: propagating with it is a sparse matrix product, several times faster
-        on CPU than message passing over the edge list, which normalizes again at every
-        layer."""
+        """:math:`\\hat A = D^{-1/2} A D^{-1/2}` of the undirected graph over nodes
+        ``[users; items]`` as a sparse CSR tensor on ``device`` in ``dtype`` (default: the
+        default dtype): what PyG's ``LGConv`` normalizes to (``gcn_norm`` without
+        self-loops; a repeated edge counts twice, an isolated node has a row of zeros),
+        built on the first call and kept. Propagating with it is a sparse matrix product,
+        several times faster on CPU than message passing over the edge list, which
+        normalizes again at every layer.
+
+        Built straight from the bipartite edges: the weight of edge :math:`(u, i)` is
+        :math:`1 / \\sqrt{d_u d_i}`; the users' rows hold their edges in the order of
+        :attr:`edge_index` sorted by user, the items' rows the same edges sorted by item.
+        Indices are 32-bit while the nodes fit, so the matrix takes 16 bytes an edge
+        (both directions) and its construction no more than about twice that.
+        """
         device = torch.device(device if device is not None else 'cpu')
         dtype = dtype or torch.get_default_dtype()
         cached = self._adjacency
         if cached is None or cached.device != device or cached.dtype != dtype:
-            num_nodes = self.num_users + self.num_items
-            edge_index, weight = gcn_norm(self.homogeneous_edge_index().to(device),
-                                          torch.ones(2 * self.num_edges, device=device,
-                                                     dtype=dtype),
-                                          num_nodes, add_self_loops=False)
-            self._adjacency = csr_matrix(edge_index, weight, (num_nodes, num_nodes))
+            self._adjacency = None  # the old one's memory is free before the new one's
+            self._adjacency = self._build_adjacency(device, dtype)
         return self._adjacency
+
+    def _build_adjacency(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        num_nodes = self.num_users + self.num_items
+        index = torch.int32 if num_nodes < 2 ** 31 and self.num_edges < 2 ** 30 else torch.long
+        user, item = self.edge_index.to(device)
+        user_degree = torch.bincount(user, minlength=self.num_users)
+        item_degree = torch.bincount(item, minlength=self.num_items)
+        inverse = torch.cat([user_degree, item_degree]).to(dtype).rsqrt()
+        weight = inverse[user] * inverse[item + self.num_users]
+        if bool((user[1:] < user[:-1]).any()):
+            by_user = torch.sort(user, stable=True).indices
+            user, item, weight = user[by_user], item[by_user], weight[by_user]
+            del by_user
+        by_item = torch.sort(item, stable=True).indices
+        col = torch.cat([(item + self.num_users).to(index), user[by_item].to(index)])
+        values = torch.cat([weight, weight[by_item]])
+        del by_item, user, item, weight
+        crow = torch.zeros(num_nodes + 1, dtype=index, device=device)
+        torch.cumsum(torch.cat([user_degree, item_degree]), 0, out=crow[1:])
+        return sparse_csr(crow, col, values, (num_nodes, num_nodes))
 
     def homogeneous_edge_index(self) -> Tensor:
         """``[2, 2E]`` undirected edges over nodes ``[users; items]`` (item ``i`` is node
@@ -83,6 +138,10 @@ class FederatedGNN(nn.Module):
     An optional ``perturb`` callable is applied to each layer's output (SimGCL's noise for
     contrastive views, see :class:`~fedgraph.nn.augment.SimGCLNoise`).
     """
+
+    #: :meth:`context_rows` propagates a layer over every node once the rows it needs
+    #: would cover this share of them: gathering the rows then costs more than it saves.
+    FULL_SHARE = 0.5
 
     def __init__(self, num_layers: int = 2):
         super().__init__()
@@ -109,7 +168,8 @@ class FederatedGNN(nn.Module):
     @torch.no_grad()
     def context(self, user: Tensor, item: Tensor,
                 graph: Optional[CollaborativeGraph]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """What the neighbours add to each node: :math:`\\bar X - X^{(0)} / (K + 1)`.
+        """What the neighbours add to each node:
+        :math:`\\bar X - X^{(0)} / (K + 1) = \\frac{1}{K + 1} \\sum_{k=1}^{K} X^{(k)}`.
 
         A client's final vectors are ``ego / (K + 1) + context``; with the context held
         fixed during a round, local training updates the ego embeddings exactly as LightGCN's
@@ -117,6 +177,58 @@ class FederatedGNN(nn.Module):
         """
         if self.num_layers == 0 or graph is None:
             return None, None
-        user_out, item_out = self(user, item, graph)
-        scale = 1.0 / (self.num_layers + 1)
-        return user_out - user * scale, item_out - item * scale
+        x = torch.cat([user, item])
+        adjacency = graph.normalized_adjacency(x.device, x.dtype)
+        total = torch.zeros_like(x)
+        for _ in range(self.num_layers):
+            x = adjacency @ x
+            total += x
+        total /= self.num_layers + 1
+        return total[:user.size(0)], total[user.size(0):]
+
+    @torch.no_grad()
+    def context_rows(self, user: Tensor, item: Tensor, graph: CollaborativeGraph,
+                     users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
+        """:meth:`context` at the rows ``users`` and ``items`` only, from their K-hop
+        neighbourhoods: what a round's clients train with.
+
+        Layer :math:`k` is needed at the nodes :math:`F_k`, with :math:`F_K` the wanted
+        rows and :math:`F_{k-1} = F_k \\cup N(F_k)`; then
+        :math:`X^{(k)}[F_k] = \\hat A[F_k] \\, X^{(k-1)}`, which reads only rows
+        :math:`N(F_k) \\subseteq F_{k-1}`. The same sums as :meth:`context` for those rows;
+        a layer whose rows would cover more than :attr:`FULL_SHARE` of the nodes is the
+        whole product, as are all the layers below it.
+        """
+        num_nodes = user.size(0) + item.size(0)
+        x = torch.cat([user, item])
+        adjacency = graph.normalized_adjacency(x.device, x.dtype)
+        targets = torch.cat([users, items + user.size(0)])
+        # layers[k - 1]: F_k's parts and the adjacency's rows of each, or None for every
+        # node; the last layer's parts are the users' and the items' rows.
+        layers: List[Optional[List[Tuple[Tensor, Tensor]]]] = [None] * self.num_layers
+        parts = [users, items + user.size(0)]
+        for layer in range(self.num_layers - 1, -1, -1):
+            if sum(part.numel() for part in parts) > self.FULL_SHARE * num_nodes:
+                break
+            layers[layer] = [(part, csr_rows(adjacency, part)) for part in parts]
+            if layer:
+                grown = torch.zeros(num_nodes, dtype=torch.bool, device=x.device)
+                for part, rows in layers[layer]:
+                    grown[part] = True
+                    grown[rows.col_indices().long()] = True
+                parts = [grown.nonzero().view(-1)]
+        total = torch.zeros_like(x[targets])
+        for layer, rows in enumerate(layers):
+            if rows is None:
+                x = adjacency @ x
+            elif layer == self.num_layers - 1:  # its parts are the targets
+                total += torch.cat([sub @ x for _, sub in rows])
+                break
+            else:
+                spread = torch.zeros_like(x)
+                for part, sub in rows:
+                    spread[part] = sub @ x
+                x = spread
+            total += x[targets]
+        total /= self.num_layers + 1
+        return total[:users.numel()], total[users.numel():]

@@ -267,9 +267,9 @@ class Deployment(Federation):
         for each device holding one: the shared parameters, its selected ``users`` and what
         the engine adds (a graph model: their context)."""
         model = self.federated.model
-        self.engine.before_round()
         selected = self.federated.selector(self.generator)
         round_seed = draw_round_seed(self.generator)
+        self.engine.before_round(selected)
         self._base = model.item.detach().clone()
         self._selected = selected.numel()
         dense = {name: value.detach() for name, value in model.shared_dense().items()}
