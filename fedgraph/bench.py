@@ -120,18 +120,19 @@ def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
     """Runs one warm-up round, then ``rounds`` timed rounds, evaluating after each when a
     ``split`` is given, with ``config.threads`` and freed memory kept or not
     (:func:`fedgraph.runtime.configure`); returns the median wall seconds of training and
-    of evaluation, the median CPU seconds and minor page faults of a training round, and
+    of evaluation, the median CPU seconds and minor page faults of a training round, the
+    median bytes a client uploads and downloads in a round (as its record counts them), and
     the median seconds and added memory of its server half (:class:`ServerTimer`)."""
     threads = runtime.configure(config.threads, keep_memory)
     generator = torch.Generator().manual_seed(config.seed)
     engine = build_engine(config, partition, generator, known)
     server = ServerTimer(engine.federated) if engine.federated is not None else None
-    train_seconds, eval_seconds, cpu_seconds, faults = [], [], [], []
+    train_seconds, eval_seconds, cpu_seconds, faults, stats = [], [], [], [], []
     for index in range(rounds + 1):
         _sync(config.device)
         began, cpu = time.perf_counter(), time.process_time()
         faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        engine.run_round(generator)
+        stats.append(engine.run_round(generator))
         _sync(config.device)
         trained, cpu = time.perf_counter(), time.process_time() - cpu
         faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted
@@ -149,6 +150,8 @@ def measure_engine(config: TrainConfig, partition: ClientPartition, rounds: int,
             'eval_seconds': statistics.median(eval_seconds),
             'cpu_seconds': statistics.median(cpu_seconds),
             'page_faults': statistics.median(faults),
+            'upload_bytes': statistics.median(round.upload_bytes for round in stats[1:]),
+            'download_bytes': statistics.median(round.download_bytes for round in stats[1:]),
             'server_seconds': _median(server.seconds[1:]) if server else None,
             'server_added_mb': _median(server.added_mib[1:]) if server else None,
             'peak_memory_mb': max(_peak_memory_mb(config.device),
@@ -282,8 +285,9 @@ def _scale(args: argparse.Namespace) -> List[Dict]:
     settings = ''.join(f', {name}={json.dumps(value)}' for name, value in args.setting)
     print(f'{args.algorithm}{settings}, {args.rounds} timed rounds after one warm-up')
     print('| users | items | interactions | clients/round | threads | s/round | CPU s/round '
-          '| page faults/round | server s/round | server added MiB | peak memory (MiB) |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+          '| page faults/round | server s/round | server added MiB | peak memory (MiB) '
+          '| kB up/client | kB down/client |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for users in args.sizes:
         items = max(1000, users // 20)
         count = min(args.clients_per_round, users)
@@ -300,7 +304,8 @@ def _scale(args: argparse.Namespace) -> List[Dict]:
               f"| {result['cpu_seconds']:.3f} | {result['page_faults']:,.0f} "
               f"| {_figure(result['server_seconds'], '.3f')} "
               f"| {_figure(result['server_added_mb'], ',.0f')} "
-              f"| {result['peak_memory_mb']:.0f} |", flush=True)
+              f"| {result['peak_memory_mb']:.0f} | {result['upload_bytes'] / 1e3:,.1f} "
+              f"| {result['download_bytes'] / 1e3:,.1f} |", flush=True)
     print(conditions)
     return rows
 

@@ -105,6 +105,9 @@ class FederatedEngine(RoundEngine):
             secure=secure is not None, server_noise=self.server.server_noise)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
+        #: The bytes a client uploads and downloads each round beside the shared parameters
+        #: (a graph model: its user embedding up, its context down).
+        self.side_bytes: Tuple[float, float] = (0.0, 0.0)
         #: What stands between the clients' honest uploads and the server in a simulated
         #: attack (:mod:`fedgraph.poisoning`): ``ClientRound -> ClientRound``.
         self.adversary: Optional[Callable[[ClientRound], ClientRound]] = None
@@ -163,10 +166,12 @@ class FederatedEngine(RoundEngine):
         dense_upload = (privacy is not None and not privacy.central)
         row_bytes = (base.numel() * base.element_size() if dense_upload
                      else float(rows_per_client.double().mean()) * self.row_bytes)
+        side_up, side_down = self.side_bytes
         return RoundStats(
             loss=float(result.loss.mean()), num_clients=num_clients,
-            upload_bytes=row_bytes + self.model.dense_bytes(),
-            download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes(),
+            upload_bytes=row_bytes + self.model.dense_bytes() + side_up,
+            download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes()
+            + side_down,
             dropped=dict(dropped or {}))
 
     def aggregate_secure(self, base: Tensor, result: ClientRound,
@@ -209,8 +214,9 @@ class FederatedEngine(RoundEngine):
         return RoundStats(
             loss=None if totals.loss is None else totals.loss / num_clients,
             num_clients=num_clients,
-            upload_bytes=SecureAggregation.upload_bytes(size),
-            download_bytes=float(base.numel() * base.element_size()) + model.dense_bytes(),
+            upload_bytes=SecureAggregation.upload_bytes(size) + self.side_bytes[0],
+            download_bytes=float(base.numel() * base.element_size()) + model.dense_bytes()
+            + self.side_bytes[1],
             dropped=dropped)
 
     def count_participation(self, clients: Tensor) -> None:

@@ -134,8 +134,12 @@ class GraphFederatedEngine(RoundEngine):
         #: the server's user vectors and item table); ``None``: rows of a round only.
         self._context_of: Optional[Tuple[int, ...]] = None
         self.propagates = propagates
-        if propagates and propagation is None:
-            engine.before_training = self.plan_context
+        if propagates:
+            if propagation is None:
+                engine.before_training = self.plan_context
+            row = self.model.dim * self.model.item.element_size()
+            engine.side_bytes = (row if self.users_upload else 0.0,
+                                 (self.model.num_items + 1) * row if gnn.num_layers else 0.0)
 
     @property
     def federated(self) -> FederatedEngine:
