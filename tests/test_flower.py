@@ -196,6 +196,24 @@ def test_local_deployment_matches_the_in_process_engine_and_counts_its_bytes(tmp
     assert 3 * 2 * 2 * table <= wire_down  # each node: the table to train and to evaluate
 
 
+def test_process_isolation_runs_each_message_in_a_clientapp_of_the_deployments_superexec(
+        tmp_path):
+    config = TrainConfig(rounds=2, **CONFIG)
+    result = deploy(config, num_nodes=2, workdir=tmp_path, timeout=120, run_timeout=600,
+                    isolation='process')
+    _rounds_match(result['metrics'], train(config, progress=False), rounds=2)
+    logs = tmp_path / 'logs'
+    for partition in range(2):
+        node_log = (logs / f'supernode-{partition}.log').read_text()
+        executor_log = (logs / f'superexec-{partition}.log').read_text()
+        # Flower 1.42: one flwr-clientapp process per message, started by the SuperExec the
+        # deployment runs, none by the SuperNode.
+        assert 'Start `flwr-clientapp` process' not in node_log
+        messages = node_log.count('Receiving: ')
+        assert messages >= 2 * 2  # a train and an evaluate message per round
+        assert executor_log.count('Start `flwr-clientapp` process') == messages
+
+
 def test_a_killed_supernode_does_not_stop_the_run(tmp_path):
     config = TrainConfig(rounds=2, **CONFIG)
     result = deploy(config, num_nodes=3, workdir=tmp_path, timeout=45,

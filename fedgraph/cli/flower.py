@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
                         help='no TLS and no SuperNode authentication (default: a local '
                              'certificate authority signs the SuperLink\'s certificate and '
                              'every SuperNode authenticates with its own key)')
+    deploy.add_argument('--isolation', choices=('subprocess', 'process'), default='subprocess',
+                        help="Flower's isolation mode: 'subprocess', the SuperLink and each "
+                             "SuperNode start their own flower-superexec; 'process', they "
+                             'run with --isolation process and the deployment starts a '
+                             'flower-superexec per SuperNode and one for the SuperLink. Either '
+                             'way each message runs in a new flwr-clientapp process')
     simulate = actions.add_parser('simulate', help="Flower's Ray simulation engine")
     simulate.add_argument('--nodes', type=int, default=None,
                           help='virtual SuperNodes (default: one per user)')
@@ -71,12 +77,12 @@ def _deploy(args: argparse.Namespace) -> None:
     config = config_from_args(args, client_streams=True)
     result = deploy(config, args.nodes, args.workdir, timeout=args.timeout,
                     kill_after_round=args.kill_after_round, kill_partition=args.kill_partition,
-                    insecure=args.insecure)
+                    insecure=args.insecure, isolation=args.isolation)
     rounds = result['metrics']['rounds']
     security = ('without TLS or node authentication (--insecure)' if args.insecure else
                 'over TLS with authenticated SuperNodes')
-    print(f"{len(rounds)} rounds on {args.nodes} SuperNodes {security} in "
-          f"{result['seconds']:.1f} s (logs: {args.workdir / 'logs'})")
+    print(f"{len(rounds)} rounds on {args.nodes} SuperNodes {security}, isolation "
+          f"{args.isolation}, in {result['seconds']:.1f} s (logs: {args.workdir / 'logs'})")
     reference = None if args.no_compare else train(config, progress=False)['rounds']
     print(_comparison(rounds, reference))
     print(_wire_table(result, rounds, args.nodes))

@@ -12,6 +12,13 @@ default every connection is TLS and every SuperNode authenticates: the deploymen
 certificate authority, the SuperLink's certificate and a key pair per SuperNode
 (:mod:`fedgraph.flower.certificates`) and registers the SuperNodes' public keys with the
 SuperLink before they start; ``insecure=True`` (``--insecure``) runs without either.
+
+``isolation`` is Flower's isolation mode. With ``'subprocess'`` (Flower's default) the
+SuperLink and every SuperNode start their own ``flower-superexec``; with ``'process'`` they
+are started with ``--isolation process`` and the deployment starts one ``flower-superexec``
+per SuperNode, pointed at that node's Runtime API, and one for the SuperLink. Either way a
+SuperExec launches a new ``flwr-clientapp`` (or ``flwr-serverapp``) process per task, with the
+task's token: in Flower 1.42 neither app process outlives its task.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from fedgraph.flower.certificates import write_credentials
 from fedgraph.flower.payloads import config_to_run_config
 
 LINK_NAME = 'fedgraph-local'
+ISOLATION_MODES = ('subprocess', 'process')
 
 
 def write_app(directory: Path, config: TrainConfig, **settings) -> Path:
@@ -127,18 +135,27 @@ class LocalDeployment:
 
     Node ``p`` holds users ``p, p + num_nodes, ...`` (its ``node-config`` partition). Logs,
     the Flower App, ``FLWR_HOME`` and the credentials (``workdir/credentials``) go to
-    ``workdir``. ``insecure``: no TLS and no node authentication.
+    ``workdir``. ``insecure``: no TLS and no node authentication. ``isolation``: one of
+    :data:`ISOLATION_MODES` (see the module's description).
     """
 
-    def __init__(self, workdir: Path, num_nodes: int, insecure: bool = False):
+    def __init__(self, workdir: Path, num_nodes: int, insecure: bool = False,
+                 isolation: str = 'subprocess'):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f'isolation must be one of {ISOLATION_MODES}, not {isolation!r}')
         self.workdir = Path(workdir).resolve()
         self.num_nodes = num_nodes
         self.insecure = insecure
+        self.isolation = isolation
         self.link_port = free_port()
         self.home = self.workdir / 'flwr-home'
         self.logs = self.workdir / 'logs'
         self.link: Optional[subprocess.Popen] = None
         self.nodes: List[Optional[subprocess.Popen]] = []
+        # The SuperExecs this deployment starts (isolation 'process'): the SuperLink's, and
+        # one per SuperNode, in the nodes' order.
+        self.link_executor: Optional[subprocess.Popen] = None
+        self.node_executors: List[subprocess.Popen] = []
         self.counters: List[ByteCounter] = []
 
     def _spawn(self, command: List[str], log_name: str) -> subprocess.Popen:
@@ -172,9 +189,15 @@ class LocalDeployment:
             '--ssl-certfile', str(credentials.superlink_certificate),
             '--ssl-keyfile', str(credentials.superlink_key), '--enable-supernode-auth']
         self.link = self._spawn([_executable('flower-superlink'), *link_security,
-                                 '--port', str(self.link_port),
+                                 '--port', str(self.link_port), '--isolation', self.isolation,
                                  '--disable-runtime-dependency-installation'], 'superlink.log')
         _wait_for_port(self.link_port, startup_timeout)
+        if self.isolation == 'process':
+            runtime_security = ['--insecure'] if credentials is None else [
+                '--root-certificates', str(credentials.ca_certificate)]
+            self.link_executor = self._start_executor(self.link_port, runtime_security,
+                                                      'superexec-superlink.log')
+        runtime_ports = []
         for partition in range(self.num_nodes):
             if credentials is None:
                 node_security = ['--insecure']
@@ -185,12 +208,29 @@ class LocalDeployment:
                                  str(credentials.node_keys[partition])]
             counter = ByteCounter(self.link_port)
             self.counters.append(counter)
+            runtime_ports.append(free_port())
             self.nodes.append(self._spawn([
                 _executable('flower-supernode'), *node_security,
-                '--superlink', f'127.0.0.1:{counter.port}', '--port', str(free_port()),
+                '--superlink', f'127.0.0.1:{counter.port}', '--port', str(runtime_ports[-1]),
+                '--isolation', self.isolation,
                 '--node-config', f'partition-id={partition} num-partitions={self.num_nodes}'],
                 f'supernode-{partition}.log'))
+        if self.isolation == 'process':
+            for partition, port in enumerate(runtime_ports):
+                _wait_for_port(port, startup_timeout)
+                # A SuperNode's Runtime API is plain HTTP on 127.0.0.1 in both modes.
+                self.node_executors.append(self._start_executor(
+                    port, ['--insecure'], f'superexec-{partition}.log'))
         return self
+
+    def _start_executor(self, runtime_port: int, security: List[str],
+                        log_name: str) -> subprocess.Popen:
+        """``flower-superexec`` on the Runtime API at ``127.0.0.1:runtime_port``: it asks for
+        a task every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds and starts each one as a
+        ``flwr-clientapp`` or ``flwr-serverapp`` child in its process group, so stopping the
+        SuperExec stops the app it is running."""
+        return self._spawn([_executable('flower-superexec'), *security,
+                            '--runtime-api-address', f'127.0.0.1:{runtime_port}'], log_name)
 
     def _register(self, public_key: Path, timeout: float) -> None:
         """``flwr supernode register``: the SuperLink will serve the holder of this key."""
@@ -208,16 +248,21 @@ class LocalDeployment:
                                 stdout=log, stderr=subprocess.STDOUT, env=self._env())
 
     def kill_node(self, partition: int) -> None:
-        """Kills SuperNode ``partition`` and its ClientApp at once (SIGKILL, no goodbye)."""
-        node = self.nodes[partition]
-        os.killpg(node.pid, signal.SIGKILL)
-        node.wait()
+        """Kills SuperNode ``partition`` and its ClientApp at once (SIGKILL, no goodbye), with
+        the node's SuperExec where the deployment started it."""
+        processes = [self.nodes[partition]]
+        if self.node_executors:
+            processes.append(self.node_executors[partition])
+        for process in processes:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def stop(self) -> None:
-        for process in [*self.nodes, self.link]:
+        processes = [*self.node_executors, self.link_executor, *self.nodes, self.link]
+        for process in processes:
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in [*self.nodes, self.link]:
+        for process in processes:
             if process is not None:
                 try:
                     process.wait(timeout=15)
@@ -253,12 +298,15 @@ def _rounds_done(metrics_path: Path) -> int:
 
 def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 60.0,
            kill_after_round: Optional[int] = None, kill_partition: int = 0,
-           run_timeout: Optional[float] = None, insecure: bool = False) -> Dict:
+           run_timeout: Optional[float] = None, insecure: bool = False,
+           isolation: str = 'subprocess') -> Dict:
     """Runs ``config`` on a :class:`LocalDeployment` of ``num_nodes`` SuperNodes.
 
     Args:
         timeout: seconds the server waits for a round's replies.
         insecure: without TLS and node authentication.
+        isolation: Flower's isolation mode, ``'subprocess'`` or ``'process'``
+            (:class:`LocalDeployment`).
         kill_after_round: kill SuperNode ``kill_partition`` as soon as this many rounds are
             done (a fault in the middle of the run).
         run_timeout: seconds the whole run may take (``None``: no limit).
@@ -271,7 +319,7 @@ def deploy(config: TrainConfig, num_nodes: int, workdir: Path, timeout: float = 
     out = workdir / 'run'
     app = workdir / 'app'
     write_app(app, config, out=str(out), timeout=timeout, **{'min-nodes': num_nodes})
-    with LocalDeployment(workdir, num_nodes, insecure) as deployment:
+    with LocalDeployment(workdir, num_nodes, insecure, isolation) as deployment:
         idle_began = time.monotonic()
         time.sleep(5)  # the SuperNodes connect and poll: what an idle node costs
         idle = [counter.snapshot() for counter in deployment.counters]
