@@ -170,6 +170,9 @@ class ClientPartition:
                 self._membership = torch.zeros(self.num_clients * self.num_items,
                                                dtype=torch.bool, device=self.col.device)
                 self._membership[edge_keys] = True
+            elif edge_keys.device.type == 'cpu':
+                edge_keys.numpy().sort()  # in place: torch.sort would add E values and E indices
+                self._membership = edge_keys
             else:
                 self._membership = torch.sort(edge_keys).values
         return self._membership
