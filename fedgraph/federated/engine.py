@@ -105,9 +105,6 @@ class FederatedEngine(RoundEngine):
             secure=secure is not None, server_noise=self.server.server_noise)
         self.personal = PersonalItemRows(model.num_clients, model.num_items, model.dim,
                                          model.item.device, model.item.dtype)
-        #: The bytes a client uploads and downloads each round beside the shared parameters
-        #: (a graph model: its user embedding up, its context down).
-        self.side_bytes: Tuple[float, float] = (0.0, 0.0)
         #: What stands between the clients' honest uploads and the server in a simulated
         #: attack (:mod:`fedgraph.poisoning`): ``ClientRound -> ClientRound``.
         self.adversary: Optional[Callable[[ClientRound], ClientRound]] = None

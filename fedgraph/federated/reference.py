@@ -135,9 +135,10 @@ class ReferenceEngine(RoundEngine):
         dense_bytes = self.model.dense_bytes()
         stats = RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
                            upload_bytes=upload.row_owner.numel() / len(tables) * row_bytes
-                           + dense_bytes,
+                           + dense_bytes + self.side_bytes[0],
                            download_bytes=float(global_items.numel()
-                                                * global_items.element_size()) + dense_bytes)
+                                                * global_items.element_size()) + dense_bytes
+                           + self.side_bytes[1])
         return stats, ClientRound(upload, plan.num_samples, torch.tensor(losses))
 
     def count_participation(self, clients: Tensor) -> None:

@@ -29,6 +29,9 @@ class RoundEngine:
     #: Called with a round's plan before its clients train (a graph model propagates the
     #: context of the plan's clients and items here); ``None``: nothing.
     before_training: Optional[Callable[[RoundPlan], None]] = None
+    #: The bytes a client uploads and downloads each round beside the shared parameters
+    #: (a graph model: its user embedding up, its context down).
+    side_bytes: Tuple[float, float] = (0.0, 0.0)
 
     @property
     def federated(self) -> Optional['RoundEngine']:
