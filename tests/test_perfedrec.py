@@ -323,6 +323,23 @@ def test_scores_are_the_weighted_levels(trained):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_uniformity_propagates_only_its_sampled_rows_as_the_whole_graph_would(split):
+    """The uniformity of a round's record propagates only the users and items it samples,
+    and equals the uniformity of the same sample of the whole graph's final vectors."""
+    from fedgraph.metrics.representation import uniformity
+
+    engine, generator, _ = _build(split)
+    engine.run_round(generator)
+    users, items = engine.propagated()
+    for max_points in (10, 50, 1000):
+        sample = torch.Generator().manual_seed(0)
+        expected = {'user': uniformity(users, max_points=max_points, generator=sample),
+                    'item': uniformity(items, max_points=max_points, generator=sample)}
+        measured = engine.uniformity(max_points)
+        assert measured == pytest.approx(expected, abs=1e-6)
+    assert engine.uniformity(10) != pytest.approx(engine.uniformity(50), abs=1e-6)
+
+
 def test_export_and_uniformity(trained):
     engine, _, _, _ = trained
     exported = engine.export()

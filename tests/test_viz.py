@@ -154,8 +154,9 @@ def test_the_uniformity_plot_shows_the_uniformity_a_run_records(tmp_path):
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert titles == [f'users\nuniformity {recorded["user"]:.3f}',
                       f'items\nuniformity {recorded["item"]:.3f}']
-    assert uniformity(items) == recorded['item']
-    assert uniformity(items, max_points=None) != recorded['item']
+    # The record propagates the sampled rows only: the same vectors up to float rounding.
+    assert uniformity(items) == pytest.approx(recorded['item'], abs=1e-6)
+    assert uniformity(items, max_points=None) != pytest.approx(recorded['item'], abs=1e-6)
 
 
 def test_the_privacy_panel_has_a_log_epsilon_axis():

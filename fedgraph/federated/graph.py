@@ -35,7 +35,7 @@ from fedgraph.federated.pretraining import LocalClients, RemoteClients, pretrain
 from fedgraph.federated.private_graph import SecurePropagation
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.federated.trust import finite_rows
-from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, uniformity
+from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, sample_index, uniformity
 from fedgraph.nn.augment import Compose, PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 from fedgraph.nn.levels import combine_levels
@@ -467,11 +467,31 @@ class GraphFederatedEngine(RoundEngine):
         return {'uniformity': self.uniformity()}
 
     def uniformity(self, max_points: int = UNIFORMITY_SAMPLE) -> Dict[str, float]:
-        """Uniformity of the global model's final user and item vectors."""
-        users, items = self.propagated()
+        """Uniformity of the global model's final user and item vectors
+        (:meth:`propagated`), on the rows :func:`~fedgraph.metrics.representation.
+        sample_index` draws from one generator seeded with 0 (the users' first), which alone
+        are propagated (:meth:`final_rows`)."""
         generator = torch.Generator().manual_seed(0)
-        return {'user': uniformity(users, max_points=max_points, generator=generator),
-                'item': uniformity(items, max_points=max_points, generator=generator)}
+        users, items = self.final_rows(
+            sample_index(self.model.num_clients, max_points, generator),
+            sample_index(self.model.num_items, max_points, generator))
+        return {'user': uniformity(users, max_points=None),
+                'item': uniformity(items, max_points=None)}
+
+    def final_rows(self, users: Optional[Tensor] = None,
+                   items: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """:meth:`propagated` at the rows ``users`` and ``items`` (``None``: all),
+        :math:`X^{(0)} / (K + 1)` plus their context over their K-hop neighbourhoods only
+        (:meth:`FederatedGNN.context_rows <fedgraph.nn.gnn.FederatedGNN.context_rows>`)."""
+        user, item = self.user_table.detach(), self.model.item.detach()
+        users = torch.arange(user.size(0), device=user.device) if users is None else users
+        items = torch.arange(item.size(0), device=item.device) if items is None else items
+        if not self.gnn.num_layers or self.graph is None:
+            return user[users], item[items]
+        user_context, item_context = self.gnn.context_rows(user, item, self.graph, users,
+                                                           items)
+        scale = 1.0 / (self.gnn.num_layers + 1)
+        return user[users] * scale + user_context, item[items] * scale + item_context
 
     def export(self) -> Dict[str, Tensor]:
         """Embeddings and cluster assignment for plotting."""

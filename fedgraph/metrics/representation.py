@@ -27,18 +27,24 @@ from torch import Tensor
 UNIFORMITY_SAMPLE = 1000
 
 
-def sample_rows(embeddings: Tensor, max_points: Optional[int] = UNIFORMITY_SAMPLE,
-                generator: Optional[torch.Generator] = None) -> Tensor:
-    """The rows of ``embeddings`` ``[N, d]`` when there are at most ``max_points`` (or
-    ``max_points`` is ``None``), else the first ``max_points`` of a random permutation drawn
-    by ``generator`` (default: one seeded with 0, so that the same embeddings give the same
-    sample wherever they are measured)."""
-    if max_points is None or embeddings.size(0) <= max_points:
-        return embeddings
+def sample_index(num_rows: int, max_points: Optional[int] = UNIFORMITY_SAMPLE,
+                 generator: Optional[torch.Generator] = None) -> Optional[Tensor]:
+    """Which of ``num_rows`` rows :func:`sample_rows` keeps: ``None`` (all of them) when
+    there are at most ``max_points`` (or ``max_points`` is ``None``), else the first
+    ``max_points`` of a random permutation drawn by ``generator`` (default: one seeded with
+    0, so that the same embeddings give the same sample wherever they are measured)."""
+    if max_points is None or num_rows <= max_points:
+        return None
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    index = torch.randperm(embeddings.size(0), generator=generator)[:max_points]
-    return embeddings[index.to(embeddings.device)]
+    return torch.randperm(num_rows, generator=generator)[:max_points]
+
+
+def sample_rows(embeddings: Tensor, max_points: Optional[int] = UNIFORMITY_SAMPLE,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """The rows of ``embeddings`` ``[N, d]`` that :func:`sample_index` keeps."""
+    index = sample_index(embeddings.size(0), max_points, generator)
+    return embeddings if index is None else embeddings[index.to(embeddings.device)]
 
 
 def uniformity(embeddings: Tensor, t: float = 2.0,
