@@ -59,7 +59,6 @@ class ClientPartition:
         self.col = col
         self.num_items = int(num_items)
         self._membership: Optional[Tensor] = None
-        self._row: Optional[Tensor] = None
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_clients: int,
@@ -98,11 +97,10 @@ class ClientPartition:
 
     @property
     def row(self) -> Tensor:
-        """``[E]`` the client of each entry of ``col`` (built once)."""
-        if self._row is None:
-            self._row = torch.repeat_interleave(
-                torch.arange(self.num_clients, device=self.ptr.device), self.degree)
-        return self._row
+        """``[E]`` the client of each entry of ``col`` (built at each call, not kept: it
+        would take as much memory as ``col``)."""
+        return torch.repeat_interleave(torch.arange(self.num_clients, device=self.ptr.device),
+                                       self.degree, output_size=self.col.numel())
 
     def edge_index(self) -> Tensor:
         """``[2, E]`` the ``(client, item)`` pairs in CSR order."""

@@ -50,6 +50,24 @@ def csr_rows(matrix: Tensor, rows: Tensor) -> Tensor:
     return sparse_csr(out_crow, col[position], values[position], size)
 
 
+def _covering_rows(matrix: Tensor, rows: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    """The rows of a sparse CSR ``matrix`` that cover ``rows``, and where ``rows`` sit in
+    them: the view of the rows' whole span when they fill at least half of it (a round's
+    items, most of the catalogue: no copy of their entries), else the rows gathered
+    (:func:`csr_rows`) and ``None``."""
+    if rows.numel():
+        low, high = int(rows.min()), int(rows.max())
+        if high - low + 1 <= 2 * rows.numel():
+            span = torch.arange(low, high + 1, device=rows.device)
+            return csr_rows(matrix, span), rows - low
+    return csr_rows(matrix, rows), None
+
+
+def _at(values: Tensor, position: Optional[Tensor]) -> Tensor:
+    """``values[position]``, or ``values`` for ``None``."""
+    return values if position is None else values[position]
+
+
 @dataclass
 class CollaborativeGraph:
     """The bipartite user-item graph a server holds: one edge per item a client reported.
@@ -203,31 +221,33 @@ class FederatedGNN(nn.Module):
         x = torch.cat([user, item])
         adjacency = graph.normalized_adjacency(x.device, x.dtype)
         targets = torch.cat([users, items + user.size(0)])
-        # layers[k - 1]: F_k's parts and the adjacency's rows of each, or None for every
-        # node; the last layer's parts are the users' and the items' rows.
-        layers: List[Optional[List[Tuple[Tensor, Tensor]]]] = [None] * self.num_layers
+        # layers[k - 1]: F_k's parts, each with the adjacency's rows that cover it and
+        # where the part sits in them (None for every node); the last layer's parts are
+        # the users' and the items' rows.
+        layers: List[Optional[List[Tuple[Tensor, Tensor, Optional[Tensor]]]]] = \
+            [None] * self.num_layers
         parts = [users, items + user.size(0)]
         for layer in range(self.num_layers - 1, -1, -1):
             if sum(part.numel() for part in parts) > self.FULL_SHARE * num_nodes:
                 break
-            layers[layer] = [(part, csr_rows(adjacency, part)) for part in parts]
+            layers[layer] = [(part, *_covering_rows(adjacency, part)) for part in parts]
             if layer:
                 grown = torch.zeros(num_nodes, dtype=torch.bool, device=x.device)
-                for part, rows in layers[layer]:
+                for part, rows, _ in layers[layer]:
                     grown[part] = True
-                    grown[rows.col_indices().long()] = True
+                    grown[rows.col_indices()] = True
                 parts = [grown.nonzero().view(-1)]
         total = torch.zeros_like(x[targets])
-        for layer, rows in enumerate(layers):
-            if rows is None:
+        for layer, blocks in enumerate(layers):
+            if blocks is None:
                 x = adjacency @ x
             elif layer == self.num_layers - 1:  # its parts are the targets
-                total += torch.cat([sub @ x for _, sub in rows])
+                total += torch.cat([_at(rows @ x, position) for _, rows, position in blocks])
                 break
             else:
                 spread = torch.zeros_like(x)
-                for part, sub in rows:
-                    spread[part] = sub @ x
+                for part, rows, position in blocks:
+                    spread[part] = _at(rows @ x, position)
                 x = spread
             total += x[targets]
         total /= self.num_layers + 1
