@@ -345,6 +345,19 @@ def test_csr_rows_are_the_dense_rows(float64, rows):
     torch.testing.assert_close(csr_rows(adjacency, rows).to_dense(), adjacency.to_dense()[rows])
 
 
+@pytest.mark.parametrize('low,high', [(3, 6), (0, 69), (40, 40), (65, 69)])
+def test_csr_span_is_a_view_of_the_dense_rows(float64, low, high):
+    from fedgraph.nn.gnn import csr_span
+
+    adjacency = _random_graph().normalized_adjacency()
+    span = csr_span(adjacency, low, high)
+    torch.testing.assert_close(span.to_dense(), adjacency.to_dense()[low:high + 1])
+    # A view: the span's entries are the matrix's own.
+    for part in ('values', 'col_indices'):
+        assert (getattr(span, part)().untyped_storage().data_ptr()
+                == getattr(adjacency, part)().untyped_storage().data_ptr())
+
+
 @pytest.mark.parametrize('num_layers', [1, 2, 3])
 @pytest.mark.parametrize('full_share', [0.0, 0.5, 1.0])
 def test_context_rows_equal_the_full_context_at_those_rows(float64, monkeypatch, num_layers,

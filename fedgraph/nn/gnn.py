@@ -30,14 +30,8 @@ def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int])
 def csr_rows(matrix: Tensor, rows: Tensor) -> Tensor:
     """``matrix[rows]`` of a sparse CSR ``matrix`` as a sparse CSR matrix of
     ``rows.numel()`` rows (torch has no row ``index_select`` for CSR): the rows' segments
-    gathered, in ``O(rows + their entries)``; a run of consecutive rows is a view."""
-    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    size = (rows.numel(), matrix.size(1))
-    if rows.numel() and int(rows[-1]) - int(rows[0]) + 1 == rows.numel() and bool(
-            (rows[1:] - rows[:-1] == 1).all()):
-        first, last = int(crow[rows[0]]), int(crow[rows[-1] + 1])
-        return sparse_csr(crow[int(rows[0]):int(rows[-1]) + 2] - first, col[first:last],
-                          values[first:last], size)
+    gathered, in ``O(rows + their entries)``."""
+    crow = matrix.crow_indices()
     start, end = crow[rows].long(), crow[rows + 1].long()
     counts = end - start
     out_crow = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
@@ -47,19 +41,28 @@ def csr_rows(matrix: Tensor, rows: Tensor) -> Tensor:
     shift = start - out_crow[:-1].long()
     position = torch.arange(total, device=crow.device) + torch.repeat_interleave(
         shift, counts, output_size=total)
-    return sparse_csr(out_crow, col[position], values[position], size)
+    return sparse_csr(out_crow, matrix.col_indices()[position], matrix.values()[position],
+                      (rows.numel(), matrix.size(1)))
+
+
+def csr_span(matrix: Tensor, low: int, high: int) -> Tensor:
+    """Rows ``low`` to ``high`` (included) of a sparse CSR ``matrix``: a view of its
+    entries, nothing copied but the row offsets."""
+    crow = matrix.crow_indices()
+    first, last = int(crow[low]), int(crow[high + 1])
+    return sparse_csr(crow[low:high + 2] - first, matrix.col_indices()[first:last],
+                      matrix.values()[first:last], (high - low + 1, matrix.size(1)))
 
 
 def _covering_rows(matrix: Tensor, rows: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     """The rows of a sparse CSR ``matrix`` that cover ``rows``, and where ``rows`` sit in
-    them: the view of the rows' whole span when they fill at least half of it (a round's
-    items, most of the catalogue: no copy of their entries), else the rows gathered
+    them: the view of the rows' whole span when they fill at least half of it
+    (:func:`csr_span`; a round's items, most of the catalogue), else the rows gathered
     (:func:`csr_rows`) and ``None``."""
     if rows.numel():
         low, high = int(rows.min()), int(rows.max())
         if high - low + 1 <= 2 * rows.numel():
-            span = torch.arange(low, high + 1, device=rows.device)
-            return csr_rows(matrix, span), rows - low
+            return csr_span(matrix, low, high), rows - low
     return csr_rows(matrix, rows), None
 
 
