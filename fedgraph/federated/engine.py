@@ -163,13 +163,10 @@ class FederatedEngine(RoundEngine):
         dense_upload = (privacy is not None and not privacy.central)
         row_bytes = (base.numel() * base.element_size() if dense_upload
                      else float(rows_per_client.double().mean()) * self.row_bytes)
-        side_up, side_down = self.side_bytes
         return RoundStats(
             loss=float(result.loss.mean()), num_clients=num_clients,
-            upload_bytes=row_bytes + self.model.dense_bytes() + side_up,
-            download_bytes=float(base.numel() * base.element_size()) + self.model.dense_bytes()
-            + side_down,
-            dropped=dict(dropped or {}))
+            upload_bytes=row_bytes + self.model.dense_bytes() + self.side_bytes[0],
+            download_bytes=self.download_bytes(base), dropped=dict(dropped or {}))
 
     def aggregate_secure(self, base: Tensor, result: ClientRound,
                          generator: torch.Generator) -> RoundStats:
@@ -212,8 +209,7 @@ class FederatedEngine(RoundEngine):
             loss=None if totals.loss is None else totals.loss / num_clients,
             num_clients=num_clients,
             upload_bytes=SecureAggregation.upload_bytes(size) + self.side_bytes[0],
-            download_bytes=float(base.numel() * base.element_size()) + model.dense_bytes()
-            + self.side_bytes[1],
+            download_bytes=self.download_bytes(base),
             dropped=dropped)
 
     def count_participation(self, clients: Tensor) -> None:

@@ -300,8 +300,8 @@ class _Guided:
 class GraphGuidedEngine(_Guided, FederatedEngine):
     """GPFedRec on the vectorized engine (see the module docstring), as the two halves of a
     round that a deployment runs apart: :meth:`local_round` on the clients' devices,
-    :meth:`aggregate` on the server (also the reference engine's). Its clients train with SGD (the closed form of the
-    untouched rows is SGD's)."""
+    :meth:`aggregate` on the server (also the reference engine's). Its clients train with
+    SGD (the closed form of the untouched rows is SGD's)."""
 
     def __init__(self, *args, guided: GraphGuidedState, **kwargs):
         super().__init__(*args, guided=guided, **kwargs)

@@ -132,13 +132,10 @@ class ReferenceEngine(RoundEngine):
                 copies = dense[name] + value.detach()
                 value.copy_((copies * weight.view(-1, *[1] * value.dim())).sum(0) / weight.sum())
         row_bytes = self.model.dim * global_items.element_size() + BYTES_PER_INDEX
-        dense_bytes = self.model.dense_bytes()
         stats = RoundStats(loss=sum(losses) / len(losses), num_clients=len(tables),
                            upload_bytes=upload.row_owner.numel() / len(tables) * row_bytes
-                           + dense_bytes + self.side_bytes[0],
-                           download_bytes=float(global_items.numel()
-                                                * global_items.element_size()) + dense_bytes
-                           + self.side_bytes[1])
+                           + self.model.dense_bytes() + self.side_bytes[0],
+                           download_bytes=self.download_bytes(global_items))
         return stats, ClientRound(upload, plan.num_samples, torch.tensor(losses))
 
     def count_participation(self, clients: Tensor) -> None:

@@ -58,6 +58,12 @@ class RoundEngine:
         """Tensors saved as the run's ``embeddings.pt`` at its end (``None``: none)."""
         return None
 
+    def download_bytes(self, table: Tensor) -> float:
+        """What a client downloads in a round: the item table ``table``, the dense shared
+        parameters and :attr:`side_bytes`'s share."""
+        return (float(table.numel() * table.element_size()) + self.model.dense_bytes()
+                + self.side_bytes[1])
+
     def planned(self, plan: RoundPlan) -> RoundPlan:
         """``plan``, once :attr:`before_training` has seen it."""
         if self.before_training is not None:
