@@ -93,6 +93,32 @@ def test_freed_memory_is_kept_on_glibc():
     assert runtime.keep_freed_memory() is True
 
 
+@pytest.mark.parametrize('keep', [True, False])
+def test_a_benchmark_worker_keeps_freed_memory_only_when_asked(keep):
+    """``--return-freed-memory`` reaches the worker: glibc then still maps a large block of
+    its own (and returns it when freed), where kept memory serves it from the heap."""
+    payload = {'config': {'algorithm': 'pfedrec', 'dataset': 'synthetic', 'seed': 0,
+                          'clients_per_round': 20, 'threads': 1},
+               'synthetic': {'num_users': 100, 'num_items': 1000}, 'rounds': 1,
+               'keep_memory': keep}
+    code = ('import ctypes, sys\n'
+            'import numpy as np\n'
+            'from fedgraph.cli import main\n'
+            'class Info(ctypes.Structure):\n'
+            '    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks '
+            'hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]\n'
+            'libc = ctypes.CDLL("libc.so.6")\n'
+            'libc.mallinfo2.restype = Info\n'
+            'main(["bench", "worker", sys.argv[1]])\n'
+            'before = libc.mallinfo2().hblkhd\n'
+            'block = np.ones(64 << 20, np.uint8)\n'
+            'print("mapped", libc.mallinfo2().hblkhd - before >= 64 << 20)\n')
+    done = subprocess.run([sys.executable, '-c', code, json.dumps(payload)],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.splitlines()[0])['users'] == 100
+    assert done.stdout.splitlines()[-1] == f'mapped {not keep}'
+
+
 def test_compiled_kernels_keep_the_threads_configured():
     """Starting numba's thread pool must not reset PyTorch's threads (an OpenMP pool would)."""
     code = ('import torch, numba\n'

@@ -453,7 +453,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     from fedgraph import runtime
     from fedgraph.server.loop import RunFailed
 
-    runtime.keep_freed_memory()  # this process is the command's: its rounds reuse their pages
+    if args.command != 'bench':  # a benchmark's workers set it as --return-freed-memory says
+        runtime.keep_freed_memory()  # this process is the command's: its rounds reuse their pages
     try:
         run_command(args)
     except (RunFailed, OSError) as error:  # OSError: a file it cannot read or write
