@@ -36,6 +36,20 @@ def test_chunk_size_does_not_change_the_graph(graph):
     assert torch.equal(chunked[RATES].edge_index, graph[RATES].edge_index)
 
 
+def test_users_near_a_small_catalogues_cap_keep_fewer_and_their_items_stay_theirs():
+    """With 12 items the cap is 6 a user, and repeated draws leave some users short of
+    their degree; each chunk then writes fewer pairs than room was made for, and the users'
+    items must still sit beside their users, chunked or not."""
+    small = dict(num_users=400, num_items=12, min_degree=5, mean_degree=6, seed=4)
+    whole, chunked = (synthetic_interactions(**small, chunk_size=size) for size in (1 << 22, 100))
+    edges = whole[RATES].edge_index
+    assert torch.equal(chunked[RATES].edge_index, edges) and edges.is_contiguous()
+    degree = torch.bincount(edges[0], minlength=400)
+    assert int(degree.max()) == 6 and int(degree.min()) < 5  # some users came up short
+    assert bool((edges[0][1:] >= edges[0][:-1]).all())
+    assert (edges[0] * 12 + edges[1]).unique().numel() == edges.size(1)
+
+
 def test_structure(graph):
     assert graph[USER].num_nodes == NUM_USERS
     assert graph[ITEM].num_nodes == NUM_ITEMS

@@ -61,7 +61,11 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
     cdf /= cdf[-1]
     item_of_rank = rng.permutation(num_items)
 
-    users, items = [], []
+    # Users in the first half, their items in the second, written chunk by chunk: no
+    # per-chunk lists to join and no stacking, each a copy of every interaction.
+    capacity = int(degree.sum())
+    edges = np.empty(2 * capacity, np.int64)
+    filled = 0
     draws = np.ceil(degree * OVERSAMPLING).astype(np.int64) + 8
     bounds = np.searchsorted(np.cumsum(draws), np.arange(chunk_size, draws.sum(), chunk_size))
     for chunk in np.split(np.arange(num_users), bounds):
@@ -77,9 +81,13 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
         starts = np.r_[0, np.flatnonzero(np.diff(user)) + 1]
         rank = np.arange(len(user)) - np.repeat(starts, np.diff(np.r_[starts, len(user)]))
         keep = rank < degree[user]
-        users.append(user[keep])
-        items.append(item[keep])
-    user, item = np.concatenate(users), np.concatenate(items)
+        count = int(np.count_nonzero(keep))
+        edges[filled:filled + count] = user[keep]
+        edges[capacity + filled:capacity + filled + count] = item[keep]
+        filled += count
+    if filled < capacity:  # a user near the cap kept fewer: the items follow the users
+        edges[filled:2 * filled] = edges[capacity:capacity + filled]
+    edge_index = torch.from_numpy(edges[:2 * filled].reshape(2, filled))
 
     data = HeteroData()
     data.name = f'synthetic-{num_users}x{num_items}'
@@ -90,11 +98,10 @@ def synthetic_interactions(num_users: int = 1000, num_items: int = 2000,
     data[USER].raw_id = torch.arange(num_users)
     data[ITEM].num_nodes = num_items
     data[ITEM].raw_id = torch.arange(num_items)
-    edge_index = torch.from_numpy(np.stack([user, item]))
     data[RATES].edge_index = edge_index
-    data[RATES].time = torch.arange(len(user))
+    data[RATES].time = torch.arange(filled)
     data[RATED_BY].edge_index = edge_index.flip(0)
-    log.info('%s: %d interactions', data.name, len(user))
+    log.info('%s: %d interactions', data.name, filled)
     return data
 
 
