@@ -31,6 +31,15 @@ def test_from_edge_index_groups_by_user_keeping_order():
     assert p.edge_index().tolist() == [[0, 0, 1, 2, 2, 2], [3, 0, 4, 5, 1, 2]]
 
 
+def test_edges_already_in_client_order_give_the_same_partition_in_memory_of_its_own():
+    grouped = EDGES[:, torch.sort(EDGES[0], stable=True).indices]
+    p = ClientPartition.from_edge_index(grouped, num_clients=4, num_items=6)
+    assert p.ptr.tolist() == _partition().ptr.tolist()
+    assert p.col.tolist() == _partition().col.tolist()
+    grouped[1, 0] = 99  # the data may be freed or changed: the partition keeps its own copy
+    assert p.col.tolist() == [3, 0, 4, 5, 1, 2]
+
+
 def test_items_of():
     p = _partition()
     assert p.items_of(0).tolist() == [3, 0]

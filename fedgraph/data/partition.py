@@ -63,12 +63,15 @@ class ClientPartition:
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_clients: int,
                         num_items: int) -> 'ClientPartition':
-        """Groups ``(user, item)`` edges by user; the order within a user is kept."""
+        """Groups ``(user, item)`` edges by user; the order within a user is kept. Edges
+        already grouped (in client order, as the data sets are) are copied, not sorted."""
         user = edge_index[0]
-        order = torch.sort(user, stable=True).indices
         degree = torch.bincount(user, minlength=num_clients)
         ptr = torch.zeros(num_clients + 1, dtype=torch.long, device=user.device)
         torch.cumsum(degree, 0, out=ptr[1:])
+        if bool((user[1:] >= user[:-1]).all()):
+            return cls(ptr, edge_index[1].clone(), num_items)
+        order = torch.sort(user, stable=True).indices
         return cls(ptr, edge_index[1, order].contiguous(), num_items)
 
     @classmethod
