@@ -9,6 +9,7 @@ import torch
 import fedgraph.nn
 from fedgraph.nn import (ClientDropout, CollaborativeGraph, Compose, LaplaceLDP, PseudoItems,
                          SimGCLNoise)
+from fedgraph.data import ClientPartition
 from fedgraph.nn.contrastive import info_nce
 from fedgraph.privacy.upload import UploadTransform
 
@@ -122,6 +123,18 @@ def test_pseudo_items_are_capped_by_free_items(degrees, num_items, ratio, expect
     assert [len(added.get(u, [])) for u in range(len(degrees))] == expected
     for user, items in added.items():
         assert not set(items) & set(_items_by_user(graph.edge_index)[user])
+
+
+@pytest.mark.parametrize('ratio', [0.0, 0.3, 0.5])
+def test_a_partitions_graph_with_pseudo_items_equals_the_view_of_its_graph(ratio):
+    graph = _graph([4, 0, 6, 12, 1, 9], num_items=40, seed=3)
+    partition = ClientPartition.from_edge_index(graph.edge_index, 6, 40)
+    built = PseudoItems(ratio).graph_of(partition, torch.Generator().manual_seed(7))
+    viewed = PseudoItems(ratio)(CollaborativeGraph(partition.edge_index(), 6, 40),
+                                torch.Generator().manual_seed(7))
+    assert torch.equal(built.edge_index, viewed.edge_index)
+    assert built.num_edges == 32 + (0 if ratio == 0 else
+                                    sum(max(1, int(d * ratio)) for d in (4, 6, 12, 1, 9)))
 
 
 def test_pseudo_items_ratio_zero_is_identity_and_seeded():

@@ -336,6 +336,22 @@ def test_normalized_adjacency_is_gcn_norm_with_repeated_edges(float64):
     assert graph.normalized_adjacency() is adjacency
 
 
+def test_adjacency_rows_hold_the_users_edges_in_edge_order_and_the_items_in_user_order():
+    """The order of a row's entries is the order of the sums of a propagation: a user's
+    row lists its edges as the graph lists them, an item's row lists its users in the order
+    of the users' rows (as stable sorts by user, then by item, leave them)."""
+    graph = _random_graph()
+    user, item = graph.edge_index.tolist()
+    adjacency = graph.normalized_adjacency()
+    crow, col = adjacency.crow_indices().tolist(), adjacency.col_indices().tolist()
+    rows = [col[crow[node]:crow[node + 1]] for node in range(70)]
+    by_user = sorted(range(len(user)), key=lambda edge: user[edge])
+    for node in range(40):
+        assert rows[node] == [item[edge] + 40 for edge in by_user if user[edge] == node]
+    for node in range(30):
+        assert rows[40 + node] == [user[edge] for edge in by_user if item[edge] == node]
+
+
 @pytest.mark.parametrize('rows', [[5, 2, 2, 60, 0], [3, 4, 5, 6], [], list(range(70))])
 def test_csr_rows_are_the_dense_rows(float64, rows):
     from fedgraph.nn.gnn import csr_rows

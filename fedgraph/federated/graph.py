@@ -59,10 +59,8 @@ def enrollment_graph(partition: ClientPartition, pseudo: PseudoItems,
     """The server's collaborative graph from what the clients of ``partition`` upload when
     they enroll: their training items plus pseudo-items, drawn from one shared generator or
     from each client's own stream (client ``c`` draws from ``randomness[c]``)."""
-    graph = CollaborativeGraph(partition.edge_index(), partition.num_clients,
-                               partition.num_items)
     if isinstance(randomness, torch.Generator):
-        return pseudo(graph, randomness)
+        return pseudo.graph_of(partition, randomness)
     edges = []
     for client, stream in enumerate(randomness):
         items = pseudo.client_items(partition.items_of(client), partition.num_items, stream)
@@ -198,15 +196,19 @@ class GraphFederatedEngine(RoundEngine):
         through the same clipping and noise as their item rows (noise from one shared
         generator, or from each client's own stream), and the server adds it to its view;
         returns how many uploads it dropped (:meth:`absorb_user_updates`)."""
-        return self.absorb_user_updates(clients, user_upload(
-            self.training.upload, self.user_table.detach()[clients] - self.server_users[clients],
-            randomness))
+        change = self.user_table.detach()[clients]
+        change -= self.server_users[clients]
+        return self.absorb_user_updates(clients, user_upload(self.training.upload, change,
+                                                             randomness))
 
     def absorb_user_updates(self, clients: Tensor, change: Tensor) -> int:
         """The server's view of ``clients``' embeddings takes their uploaded changes, but for
         those that are not finite (dropped, as :mod:`fedgraph.federated.trust` drops rows);
         returns how many it dropped."""
         finite = finite_rows(change)
+        if bool(finite.all()):  # (the clients are distinct)
+            self.server_users.index_add_(0, clients, change.to(self.server_users.dtype))
+            return 0
         self.server_users[clients[finite]] += change[finite].to(self.server_users.dtype)
         return int((~finite).sum())
 

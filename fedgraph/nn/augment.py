@@ -62,16 +62,37 @@ class PseudoItems:
             return graph
         partition = ClientPartition.from_edge_index(graph.edge_index, graph.num_users,
                                                     graph.num_items)
+        return CollaborativeGraph(torch.cat([graph.edge_index,
+                                             self.pseudo_edges(partition, generator)], dim=1),
+                                  graph.num_users, graph.num_items)
+
+    def pseudo_edges(self, partition: ClientPartition, generator: torch.Generator) -> Tensor:
+        """``[2, P]`` the ``(client, pseudo-item)`` pairs of the clients of ``partition``,
+        clients that ask for as many drawn together, in increasing order of that count."""
         clients = torch.nonzero(partition.degree > 0).view(-1)
         count = torch.clamp(torch.floor(partition.degree[clients] * self.ratio).long(), min=1)
-        count = torch.minimum(count, graph.num_items - partition.degree[clients])
-        edges = [graph.edge_index]
-        for size in torch.unique(count).tolist():  # clients asking for as many, together
+        count = torch.minimum(count, partition.num_items - partition.degree[clients])
+        edges = [torch.empty(2, 0, dtype=torch.long)]
+        for size in torch.unique(count).tolist():
             if size:
                 group = clients[count == size]
                 pseudo = partition.sample_negatives(group, size, generator)
                 edges.append(torch.stack([group.repeat_interleave(size), pseudo.reshape(-1)]))
-        return CollaborativeGraph(torch.cat(edges, dim=1), graph.num_users, graph.num_items)
+        return torch.cat(edges, dim=1)
+
+    def graph_of(self, partition: ClientPartition,
+                 generator: torch.Generator) -> CollaborativeGraph:
+        """The graph of the clients' edges in ``partition`` followed by their pseudo-items:
+        what the call gives for the graph of ``partition.edge_index()``, written into one
+        tensor (the edges are not copied once more to be joined)."""
+        pseudo = (self.pseudo_edges(partition, generator) if self.ratio
+                  else torch.empty(2, 0, dtype=torch.long))
+        real = partition.num_interactions
+        edges = torch.empty(2, real + pseudo.size(1), dtype=torch.long)
+        edges[0, :real] = partition.row
+        edges[1, :real] = partition.col
+        edges[:, real:] = pseudo
+        return CollaborativeGraph(edges, partition.num_clients, partition.num_items)
 
     def client_items(self, items: Tensor, num_items: int,
                      generator: torch.Generator) -> Tensor:

@@ -5,6 +5,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
+import numba
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import to_torch_csr_tensor
@@ -106,7 +107,8 @@ class CollaborativeGraph:
         :math:`1 / \\sqrt{d_u d_i}`; the users' rows hold their edges in the order of
         :attr:`edge_index` sorted by user, the items' rows the same edges sorted by item.
         Indices are 32-bit while the nodes fit, so the matrix takes 16 bytes an edge
-        (both directions) and its construction no more than about twice that.
+        (both directions), and two counting sorts write it in place: building it takes no
+        memory but its own. It is built on the CPU and moved to ``device``.
         """
         device = torch.device(device if device is not None else 'cpu')
         dtype = dtype or torch.get_default_dtype()
@@ -119,22 +121,18 @@ class CollaborativeGraph:
     def _build_adjacency(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         num_nodes = self.num_users + self.num_items
         index = torch.int32 if num_nodes < 2 ** 31 and self.num_edges < 2 ** 30 else torch.long
-        user, item = self.edge_index.to(device)
-        user_degree = torch.bincount(user, minlength=self.num_users)
-        item_degree = torch.bincount(item, minlength=self.num_items)
-        inverse = torch.cat([user_degree, item_degree]).to(dtype).rsqrt()
-        weight = inverse[user] * inverse[item + self.num_users]
-        if bool((user[1:] < user[:-1]).any()):
-            by_user = torch.sort(user, stable=True).indices
-            user, item, weight = user[by_user], item[by_user], weight[by_user]
-            del by_user
-        by_item = torch.sort(item, stable=True).indices
-        col = torch.cat([(item + self.num_users).to(index), user[by_item].to(index)])
-        values = torch.cat([weight, weight[by_item]])
-        del by_item, user, item, weight
-        crow = torch.zeros(num_nodes + 1, dtype=index, device=device)
-        torch.cumsum(torch.cat([user_degree, item_degree]), 0, out=crow[1:])
-        return sparse_csr(crow, col, values, (num_nodes, num_nodes))
+        user, item = self.edge_index.cpu()
+        degree = torch.cat([torch.bincount(user, minlength=self.num_users),
+                            torch.bincount(item, minlength=self.num_items)])
+        crow = torch.zeros(num_nodes + 1, dtype=index)
+        torch.cumsum(degree, 0, out=crow[1:])
+        col = torch.empty(2 * self.num_edges, dtype=index)
+        values = torch.empty(2 * self.num_edges, dtype=dtype)
+        _fill_adjacency(user.numpy(), item.numpy(), self.num_users,
+                        degree.to(dtype).rsqrt().numpy(), crow.numpy(), col.numpy(),
+                        values.numpy())
+        return sparse_csr(crow.to(device), col.to(device), values.to(device),
+                          (num_nodes, num_nodes))
 
     def homogeneous_edge_index(self) -> Tensor:
         """``[2, 2E]`` undirected edges over nodes ``[users; items]`` (item ``i`` is node
@@ -142,6 +140,29 @@ class CollaborativeGraph:
         user, item = self.edge_index
         item = item + self.num_users
         return torch.stack([torch.cat([user, item]), torch.cat([item, user])])
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_adjacency(user, item, num_users, inverse, crow, col, values):
+    """Writes the entries of :meth:`CollaborativeGraph.normalized_adjacency` into ``col``
+    and ``values`` by two counting sorts, in no memory but the result's: edge ``(u, i)``,
+    of weight ``inverse[u] * inverse[U + i]``, goes to user ``u``'s row in edge order; then
+    the users' rows, in order, give each entry to its item's row (what a stable sort by
+    user, then one by item, gives)."""
+    filled = crow[:-1].copy()  # the next free entry of each row
+    for edge in range(user.size):
+        row, node = user[edge], num_users + item[edge]
+        position = filled[row]
+        filled[row] += 1
+        col[position] = node
+        values[position] = inverse[row] * inverse[node]
+    for row in range(num_users):
+        for entry in range(crow[row], crow[row + 1]):
+            node = col[entry]
+            position = filled[node]
+            filled[node] += 1
+            col[position] = row
+            values[position] = values[entry]
 
 
 class FederatedGNN(nn.Module):
@@ -200,10 +221,12 @@ class FederatedGNN(nn.Module):
             return None, None
         x = torch.cat([user, item])
         adjacency = graph.normalized_adjacency(x.device, x.dtype)
-        total = torch.zeros_like(x)
+        total = None
         for _ in range(self.num_layers):
             x = adjacency @ x
-            total += x
+            # The sum starts as the first layer itself, read once more by the second
+            # layer's product before the second layer is added to it.
+            total = x if total is None else total.add_(x)
         total /= self.num_layers + 1
         return total[:user.size(0)], total[user.size(0):]
 
@@ -241,17 +264,18 @@ class FederatedGNN(nn.Module):
                     grown[rows.col_indices()] = True
                 parts = [grown.nonzero().view(-1)]
         total = torch.zeros_like(x[targets])
+        spare: Optional[Tensor] = None  # the layer before the last whole product's
         for layer, blocks in enumerate(layers):
             if blocks is None:
-                x = adjacency @ x
+                x, spare = adjacency @ x, x
             elif layer == self.num_layers - 1:  # its parts are the targets
                 total += torch.cat([_at(rows @ x, position) for _, rows, position in blocks])
                 break
             else:
-                spread = torch.zeros_like(x)
+                spread = torch.zeros_like(x) if spare is None else spare.zero_()
                 for part, rows, position in blocks:
                     spread[part] = _at(rows @ x, position)
-                x = spread
+                x, spare = spread, None
             total += x[targets]
         total /= self.num_layers + 1
         return total[:users.numel()], total[users.numel():]

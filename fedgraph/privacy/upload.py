@@ -60,12 +60,24 @@ class UploadTransform:
         """Whether the transform draws random numbers (Laplace noise)."""
         return self.laplace_scale > 0
 
+    #: Rows transformed at a time: the noise's intermediate tensors are this many rows,
+    #: not the update's (every user's embedding when the clients enroll).
+    BLOCK_ROWS = 1 << 16
+
     def __call__(self, update: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         """``update`` clipped, with Laplace noise from ``generator`` (one uniform per
-        coordinate, :func:`laplace`)."""
+        coordinate, :func:`laplace`), in blocks of :attr:`BLOCK_ROWS` rows (each row is
+        clipped on its own)."""
         uniform = (torch.rand(update.shape, generator=generator, dtype=update.dtype)
                    if self.draws else None)
-        return self.with_uniforms(update, uniform)
+        if update.dim() < 2 or update.size(0) <= self.BLOCK_ROWS or (
+                self.clip is None and not self.draws):
+            return self.with_uniforms(update, uniform)
+        out = torch.empty_like(update)
+        for start in range(0, update.size(0), self.BLOCK_ROWS):
+            rows = slice(start, start + self.BLOCK_ROWS)
+            out[rows] = self.with_uniforms(update[rows], None if uniform is None else uniform[rows])
+        return out
 
     def with_uniforms(self, update: Tensor, uniform: Optional[Tensor]) -> Tensor:
         """``update`` clipped, with the Laplace noise of the :math:`U(0, 1)` draws
