@@ -288,3 +288,15 @@ def test_laplace_ldp_draws_what_the_upload_transform_draws():
 def test_info_nce_is_exported_from_fedgraph_nn():
     assert 'info_nce' in fedgraph.nn.__all__ and 'info_nce' in dir(fedgraph.nn)
     assert fedgraph.nn.info_nce is info_nce
+
+
+@pytest.mark.parametrize('mode', ['l2', 'coordinate'])
+def test_an_upload_transformed_in_blocks_of_rows_is_the_upload_transformed_whole(
+        monkeypatch, mode):
+    update = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)) * 3
+    transform = UploadTransform(clip=2.0, laplace_scale=0.5, mode=mode)
+    whole = transform(update, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(UploadTransform, 'BLOCK_ROWS', 64)
+    blocks = transform(update, torch.Generator().manual_seed(1))
+    assert torch.equal(blocks, whole)
+    assert not torch.equal(whole, update.clamp(-2, 2))  # noised
