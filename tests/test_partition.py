@@ -260,3 +260,12 @@ def test_sample_negatives_the_same_from_the_bitmap_and_the_sorted_keys(monkeypat
     if streams:  # a client's draws depend on its stream alone
         assert torch.equal(draws[0][0], draws[0][3]) and not torch.equal(draws[0][0],
                                                                           draws[0][1])
+
+
+def test_a_partition_moved_where_it_is_stays_itself_with_its_membership():
+    """An engine holds its data ``.to`` its model's device: on the same device that is the
+    caller's partition, so a membership built by one (enrollment samples pseudo-items with
+    it) serves the other instead of being built twice."""
+    p = _partition()
+    membership = p.membership
+    assert p.to('cpu') is p and p.to(torch.device('cpu')).membership is membership

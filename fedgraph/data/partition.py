@@ -119,6 +119,10 @@ class ClientPartition:
         return ClientPartition(batch.ptr, batch.item, self.num_items)
 
     def to(self, device) -> 'ClientPartition':
+        """The partition on ``device``: itself when it is there already (with the
+        membership it may have built)."""
+        if self.ptr.device == torch.device(device):
+            return self
         return ClientPartition(self.ptr.to(device), self.col.to(device), self.num_items)
 
     def reduce(self, values: Tensor, reduce: str = 'sum') -> Tensor:
