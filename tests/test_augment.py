@@ -132,7 +132,8 @@ def test_a_partitions_graph_with_pseudo_items_equals_the_view_of_its_graph(ratio
     built = PseudoItems(ratio).graph_of(partition, torch.Generator().manual_seed(7))
     viewed = PseudoItems(ratio)(CollaborativeGraph(partition.edge_index(), 6, 40),
                                 torch.Generator().manual_seed(7))
-    assert torch.equal(built.edge_index, viewed.edge_index)
+    assert torch.equal(built.edge_index.long(), viewed.edge_index)
+    assert built.edge_index.dtype == torch.int32
     assert built.num_edges == 32 + (0 if ratio == 0 else
                                     sum(max(1, int(d * ratio)) for d in (4, 6, 12, 1, 9)))
 

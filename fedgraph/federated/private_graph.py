@@ -99,7 +99,7 @@ class SecurePropagation:
         user, item = self.clients.edge_index
         weight = (_inverse_sqrt(self.held.degree)[user]
                   * _inverse_sqrt(self.item_degree)[item]).to(item_vectors.dtype)
-        return scatter(item_vectors[item] * weight.unsqueeze(1), user, dim=0,
+        return scatter(item_vectors[item] * weight.unsqueeze(1), user.long(), dim=0,
                        dim_size=self.clients.num_users, reduce='sum')
 
     @torch.no_grad()

@@ -84,11 +84,13 @@ class PseudoItems:
                  generator: torch.Generator) -> CollaborativeGraph:
         """The graph of the clients' edges in ``partition`` followed by their pseudo-items:
         what the call gives for the graph of ``partition.edge_index()``, written into one
-        tensor (the edges are not copied once more to be joined)."""
+        tensor (the edges are not copied once more to be joined), of 32-bit ids while they
+        fit."""
         pseudo = (self.pseudo_edges(partition, generator) if self.ratio
                   else torch.empty(2, 0, dtype=torch.long))
         real = partition.num_interactions
-        edges = torch.empty(2, real + pseudo.size(1), dtype=torch.long)
+        fits = max(partition.num_clients, partition.num_items) < 2 ** 31
+        edges = torch.empty(2, real + pseudo.size(1), dtype=torch.int32 if fits else torch.long)
         edges[0, :real] = partition.row
         edges[1, :real] = partition.col
         edges[:, real:] = pseudo

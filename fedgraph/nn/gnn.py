@@ -81,7 +81,8 @@ class CollaborativeGraph:
     the privacy mechanisms produce from it.
 
     Attributes:
-        edge_index: ``[2, E]`` ``(user, item)`` pairs.
+        edge_index: ``[2, E]`` ``(user, item)`` pairs, of any integer type (the
+            enrollment graph's are 32-bit while the ids fit).
         num_users, num_items: the node counts.
     """
     edge_index: Tensor
