@@ -166,6 +166,21 @@ def _fill_adjacency(user, item, num_users, inverse, crow, col, values):
             values[position] = values[entry]
 
 
+def _mark(nodes: Tensor, marked: Tensor) -> None:
+    """Sets ``marked[nodes]``: on the CPU in place, where indexing with ``nodes`` would
+    first copy them to 64 bits (a neighbourhood's entries: most of the graph's)."""
+    if nodes.device.type == 'cpu':
+        _mark_cpu(nodes.numpy(), marked.numpy())
+    else:
+        marked[nodes] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_cpu(nodes, marked):
+    for node in nodes:
+        marked[node] = True
+
+
 class FederatedGNN(nn.Module):
     """LightGCN propagation (He et al., SIGIR 2020) over a :class:`CollaborativeGraph`:
 
@@ -262,7 +277,7 @@ class FederatedGNN(nn.Module):
                 grown = torch.zeros(num_nodes, dtype=torch.bool, device=x.device)
                 for part, rows, _ in layers[layer]:
                     grown[part] = True
-                    grown[rows.col_indices()] = True
+                    _mark(rows.col_indices(), grown)
                 parts = [grown.nonzero().view(-1)]
         total = torch.zeros_like(x[targets])
         spare: Optional[Tensor] = None  # the layer before the last whole product's
