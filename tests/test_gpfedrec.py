@@ -137,19 +137,6 @@ def test_the_graph_is_the_float64_graph_where_float32_rounding_changes_it(
     assert torch.equal(graph.to_dense() > 0, expected > 0)
 
 
-@pytest.mark.parametrize('closeness_rule', ['paper', 'code'])
-def test_a_zero_table_is_at_cosine_zero_from_every_table(closeness_rule):
-    """A table of zeros is ``F.normalize``'s zero vector: by similarity it is alone, by the
-    code's distance every other table is its neighbour, as in the dense matrix (not the
-    float64 rounding of the centred terms, magnified by its zero norm)."""
-    tables = torch.randn(12, 40, generator=torch.Generator().manual_seed(2))
-    tables[3] = 0
-    expected = _dense_graph(tables, closeness_rule, 0, 1.0)
-    torch.testing.assert_close(relation_graph(tables, closeness_rule).to_dense(),
-                               expected.float())
-    assert expected[3].count_nonzero() == (1 if closeness_rule == 'paper' else 12)
-
-
 def test_gpfedrec_trains_from_the_command_line_and_exports_a_user(tmp_path):
     run = train_and_export(tmp_path, 'gpfedrec')
     assert run['best']['test']['hr@10'] > 0

@@ -87,17 +87,16 @@ class CentredTables:
         return cls(flat, mean, projection, norm_sq.sqrt(), spread_sq.sqrt(),
                    residual_sq.sqrt(), high, low, scale)
 
-    def inverse_norms(self) -> Tensor:
-        """:math:`1 / \\lVert q_c \\rVert`, by which a table is made a unit one; 0 for a table
-        of norm under :math:`10^{-12}`, whose cosines are 0 (``F.normalize``'s zero
-        vector)."""
-        return torch.where(self.norm < 1e-12, 0.0, 1 / self.norm)
+    def unit_norms(self) -> Tensor:
+        """:math:`\\max(\\lVert q_c \\rVert, 10^{-12})`, by which a table is made a unit
+        one (as ``F.normalize``)."""
+        return self.norm.clamp_min(1e-12)
 
     def mean_cosine(self) -> float:
         """The mean of all :math:`B^2` cosines, :math:`\\lVert \\sum_c q_c / \\lVert q_c
         \\rVert \\rVert^2 / B^2`, in float64."""
         total = np.zeros(self.flat.shape[1])
-        _weighted_column_sums(self.flat, self.inverse_norms().numpy(), _COLUMNS, total)
+        _weighted_column_sums(self.flat, (1 / self.unit_norms()).numpy(), _COLUMNS, total)
         return float(total @ total) / self.flat.shape[0] ** 2
 
     def cosines(self, rows: slice) -> Tuple[Tensor, Tensor]:
@@ -111,9 +110,9 @@ class CentredTables:
         products[diagonal - rows.start, diagonal] = spread[rows] ** 2
         error[diagonal - rows.start, diagonal] = 0
         shared = self._shared(rows)
-        scale = self.inverse_norms()[rows, None] * self.inverse_norms()
-        bound = (error + MARGIN * (shared.abs() + spread[rows, None] * spread)) * scale
-        return (shared + products) * scale, bound
+        scale = self.unit_norms()[rows, None] * self.unit_norms()
+        bound = (error + MARGIN * (shared.abs() + spread[rows, None] * spread)) / scale
+        return (shared + products) / scale, bound
 
     def exact_cosines(self, left: Tensor, right: Tensor) -> Tensor:
         """``[P]`` the cosines of the pairs ``(left[p], right[p])``, in float64 from the
@@ -121,7 +120,7 @@ class CentredTables:
         products = torch.empty(left.numel(), dtype=torch.float64)
         _centred_products(self.flat, self.mean, left.numpy(), right.numpy(), products.numpy())
         shared = float(self.mean @ self.mean) + self.projection[left] + self.projection[right]
-        return (shared + products) * self.inverse_norms()[left] * self.inverse_norms()[right]
+        return (shared + products) / (self.unit_norms()[left] * self.unit_norms()[right])
 
     def _shared(self, rows: slice) -> Tensor:
         """:math:`\\lVert m \\rVert^2 + p_c + p_j` ``[b, B]``."""
