@@ -1,10 +1,10 @@
 """GPFedRec: the vectorized engine equals the loop-per-client reference (which trains each
-client's whole table, so the closed form of the rows a round never samples is checked too), the two ways of relating clients, the float64 closeness from integer products, the command line
+client's whole table, so the closed form of the rows a round never samples is checked too), the two ways of relating clients, the command line
 and the export of a user's model."""
 import pytest
 import torch
 
-from fedgraph.federated import closeness, graph_guided
+from fedgraph.federated import graph_guided
 from fedgraph.federated.graph_guided import (ClientTables, GraphGuidedEngine, GraphGuidedReference,
                                              propagate, relation_graph)
 from helpers import algorithm_engine, assert_engines_agree, engine_data, train_and_export
@@ -43,11 +43,10 @@ def test_the_paper_relates_similar_clients_and_the_code_dissimilar_ones():
     assert top.nonzero()[:, 1].tolist() == [0, 1, 2, 3]  # the most similar is oneself
 
 
-def _dense_graph(tables, closeness, neighbours, threshold, dtype=torch.float64):
+def _dense_graph(tables, closeness, neighbours, threshold):
     """The user-relation graph as the GPFedRec code builds it: the whole ``B x B`` matrix of
-    closeness in float64 (or ``dtype``), its top-k or its entries above the threshold times
-    their mean."""
-    unit = torch.nn.functional.normalize(tables.to(dtype), dim=1)
+    closeness in float64, its top-k or its entries above the threshold times their mean."""
+    unit = torch.nn.functional.normalize(tables.double(), dim=1)
     score = unit @ unit.T
     if closeness == 'code':
         score = 1 - score
@@ -65,8 +64,8 @@ def _dense_graph(tables, closeness, neighbours, threshold, dtype=torch.float64):
     ('paper', 0, 1.0), ('paper', 0, 4.0), ('paper', 5, 1.0),
     ('code', 0, 1.0), ('code', 0, 1.3), ('code', 5, 1.0)])
 def test_the_graph_without_a_dense_matrix_is_the_dense_graph(closeness, neighbours, threshold):
-    """The blocks of integer products give the graph the whole matrix gives; a high threshold
-    leaves some clients alone with themselves (by the code's distance, a client's own is 0: the rule for
+    """FAISS's searches give the graph the whole matrix gives; a high threshold leaves some
+    clients alone with themselves (by the code's distance, a client's own is 0: the rule for
     lonely clients)."""
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(4, 50, generator=generator)
@@ -78,63 +77,6 @@ def test_the_graph_without_a_dense_matrix_is_the_dense_graph(closeness, neighbou
     graph = relation_graph(tables, closeness, neighbours, threshold)
     assert graph.layout == torch.sparse_csr
     torch.testing.assert_close(graph.to_dense(), expected.float())
-
-
-def _engine_tables(clients, items, dim, spread, seed=0):
-    """``[B, I * d]`` float32 tables as the vectorized engine builds a round's
-    (:func:`~fedgraph.federated.graph_guided.dense_tables`): each client's aggregate (the
-    initial table, or for a third of them an aggregate of an earlier round) drawn towards the
-    global table by a share of its own, and a few trained rows of its own moved by
-    ``spread``."""
-    generator = torch.Generator().manual_seed(seed)
-    initial = torch.randn(items, dim, generator=generator)
-    base = initial + 0.1 * torch.randn(items, dim, generator=generator)
-    targets = initial.repeat(clients, 1, 1)
-    targets[::3] = base + 0.1 * torch.randn(targets[::3].shape, generator=generator)
-    decay = 0.5 ** torch.randint(1, 6, (clients, 1, 1), generator=generator)
-    tables = targets + decay * (base - targets)
-    for client in range(clients):
-        rows = torch.randint(0, items, (items // 10,), generator=generator)
-        tables[client, rows] += spread * torch.randn(rows.numel(), dim, generator=generator)
-    return tables.reshape(clients, -1)
-
-
-def test_the_integer_products_bound_the_float64_cosines():
-    """On tables built as the engine builds them, every float64 cosine lies within the bound
-    of the one from the limbs' products, the bound is small, and the recomputed pairs are
-    the float64 cosines."""
-    tables = _engine_tables(clients=40, items=200, dim=8, spread=0.3)
-    centred = closeness.CentredTables.of(tables.numpy())
-    cos, bound = centred.cosines(slice(0, 40))
-    unit = torch.nn.functional.normalize(tables.double(), dim=1)
-    exact = unit @ unit.T
-    assert ((cos - exact).abs() <= bound).all()
-    assert bound.max() < 1e-3 * (exact.max() - exact.min())
-    left, right = torch.tensor([0, 3, 39]), torch.tensor([5, 3, 0])
-    torch.testing.assert_close(centred.exact_cosines(left, right), exact[left, right],
-                               rtol=0, atol=1e-12)
-    assert centred.mean_cosine() == pytest.approx(float(exact.mean()), abs=1e-14)
-
-
-@pytest.mark.parametrize('margin', [closeness.MARGIN, 1.0])
-@pytest.mark.parametrize('closeness_rule, neighbours', [
-    ('paper', 0), ('code', 0), ('paper', 5), ('code', 5)])
-def test_the_graph_is_the_float64_graph_where_float32_rounding_changes_it(
-        monkeypatch, margin, closeness_rule, neighbours):
-    """Tables a ten-thousandth apart, whose cosines float32 cannot tell apart: the graph is
-    the float64 matrix's, in blocks of 7 clients and chunks of 100 columns, whether the bound
-    leaves few pairs open or (a margin of 1) every pair recomputed."""
-    monkeypatch.setattr(graph_guided, 'BLOCK_ROWS', 7)
-    monkeypatch.setattr(closeness, 'CHUNK', 100)
-    monkeypatch.setattr(closeness, 'MARGIN', margin)
-    generator = torch.Generator().manual_seed(0)
-    tables = torch.randn(480, generator=generator) + 1e-4 * torch.randn(30, 480,
-                                                                      generator=generator)
-    expected = _dense_graph(tables, closeness_rule, neighbours, 1.0)
-    assert not torch.equal(_dense_graph(tables, closeness_rule, neighbours, 1.0,
-                                        torch.float32) > 0, expected > 0)
-    graph = relation_graph(tables, closeness_rule, neighbours)
-    assert torch.equal(graph.to_dense() > 0, expected > 0)
 
 
 def test_gpfedrec_trains_from_the_command_line_and_exports_a_user(tmp_path):

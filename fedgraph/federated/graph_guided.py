@@ -32,9 +32,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from fedgraph.federated.closeness import CentredTables, above, best
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.local import SGD
 from fedgraph.federated.messages import ClientRound, Payload, RoundStats, RowUpload
@@ -47,8 +47,6 @@ from fedgraph.federated.reference import ReferenceEngine
 #: GPFedRec code's ``pairwise_distances(metric='cosine')`` leaves it (its neighbours are the
 #: least similar users).
 CLOSENESS = ('paper', 'code')
-#: Rows of the closeness, and of the dense matrix of a graph, built at a time.
-BLOCK_ROWS = 1024
 
 
 def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,
@@ -65,58 +63,44 @@ def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0
     over the unit tables :math:`\\hat q_c` (one minus that for distances), and
     :math:`\\{c\\}` when none is.
 
-    The neighbours are those of the float64 cosines, found from integer products of the
-    centred tables with a bound on their error (:mod:`fedgraph.federated.closeness`), in
-    blocks of :data:`BLOCK_ROWS` clients: memory grows with :math:`B D` and
-    :math:`B \\cdot` ``BLOCK_ROWS``, never with :math:`B^2` (the time still grows with
-    :math:`B^2 D`). A client's farthest tables are those of largest :math:`-\\cos`.
+    FAISS's exact inner-product search (``IndexFlatIP``: k-nearest neighbours, or a range
+    search above the threshold) over the unit tables in float32 finds the neighbours block
+    by block: memory grows with :math:`B D` and the graph's edges, never with :math:`B^2`
+    (the time still grows with :math:`B^2 D`). A client's farthest tables are the nearest
+    to its negated table.
     """
     if closeness not in CLOSENESS:
         raise ValueError(f'closeness must be one of {CLOSENESS}, got {closeness!r}')
-    centred = CentredTables.of(np.ascontiguousarray(tables.detach().cpu().numpy()))
-    size = tables.size(0)
-    sign = 1.0 if closeness == 'paper' else -1.0
-    radius = None if neighbours else _radius(centred, closeness, threshold)
-    cols, degrees = [], []
-    for start in range(0, size, BLOCK_ROWS):
-        rows = slice(start, min(start + BLOCK_ROWS, size))
-        col, degree = (_closest(centred, rows, sign, min(neighbours, size)) if neighbours
-                       else _above_radius(centred, rows, sign, radius))
-        cols.append(col)
-        degrees.append(degree)
-    from fedgraph.nn.gnn import sparse_csr  # imports PyTorch Geometric
+    import faiss  # imported on first use: loading it is slow
 
-    degree = torch.cat(degrees)
-    crow = torch.cat([degree.new_zeros(1), degree.cumsum(0)])
-    weight = (1 / degree.to(tables.dtype)).repeat_interleave(degree)
-    return sparse_csr(crow.to(tables.device), torch.cat(cols).to(tables.device),
-                      weight.to(tables.device), (size, size))
+    unit = F.normalize(tables.detach().float(), dim=1).cpu().numpy()
+    size = unit.shape[0]
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(unit)
+    queries = unit if closeness == 'paper' else -unit
+    if neighbours:
+        count = min(neighbours, size)
+        _, found = index.search(queries, count)
+        found, ptr = found.reshape(-1), np.arange(0, size * count + 1, count)
+    else:
+        total = unit.sum(0, dtype=np.float64)
+        mean = float(total @ total) / size ** 2
+        # paper: cos > t * mean cos; code: 1 - cos > t * (1 - mean cos), i.e.
+        # -cos > t * (1 - mean cos) - 1
+        radius = threshold * mean if closeness == 'paper' else threshold * (1 - mean) - 1
+        ptr, _, found = index.range_search(queries, radius)
+        ptr = ptr.astype(np.int64)
+        lonely = np.flatnonzero(np.diff(ptr) == 0)
+        if lonely.size:
+            found = np.insert(found, ptr[lonely], lonely)
+            ptr = ptr + np.searchsorted(lonely, np.arange(size + 1), side='left')
+    from fedgraph.nn.gnn import csr_matrix  # imports PyTorch Geometric
 
-
-def _radius(tables: CentredTables, closeness: str, threshold: float) -> float:
-    """The radius above which :math:`\\pm\\cos` makes a neighbour: ``threshold`` times the
-    mean cosine (paper), or, as :math:`1 - \\cos > t (1 - \\bar c)` is :math:`-\\cos > t
-    (1 - \\bar c) - 1`, that (code)."""
-    mean = tables.mean_cosine()
-    return threshold * mean if closeness == 'paper' else threshold * (1 - mean) - 1
-
-
-def _closest(tables: CentredTables, rows: slice, sign: float, count: int
-             ) -> Tuple[Tensor, Tensor]:
-    """``(col, degree)`` of the graph's ``rows``: each one's ``count`` closest tables, in
-    increasing order."""
-    found = best(tables, rows, sign, count).sort(dim=1).values
-    return found.reshape(-1), torch.full((found.size(0),), count, dtype=torch.long)
-
-
-def _above_radius(tables: CentredTables, rows: slice, sign: float, radius: float
-                  ) -> Tuple[Tensor, Tensor]:
-    """``(col, degree)`` of the graph's ``rows``: the tables of :math:`\\pm\\cos` above
-    ``radius``, or the row's own when none is."""
-    chosen = above(tables, rows, sign, radius)
-    lonely = ~chosen.any(1)
-    chosen[lonely, rows.start + lonely.nonzero().view(-1)] = True
-    return chosen.nonzero()[:, 1], chosen.sum(1)
+    degree = torch.from_numpy(np.diff(ptr).astype(np.int64))
+    row = torch.repeat_interleave(torch.arange(size), degree)
+    edges = torch.stack([row, torch.from_numpy(found.astype(np.int64))])
+    weight = (1 / degree.to(tables.dtype))[row]
+    return csr_matrix(edges.to(tables.device), weight.to(tables.device), (size, size))
 
 
 def guided_aggregate(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,
@@ -134,6 +118,8 @@ def guided_aggregate(tables: Tensor, closeness: str = 'paper', neighbours: int =
 
 #: A graph with more than this share of all pairs as edges is multiplied as a dense matrix.
 DENSE_SHARE = 1 / 16
+#: Rows of the dense matrix built at a time.
+BLOCK_ROWS = 1024
 
 
 def propagate(graph: Tensor, flat: Tensor) -> Tensor:
