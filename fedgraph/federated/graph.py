@@ -206,7 +206,7 @@ class GraphFederatedEngine(RoundEngine):
         those that are not finite (dropped, as :mod:`fedgraph.federated.trust` drops rows);
         returns how many it dropped."""
         finite = finite_rows(change)
-        if bool(finite.all()):  # (the clients are distinct)
+        if bool(finite.all()):  # each client's change added once: the clients are distinct
             self.server_users.index_add_(0, clients, change.to(self.server_users.dtype))
             return 0
         self.server_users[clients[finite]] += change[finite].to(self.server_users.dtype)

@@ -280,7 +280,7 @@ class FederatedGNN(nn.Module):
                     _mark(rows.col_indices(), grown)
                 parts = [grown.nonzero().view(-1)]
         total = torch.zeros_like(x[targets])
-        spare: Optional[Tensor] = None  # the layer before the last whole product's
+        spare: Optional[Tensor] = None  # the last whole product's input, free once it is done
         for layer, blocks in enumerate(layers):
             if blocks is None:
                 x, spare = adjacency @ x, x

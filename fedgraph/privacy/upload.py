@@ -32,6 +32,10 @@ class UploadTransform:
         mode: ``'l2'`` (a row's norm) or ``'coordinate'`` (each coordinate).
     """
 
+    #: Rows transformed at a time: the noise's intermediate tensors are this many rows,
+    #: not the update's (every user's embedding when the clients enroll).
+    BLOCK_ROWS = 1 << 16
+
     def __init__(self, clip: Optional[float] = None, laplace_scale: float = 0.0,
                  mode: str = 'l2'):
         if laplace_scale < 0 or (clip is not None and clip <= 0):
@@ -59,10 +63,6 @@ class UploadTransform:
     def draws(self) -> bool:
         """Whether the transform draws random numbers (Laplace noise)."""
         return self.laplace_scale > 0
-
-    #: Rows transformed at a time: the noise's intermediate tensors are this many rows,
-    #: not the update's (every user's embedding when the clients enroll).
-    BLOCK_ROWS = 1 << 16
 
     def __call__(self, update: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         """``update`` clipped, with Laplace noise from ``generator`` (one uniform per
