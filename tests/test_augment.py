@@ -301,3 +301,20 @@ def test_an_upload_transformed_in_blocks_of_rows_is_the_upload_transformed_whole
     blocks = transform(update, torch.Generator().manual_seed(1))
     assert torch.equal(blocks, whole)
     assert not torch.equal(whole, update.clamp(-2, 2))  # noised
+
+
+def test_pseudo_edges_draw_the_clients_of_each_count_together_in_increasing_count():
+    """One sort groups the clients by how many pseudo-items they add; the draws are those
+    of one group after the other, smallest count first, each group's clients in id order."""
+    graph = _graph([4, 0, 6, 12, 1, 9, 6, 4, 13], num_items=40, seed=5)
+    partition = ClientPartition.from_edge_index(graph.edge_index, 9, 40)
+    got = PseudoItems(0.5).pseudo_edges(partition, torch.Generator().manual_seed(3))
+    counts = {client: max(1, int(degree * 0.5))
+              for client, degree in enumerate(partition.degree.tolist()) if degree}
+    generator, expected = torch.Generator().manual_seed(3), []
+    for size in sorted(set(counts.values())):
+        group = torch.tensor([client for client in sorted(counts) if counts[client] == size])
+        drawn = partition.sample_negatives(group, size, generator)
+        expected.append(torch.stack([group.repeat_interleave(size), drawn.reshape(-1)]))
+    assert torch.equal(got, torch.cat(expected, dim=1))
+    assert got.size(1) == sum(counts.values())

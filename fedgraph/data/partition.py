@@ -59,6 +59,7 @@ class ClientPartition:
         self.col = col
         self.num_items = int(num_items)
         self._membership: Optional[Tensor] = None
+        self._max_degree: Optional[int] = None
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_clients: int,
@@ -92,6 +93,13 @@ class ClientPartition:
     def degree(self) -> Tensor:
         """``[num_clients]`` number of items of each client."""
         return self.ptr[1:] - self.ptr[:-1]
+
+    @property
+    def max_degree(self) -> int:
+        """The most items a client holds (0 without clients; computed once)."""
+        if self._max_degree is None:
+            self._max_degree = int(self.degree.max()) if self.num_clients else 0
+        return self._max_degree
 
     @property
     def item_degree(self) -> Tensor:
@@ -207,9 +215,8 @@ class ClientPartition:
             ValueError: a client holds more than ``num_items - num`` items.
         """
         clients = clients.to(self.ptr.device)
-        degree = self.degree
-        if clients.numel() and self.num_items - int(degree.max()) < num:  # one may lack room
-            free = self.num_items - degree[clients]
+        if clients.numel() and self.num_items - self.max_degree < num:  # one may lack room
+            free = self.num_items - (self.ptr[clients + 1] - self.ptr[clients])
             if int(free.min()) < num:
                 worst = int(clients[free.argmin()])
                 raise ValueError(f'client {worst} has only {int(free.min())} items it never '

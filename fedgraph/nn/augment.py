@@ -69,13 +69,16 @@ class PseudoItems:
     def pseudo_edges(self, partition: ClientPartition, generator: torch.Generator) -> Tensor:
         """``[2, P]`` the ``(client, pseudo-item)`` pairs of the clients of ``partition``,
         clients that ask for as many drawn together, in increasing order of that count."""
-        clients = torch.nonzero(partition.degree > 0).view(-1)
-        count = torch.clamp(torch.floor(partition.degree[clients] * self.ratio).long(), min=1)
-        count = torch.minimum(count, partition.num_items - partition.degree[clients])
+        degree = partition.degree
+        clients = torch.nonzero(degree > 0).view(-1)
+        count = torch.clamp(torch.floor(degree[clients] * self.ratio).long(), min=1)
+        count = torch.minimum(count, partition.num_items - degree[clients])
+        # The clients of each count, in the order of their ids, from one stable sort.
+        order = torch.sort(count, stable=True).indices
+        sizes, lengths = torch.unique_consecutive(count[order], return_counts=True)
         edges = [torch.empty(2, 0, dtype=torch.long)]
-        for size in torch.unique(count).tolist():
+        for size, group in zip(sizes.tolist(), torch.split(clients[order], lengths.tolist())):
             if size:
-                group = clients[count == size]
                 pseudo = partition.sample_negatives(group, size, generator)
                 edges.append(torch.stack([group.repeat_interleave(size), pseudo.reshape(-1)]))
         return torch.cat(edges, dim=1)
