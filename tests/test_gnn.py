@@ -352,6 +352,25 @@ def test_adjacency_rows_hold_the_users_edges_in_edge_order_and_the_items_in_user
         assert rows[40 + node] == [user[edge] for edge in by_user if item[edge] == node]
 
 
+def test_a_propagation_differentiates_through_its_symmetric_adjacency(float64):
+    """The backward pass multiplies by the adjacency itself (it is symmetric), not by a
+    transposed copy: the same gradients as the dense matrix's."""
+    graph = _random_graph()
+    dense = graph.normalized_adjacency().to_dense()
+    assert torch.equal(dense, dense.t())
+    generator = torch.Generator().manual_seed(1)
+    user, item = (torch.randn(n, 4, generator=generator, requires_grad=True) for n in (40, 30))
+    weight = torch.randn(70, 4, generator=generator)
+    user_out, item_out = FederatedGNN(3)(user, item, graph)
+    got = torch.autograd.grad((torch.cat([user_out, item_out]) * weight).sum(), (user, item))
+    x, total = torch.cat([user, item]), 0
+    for power in range(4):
+        total = total + torch.linalg.matrix_power(dense, power) @ x
+    expected = torch.autograd.grad(((total / 4) * weight).sum(), (user, item))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('rows', [[5, 2, 2, 60, 0], [3, 4, 5, 6], [], list(range(70))])
 def test_csr_rows_are_the_dense_rows(float64, rows):
     from fedgraph.nn.gnn import csr_rows

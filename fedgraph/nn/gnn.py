@@ -181,6 +181,30 @@ def _mark_cpu(nodes, marked):
         marked[node] = True
 
 
+class _SymmetricProduct(torch.autograd.Function):
+    """:math:`\\hat A x` for a symmetric sparse CSR :math:`\\hat A` (the normalized
+    adjacency of an undirected graph), whose gradient :math:`\\hat A^\\top g = \\hat A g` is
+    one more product with the same matrix, where PyTorch's sparse product would first build
+    the transposed matrix, a copy of every entry, at every backward pass."""
+
+    @staticmethod
+    def forward(ctx, adjacency: Tensor, x: Tensor) -> Tensor:
+        ctx.adjacency = adjacency
+        return adjacency @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, ctx.adjacency @ grad
+
+
+def symmetric_product(adjacency: Tensor, x: Tensor) -> Tensor:
+    """``adjacency @ x`` for the symmetric ``adjacency`` of :meth:`CollaborativeGraph.
+    normalized_adjacency`, differentiable in ``x`` (:class:`_SymmetricProduct`)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _SymmetricProduct.apply(adjacency, x)
+    return adjacency @ x
+
+
 class FederatedGNN(nn.Module):
     """LightGCN propagation (He et al., SIGIR 2020) over a :class:`CollaborativeGraph`:
 
@@ -216,7 +240,7 @@ class FederatedGNN(nn.Module):
         adjacency = graph.normalized_adjacency(x.device, x.dtype)
         total = x
         for _ in range(self.num_layers):
-            x = adjacency @ x
+            x = symmetric_product(adjacency, x)
             if perturb is not None:
                 x = perturb(x)
             total = total + x
