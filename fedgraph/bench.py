@@ -73,14 +73,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _status_mib(field: str) -> float:
+def status_mib(field: str) -> float:
     """A memory figure of this process from ``/proc/self/status`` (``VmRSS``: resident now,
-    ``VmHWM``: its peak since the last reset), in MiB."""
+    ``VmHWM``: its peak since the last reset, :func:`reset_peak`), in MiB (Linux)."""
     with open('/proc/self/status') as status:
         for line in status:
             if line.startswith(field + ':'):
                 return int(line.split()[1]) / 1024
     raise RuntimeError(f'/proc/self/status has no {field}')
+
+
+def reset_peak() -> None:
+    """Starts this process's ``VmHWM`` afresh from its resident memory now (Linux:
+    ``/proc/self/clear_refs``)."""
+    with open('/proc/self/clear_refs', 'w') as refs:
+        refs.write('5')
 
 
 class ServerTimer:
@@ -98,13 +105,12 @@ class ServerTimer:
         federated.aggregate = self
 
     def __call__(self, *args, **kwargs):
-        self.peak_mib = max(self.peak_mib, _status_mib('VmHWM'))
-        with open('/proc/self/clear_refs', 'w') as refs:
-            refs.write('5')
-        before, began = _status_mib('VmRSS'), time.perf_counter()
+        self.peak_mib = max(self.peak_mib, status_mib('VmHWM'))
+        reset_peak()
+        before, began = status_mib('VmRSS'), time.perf_counter()
         out = self._aggregate(*args, **kwargs)
         self.seconds.append(time.perf_counter() - began)
-        self.added_mib.append(_status_mib('VmHWM') - before)
+        self.added_mib.append(status_mib('VmHWM') - before)
         return out
 
 

@@ -28,17 +28,9 @@ import torch
 
 from fedgraph import runtime
 from fedgraph.algorithms import build_engine
-from fedgraph.bench import Conditions
+from fedgraph.bench import Conditions, reset_peak, status_mib
 from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, synthetic_interactions
-
-
-def status_mib(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in MiB."""
-    for line in Path('/proc/self/status').read_text().splitlines():
-        if line.startswith(field + ':'):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 class Stage:
@@ -48,7 +40,7 @@ class Stage:
         self.name = name
 
     def __enter__(self) -> 'Stage':
-        Path('/proc/self/clear_refs').write_text('5')  # the peak starts from here
+        reset_peak()
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 

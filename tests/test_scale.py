@@ -14,6 +14,7 @@ PEAK_MIB = 1536
 SCRIPT = '''
 import json, sys
 from fedgraph import TrainConfig, train
+from fedgraph.bench import status_mib
 from fedgraph.data import leave_one_out_split, synthetic_interactions
 split = leave_one_out_split(synthetic_interactions(num_users={users}, num_items={items},
                                                    mean_degree=10, seed=0), eval_negatives=19)
@@ -22,8 +23,7 @@ run = train(TrainConfig(algorithm=sys.argv[1], dataset='synthetic', rounds=1, di
                         clients_per_round=256, threads=2, seed=0, **extra),
             split=split, progress=False)
 # VmHWM: this process's own peak (ru_maxrss would start from its parent's, forked from it)
-peak = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))
-print(json.dumps({{'peak_mib': peak / 1024, 'test': run['rounds'][-1]['test']}}))
+print(json.dumps({{'peak_mib': status_mib('VmHWM'), 'test': run['rounds'][-1]['test']}}))
 '''.format(users=USERS, items=ITEMS)
 
 
