@@ -514,6 +514,52 @@ def test_personal_rows_hold_only_touched_rows(float64, data):
     assert torch.equal(engine.personal.keys, torch.sort(expected).values)
 
 
+def test_personal_rows_merge_as_one_sort_of_the_kept_and_new_rows():
+    """A partial replacement merges the kept rows and the new ones in one pass, in key
+    order, blocks of the kept values at a time: the store one sort of their keys gives."""
+    generator = torch.Generator().manual_seed(3)
+    clients, items, dim = 50, 40, 3
+    store = PersonalItemRows(num_clients=clients, num_items=items, dim=dim)
+    store.MERGE_ROWS = 7  # several blocks
+    keys = torch.randperm(clients * items, generator=generator)[:600].sort().values
+    store.replace(torch.arange(clients), keys // items, keys % items,
+                  torch.randn(keys.numel(), dim, generator=generator))
+    for _ in range(3):
+        chosen = torch.randperm(clients, generator=generator)[:17].sort().values
+        touched = torch.rand(chosen.numel(), items, generator=generator) < 0.2
+        owner, item = torch.nonzero(touched, as_tuple=True)
+        row_client = chosen[owner]
+        values = torch.randn(row_client.numel(), dim, generator=generator)
+        kept = ~torch.isin(torch.div(store.keys, items, rounding_mode='floor'), chosen)
+        expected_keys = torch.cat([store.keys[kept], row_client * items + item])
+        order = torch.sort(expected_keys).indices
+        expected_values = torch.cat([store.values[kept], values])[order]
+        store.replace(chosen, row_client, item, values)
+        assert torch.equal(store.keys, expected_keys[order])
+        assert torch.equal(store.values, expected_values)
+
+
+def test_a_round_of_every_client_frees_their_rows_before_they_train(data):
+    """With every client in the round each one's stored rows are replaced once it has
+    trained, and training reads only the broadcast table: the store is emptied before the
+    round's tensors are made, not held beside them (a store's worth of memory at the round's
+    peak)."""
+    engine = _engine(FederatedEngine, data, 'pfedrec')
+    seen = []
+    train_clients = engine.train_clients
+
+    def counting(plan, table, *args):
+        seen.append(len(engine.personal))
+        return train_clients(plan, table, *args)
+
+    engine.train_clients = counting
+    engine.run_round(torch.Generator().manual_seed(0))
+    stored = len(engine.personal)
+    engine.run_round(torch.Generator().manual_seed(1))
+    assert stored > 0 and seen == [0, 0]
+    assert len(engine.personal) > 0
+
+
 def test_fedmf_keeps_no_personal_rows(float64, data):
     engine = _engine(FederatedEngine, data, 'fedmf')
     engine.run_round(torch.Generator().manual_seed(0))

@@ -233,6 +233,11 @@ class FederatedEngine(RoundEngine):
         (a graph model's user embeddings).
         """
         cfg = self.training
+        if cfg.personalize_items and clients.numel() == self.personal.num_clients:
+            # Every client trains from the broadcast table and its stored rows are replaced
+            # below: with all of them in the round the whole store goes now, before the
+            # round's own tensors (as large) are made.
+            self.personal.clear()
         plan = self.planned(self.round_plan(clients, generator, round_seed))
         local, change, private, loss = self.train_clients(plan, self.model.item.detach())
         shared_dense = self.model.shared_dense()

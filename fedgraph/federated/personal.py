@@ -23,25 +23,54 @@ class PersonalItemRows:
         self.keys = torch.empty(0, dtype=torch.long, device=device)
         self.values = torch.empty(0, dim, device=device, dtype=dtype)
 
+    #: Stored rows moved at a time when a replacement merges the kept rows with new ones.
+    MERGE_ROWS = 1 << 18
+
     def __len__(self) -> int:
         return self.keys.numel()
 
     def replace(self, clients: Tensor, row_client: Tensor, row_item: Tensor,
                 values: Tensor) -> None:
         """Drops every row of ``clients`` and stores ``values`` at ``(row_client, row_item)``,
-        which must be sorted by client, then item (as a round plan's rows are)."""
+        which must be sorted by client, then item (as a round plan's rows are). The rows
+        kept and the new ones are merged in one pass into the new store, without a copy of
+        the store on the way (:meth:`_merged`)."""
         new_keys = row_client * self.num_items + row_item
-        if clients.numel() < self.num_clients:  # (with all clients, none is kept)
+        values = values.detach()
+        if clients.numel() < self.num_clients and self.keys.numel():  # (all: none is kept)
             replaced = torch.zeros(self.num_clients, dtype=torch.bool, device=clients.device)
             replaced[clients] = True
-            keep = ~replaced[torch.div(self.keys, self.num_items, rounding_mode='floor')]
-            if keep.any():
-                keys = torch.cat([self.keys[keep], new_keys])
-                order = torch.sort(keys).indices
-                self.keys = keys[order]
-                self.values = torch.cat([self.values[keep], values.detach()])[order]
+            kept = torch.nonzero(~replaced[torch.div(self.keys, self.num_items,
+                                                     rounding_mode='floor')]).view(-1)
+            if kept.numel():
+                self.keys, self.values = self._merged(kept, new_keys, values)
                 return
-        self.keys, self.values = new_keys, values.detach()
+        self.keys, self.values = new_keys, values
+
+    def _merged(self, kept: Tensor, new_keys: Tensor, values: Tensor):
+        """``(keys, values)``: the stored entries at ``kept`` (indices, ascending) and the new
+        ones merged in key order. Keys are unique and the two sets disjoint, so an entry's
+        place is its index in its own set plus the number of the other set's smaller keys;
+        the kept values are moved :attr:`MERGE_ROWS` rows at a time."""
+        old_keys = self.keys[kept]
+        old_place = (torch.arange(kept.numel(), device=kept.device)
+                     + torch.searchsorted(new_keys, old_keys))
+        new_place = (torch.arange(new_keys.numel(), device=kept.device)
+                     + torch.searchsorted(old_keys, new_keys))
+        total = kept.numel() + new_keys.numel()
+        keys = torch.empty(total, dtype=old_keys.dtype, device=old_keys.device)
+        keys[old_place] = old_keys
+        keys[new_place] = new_keys
+        merged = self.values.new_empty(total, self.values.size(1))
+        merged[new_place] = values.to(merged.dtype)
+        for start in range(0, kept.numel(), self.MERGE_ROWS):
+            block = slice(start, start + self.MERGE_ROWS)
+            merged[old_place[block]] = self.values[kept[block]]
+        return keys, merged
+
+    def clear(self) -> None:
+        """Drops every stored row."""
+        self.keys, self.values = self.keys[:0].clone(), self.values[:0].clone()
 
     def lookup(self, client: Tensor, item: Tensor):
         """``(found, index)``: whether ``(client, item)`` is stored, and where."""
