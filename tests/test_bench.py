@@ -119,6 +119,33 @@ def test_a_benchmark_worker_keeps_freed_memory_only_when_asked(keep):
     assert done.stdout.splitlines()[-1] == f'mapped {not keep}'
 
 
+@pytest.mark.parametrize('flags', [[], ['--return-freed-memory']])
+def test_train_keeps_freed_memory_unless_told_to_return_it(tmp_path, flags):
+    """``train`` keeps freed memory, whose heap also keeps blocks a later, larger one cannot
+    reuse; ``--return-freed-memory`` leaves glibc's ``malloc`` as it is: it maps a large block
+    of its own again."""
+    from helpers import write_small_csv
+
+    data = write_small_csv(tmp_path / 'data.csv')
+    code = ('import ctypes, sys\n'
+            'import numpy as np\n'
+            'from fedgraph.cli import main\n'
+            'class Info(ctypes.Structure):\n'
+            '    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks '
+            'hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]\n'
+            'libc = ctypes.CDLL("libc.so.6")\n'
+            'libc.mallinfo2.restype = Info\n'
+            'main(sys.argv[1:])\n'
+            'before = libc.mallinfo2().hblkhd\n'
+            'block = np.ones(64 << 20, np.uint8)\n'
+            'print("mapped", libc.mallinfo2().hblkhd - before >= 64 << 20)\n')
+    done = subprocess.run([sys.executable, '-c', code, 'train', '--dataset', 'csv',
+                           '--data-path', str(data), '--eval-negatives', '20', '--rounds', '1',
+                           '--threads', '1', '--quiet', *flags],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.splitlines()[-1] == f'mapped {bool(flags)}'
+
+
 def test_compiled_kernels_keep_the_threads_configured():
     """Starting numba's thread pool must not reset PyTorch's threads (an OpenMP pool would)."""
     code = ('import torch, numba\n'

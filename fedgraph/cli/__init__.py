@@ -274,6 +274,16 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quiet', action='store_true', help='no progress output')
 
 
+def add_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """``--return-freed-memory``: the command's process leaves glibc's ``malloc`` as it is
+    instead of keeping freed memory (:func:`fedgraph.runtime.keep_freed_memory`), whose heap
+    keeps blocks that a round's later, larger ones cannot reuse."""
+    parser.add_argument('--return-freed-memory', action='store_true',
+                        help="leave glibc's malloc as it is (fedgraph.runtime."
+                             "keep_freed_memory off): a lower peak at large populations, "
+                             'for the page faults it costs')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fedgraph', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument('--quiet', action='store_true', help='no progress output')
     train_parser.add_argument('--plot', action='store_true',
                               help='write the run\'s figures into OUT/figures at the end')
+    add_memory_flag(train_parser)
     train_parser.set_defaults(run=_train)
 
     from fedgraph.poisoning import DEFENCES
@@ -321,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  default=[1.0, 2.0, 4.0, 8.0, float('inf')],
                                  help="target epsilons ('inf': no privacy mechanism)")
     add_grid_flags(frontier_parser)
+    add_memory_flag(frontier_parser)
     frontier_parser.set_defaults(run=_frontier)
 
     leak_parser = commands.add_parser(
@@ -453,8 +465,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     from fedgraph import runtime
     from fedgraph.server.loop import RunFailed
 
-    if args.command != 'bench':  # a benchmark's workers set it as --return-freed-memory says
-        runtime.keep_freed_memory()  # this process is the command's: its rounds reuse their pages
+    # This process is the command's: its rounds reuse their pages, unless
+    # --return-freed-memory (a benchmark's workers set it as their own flag says).
+    if args.command != 'bench' and not getattr(args, 'return_freed_memory', False):
+        runtime.keep_freed_memory()
     try:
         run_command(args)
     except (RunFailed, OSError) as error:  # OSError: a file it cannot read or write
