@@ -242,21 +242,28 @@ def test_sample_negatives_no_clients():
 
 
 @pytest.mark.parametrize('streams', [False, True])
-def test_sample_negatives_the_same_from_the_bitmap_and_the_sorted_keys(monkeypatch, streams):
+def test_sample_negatives_the_same_from_the_bitmap_the_sorted_keys_and_sorted_rows(
+        monkeypatch, streams):
     """Large data looks a client's items up by binary search in its sorted keys instead of a
-    dense bitmap: the same negatives, from the generator or from counter-based streams."""
+    dense bitmap, or in its own row once the rows are sorted: the same negatives, from the
+    generator or from counter-based streams."""
     clients = torch.tensor([5, 0, 39, 5, 17])
     seeds = torch.tensor([[11, 0], [12, 1], [13, 2], [11, 0], [14, 4]])
     draws = []
-    for limit in (ClientPartition.DENSE_MEMBERSHIP_LIMIT, 0):
+    for limit, rows_sorted in ((ClientPartition.DENSE_MEMBERSHIP_LIMIT, False), (0, False),
+                               (0, True)):
         monkeypatch.setattr(ClientPartition, 'DENSE_MEMBERSHIP_LIMIT', limit)
         p = _random_partition()
-        assert p.membership.dtype == (torch.bool if limit else torch.long)
+        if rows_sorted:
+            p = p.with_rows_sorted()
+            assert p.membership is p.col
+        else:
+            assert p.membership.dtype == (torch.bool if limit else torch.long)
         draws.append(p.sample_negatives(clients, 20, torch.Generator().manual_seed(0),
                                         streams=seeds if streams else None))
         for row, c in zip(draws[-1].tolist(), clients.tolist()):
             assert len(set(row)) == 20 and not set(row) & set(p.items_of(c).tolist())
-    assert torch.equal(draws[0], draws[1])
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
     if streams:  # a client's draws depend on its stream alone
         assert torch.equal(draws[0][0], draws[0][3]) and not torch.equal(draws[0][0],
                                                                           draws[0][1])
@@ -269,3 +276,34 @@ def test_a_partition_moved_where_it_is_stays_itself_with_its_membership():
     p = _partition()
     membership = p.membership
     assert p.to('cpu') is p and p.to(torch.device('cpu')).membership is membership
+
+
+def test_a_partition_with_sorted_rows_holds_the_same_items_and_answers_contains_alike():
+    edges = _random_partition().edge_index()
+    edges = edges[:, torch.randperm(edges.size(1), generator=torch.Generator().manual_seed(4))]
+    p = ClientPartition.from_edge_index(edges, 40, 60)
+    assert any(p.items_of(client).tolist() != sorted(p.items_of(client).tolist())
+               for client in range(40))
+    ordered = p.with_rows_sorted()
+    assert ordered.rows_sorted and not p.rows_sorted
+    assert torch.equal(ordered.ptr, p.ptr)
+    for client in range(p.num_clients):
+        assert ordered.items_of(client).tolist() == sorted(p.items_of(client).tolist())
+    generator = torch.Generator().manual_seed(5)
+    clients = torch.randint(p.num_clients, (200,), generator=generator)
+    items = torch.randint(p.num_items, (200,), generator=generator)
+    items[:50] = p.col[p.ptr[clients[:50]]]  # held ones too
+    assert torch.equal(ordered.contains(clients, items), p.contains(clients, items))
+    assert bool(ordered.contains(clients, items)[:50].all())
+    assert torch.equal(ordered.contains(clients.view(-1, 1), items[:3].view(1, -1)),
+                       p.contains(clients.view(-1, 1), items[:3].view(1, -1)))
+
+
+def test_sample_negatives_the_same_in_one_thread_as_in_parallel(monkeypatch):
+    p = _random_partition()
+    clients = torch.tensor([5, 0, 39, 5, 17])
+    draws = []
+    for threshold in (0, 1 << 40):
+        monkeypatch.setattr(ClientPartition, 'PARALLEL_CANDIDATES', threshold)
+        draws.append(p.sample_negatives(clients, 20, torch.Generator().manual_seed(0)))
+    assert torch.equal(draws[0], draws[1])

@@ -47,17 +47,22 @@ class ClientPartition:
         ptr: ``[num_clients + 1]`` non-decreasing offsets into ``col``.
         col: ``[E]`` item ids, grouped by client.
         num_items: the size of the item catalogue.
+        rows_sorted: each client's items are ascending in ``col``; :meth:`contains` then
+            searches the client's row, and no membership is built.
     """
 
     #: The largest ``clients x items`` bitmap (in bytes) :meth:`contains` builds.
     DENSE_MEMBERSHIP_LIMIT = 1 << 27
+    #: :meth:`sample_negatives` checks fewer candidates than this in one thread.
+    PARALLEL_CANDIDATES = 1 << 18
 
-    def __init__(self, ptr: Tensor, col: Tensor, num_items: int):
+    def __init__(self, ptr: Tensor, col: Tensor, num_items: int, rows_sorted: bool = False):
         if ptr.dim() != 1 or ptr.numel() == 0 or int(ptr[0]) != 0 or int(ptr[-1]) != col.numel():
             raise ValueError('ptr must start at 0 and end at len(col)')
         self.ptr = ptr
         self.col = col
         self.num_items = int(num_items)
+        self.rows_sorted = rows_sorted
         self._membership: Optional[Tensor] = None
         self._max_degree: Optional[int] = None
 
@@ -131,7 +136,16 @@ class ClientPartition:
         membership it may have built)."""
         if self.ptr.device == torch.device(device):
             return self
-        return ClientPartition(self.ptr.to(device), self.col.to(device), self.num_items)
+        return ClientPartition(self.ptr.to(device), self.col.to(device), self.num_items,
+                               self.rows_sorted)
+
+    def with_rows_sorted(self) -> 'ClientPartition':
+        """The partition with each client's items in ascending order (``rows_sorted``):
+        its membership lookups search a client's row instead of keys of every
+        interaction."""
+        col = self.col.cpu().clone()
+        _sort_rows(self.ptr.cpu().numpy(), col.numpy())
+        return ClientPartition(self.ptr, col.to(self.col.device), self.num_items, True)
 
     def reduce(self, values: Tensor, reduce: str = 'sum') -> Tensor:
         """Reduces per-interaction ``values`` ``[E, ...]`` to per-client ``[C, ...]``.
@@ -165,6 +179,13 @@ class ClientPartition:
         search in the sorted keys (memory linear in the interactions).
         """
         keys = clients * self.num_items + items
+        if self.rows_sorted:
+            clients, items = torch.broadcast_tensors(clients, items)
+            found = np.empty(keys.numel(), np.bool_)
+            _row_holds(self.ptr.cpu().numpy(), self.col.cpu().numpy(),
+                       clients.reshape(-1).cpu().numpy(), items.reshape(-1).cpu().numpy(),
+                       found)
+            return torch.from_numpy(found).view(keys.shape).to(keys.device)
         membership = self.membership
         if membership.dtype == torch.bool:
             return membership[keys]
@@ -176,7 +197,10 @@ class ClientPartition:
     @property
     def membership(self) -> Tensor:
         """What :meth:`contains` looks keys up in: the dense bitmap of the keys ``client *
-        num_items + item`` held, or the sorted keys (built once)."""
+        num_items + item`` held, or the sorted keys (built once); with ``rows_sorted``,
+        ``col`` itself."""
+        if self.rows_sorted:
+            return self.col
         if self._membership is None:
             edge_keys = self.row * self.num_items + self.col
             if self.num_clients * self.num_items <= self.DENSE_MEMBERSHIP_LIMIT:
@@ -222,7 +246,8 @@ class ClientPartition:
                 raise ValueError(f'client {worst} has only {int(free.min())} items it never '
                                  f'interacted with; {num} negatives were asked for')
         membership = self.membership.cpu()
-        lookup = (membership.numpy(), membership.dtype == torch.bool)
+        lookup = (membership.numpy(), _lookup_kind(membership, self.rows_sorted),
+                  self.ptr.cpu().numpy())
         out = torch.empty(clients.numel(), num, dtype=torch.long)
         if streams is not None:
             _stream_negatives(clients.cpu().numpy(), streams.cpu().numpy(), self.num_items,
@@ -234,22 +259,51 @@ class ClientPartition:
         while todo.numel():
             candidates = torch.randint(self.num_items, (todo.numel(), width),
                                        generator=generator, device='cpu')
-            done = torch.from_numpy(_first_fresh(candidates.numpy(), todo_clients.numpy(),
-                                                 self.num_items, *lookup, out.numpy(),
-                                                 todo.numpy()))
+            fresh = (_first_fresh if candidates.numel() >= self.PARALLEL_CANDIDATES
+                     else _first_fresh_serial)
+            done = torch.from_numpy(fresh(candidates.numpy(), todo_clients.numpy(),
+                                          self.num_items, *lookup, out.numpy(), todo.numpy()))
             todo, todo_clients = todo[~done], todo_clients[~done]
             width *= 2
         return out.to(self.ptr.device)
 
 
+#: How :func:`_holds` reads a membership: a dense bitmap, sorted keys, sorted rows.
+_DENSE, _KEYS, _ROWS = 0, 1, 2
+
+
+def _lookup_kind(membership: Tensor, rows_sorted: bool) -> int:
+    if rows_sorted:
+        return _ROWS
+    return _DENSE if membership.dtype == torch.bool else _KEYS
+
+
 @numba.njit(cache=True, nogil=True)
-def _holds(membership, dense, key):
-    """Whether :attr:`ClientPartition.membership` (the dense bitmap, or the sorted keys)
-    holds ``key``."""
-    if dense:
-        return membership[key] != 0
-    position = np.searchsorted(membership, key)
-    return position < membership.size and membership[position] == key
+def _holds(membership, kind, ptr, num_items, client, item):
+    """Whether :attr:`ClientPartition.membership` holds ``item`` for ``client``: the dense
+    bitmap's or the sorted keys' entry ``client * num_items + item``, or ``item`` in the
+    client's ascending row of ``col``."""
+    if kind == _DENSE:
+        return membership[client * num_items + item] != 0
+    if kind == _KEYS:
+        key = client * num_items + item
+        position = np.searchsorted(membership, key)
+        return position < membership.size and membership[position] == key
+    low, high = ptr[client], ptr[client + 1]
+    position = low + np.searchsorted(membership[low:high], item)
+    return position < high and membership[position] == item
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _row_holds(ptr, col, clients, items, found):
+    for index in numba.prange(clients.size):
+        found[index] = _holds(col, _ROWS, ptr, 0, clients[index], items[index])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _sort_rows(ptr, col):
+    for row in numba.prange(ptr.size - 1):
+        col[ptr[row]:ptr[row + 1]].sort()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -262,26 +316,45 @@ def _keep_if_fresh(out, row, found, candidate):
     return found + 1
 
 
+@numba.njit(cache=True, nogil=True)
+def _fresh_row(candidates, row, client, num_items, membership, kind, ptr, out, out_row):
+    """The first ``out.shape[1]`` of ``candidates[row]`` that ``client`` does not hold and
+    that are not equal to one before them, written into ``out[out_row]``; whether there
+    were that many."""
+    found = 0
+    for position in range(candidates.shape[1]):
+        if found == out.shape[1]:
+            break
+        candidate = candidates[row, position]
+        if not _holds(membership, kind, ptr, num_items, client, candidate):
+            found = _keep_if_fresh(out, out_row, found, candidate)
+    return found == out.shape[1]
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _first_fresh(candidates, clients, num_items, membership, dense, out, rows):
-    """Row by row, the first ``out.shape[1]`` candidates that the row's client does not
-    hold and that are not equal to one before them, written into row ``rows[row]`` of
-    ``out``; whether the row had that many (a row that had not is drawn again)."""
+def _first_fresh(candidates, clients, num_items, membership, kind, ptr, out, rows):
+    """:func:`_fresh_row` of every row of ``candidates`` into row ``rows[row]`` of ``out``,
+    rows in parallel; whether each row had enough (a row that had not is drawn again)."""
     done = np.zeros(candidates.shape[0], np.bool_)
     for row in numba.prange(candidates.shape[0]):
-        found = 0
-        for position in range(candidates.shape[1]):
-            if found == out.shape[1]:
-                break
-            candidate = candidates[row, position]
-            if not _holds(membership, dense, clients[row] * num_items + candidate):
-                found = _keep_if_fresh(out, rows[row], found, candidate)
-        done[row] = found == out.shape[1]
+        done[row] = _fresh_row(candidates, row, clients[row], num_items, membership, kind,
+                               ptr, out, rows[row])
+    return done
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_fresh_serial(candidates, clients, num_items, membership, kind, ptr, out, rows):
+    """:func:`_first_fresh` in this thread alone: for few candidates, where starting the
+    parallel threads costs more than the work (and far more on a busy machine)."""
+    done = np.zeros(candidates.shape[0], np.bool_)
+    for row in range(candidates.shape[0]):
+        done[row] = _fresh_row(candidates, row, clients[row], num_items, membership, kind,
+                               ptr, out, rows[row])
     return done
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _stream_negatives(clients, streams, num_items, membership, dense, out):
+def _stream_negatives(clients, streams, num_items, membership, kind, ptr, out):
     """:meth:`ClientPartition.sample_negatives` from counter-based streams: row by row, the
     first ``out.shape[1]`` draws that the row's client does not hold and that were not drawn
     before."""
@@ -291,5 +364,5 @@ def _stream_negatives(clients, streams, num_items, membership, dense, out):
             candidate = rng.below(streams[row, 0], rng.NEGATIVES,
                                   (streams[row, 1] << 32) + attempt, num_items)
             attempt += 1
-            if not _holds(membership, dense, clients[row] * num_items + candidate):
+            if not _holds(membership, kind, ptr, num_items, clients[row], candidate):
                 found = _keep_if_fresh(out, row, found, candidate)

@@ -108,9 +108,8 @@ class GraphNodeHooks(NodeHooks):
             return {'users': node.users,
                     'views': (user + offsets).transpose(0, 1).contiguous()}
         if step == 'pretrain-step':
-            moved, moments = adam_rows(user, payload['gradient'], payload['selected'],
-                                       self.pretrain_lr, group(node.extra, 'adam'))
-            node.private[self.user_vector] = moved
+            moments = adam_rows(user, payload['gradient'], payload['selected'],
+                                self.pretrain_lr, group(node.extra, 'adam'))
             node.extra.update(grouped('adam', moments))
             return {}
         if step == 'upload-users':

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from fedgraph.federated.streams import ClientStreams, draw_round_seed
 from fedgraph.nn.augment import SimGCLNoise
 from fedgraph.nn.contrastive import info_nce
+from fedgraph.nn.views import GraphView
 from fedgraph.privacy.upload import UploadTransform
 
 
@@ -40,27 +41,43 @@ def view_offsets(upload: UploadTransform, users: Tensor,
     return offsets.view(num, 2, dim).transpose(0, 1)
 
 
+#: Adam's moment decay rates and its term against division by zero (PyTorch's defaults).
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+@torch.no_grad()
 def adam_rows(rows: Tensor, gradient: Tensor, selected: Tensor, lr: float,
-              state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-    """One Adam step of the clients' embeddings ``rows`` ``[n, d]`` on ``gradient``, with
-    the moments ``state`` (empty: the first step): every row's moments move, only the
-    ``selected`` rows take the step. Returns the new rows and moments."""
-    param = torch.nn.Parameter(rows.clone())
-    optimizer = torch.optim.Adam([param], lr=lr)
-    if state:
-        optimizer.state[param] = dict(state)
-    param.grad = gradient.to(param.dtype)
-    optimizer.step()
-    moved = torch.where(selected.unsqueeze(1), param.detach(), rows)
-    return moved, {name: value.clone() for name, value in optimizer.state[param].items()}
+              state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """One Adam step (Kingma & Ba, ICLR 2015) of the clients' embeddings ``rows`` ``[n, d]``
+    on ``gradient``, in place, with the moments ``state`` (empty: the first step; updated in
+    place and returned): every row's moments move,
+    :math:`m \\leftarrow \\beta_1 m + (1 - \\beta_1) g`,
+    :math:`v \\leftarrow \\beta_2 v + (1 - \\beta_2) g^2`, and only the ``selected`` rows
+    take the step
+    :math:`x \\leftarrow x - \\frac{lr}{1 - \\beta_1^t} \\, m \\,/\\,
+    (\\sqrt{v} / \\sqrt{1 - \\beta_2^t} + \\epsilon)`: ``torch.optim.Adam``'s operations,
+    without a copy of the rows."""
+    gradient = gradient.to(rows.dtype)
+    if not state:
+        state = {'step': torch.tensor(0.0), 'exp_avg': torch.zeros_like(rows),
+                 'exp_avg_sq': torch.zeros_like(rows)}
+    beta1, beta2 = ADAM_BETAS
+    state['step'] += 1
+    step = state['step'].item()
+    state['exp_avg'].lerp_(gradient, 1 - beta1)
+    state['exp_avg_sq'].mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+    chosen = torch.nonzero(selected.to(rows.device)).view(-1)
+    denom = (state['exp_avg_sq'][chosen].sqrt() / (1 - beta2 ** step) ** 0.5).add_(ADAM_EPS)
+    rows[chosen] = rows[chosen].addcdiv_(state['exp_avg'][chosen], denom,
+                                         value=-lr / (1 - beta1 ** step))
+    return state
 
 
 class PretrainingClients:
     """The clients' halves of a pre-training round, whoever holds their embeddings."""
 
-    def views(self, generator: torch.Generator) -> Callable[[int], Tensor]:
-        """View ``v``'s input (every client's embedding with its upload noise) ``[U, d]``,
-        a leaf that collects its gradient."""
+    def views(self, generator: torch.Generator) -> 'ViewInputs':
+        """The round's two view inputs: every client's embedding with its upload noise."""
         raise NotImplementedError
 
     def step(self, gradient: Tensor, selected: Tensor) -> None:
@@ -77,21 +94,21 @@ class PretrainingClients:
         return {}
 
 
-class _Views:
-    """The two views' inputs, made once each as a leaf (``make(v)``), and their summed
-    gradient."""
+class ViewInputs:
+    """The two views' inputs ``make(v)`` ``[U, d]`` (each a tensor of its own, made when
+    asked for), and the gradient of the loss in the clients' embeddings, which both views
+    perturb: :attr:`gradient`, the sum of the gradients in the two inputs, into which the
+    backward pass adds (:meth:`~fedgraph.nn.gnn.FederatedGNN.view_rows`)."""
 
     def __init__(self, make: Callable[[int], Tensor]):
         self.make = make
-        self.leaves: Dict[int, Tensor] = {}
+        self.gradient: Optional[Tensor] = None
 
     def __call__(self, view: int) -> Tensor:
-        if view not in self.leaves:
-            self.leaves[view] = self.make(view).detach().requires_grad_()
-        return self.leaves[view]
-
-    def gradient(self) -> Tensor:
-        return self.leaves[0].grad + self.leaves[1].grad
+        made = self.make(view)
+        if self.gradient is None:
+            self.gradient = torch.zeros_like(made)
+        return made
 
 
 class LocalClients(PretrainingClients):
@@ -104,20 +121,24 @@ class LocalClients(PretrainingClients):
         self.graph = graph
         self.moments: Dict[str, Tensor] = {}
 
-    def views(self, generator: torch.Generator) -> Callable[[int], Tensor]:
+    def views(self, generator: torch.Generator) -> ViewInputs:
         graph = self.graph
         user, upload = graph.user_table.detach(), graph.training.upload
         if graph.engine.streams is None:
-            return _Views(lambda view: user + upload(torch.zeros_like(user), generator))
+            zeros = user.new_zeros(1, user.size(1)).expand_as(user)
+
+            def noised(view: int) -> Tensor:
+                # An upload's noise (of zeros: no copy of the table), then the embeddings;
+                # without noise the upload is the zeros themselves.
+                noise = upload(zeros, generator)
+                return user.clone() if noise is zeros else noise.add_(user)
+            return ViewInputs(noised)
         offsets = view_offsets(upload, user, graph.randomness_for_all(graph.engine, generator))
-        return _Views(lambda view: user + offsets[view])
+        return ViewInputs(lambda view: user + offsets[view])
 
     def step(self, gradient: Tensor, selected: Tensor) -> None:
-        user = self.graph.user_table
-        moved, self.moments = adam_rows(user.detach(), gradient, selected,
-                                        self.graph.pretrain_lr, self.moments)
-        with torch.no_grad():
-            user.copy_(moved)
+        self.moments = adam_rows(self.graph.user_table, gradient, selected,
+                                 self.graph.pretrain_lr, self.moments)
 
     def upload(self, generator: torch.Generator) -> None:
         graph = self.graph
@@ -137,7 +158,7 @@ class RemoteClients(PretrainingClients):
         self.graph = graph
         self.transport = transport
 
-    def views(self, generator: torch.Generator) -> Callable[[int], Tensor]:
+    def views(self, generator: torch.Generator) -> ViewInputs:
         seed = draw_round_seed(generator)
         replies = self.transport.send('pretrain-views',
                                       {node: {'seed': seed} for node in self.transport.nodes})
@@ -145,7 +166,7 @@ class RemoteClients(PretrainingClients):
         views = torch.zeros(2, self.graph.model.num_clients, item.size(1), dtype=item.dtype)
         for reply in replies.values():
             views[:, reply['users']] = reply['views'].transpose(0, 1).to(item.dtype)
-        return _Views(lambda view: views[view])
+        return ViewInputs(lambda view: views[view])
 
     def step(self, gradient: Tensor, selected: Tensor) -> None:
         self.transport.send('pretrain-step', {
@@ -169,18 +190,21 @@ def pretrain(graph, clients: PretrainingClients, generator: torch.Generator,
     optimizer = torch.optim.Adam([item], lr=graph.pretrain_lr)
     noise = SimGCLNoise(graph.simgcl_eps, generator)
     num_users = graph.model.num_clients
+    server_graph = GraphView(graph.graph, partition=graph.graph.item_sets()
+                             if graph.pretrain_rounds else None)
     losses = []
     for _ in tqdm(range(graph.pretrain_rounds), desc='pre-training', unit='round',
                   disable=not progress or not graph.pretrain_rounds):
         selected_clients, items = pretrain_batch(graph, generator)
         views = clients.views(generator)
-        loss = contrastive_loss(graph, views, selected_clients, items, generator, noise)
+        loss = contrastive_loss(graph, server_graph, views, selected_clients, items,
+                                generator, noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         selected = torch.zeros(num_users, dtype=torch.bool)
         selected[selected_clients] = True
-        clients.step(views.gradient(), selected)
+        clients.step(views.gradient, selected)
         graph.engine.count_participation(selected_clients)
         losses.append(loss.item())
     if graph.pretrain_rounds:
@@ -196,16 +220,22 @@ def pretrain_batch(graph, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
     return clients, items
 
 
-def contrastive_loss(graph, view_input: Callable[[int], Tensor], clients: Tensor,
+def contrastive_loss(graph, server_graph: GraphView, view_input: ViewInputs, clients: Tensor,
                      items: Tensor, generator: torch.Generator,
                      noise: Optional[SimGCLNoise]) -> Tensor:
     """``cl_weight * (InfoNCE(users) + InfoNCE(items))`` between two views: view ``v``
     propagates the user vectors ``view_input(v)`` and the item table over an augmentation of
-    ``graph``'s collaborative graph, with SimGCL ``noise`` on every layer."""
+    the server's graph (``server_graph``, the graph engine ``graph``'s with its users' item
+    sets), with SimGCL ``noise`` on every layer, at the rows of ``clients`` and ``items``
+    only (:meth:`~fedgraph.nn.gnn.FederatedGNN.view_rows`); the backward pass adds the
+    gradient in the user vectors to ``view_input.gradient``."""
     views = []
     for view in range(2):
-        augmented = graph.augmentation(graph.graph, generator)
-        views.append(graph.gnn(view_input(view), graph.model.item, augmented, perturb=noise))
+        augmented = graph.augmentation.view(server_graph, generator)
+        user = view_input(view)
+        views.append(graph.gnn.view_rows(user, graph.model.item, augmented, clients, items,
+                                         perturb=noise, user_gradient=view_input.gradient))
+        del user, augmented  # each view's own tensors are free before the next one's
     return graph.cl_weight * (
-        info_nce(views[0][0][clients], views[1][0][clients], graph.cl_temperature)
-        + info_nce(views[0][1][items], views[1][1][items], graph.cl_temperature))
+        info_nce(views[0][0], views[1][0], graph.cl_temperature)
+        + info_nce(views[0][1], views[1][1], graph.cl_temperature))

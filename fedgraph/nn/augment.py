@@ -25,6 +25,7 @@ from torch import Tensor
 from fedgraph.data.partition import ClientPartition
 from fedgraph.privacy.upload import LaplaceLDP
 from fedgraph.nn.gnn import CollaborativeGraph
+from fedgraph.nn.views import GraphView
 
 __all__ = ['ClientDropout', 'PseudoItems', 'LaplaceLDP', 'SimGCLNoise', 'Compose']
 
@@ -39,11 +40,17 @@ class ClientDropout:
         self.rate = rate
 
     def __call__(self, graph: CollaborativeGraph, generator: torch.Generator) -> CollaborativeGraph:
-        num_dropped = int(graph.num_users * self.rate)
-        dropped = torch.zeros(graph.num_users, dtype=torch.bool)
-        dropped[torch.randperm(graph.num_users, generator=generator)[:num_dropped]] = True
-        keep = ~dropped.to(graph.edge_index.device)[graph.edge_index[0]]
-        return CollaborativeGraph(graph.edge_index[:, keep], graph.num_users, graph.num_items)
+        return self.view(GraphView(graph), generator).graph()
+
+    def view(self, view: GraphView, generator: torch.Generator) -> GraphView:
+        """The call on a :class:`~fedgraph.nn.views.GraphView`: the same draw, the dropped
+        clients marked, nothing copied (their extra edges leave the view too)."""
+        num_dropped = int(view.num_users * self.rate)
+        dropped = torch.zeros(view.num_users, dtype=torch.bool)
+        dropped[torch.randperm(view.num_users, generator=generator)[:num_dropped]] = True
+        kept = ~dropped if view.kept is None else view.kept.cpu() & ~dropped
+        extra = view.extra[:, kept[view.extra[0].cpu()].to(view.extra.device)]
+        return view.replace(kept=kept, extra=extra)
 
 
 class PseudoItems:
@@ -58,19 +65,26 @@ class PseudoItems:
         self.ratio = ratio
 
     def __call__(self, graph: CollaborativeGraph, generator: torch.Generator) -> CollaborativeGraph:
-        if self.ratio == 0:
-            return graph
-        partition = ClientPartition.from_edge_index(graph.edge_index, graph.num_users,
-                                                    graph.num_items)
-        return CollaborativeGraph(torch.cat([graph.edge_index,
-                                             self.pseudo_edges(partition, generator)], dim=1),
-                                  graph.num_users, graph.num_items)
+        return self.view(GraphView(graph), generator).graph()
 
-    def pseudo_edges(self, partition: ClientPartition, generator: torch.Generator) -> Tensor:
-        """``[2, P]`` the ``(client, pseudo-item)`` pairs of the clients of ``partition``,
-        clients that ask for as many drawn together, in increasing order of that count."""
+    def view(self, view: GraphView, generator: torch.Generator) -> GraphView:
+        """The call on a :class:`~fedgraph.nn.views.GraphView`: the pseudo-items of its
+        clients (drawn against their item sets in the view,
+        :meth:`~fedgraph.nn.views.GraphView.user_partition`) join its extra edges."""
+        if self.ratio == 0:
+            return view
+        partition, clients = view.user_partition()
+        pseudo = self.pseudo_edges(partition, generator, clients)
+        return view.replace(extra=torch.cat([view.extra, pseudo.to(view.extra)], dim=1))
+
+    def pseudo_edges(self, partition: ClientPartition, generator: torch.Generator,
+                     clients: Optional[Tensor] = None) -> Tensor:
+        """``[2, P]`` the ``(client, pseudo-item)`` pairs of ``clients`` (ascending, each
+        with items; default: every client of ``partition`` with items), clients that ask
+        for as many drawn together, in increasing order of that count."""
         degree = partition.degree
-        clients = torch.nonzero(degree > 0).view(-1)
+        if clients is None:
+            clients = torch.nonzero(degree > 0).view(-1)
         count = torch.clamp(torch.floor(degree[clients] * self.ratio).long(), min=1)
         count = torch.minimum(count, partition.num_items - degree[clients])
         # The clients of each count, in the order of their ids, from one stable sort.
@@ -121,8 +135,30 @@ class SimGCLNoise:
         self.eps = eps
         self.generator = generator
 
+    #: Rows of a layer's noise :meth:`rows` draws at a time.
+    CHUNK_ROWS = 1 << 16
+
     def __call__(self, x: Tensor) -> Tensor:
         noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        return self._add(x, noise)
+
+    def rows(self, x: Tensor, nodes: Tensor, num_nodes: int) -> Tensor:
+        """The call on a whole ``[num_nodes, d]`` layer, at its rows ``nodes`` (ascending;
+        ``x`` holds them): the layer's noise is drawn whole, in chunks of
+        :attr:`CHUNK_ROWS` rows (the generator gives the same numbers in chunks as at
+        once), and only the rows' is kept."""
+        noise = torch.empty(x.shape, dtype=x.dtype)
+        nodes = nodes.cpu()
+        starts = torch.arange(0, num_nodes + self.CHUNK_ROWS, self.CHUNK_ROWS)
+        bounds = torch.searchsorted(nodes, starts).tolist()
+        for chunk, start in enumerate(starts[:-1].tolist()):
+            drawn = torch.rand((min(self.CHUNK_ROWS, num_nodes - start),) + x.shape[1:],
+                               generator=self.generator, dtype=x.dtype)
+            low, high = bounds[chunk], bounds[chunk + 1]
+            noise[low:high] = drawn[nodes[low:high] - start]
+        return self._add(x, noise.to(x.device))
+
+    def _add(self, x: Tensor, noise: Tensor) -> Tensor:
         return x + self.eps * torch.sign(x) * F.normalize(noise, dim=-1)
 
 
@@ -136,3 +172,10 @@ class Compose:
         for augmentation in self.augmentations:
             graph = augmentation(graph, generator)
         return graph
+
+    def view(self, view: GraphView, generator: torch.Generator) -> GraphView:
+        """The augmentations' :meth:`view` in order: the call's draws, described as a
+        :class:`~fedgraph.nn.views.GraphView` (each augmentation must have one)."""
+        for augmentation in self.augmentations:
+            view = augmentation.view(view, generator)
+        return view

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import to_torch_csr_tensor
 
+from fedgraph.data.partition import ClientPartition
+
 
 def csr_matrix(edge_index: Tensor, weight: Tensor, size: Tuple[int, int]) -> Tensor:
     """The sparse CSR matrix with ``weight[e]`` at ``edge_index[:, e]`` (PyG's
@@ -65,6 +67,23 @@ def _covering_rows(matrix: Tensor, rows: Tensor) -> Tuple[Tensor, Optional[Tenso
         if high - low + 1 <= 2 * rows.numel():
             return csr_span(matrix, low, high), rows - low
     return csr_rows(matrix, rows), None
+
+
+def _grown(part: Tensor, nodes: Tensor, count: int) -> Tensor:
+    """The ascending union of the node ids ``part`` and ``nodes`` (below ``count``)."""
+    marked = torch.zeros(count, dtype=torch.bool)
+    marked[part] = True
+    _mark(nodes, marked)
+    return marked.nonzero().view(-1)
+
+
+def _columns_at(matrix: Tensor, part: Tensor) -> Tensor:
+    """``matrix`` (sparse CSR) with its columns, ids among the ascending ``part``, renumbered
+    to their positions in ``part``: the matrix that reads only ``part``'s rows."""
+    position = torch.zeros(matrix.size(1), dtype=matrix.col_indices().dtype)
+    position[part] = torch.arange(part.numel(), dtype=position.dtype)
+    return sparse_csr(matrix.crow_indices(), position[matrix.col_indices()], matrix.values(),
+                      (matrix.size(0), part.numel()))
 
 
 def _at(values: Tensor, position: Optional[Tensor]) -> Tensor:
@@ -135,6 +154,30 @@ class CollaborativeGraph:
         return sparse_csr(crow.to(device), col.to(device), values.to(device),
                           (num_nodes, num_nodes))
 
+    def neighbours(self) -> Tuple[Tensor, Tensor]:
+        """The row offsets and column indices (node ids) of
+        :meth:`normalized_adjacency`, on the CPU, in whichever device and dtype it was
+        built (the default dtype on the CPU when it was not)."""
+        adjacency = self._adjacency
+        if adjacency is None:
+            adjacency = self.normalized_adjacency()
+        return adjacency.crow_indices().cpu(), adjacency.col_indices().cpu()
+
+    def item_sets(self) -> ClientPartition:
+        """Each user's items as a client partition whose rows are ascending (its
+        membership lookups search a user's row, :meth:`ClientPartition.with_rows_sorted
+        <fedgraph.data.partition.ClientPartition.with_rows_sorted>`): read from the
+        adjacency's users' rows once it is built, else from the edges grouped by user."""
+        if self._adjacency is None:
+            partition = ClientPartition.from_edge_index(self.edge_index, self.num_users,
+                                                        self.num_items)
+        else:
+            crow, col = self.neighbours()
+            end = int(crow[self.num_users])
+            partition = ClientPartition(crow[:self.num_users + 1].long(),
+                                        col[:end] - self.num_users, self.num_items)
+        return partition.with_rows_sorted()
+
     def homogeneous_edge_index(self) -> Tensor:
         """``[2, 2E]`` undirected edges over nodes ``[users; items]`` (item ``i`` is node
         ``num_users + i``), the layout LightGCN propagates on."""
@@ -181,28 +224,90 @@ def _mark_cpu(nodes, marked):
         marked[node] = True
 
 
-class _SymmetricProduct(torch.autograd.Function):
-    """:math:`\\hat A x` for a symmetric sparse CSR :math:`\\hat A` (the normalized
-    adjacency of an undirected graph), whose gradient :math:`\\hat A^\\top g = \\hat A g` is
-    one more product with the same matrix, where PyTorch's sparse product would first build
-    the transposed matrix, a copy of every entry, at every backward pass."""
+def transpose_csr(matrix: Tensor) -> Tensor:
+    """The transpose of a sparse CSR ``matrix`` as a sparse CSR matrix, by one counting
+    sort of its entries (a row's entries in the order of the rows they come from), where
+    converting PyTorch's transposed view to CSR sorts them."""
+    crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
+    out_crow = torch.zeros(matrix.size(1) + 1, dtype=crow.dtype)
+    torch.cumsum(torch.bincount(col, minlength=matrix.size(1)), 0, out=out_crow[1:])
+    out_col = torch.empty_like(col)
+    values = matrix.values().cpu()
+    out_values = torch.empty_like(values)
+    _transpose_entries(crow.numpy(), col.numpy(), values.numpy(), out_crow.numpy(),
+                       out_col.numpy(), out_values.numpy())
+    return sparse_csr(out_crow, out_col, out_values,
+                      (matrix.size(1), matrix.size(0))).to(matrix.device)
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose_entries(crow, col, values, out_crow, out_col, out_values):
+    filled = out_crow[:-1].copy()
+    for row in range(crow.size - 1):
+        for entry in range(crow[row], crow[row + 1]):
+            position = filled[col[entry]]
+            filled[col[entry]] += 1
+            out_col[position] = row
+            out_values[position] = values[entry]
+
+
+class _SparseProduct(torch.autograd.Function):
+    """:math:`M x` for a sparse CSR :math:`M`, whose gradient :math:`M^\\top g` is a
+    product with :math:`M` itself when it is symmetric (the normalized adjacency of an
+    undirected graph), else with :func:`transpose_csr`'s transpose, built in the backward
+    pass: PyTorch's sparse product would sort a transposed copy of every entry there."""
 
     @staticmethod
-    def forward(ctx, adjacency: Tensor, x: Tensor) -> Tensor:
-        ctx.adjacency = adjacency
-        return adjacency @ x
+    def forward(ctx, matrix: Tensor, x: Tensor, symmetric: bool) -> Tensor:
+        ctx.matrix, ctx.symmetric = matrix, symmetric
+        return matrix @ x
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return None, ctx.adjacency @ grad
+        transposed = ctx.matrix if ctx.symmetric else transpose_csr(ctx.matrix)
+        return None, transposed @ grad, None
 
 
-def symmetric_product(adjacency: Tensor, x: Tensor) -> Tensor:
-    """``adjacency @ x`` for the symmetric ``adjacency`` of :meth:`CollaborativeGraph.
-    normalized_adjacency`, differentiable in ``x`` (:class:`_SymmetricProduct`)."""
+def sparse_product(matrix: Tensor, x: Tensor, symmetric: bool = False) -> Tensor:
+    """``matrix @ x`` for a sparse CSR ``matrix`` (``symmetric``: equal to its transpose,
+    as :meth:`CollaborativeGraph.normalized_adjacency` is), differentiable in ``x``
+    (:class:`_SparseProduct`)."""
     if x.requires_grad and torch.is_grad_enabled():
-        return _SymmetricProduct.apply(adjacency, x)
-    return adjacency @ x
+        return _SparseProduct.apply(matrix, x, symmetric)
+    return matrix @ x
+
+
+class _ReadUsers(torch.autograd.Function):
+    """``(matrix @ user, user[users])`` for a ``user`` table outside autograd, whose
+    gradient :math:`M^\\top g_M + \\sum_j e_{u_j} g_j` the backward pass adds to
+    ``gradient`` in place (a sparse ``addmm_`` and an ``index_add_``): no tensor of the
+    table's size is made. ``anchor``, a scalar that requires grad, puts the reads on the
+    graph; its own gradient is none."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, user: Tensor, users: Tensor, matrix: Optional[Tensor],
+                gradient: Tensor):
+        ctx.users, ctx.matrix, ctx.gradient = users, matrix, gradient
+        product = user.new_empty(0, user.size(1)) if matrix is None else matrix @ user
+        return product, user[users]
+
+    @staticmethod
+    def backward(ctx, product_grad: Tensor, rows_grad: Tensor):
+        ctx.gradient.index_add_(0, ctx.users.to(rows_grad.device), rows_grad)
+        if ctx.matrix is not None:
+            ctx.gradient.addmm_(transpose_csr(ctx.matrix), product_grad)
+        return None, None, None, None, None
+
+
+def _read_users(user: Tensor, users: Tensor, matrix: Optional[Tensor],
+                gradient: Optional[Tensor]) -> Tuple[Optional[Tensor], Tensor]:
+    """``(matrix @ user, user[users])`` (``None`` for no ``matrix``), through autograd, or
+    with ``gradient`` through :class:`_ReadUsers`."""
+    if gradient is None:
+        return (None if matrix is None else sparse_product(matrix, user)), user[users]
+    anchor = torch.zeros((), device=user.device, requires_grad=True)
+    product, rows = _ReadUsers.apply(anchor, user.detach(), users, matrix, gradient)
+    return (None if matrix is None else product), rows
 
 
 class FederatedGNN(nn.Module):
@@ -240,12 +345,71 @@ class FederatedGNN(nn.Module):
         adjacency = graph.normalized_adjacency(x.device, x.dtype)
         total = x
         for _ in range(self.num_layers):
-            x = symmetric_product(adjacency, x)
+            x = sparse_product(adjacency, x, symmetric=True)
             if perturb is not None:
                 x = perturb(x)
             total = total + x
         total = total / (self.num_layers + 1)
         return total[:user.size(0)], total[user.size(0):]
+
+    def view_rows(self, user: Tensor, item: Tensor, view, users: Tensor, items: Tensor,
+                  perturb=None, user_gradient: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """:meth:`forward` over the graph of ``view`` (a
+        :class:`~fedgraph.nn.views.GraphView`), at the rows ``users`` and ``items`` only:
+        what a contrastive loss on those rows reads, differentiable in ``user`` and ``item``.
+
+        As in :meth:`context_rows`, layer :math:`k` is needed at the nodes :math:`F_k`, with
+        :math:`F_K` the wanted rows and :math:`F_{k-1} = F_k \\cup N(F_k)`, and
+        :math:`X^{(k)}[F_k] = \\hat A[F_k] \\, X^{(k-1)}`; the graph being bipartite, a
+        user's row reads items only and an item's users only, so each layer is the product
+        of the view's users' rows with the items' part of the layer below and of its items'
+        rows with the users' part (:meth:`GraphView.rows <fedgraph.nn.views.GraphView.rows>`,
+        never the view's whole adjacency). ``perturb`` (a
+        :class:`~fedgraph.nn.augment.SimGCLNoise`) perturbs each layer's rows with the draws
+        it takes for a whole layer (:meth:`SimGCLNoise.rows
+        <fedgraph.nn.augment.SimGCLNoise.rows>`), so the rows equal :meth:`forward`'s.
+
+        With ``user_gradient`` (a tensor of ``user``'s shape), ``user`` stays outside
+        autograd: the backward pass adds the gradient in ``user`` to ``user_gradient`` in
+        place (:class:`_ReadUsers`), where autograd would make tensors of its size for
+        each read of it (every client's embedding, in a contrastive view).
+        """
+        if self.num_layers == 0:
+            return _read_users(user, users, None, user_gradient)[1], item[items]
+        num_users, num_items = user.size(0), item.size(0)
+        # parts[k - 1]: F_k's users and items, ascending, and their rows of the view.
+        parts = []
+        part_users, part_items = torch.unique(users.cpu()), torch.unique(items.cpu())
+        for layer in range(self.num_layers, 0, -1):
+            user_rows, item_rows = view.rows(part_users, part_items, user.dtype)
+            parts.insert(0, (part_users, part_items, user_rows, item_rows))
+            if layer > 1:
+                part_users = _grown(part_users, item_rows.col_indices(), num_users)
+                part_items = _grown(part_items, user_rows.col_indices(), num_items)
+        device = user.device
+        total_items = item[items]
+        x_user, x_item, below = user, item, None
+        for part_users, part_items, user_rows, item_rows in parts:
+            if below is not None:
+                user_rows = _columns_at(user_rows, below[1])
+                item_rows = _columns_at(item_rows, below[0])
+            next_user = sparse_product(user_rows.to(device), x_item)
+            if below is None:
+                next_item, total_users = _read_users(user, users, item_rows.to(device),
+                                                     user_gradient)
+            else:
+                next_item = sparse_product(item_rows.to(device), x_user)
+            if perturb is not None:
+                layer = perturb.rows(torch.cat([next_user, next_item]),
+                                     torch.cat([part_users, part_items + num_users]),
+                                     num_users + num_items)
+                next_user, next_item = layer[:part_users.numel()], layer[part_users.numel():]
+            total_users = total_users + next_user[
+                torch.searchsorted(part_users, users.cpu()).to(device)]
+            total_items = total_items + next_item[
+                torch.searchsorted(part_items, items.cpu()).to(device)]
+            x_user, x_item, below = next_user, next_item, (part_users, part_items)
+        return total_users / (self.num_layers + 1), total_items / (self.num_layers + 1)
 
     @torch.no_grad()
     def context(self, user: Tensor, item: Tensor,

@@ -67,17 +67,24 @@ class UploadTransform:
     def __call__(self, update: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         """``update`` clipped, with Laplace noise from ``generator`` (one uniform per
         coordinate, :func:`laplace`), in blocks of :attr:`BLOCK_ROWS` rows (each row is
-        clipped on its own)."""
-        uniform = (torch.rand(update.shape, generator=generator, dtype=update.dtype)
-                   if self.draws else None)
+        clipped on its own), the uniforms drawn block by block too (a generator gives the
+        same numbers in blocks as at once)."""
         if update.dim() < 2 or update.size(0) <= self.BLOCK_ROWS or (
                 self.clip is None and not self.draws):
-            return self.with_uniforms(update, uniform)
-        out = torch.empty_like(update)
+            return self.with_uniforms(update, self._uniforms(update.shape, update.dtype,
+                                                             generator))
+        out = torch.empty(update.shape, dtype=update.dtype, device=update.device)
         for start in range(0, update.size(0), self.BLOCK_ROWS):
             rows = slice(start, start + self.BLOCK_ROWS)
-            out[rows] = self.with_uniforms(update[rows], None if uniform is None else uniform[rows])
+            block = update[rows]
+            out[rows] = self.with_uniforms(block, self._uniforms(block.shape, update.dtype,
+                                                                 generator))
         return out
+
+    def _uniforms(self, shape: torch.Size, dtype: torch.dtype,
+                  generator: Optional[torch.Generator]) -> Optional[Tensor]:
+        """The :math:`U(0, 1)` draws of noise on ``shape`` rows (``None`` without noise)."""
+        return torch.rand(shape, generator=generator, dtype=dtype) if self.draws else None
 
     def with_uniforms(self, update: Tensor, uniform: Optional[Tensor]) -> Tensor:
         """``update`` clipped, with the Laplace noise of the :math:`U(0, 1)` draws

@@ -1,0 +1,258 @@
+"""Augmented views of a collaborative graph, described without copying it, and the rows of
+their normalized adjacency.
+
+An augmentation that drops clients and adds pseudo-items (:mod:`fedgraph.nn.augment`) makes
+a graph that differs from the server's in a few of its nodes: a :class:`GraphView` holds
+which users it keeps and the edges it adds, and reads everything else from the graph. A
+contrastive view then needs its normalized adjacency only at the rows that the loss's
+K-hop neighbourhoods reach (:meth:`FederatedGNN.view_rows
+<fedgraph.nn.gnn.FederatedGNN.view_rows>`); :meth:`GraphView.rows` builds those rows
+straight from the graph's own adjacency, so a view costs what its rows hold, not a copy of
+the graph, a partition of it and an adjacency of its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional, Tuple
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedgraph.data.partition import ClientPartition
+from fedgraph.nn.gnn import CollaborativeGraph, sparse_csr
+
+
+def _no_edges() -> Tensor:
+    return torch.empty(2, 0, dtype=torch.long)
+
+
+@dataclass
+class GraphView:
+    """A view of the graph ``base``: its edges of the users ``kept`` (all users when
+    ``None``), followed by the ``extra`` edges ``[2, P]`` (of kept users).
+
+    Attributes:
+        base: the graph the view is made from.
+        kept: ``[num_users]`` whether each user is in the view, or ``None``.
+        extra: ``[2, P]`` ``(user, item)`` edges the view adds.
+        partition: the users' item sets in ``base``, if the caller holds them (an
+            augmentation that needs them builds them otherwise).
+    """
+    base: CollaborativeGraph
+    kept: Optional[Tensor] = None
+    extra: Tensor = field(default_factory=_no_edges)
+    partition: Optional[ClientPartition] = field(default=None, repr=False)
+    _built: Optional['_ViewStructure'] = field(default=None, init=False, repr=False,
+                                               compare=False)
+
+    @property
+    def num_users(self) -> int:
+        return self.base.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.base.num_items
+
+    def replace(self, kept: Optional[Tensor] = None,
+                extra: Optional[Tensor] = None) -> 'GraphView':
+        """This view with other ``kept`` users or ``extra`` edges (each kept when ``None``)."""
+        return GraphView(self.base, self.kept if kept is None else kept,
+                         self.extra if extra is None else extra, self.partition)
+
+    def graph(self) -> CollaborativeGraph:
+        """The view as a graph of its own: ``base``'s kept edges, in their order, then
+        ``extra``; ``base`` itself when the view keeps it whole."""
+        base = self.base
+        if self.kept is None and not self.extra.numel():
+            return base
+        edges = base.edge_index
+        if self.kept is not None:
+            edges = edges[:, self.kept.to(edges.device)[edges[0]]]
+        if self.extra.numel():
+            edges = torch.cat([edges, self.extra.to(edges)], dim=1)
+        return CollaborativeGraph(edges, base.num_users, base.num_items)
+
+    def user_partition(self) -> Tuple[ClientPartition, Optional[Tensor]]:
+        """The item sets of the view's users, and the users that hold any (``None``: every
+        user with an item in the partition). Without extra edges these are ``base``'s sets
+        (:attr:`partition`, or built from ``base``) and the kept users among their
+        holders; else the partition of the view's own edges."""
+        if self.extra.numel():
+            graph = self.graph()
+            return ClientPartition.from_edge_index(graph.edge_index, graph.num_users,
+                                                   graph.num_items), None
+        partition = self.partition or self.base.item_sets()
+        holds = partition.degree > 0
+        if self.kept is not None:
+            holds &= self.kept
+        return partition, torch.nonzero(holds).view(-1)
+
+    def _structure(self) -> '_ViewStructure':
+        """What :meth:`rows` reads besides ``base``'s adjacency, built on the first call
+        and kept: the kept users, the extra edges grouped by user and by item, and the
+        view's degrees."""
+        if self._built is None:
+            base = self.base
+            num_users = base.num_users
+            crow, col = base.neighbours()
+            kept = (torch.ones(num_users, dtype=torch.bool) if self.kept is None
+                    else self.kept.cpu())
+            extra = self.extra.cpu().long()
+            offsets = [torch.zeros(count + 1, dtype=torch.long)
+                       for count in (num_users, base.num_items)]
+            for end, out in zip(extra, offsets):
+                torch.cumsum(torch.bincount(end, minlength=out.numel() - 1), 0, out=out[1:])
+            others = [torch.empty(extra.size(1), dtype=torch.long) for _ in range(2)]
+            _group_extra(extra[0].numpy(), extra[1].numpy(), offsets[0].numpy(),
+                         offsets[1].numpy(), others[0].numpy(), others[1].numpy())
+            degree = (crow[1:] - crow[:-1]).long()
+            degree[:num_users] += offsets[0][1:] - offsets[0][:-1]
+            degree[:num_users] *= kept
+            degree[num_users:] += offsets[1][1:] - offsets[1][:-1]
+            dropped = torch.nonzero(~kept).view(-1)
+            if dropped.numel():
+                degree[num_users:] -= torch.from_numpy(_items_of(
+                    crow.numpy(), col.numpy(), num_users, base.num_items, dropped.numpy()))
+            self._built = _ViewStructure(kept, offsets[0], others[0], offsets[1], others[1],
+                                         degree)
+        return self._built
+
+    def rows(self, users: Tensor, items: Tensor,
+             dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+        """The rows ``users`` and ``items`` of the view's normalized adjacency
+        :math:`\\hat A = D^{-1/2} A D^{-1/2}` (its degrees :math:`D` the view's), in the order
+        given, as two sparse CSR matrices in ``dtype``: ``[len(users), num_items]`` over item
+        ids and ``[len(items), num_users]`` over user ids (the graph is bipartite).
+
+        Each row holds the entries :meth:`CollaborativeGraph.normalized_adjacency` of
+        :meth:`graph` holds, in the same order: a user's are its edges in ``base``'s order,
+        then its extra ones; an item's are its users in increasing order. They are read
+        from ``base``'s adjacency, which is built once and kept.
+        """
+        dtype = dtype or torch.get_default_dtype()
+        base = self.base
+        num_users = base.num_users
+        crow, col = base.neighbours()
+        crow_np, col_np = crow.numpy(), col.numpy()
+        kept, extra_users, extra_items, by_item, item_users, degree = self._structure()
+        inverse = degree.to(dtype).rsqrt().numpy()
+        users, items = users.cpu().long(), items.cpu().long()
+        matrices = []
+        for rows, offsets, others, width in (
+                (users, extra_users, extra_items, base.num_items),
+                (items + num_users, by_item, item_users, num_users)):
+            counts = np.empty(rows.numel(), np.int64)
+            _count_rows(crow_np, col_np, num_users, kept.numpy(), offsets.numpy(),
+                        rows.numpy(), counts)
+            out_crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
+            torch.cumsum(torch.from_numpy(counts), 0, out=out_crow[1:])
+            total = int(out_crow[-1])
+            out_col = torch.empty(total, dtype=col.dtype)
+            values = torch.empty(total, dtype=dtype)
+            _fill_rows(crow_np, col_np, num_users, kept.numpy(), offsets.numpy(),
+                       others.numpy(), inverse, rows.numpy(), out_crow.numpy(),
+                       out_col.numpy(), values.numpy())
+            matrices.append(sparse_csr(out_crow.to(col.dtype), out_col, values,
+                                       (rows.numel(), width)))
+        return matrices[0], matrices[1]
+
+
+class _ViewStructure(NamedTuple):
+    """A view's kept users ``[U]``, its extra edges by user (offsets ``[U + 1]``, items)
+    and by item (offsets ``[I + 1]``, users), and its degrees ``[U + I]``."""
+    kept: Tensor
+    user_offsets: Tensor
+    user_items: Tensor
+    item_offsets: Tensor
+    item_users: Tensor
+    degree: Tensor
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_extra(user, item, user_offsets, item_offsets, user_items, item_users):
+    """Groups the edges ``(user[e], item[e])`` by user (``user_items``, in edge order)
+    and by item (``item_users``, users ascending) by two counting sorts into the groups of
+    ``user_offsets`` and ``item_offsets``."""
+    filled = user_offsets[:-1].copy()
+    for edge in range(user.size):
+        user_items[filled[user[edge]]] = item[edge]
+        filled[user[edge]] += 1
+    filled = item_offsets[:-1].copy()
+    for row in range(user_offsets.size - 1):
+        for entry in range(user_offsets[row], user_offsets[row + 1]):
+            node = user_items[entry]
+            item_users[filled[node]] = row
+            filled[node] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _items_of(crow, col, num_users, num_items, users):
+    """``[num_items]`` how many of ``users``' adjacency entries fall on each item."""
+    counts = np.zeros(num_items, np.int64)
+    for user in users:
+        for entry in range(crow[user], crow[user + 1]):
+            counts[col[entry] - num_users] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _count_rows(crow, col, num_users, kept, offsets, rows, counts):
+    """The number of entries of each of ``rows`` (node ids) in the view (see
+    :func:`_fill_rows`)."""
+    for position in numba.prange(rows.size):
+        row = rows[position]
+        if row < num_users:
+            counts[position] = (crow[row + 1] - crow[row] + offsets[row + 1] - offsets[row]
+                                if kept[row] else 0)
+        else:
+            count = offsets[row - num_users + 1] - offsets[row - num_users]
+            for entry in range(crow[row], crow[row + 1]):
+                if kept[col[entry]]:
+                    count += 1
+            counts[position] = count
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _fill_rows(crow, col, num_users, kept, offsets, others, inverse, rows, out_crow,
+               out_col, values):
+    """Writes the view's entries of ``rows`` (node ids: users, then items shifted by
+    ``num_users``) into ``out_col`` (item ids for users, user ids for items) and ``values``
+    (``inverse[row] * inverse[node]``): a kept user's adjacency entries then its extra items
+    (``others[offsets[u]:offsets[u + 1]]``); an item's kept users from the adjacency merged
+    in increasing order with its extra users."""
+    for position in numba.prange(rows.size):
+        row = rows[position]
+        out = out_crow[position]
+        if row < num_users:
+            if not kept[row]:
+                continue
+            for entry in range(crow[row], crow[row + 1]):
+                out_col[out] = col[entry] - num_users
+                values[out] = inverse[row] * inverse[col[entry]]
+                out += 1
+            for extra in range(offsets[row], offsets[row + 1]):
+                out_col[out] = others[extra]
+                values[out] = inverse[row] * inverse[num_users + others[extra]]
+                out += 1
+        else:
+            item = row - num_users
+            extra, end = offsets[item], offsets[item + 1]
+            for entry in range(crow[row], crow[row + 1]):
+                user = col[entry]
+                if not kept[user]:
+                    continue
+                while extra < end and others[extra] < user:
+                    out_col[out] = others[extra]
+                    values[out] = inverse[row] * inverse[others[extra]]
+                    out += 1
+                    extra += 1
+                out_col[out] = user
+                values[out] = inverse[row] * inverse[user]
+                out += 1
+            while extra < end:
+                out_col[out] = others[extra]
+                values[out] = inverse[row] * inverse[others[extra]]
+                out += 1
+                extra += 1
