@@ -210,3 +210,22 @@ def test_a_user_table_read_outside_autograd_gets_the_gradient_autograd_gives(flo
     torch.testing.assert_close(gradient, expected[0] + expected[1], rtol=0, atol=1e-12)
     torch.testing.assert_close(item.grad, expected[2], rtol=0, atol=1e-12)
     assert bool(gradient.abs().sum() > 0)
+
+
+def test_a_views_item_product_and_its_gradient_are_the_item_rows_and_their_transpose(
+        float64):
+    graph = _graph()
+    graph.normalized_adjacency()
+    view = _views(graph, seed=13)[0]
+    generator = torch.Generator().manual_seed(14)
+    user = torch.randn(NUM_USERS, 3, generator=generator)
+    items = torch.tensor([4, 0, 17, 29, 4])
+    rows = view.rows(torch.empty(0, dtype=torch.long), items)[1].to_dense()
+    torch.testing.assert_close(view.item_product(items, user), rows @ user, rtol=0,
+                               atol=1e-12)
+    unique = torch.tensor([0, 4, 17, 29])  # positions are unique
+    grad = torch.randn(4, 3, generator=generator)
+    into = torch.ones(NUM_USERS, 3)
+    view.add_item_gradient(unique, grad, into)
+    expected = 1 + view.rows(torch.empty(0, dtype=torch.long), unique)[1].to_dense().t() @ grad
+    torch.testing.assert_close(into, expected, rtol=0, atol=1e-12)

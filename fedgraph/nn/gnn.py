@@ -278,36 +278,40 @@ def sparse_product(matrix: Tensor, x: Tensor, symmetric: bool = False) -> Tensor
 
 
 class _ReadUsers(torch.autograd.Function):
-    """``(matrix @ user, user[users])`` for a ``user`` table outside autograd, whose
-    gradient :math:`M^\\top g_M + \\sum_j e_{u_j} g_j` the backward pass adds to
-    ``gradient`` in place (a sparse ``addmm_`` and an ``index_add_``): no tensor of the
-    table's size is made. ``anchor``, a scalar that requires grad, puts the reads on the
-    graph; its own gradient is none."""
+    """``(A[items] @ user, user[users])`` for a view's adjacency ``A``, whose item rows are
+    never built (:meth:`GraphView.item_product <fedgraph.nn.views.GraphView.item_product>`).
+    The gradient in ``user``, :math:`A[\\mathrm{items}]^\\top g + \\sum_j e_{u_j} g_j`, is
+    added into ``gradient`` in place (:meth:`GraphView.add_item_gradient
+    <fedgraph.nn.views.GraphView.add_item_gradient>` and an ``index_add_``): a buffer the
+    caller holds, ``user`` then outside autograd and ``anchor``, a scalar that requires
+    grad, putting the reads on the graph (its own gradient is none); or, without one, a
+    tensor the backward pass makes and returns as ``user``'s gradient."""
 
     @staticmethod
-    def forward(ctx, anchor: Tensor, user: Tensor, users: Tensor, matrix: Optional[Tensor],
-                gradient: Tensor):
-        ctx.users, ctx.matrix, ctx.gradient = users, matrix, gradient
-        product = user.new_empty(0, user.size(1)) if matrix is None else matrix @ user
-        return product, user[users]
+    def forward(ctx, anchor: Optional[Tensor], user: Tensor, users: Tensor, view,
+                items: Tensor, gradient: Optional[Tensor]):
+        ctx.users, ctx.view, ctx.items, ctx.gradient = users, view, items, gradient
+        ctx.shape, ctx.dtype, ctx.device = user.shape, user.dtype, user.device
+        return view.item_product(items, user), user[users]
 
     @staticmethod
     def backward(ctx, product_grad: Tensor, rows_grad: Tensor):
-        ctx.gradient.index_add_(0, ctx.users.to(rows_grad.device), rows_grad)
-        if ctx.matrix is not None:
-            ctx.gradient.addmm_(transpose_csr(ctx.matrix), product_grad)
-        return None, None, None, None, None
+        into = ctx.gradient
+        if into is None:
+            into = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
+        into.index_add_(0, ctx.users.to(into.device), rows_grad.to(into.dtype))
+        ctx.view.add_item_gradient(ctx.items, product_grad, into)
+        return None, (into if ctx.gradient is None else None), None, None, None, None
 
 
-def _read_users(user: Tensor, users: Tensor, matrix: Optional[Tensor],
-                gradient: Optional[Tensor]) -> Tuple[Optional[Tensor], Tensor]:
-    """``(matrix @ user, user[users])`` (``None`` for no ``matrix``), through autograd, or
-    with ``gradient`` through :class:`_ReadUsers`."""
+def _read_users(user: Tensor, users: Tensor, view, items: Tensor,
+                gradient: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(A[items] @ user, user[users])`` of :class:`_ReadUsers`, its gradient added into
+    ``gradient`` or, without one, ``user``'s through autograd."""
     if gradient is None:
-        return (None if matrix is None else sparse_product(matrix, user)), user[users]
+        return _ReadUsers.apply(None, user, users, view, items, None)
     anchor = torch.zeros((), device=user.device, requires_grad=True)
-    product, rows = _ReadUsers.apply(anchor, user.detach(), users, matrix, gradient)
-    return (None if matrix is None else product), rows
+    return _ReadUsers.apply(anchor, user.detach(), users, view, items, gradient)
 
 
 class FederatedGNN(nn.Module):
@@ -374,14 +378,17 @@ class FederatedGNN(nn.Module):
         place (:class:`_ReadUsers`), where autograd would make tensors of its size for
         each read of it (every client's embedding, in a contrastive view).
         """
+        no_items = items.new_empty(0)
         if self.num_layers == 0:
-            return _read_users(user, users, None, user_gradient)[1], item[items]
+            return _read_users(user, users, view, no_items, user_gradient)[1], item[items]
         num_users, num_items = user.size(0), item.size(0)
-        # parts[k - 1]: F_k's users and items, ascending, and their rows of the view.
+        # parts[k - 1]: F_k's users and items, ascending, and their rows of the view (the
+        # first layer's items' rows, most of the graph, are never built).
         parts = []
         part_users, part_items = torch.unique(users.cpu()), torch.unique(items.cpu())
         for layer in range(self.num_layers, 0, -1):
-            user_rows, item_rows = view.rows(part_users, part_items, user.dtype)
+            user_rows, item_rows = view.rows(part_users, part_items if layer > 1 else
+                                             no_items.cpu(), user.dtype)
             parts.insert(0, (part_users, part_items, user_rows, item_rows))
             if layer > 1:
                 part_users = _grown(part_users, item_rows.col_indices(), num_users)
@@ -390,15 +397,14 @@ class FederatedGNN(nn.Module):
         total_items = item[items]
         x_user, x_item, below = user, item, None
         for part_users, part_items, user_rows, item_rows in parts:
-            if below is not None:
-                user_rows = _columns_at(user_rows, below[1])
-                item_rows = _columns_at(item_rows, below[0])
-            next_user = sparse_product(user_rows.to(device), x_item)
             if below is None:
-                next_item, total_users = _read_users(user, users, item_rows.to(device),
+                next_item, total_users = _read_users(user, users, view, part_items,
                                                      user_gradient)
             else:
-                next_item = sparse_product(item_rows.to(device), x_user)
+                user_rows = _columns_at(user_rows, below[1])
+                next_item = sparse_product(_columns_at(item_rows, below[0]).to(device),
+                                           x_user)
+            next_user = sparse_product(user_rows.to(device), x_item)
             if perturb is not None:
                 layer = perturb.rows(torch.cat([next_user, next_item]),
                                      torch.cat([part_users, part_items + num_users]),

@@ -131,32 +131,60 @@ class GraphView:
         then its extra ones; an item's are its users in increasing order. They are read
         from ``base``'s adjacency, which is built once and kept.
         """
-        dtype = dtype or torch.get_default_dtype()
-        base = self.base
-        num_users = base.num_users
-        crow, col = base.neighbours()
-        crow_np, col_np = crow.numpy(), col.numpy()
-        kept, extra_users, extra_items, by_item, item_users, degree = self._structure()
-        inverse = degree.to(dtype).rsqrt().numpy()
+        base, num_users = self.base, self.base.num_users
+        graph, kept, by_user, by_item, inverse = self._kernel_inputs(dtype)
+        col_dtype = torch.from_numpy(graph[1][:0]).dtype
         users, items = users.cpu().long(), items.cpu().long()
         matrices = []
-        for rows, offsets, others, width in (
-                (users, extra_users, extra_items, base.num_items),
-                (items + num_users, by_item, item_users, num_users)):
+        for rows, extra, width in ((users, by_user, base.num_items),
+                                   (items + num_users, by_item, num_users)):
             counts = np.empty(rows.numel(), np.int64)
-            _count_rows(crow_np, col_np, num_users, kept.numpy(), offsets.numpy(),
-                        rows.numpy(), counts)
+            _count_rows(*graph, num_users, kept, extra[0], rows.numpy(), counts)
             out_crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
             torch.cumsum(torch.from_numpy(counts), 0, out=out_crow[1:])
             total = int(out_crow[-1])
-            out_col = torch.empty(total, dtype=col.dtype)
-            values = torch.empty(total, dtype=dtype)
-            _fill_rows(crow_np, col_np, num_users, kept.numpy(), offsets.numpy(),
-                       others.numpy(), inverse, rows.numpy(), out_crow.numpy(),
-                       out_col.numpy(), values.numpy())
-            matrices.append(sparse_csr(out_crow.to(col.dtype), out_col, values,
+            out_col = torch.empty(total, dtype=col_dtype)
+            values = torch.empty(total, dtype=inverse.dtype)
+            _fill_rows(*graph, num_users, kept, *extra, inverse.numpy(), rows.numpy(),
+                       out_crow.numpy(), out_col.numpy(), values.numpy())
+            matrices.append(sparse_csr(out_crow.to(col_dtype), out_col, values,
                                        (rows.numel(), width)))
         return matrices[0], matrices[1]
+
+    def item_product(self, items: Tensor, user: Tensor) -> Tensor:
+        """``A[items] @ user`` for the view's normalized adjacency ``A``: the items' rows
+        (as :meth:`rows` gives them, in the same order) times the user table ``[U, d]``,
+        without building the rows (an item's row is its users: the items a round reads
+        hold most of the graph's edges)."""
+        graph, kept, _, by_item, inverse = self._kernel_inputs(user.dtype)
+        out = torch.zeros(items.numel(), user.size(1), dtype=user.dtype)
+        _item_product(*graph, self.num_users, kept, *by_item, inverse.numpy(),
+                      items.cpu().long().numpy(), user.detach().cpu().numpy(), out.numpy())
+        return out.to(user.device)
+
+    def add_item_gradient(self, items: Tensor, grad: Tensor, into: Tensor) -> None:
+        """``into += A[items]^T grad``: the gradient of :meth:`item_product` in the user
+        table, added in place, each user's from its own row (no transposed copy)."""
+        graph, kept, by_user, _, inverse = self._kernel_inputs(grad.dtype)
+        position = torch.full((self.num_items,), -1, dtype=torch.long)
+        position[items.cpu()] = torch.arange(items.numel())
+        target = into if into.device.type == 'cpu' else torch.zeros(into.shape,
+                                                                    dtype=into.dtype)
+        _add_item_gradient(*graph, self.num_users, kept, *by_user, inverse.numpy(),
+                           position.numpy(), grad.detach().cpu().numpy(), target.numpy())
+        if target is not into:
+            into += target.to(into.device)
+
+    def _kernel_inputs(self, dtype: Optional[torch.dtype]):
+        """What the row kernels read, as arrays: ``base``'s adjacency (row offsets and
+        columns), the kept users, the extra edges by user and by item, and the view's
+        :math:`D^{-1/2}` in ``dtype`` (default: the default dtype)."""
+        crow, col = self.base.neighbours()
+        built = self._structure()
+        inverse = built.degree.to(dtype or torch.get_default_dtype()).rsqrt()
+        return ((crow.numpy(), col.numpy()), built.kept.numpy(),
+                (built.user_offsets.numpy(), built.user_items.numpy()),
+                (built.item_offsets.numpy(), built.item_users.numpy()), inverse)
 
 
 class _ViewStructure(NamedTuple):
@@ -197,62 +225,108 @@ def _items_of(crow, col, num_users, num_items, users):
     return counts
 
 
+@numba.njit(cache=True, nogil=True)
+def _row_neighbours(crow, col, num_users, kept, offsets, others, node, out):
+    """Writes the neighbours of ``node`` in the view into ``out`` (from its start) in the
+    order of its row, and returns how many: a kept user's items (node ids) from ``base``'s
+    adjacency, then its extra items; an item's kept users from the adjacency merged in
+    increasing order with its extra users (``offsets``, ``others``: the extra edges by
+    user or by item, as the node is)."""
+    count = 0
+    if node < num_users:
+        if kept[node]:
+            for entry in range(crow[node], crow[node + 1]):
+                out[count] = col[entry]
+                count += 1
+            for extra in range(offsets[node], offsets[node + 1]):
+                out[count] = num_users + others[extra]
+                count += 1
+        return count
+    item = node - num_users
+    extra, end = offsets[item], offsets[item + 1]
+    for entry in range(crow[node], crow[node + 1]):
+        user = col[entry]
+        if not kept[user]:
+            continue
+        while extra < end and others[extra] < user:
+            out[count] = others[extra]
+            count += 1
+            extra += 1
+        out[count] = user
+        count += 1
+    while extra < end:
+        out[count] = others[extra]
+        count += 1
+        extra += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_length(crow, col, num_users, kept, offsets, node):
+    """The number of :func:`_row_neighbours` of ``node``."""
+    if node < num_users:
+        return crow[node + 1] - crow[node] + offsets[node + 1] - offsets[node] if kept[node] else 0
+    count = offsets[node - num_users + 1] - offsets[node - num_users]
+    for entry in range(crow[node], crow[node + 1]):
+        if kept[col[entry]]:
+            count += 1
+    return count
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _count_rows(crow, col, num_users, kept, offsets, rows, counts):
-    """The number of entries of each of ``rows`` (node ids) in the view (see
-    :func:`_fill_rows`)."""
+    """The number of entries of each of ``rows`` (node ids) in the view."""
     for position in numba.prange(rows.size):
-        row = rows[position]
-        if row < num_users:
-            counts[position] = (crow[row + 1] - crow[row] + offsets[row + 1] - offsets[row]
-                                if kept[row] else 0)
-        else:
-            count = offsets[row - num_users + 1] - offsets[row - num_users]
-            for entry in range(crow[row], crow[row + 1]):
-                if kept[col[entry]]:
-                    count += 1
-            counts[position] = count
+        counts[position] = _row_length(crow, col, num_users, kept, offsets, rows[position])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _fill_rows(crow, col, num_users, kept, offsets, others, inverse, rows, out_crow,
                out_col, values):
-    """Writes the view's entries of ``rows`` (node ids: users, then items shifted by
-    ``num_users``) into ``out_col`` (item ids for users, user ids for items) and ``values``
-    (``inverse[row] * inverse[node]``): a kept user's adjacency entries then its extra items
-    (``others[offsets[u]:offsets[u + 1]]``); an item's kept users from the adjacency merged
-    in increasing order with its extra users."""
+    """Writes the view's entries of ``rows`` (node ids) into ``out_col`` (item ids for
+    users, user ids for items) and ``values`` (``inverse[row] * inverse[node]``), each row
+    its :func:`_row_neighbours`."""
     for position in numba.prange(rows.size):
-        row = rows[position]
-        out = out_crow[position]
-        if row < num_users:
-            if not kept[row]:
-                continue
-            for entry in range(crow[row], crow[row + 1]):
-                out_col[out] = col[entry] - num_users
-                values[out] = inverse[row] * inverse[col[entry]]
-                out += 1
-            for extra in range(offsets[row], offsets[row + 1]):
-                out_col[out] = others[extra]
-                values[out] = inverse[row] * inverse[num_users + others[extra]]
-                out += 1
-        else:
-            item = row - num_users
-            extra, end = offsets[item], offsets[item + 1]
-            for entry in range(crow[row], crow[row + 1]):
-                user = col[entry]
-                if not kept[user]:
-                    continue
-                while extra < end and others[extra] < user:
-                    out_col[out] = others[extra]
-                    values[out] = inverse[row] * inverse[others[extra]]
-                    out += 1
-                    extra += 1
-                out_col[out] = user
-                values[out] = inverse[row] * inverse[user]
-                out += 1
-            while extra < end:
-                out_col[out] = others[extra]
-                values[out] = inverse[row] * inverse[others[extra]]
-                out += 1
-                extra += 1
+        row, start = rows[position], out_crow[position]
+        count = _row_neighbours(crow, col, num_users, kept, offsets, others, row,
+                                out_col[start:])
+        shift = num_users if row < num_users else 0
+        for entry in range(start, start + count):
+            values[entry] = inverse[row] * inverse[out_col[entry]]
+            out_col[entry] -= shift
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _item_product(crow, col, num_users, kept, offsets, others, inverse, items, user, out):
+    """``out[p] = sum_u inverse[i] inverse[u] user[u]`` over the neighbours ``u`` of item
+    ``i = items[p]`` (:func:`_row_neighbours`, in their order): the view's item rows times
+    the user table, rows in parallel."""
+    for position in numba.prange(items.size):
+        node = num_users + items[position]
+        neighbours = np.empty(_row_length(crow, col, num_users, kept, offsets, node),
+                              col.dtype)
+        _row_neighbours(crow, col, num_users, kept, offsets, others, node, neighbours)
+        for neighbour in neighbours:
+            weight = inverse[node] * inverse[neighbour]
+            for dim in range(user.shape[1]):
+                out[position, dim] += weight * user[neighbour, dim]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _add_item_gradient(crow, col, num_users, kept, offsets, others, inverse, position,
+                       grad, into):
+    """``into[u] += sum_i inverse[u] inverse[i] grad[position[i]]`` over the items ``i``
+    of each user ``u`` in the view (:func:`_row_neighbours`) that have a position (``-1``:
+    none): the transpose of :func:`_item_product`, users in parallel."""
+    for user in numba.prange(num_users):
+        if not kept[user]:
+            continue
+        neighbours = np.empty(_row_length(crow, col, num_users, kept, offsets, user),
+                              col.dtype)
+        _row_neighbours(crow, col, num_users, kept, offsets, others, user, neighbours)
+        for node in neighbours:
+            row = position[node - num_users]
+            if row >= 0:
+                weight = inverse[user] * inverse[node]
+                for dim in range(grad.shape[1]):
+                    into[user, dim] += weight * grad[row, dim]
