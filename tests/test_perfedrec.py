@@ -18,6 +18,7 @@ from fedgraph.data import ClientPartition, leave_one_out_split, ratio_split, syn
 from fedgraph.federated import ClientSelector
 from fedgraph.federated.graph import GraphFederatedEngine
 from fedgraph.nn import FederatedGNN
+from fedgraph.privacy.upload import UploadTransform
 from fedgraph.training import CHECKPOINT, EMBEDDINGS, train
 from helpers import candidates, read_metrics, train_interrupted, without_seconds
 
@@ -680,3 +681,19 @@ def test_level_table_scores_the_final_model_with_each_weighting(tmp_path, split,
     assert rows[-1]['test'] == pytest.approx(last['test'])
     # one level alone differs from the mix
     assert rows[2]['test'] != rows[-1]['test']
+
+
+@pytest.mark.parametrize('client_streams', [False, True])
+def test_users_upload_in_blocks_as_they_would_at_once(split, monkeypatch, client_streams):
+    """Enrollment and the upload after pre-training take the clients a block at a time:
+    the server's view of the users is the one every client uploaded at once gives."""
+    views = []
+    for block in (1 << 16, 7):
+        monkeypatch.setattr(UploadTransform, 'BLOCK_ROWS', block)
+        engine, generator, _ = _build(split, client_streams=client_streams, ldp_scale=0.1)
+        enrolled = engine.server_users.clone()
+        engine.pretrain(generator, progress=False)
+        views.append((enrolled, engine.server_users))
+    for a, b in zip(*views):
+        assert torch.equal(a, b)
+    assert not torch.equal(views[0][0], views[0][1])

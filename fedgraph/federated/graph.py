@@ -195,11 +195,20 @@ class GraphFederatedEngine(RoundEngine):
         """``clients`` upload the change of their user embedding since their last upload,
         through the same clipping and noise as their item rows (noise from one shared
         generator, or from each client's own stream), and the server adds it to its view;
-        returns how many uploads it dropped (:meth:`absorb_user_updates`)."""
-        change = self.user_table.detach()[clients]
-        change -= self.server_users[clients]
-        return self.absorb_user_updates(clients, user_upload(self.training.upload, change,
-                                                             randomness))
+        returns how many uploads it dropped (:meth:`absorb_user_updates`). Taken
+        :attr:`UploadTransform.BLOCK_ROWS <fedgraph.privacy.upload.UploadTransform.
+        BLOCK_ROWS>` clients at a time, with the same draws (a generator gives the same
+        numbers in blocks as at once): every client's change is never held at once."""
+        dropped, block = 0, UploadTransform.BLOCK_ROWS
+        shared = isinstance(randomness, torch.Generator)
+        for start in range(0, clients.numel(), block):
+            chosen = clients[start:start + block]
+            change = self.user_table.detach()[chosen]
+            change -= self.server_users[chosen]
+            dropped += self.absorb_user_updates(chosen, user_upload(
+                self.training.upload, change,
+                randomness if shared else randomness[start:start + block]))
+        return dropped
 
     def absorb_user_updates(self, clients: Tensor, change: Tensor) -> int:
         """The server's view of ``clients``' embeddings takes their uploaded changes, but for

@@ -85,6 +85,9 @@ class PretrainingClients:
         ones move)."""
         raise NotImplementedError
 
+    def finish(self) -> None:
+        """Pre-training is over: what only its steps need can go (the moments)."""
+
     def upload(self, generator: torch.Generator) -> None:
         """Every client uploads its embedding's change to the server's view."""
         raise NotImplementedError
@@ -139,6 +142,9 @@ class LocalClients(PretrainingClients):
     def step(self, gradient: Tensor, selected: Tensor) -> None:
         self.moments = adam_rows(self.graph.user_table, gradient, selected,
                                  self.graph.pretrain_lr, self.moments)
+
+    def finish(self) -> None:
+        self.moments = {}
 
     def upload(self, generator: torch.Generator) -> None:
         graph = self.graph
@@ -208,6 +214,8 @@ def pretrain(graph, clients: PretrainingClients, generator: torch.Generator,
         graph.engine.count_participation(selected_clients)
         losses.append(loss.item())
     if graph.pretrain_rounds:
+        del views, server_graph  # the last round's gradient and the users' item sets
+        clients.finish()
         clients.upload(generator)
         graph.engine.count_participation(torch.arange(num_users))
     return {'rounds': graph.pretrain_rounds, 'loss': losses, **clients.report()}
