@@ -192,33 +192,39 @@ def pretrain(graph, clients: PretrainingClients, generator: torch.Generator,
     """The server's loop of pre-training (see the module docstring) over ``clients``, the
     graph engine ``graph``'s :attr:`pretrain_rounds` rounds (none: only the record); its
     record for ``metrics.json``: the rounds, their losses and what ``clients`` report."""
-    item = graph.model.item
-    optimizer = torch.optim.Adam([item], lr=graph.pretrain_lr)
+    optimizer = torch.optim.Adam([graph.model.item], lr=graph.pretrain_lr)
     noise = SimGCLNoise(graph.simgcl_eps, generator)
-    num_users = graph.model.num_clients
     server_graph = GraphView(graph.graph, partition=graph.graph.item_sets()
                              if graph.pretrain_rounds else None)
-    losses = []
-    for _ in tqdm(range(graph.pretrain_rounds), desc='pre-training', unit='round',
-                  disable=not progress or not graph.pretrain_rounds):
-        selected_clients, items = pretrain_batch(graph, generator)
-        views = clients.views(generator)
-        loss = contrastive_loss(graph, server_graph, views, selected_clients, items,
-                                generator, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        selected = torch.zeros(num_users, dtype=torch.bool)
-        selected[selected_clients] = True
-        clients.step(views.gradient, selected)
-        graph.engine.count_participation(selected_clients)
-        losses.append(loss.item())
+    losses = [pretrain_round(graph, clients, server_graph, optimizer, generator, noise)
+              for _ in tqdm(range(graph.pretrain_rounds), desc='pre-training', unit='round',
+                            disable=not progress or not graph.pretrain_rounds)]
     if graph.pretrain_rounds:
-        del views, server_graph  # the last round's gradient and the users' item sets
+        del server_graph  # the users' item sets
         clients.finish()
         clients.upload(generator)
-        graph.engine.count_participation(torch.arange(num_users))
+        graph.engine.count_participation(torch.arange(graph.model.num_clients))
     return {'rounds': graph.pretrain_rounds, 'loss': losses, **clients.report()}
+
+
+def pretrain_round(graph, clients: PretrainingClients, server_graph: GraphView,
+                   optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                   noise: SimGCLNoise) -> float:
+    """One round of :func:`pretrain`: the contrastive loss of a batch, the server's step of
+    the item table (``optimizer``) and the clients' of their embeddings; its loss. What
+    the round made (its views, their gradient) is free when it returns."""
+    selected_clients, items = pretrain_batch(graph, generator)
+    views = clients.views(generator)
+    loss = contrastive_loss(graph, server_graph, views, selected_clients, items, generator,
+                            noise)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    selected = torch.zeros(graph.model.num_clients, dtype=torch.bool)
+    selected[selected_clients] = True
+    clients.step(views.gradient, selected)
+    graph.engine.count_participation(selected_clients)
+    return loss.item()
 
 
 def pretrain_batch(graph, generator: torch.Generator) -> Tuple[Tensor, Tensor]:

@@ -301,7 +301,9 @@ class _ReadUsers(torch.autograd.Function):
             into = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
         into.index_add_(0, ctx.users.to(into.device), rows_grad.to(into.dtype))
         ctx.view.add_item_gradient(ctx.items, product_grad, into)
-        return None, (into if ctx.gradient is None else None), None, None, None, None
+        owned = ctx.gradient is None
+        ctx.view = ctx.gradient = None  # the graph may outlive the pass (it runs once)
+        return None, (into if owned else None), None, None, None, None
 
 
 def _read_users(user: Tensor, users: Tensor, view, items: Tensor,
