@@ -108,6 +108,55 @@ def test_a_clients_whole_update_is_clipped_together():
     assert torch.equal(clipped[2], update[2])
 
 
+def test_clipping_in_place_and_norms_by_blocks_give_the_same_values(monkeypatch):
+    """A round's uploads clipped in place equal the clipped copy, and the norms summed
+    block by block equal those of the whole update's squares, to the bit."""
+    import fedgraph.privacy.gaussian as gaussian
+
+    dp = UserLevelDP(clip=16.0, noise_multiplier=0.0)
+    generator = torch.Generator().manual_seed(5)
+    row_owner = torch.randint(0, 40, (1001,), generator=generator).sort().values
+    update = torch.randn(1001, 32, generator=generator) * torch.rand(1001, 1, generator=generator)
+    whole = torch.scatter_add(torch.zeros(40), 0, row_owner, update.pow(2).sum(1)).sqrt()
+    monkeypatch.setattr(gaussian, 'BLOCK_ROWS', 64)
+    norms = dp.client_norms(row_owner, update, {}, 40)
+    assert torch.equal(norms, whole)
+    assert (norms > 16.0).any() and (norms < 16.0).any()
+    copy, _ = dp.clip_clients(row_owner, update, {}, 40, norms)
+    kept = update.clone()
+    clipped, _ = dp.clip_clients(row_owner, update, {}, 40, norms, in_place=True)
+    assert clipped is update and torch.equal(clipped, copy) and not torch.equal(kept, copy)
+
+
+def test_a_round_run_for_itself_clips_its_uploads_in_place(planted_split, monkeypatch):
+    """``run_round`` hands its uploads to no one, so DP's clip writes into them (no second
+    copy of a round's uploads at the round's peak); ``train_round`` returns them as the
+    clients sent them. Both give the same model."""
+    from fedgraph.server.stages import DPClip
+
+    config = TrainConfig(algorithm='pfedrec', protocol='full', dp_epsilon=4.0,
+                         dp_clip_quantile=0.5, **SMALL)
+    calls = []
+    in_place = DPClip.in_place
+    monkeypatch.setattr(DPClip, 'in_place', lambda self, *args: calls.append(1) or in_place(
+        self, *args))
+    tables = []
+    for own in (True, False):
+        engine, generator = build_run(config, planted_split)
+        if own:
+            engine.run_round(generator)
+            assert calls == [1]
+        else:
+            bound = engine.server.privacy.bound
+            _, result = engine.train_round(generator)
+            upload = result.upload
+            norms = UserLevelDP.client_norms(upload.row_owner, upload.update, {},
+                                             upload.clients.numel())
+            assert calls == [1] and (norms > bound).any()
+        tables.append(engine.model.item.detach().clone())
+    assert torch.equal(*tables)
+
+
 @pytest.mark.parametrize('noise_at, copies', [('server', 1), ('client', 50)])
 def test_the_noise_on_the_sum_is_one_draw_or_the_sum_of_each_clients(noise_at, copies):
     dp = UserLevelDP(clip=2.0, noise_multiplier=3.0, noise_at=noise_at)

@@ -119,9 +119,17 @@ class FederatedEngine(RoundEngine):
         <fedgraph.federated.local.LocalLoss.chance_loss>`)."""
         return self.training.loss.chance_loss
 
+    #: Whether nothing reads the round's uploads once aggregated (inside :meth:`run_round`,
+    #: which hands them to no one): the server's pipeline may then clip them in place.
+    _uploads_consumed = False
+
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
-        return self.train_round(generator)[0]
+        self._uploads_consumed = True
+        try:
+            return self.train_round(generator)[0]
+        finally:
+            self._uploads_consumed = False
 
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         """One round: both halves; also returns what the clients handed the server."""
@@ -154,7 +162,7 @@ class FederatedEngine(RoundEngine):
             return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
         self.server(self.model.item, self.model.shared_dense(), base, upload.row_item,
                     upload.row_owner, upload.update, upload.dense, num_clients,
-                    result.num_samples, generator)
+                    result.num_samples, generator, consume=self._uploads_consumed)
         self.participation[upload.clients.cpu()] += 1
         self.broadcast = base
         rows_per_client = torch.bincount(upload.row_owner, minlength=num_clients)

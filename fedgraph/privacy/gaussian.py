@@ -12,6 +12,9 @@ from torch_scatter import scatter
 
 from fedgraph.privacy.adaptive import AdaptiveClip
 
+#: Rows of an update whose squares :meth:`UserLevelDP.client_norms` sums at a time.
+BLOCK_ROWS = 1 << 16
+
 #: Where the noise is added: by the server to the sum (central DP), by each client to its own
 #: upload (local DP), or by each client its share of the noise of a secure sum (distributed
 #: DP: :mod:`fedgraph.privacy.discrete`).
@@ -88,23 +91,32 @@ class UserLevelDP:
     @staticmethod
     def client_norms(row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
                      num_clients: int) -> Tensor:
-        """``[B]`` the L2 norm of each client's whole update."""
-        squared = scatter(update.pow(2).sum(1), row_owner, dim=0, dim_size=num_clients,
-                          reduce='sum')
+        """``[B]`` the L2 norm of each client's whole update (each row's squares summed
+        :data:`BLOCK_ROWS` rows at a time, in one buffer: a block's squares, not the
+        update's)."""
+        rows = update.new_empty(update.size(0))
+        buffer = update.new_empty(min(BLOCK_ROWS, update.size(0)), *update.shape[1:])
+        for start in range(0, update.size(0), BLOCK_ROWS):
+            block = update[start:start + BLOCK_ROWS]
+            squares = torch.pow(block, 2, out=buffer[:block.size(0)])
+            torch.sum(squares, 1, out=rows[start:start + block.size(0)])
+        squared = scatter(rows, row_owner, dim=0, dim_size=num_clients, reduce='sum')
         for value in dense.values():
             squared = squared + value.reshape(num_clients, -1).pow(2).sum(1)
         return squared.sqrt()
 
     def clip_clients(self, row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
-                     num_clients: int, norms: Optional[Tensor] = None
+                     num_clients: int, norms: Optional[Tensor] = None, in_place: bool = False
                      ) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Each client's row updates (``update[r]`` is client ``row_owner[r]``'s) and dense
         updates (``{name: [B, ...]}``) scaled together to L2 norm at most :math:`S`
-        (:attr:`bound`); ``norms``: their :meth:`client_norms`, when already taken."""
+        (:attr:`bound`); ``norms``: their :meth:`client_norms`, when already taken;
+        ``in_place``: the rows are scaled in ``update`` itself (the same values)."""
         if norms is None:
             norms = self.client_norms(row_owner, update, dense, num_clients)
         scale = (self.bound / norms.clamp_min(1e-12)).clamp(max=1.0)
-        return (update * scale[row_owner].unsqueeze(-1).to(update.dtype),
+        row_scale = scale[row_owner].unsqueeze(-1).to(update.dtype)
+        return (update.mul_(row_scale) if in_place else update * row_scale,
                 {name: value * scale.view(-1, *([1] * (value.dim() - 1))).to(value.dtype)
                  for name, value in dense.items()})
 

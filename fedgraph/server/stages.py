@@ -85,6 +85,13 @@ class UploadStage(ServerStage):
         changes ``{name: [B, ...]}`` of ``num_clients`` clients, changed."""
         raise NotImplementedError
 
+    def in_place(self, row_owner: Tensor, update: Tensor, dense: Dict[str, Tensor],
+                 num_clients: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The same as calling the stage, free to write the result into ``update``, which
+        nothing reads after it (the pipeline's own tensor, or the uploads of a round whose
+        engine keeps none). Default: the call."""
+        return self(row_owner, update, dense, num_clients)
+
 
 class Aggregator(ServerStage):
     """Turns a round's uploads into the new shared parameters. Every client weighs alike
@@ -217,11 +224,18 @@ class DPClip(UploadStage):
     unclipped: int = 0
 
     def __call__(self, row_owner, update, dense, num_clients):
+        return self._clip(row_owner, update, dense, num_clients, in_place=False)
+
+    def in_place(self, row_owner, update, dense, num_clients):
+        """The clipped rows written into ``update``: no second copy of a round's uploads."""
+        return self._clip(row_owner, update, dense, num_clients, in_place=True)
+
+    def _clip(self, row_owner, update, dense, num_clients, in_place):
         mechanism = self.mechanism
         norms = mechanism.client_norms(row_owner, update, dense, num_clients)
         if mechanism.adaptive is not None:
             self.unclipped = int((norms <= mechanism.bound).sum())
-        return mechanism.clip_clients(row_owner, update, dense, num_clients, norms)
+        return mechanism.clip_clients(row_owner, update, dense, num_clients, norms, in_place)
 
 
 @register_stage
@@ -291,12 +305,17 @@ class ServerPipeline:
     def __call__(self, row_table: Tensor, dense: Dict[str, Tensor], base: Tensor,
                  row_item: Tensor, row_owner: Tensor, update: Tensor,
                  dense_update: Dict[str, Tensor], num_clients: int, num_samples: Tensor,
-                 generator: Optional[torch.Generator]) -> None:
+                 generator: Optional[torch.Generator], consume: bool = False) -> None:
         """Sets ``row_table`` (in place) to the aggregate of ``num_clients`` clients' row
         updates over ``base``, the table they trained from, and adds the aggregated change
-        to each dense shared parameter of ``dense``; then the release stages."""
+        to each dense shared parameter of ``dense``; then the release stages. ``consume``:
+        nothing reads ``update`` afterwards, and the first upload stage may write into it
+        (:meth:`UploadStage.in_place`), as every later one may into its predecessor's."""
+        uploaded = update
         for stage in self.uploads:
-            update, dense_update = stage(row_owner, update, dense_update, num_clients)
+            owned = consume or update is not uploaded
+            update, dense_update = (stage.in_place if owned else stage)(
+                row_owner, update, dense_update, num_clients)
         with torch.no_grad():
             row_table.copy_(self.aggregator.rows(base, row_item, row_owner, update,
                                                  num_clients, num_samples))
