@@ -93,6 +93,24 @@ def test_freed_memory_is_kept_on_glibc():
     assert runtime.keep_freed_memory() is True
 
 
+def _maps_a_large_block_after(call: str) -> str:
+    """A script that runs ``call`` (of fedgraph's command line ``main``), then prints
+    ``mapped True`` when glibc maps a new 64 MiB block of its own (freed memory returned)
+    rather than serving it from its heap (freed memory kept)."""
+    return ('import ctypes, sys\n'
+            'import numpy as np\n'
+            'from fedgraph.cli import main\n'
+            'class Info(ctypes.Structure):\n'
+            '    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks '
+            'hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]\n'
+            'libc = ctypes.CDLL("libc.so.6")\n'
+            'libc.mallinfo2.restype = Info\n'
+            f'{call}\n'
+            'before = libc.mallinfo2().hblkhd\n'
+            'block = np.ones(64 << 20, np.uint8)\n'
+            'print("mapped", libc.mallinfo2().hblkhd - before >= 64 << 20)\n')
+
+
 @pytest.mark.parametrize('keep', [True, False])
 def test_a_benchmark_worker_keeps_freed_memory_only_when_asked(keep):
     """``--return-freed-memory`` reaches the worker: glibc then still maps a large block of
@@ -101,18 +119,7 @@ def test_a_benchmark_worker_keeps_freed_memory_only_when_asked(keep):
                           'clients_per_round': 20, 'threads': 1},
                'synthetic': {'num_users': 100, 'num_items': 1000}, 'rounds': 1,
                'keep_memory': keep}
-    code = ('import ctypes, sys\n'
-            'import numpy as np\n'
-            'from fedgraph.cli import main\n'
-            'class Info(ctypes.Structure):\n'
-            '    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks '
-            'hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]\n'
-            'libc = ctypes.CDLL("libc.so.6")\n'
-            'libc.mallinfo2.restype = Info\n'
-            'main(["bench", "worker", sys.argv[1]])\n'
-            'before = libc.mallinfo2().hblkhd\n'
-            'block = np.ones(64 << 20, np.uint8)\n'
-            'print("mapped", libc.mallinfo2().hblkhd - before >= 64 << 20)\n')
+    code = _maps_a_large_block_after('main(["bench", "worker", sys.argv[1]])')
     done = subprocess.run([sys.executable, '-c', code, json.dumps(payload)],
                           capture_output=True, text=True, check=True)
     assert json.loads(done.stdout.splitlines()[0])['users'] == 100
@@ -127,18 +134,7 @@ def test_train_keeps_freed_memory_unless_told_to_return_it(tmp_path, flags):
     from helpers import write_small_csv
 
     data = write_small_csv(tmp_path / 'data.csv')
-    code = ('import ctypes, sys\n'
-            'import numpy as np\n'
-            'from fedgraph.cli import main\n'
-            'class Info(ctypes.Structure):\n'
-            '    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks '
-            'hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]\n'
-            'libc = ctypes.CDLL("libc.so.6")\n'
-            'libc.mallinfo2.restype = Info\n'
-            'main(sys.argv[1:])\n'
-            'before = libc.mallinfo2().hblkhd\n'
-            'block = np.ones(64 << 20, np.uint8)\n'
-            'print("mapped", libc.mallinfo2().hblkhd - before >= 64 << 20)\n')
+    code = _maps_a_large_block_after('main(sys.argv[1:])')
     done = subprocess.run([sys.executable, '-c', code, 'train', '--dataset', 'csv',
                            '--data-path', str(data), '--eval-negatives', '20', '--rounds', '1',
                            '--threads', '1', '--quiet', *flags],
