@@ -284,8 +284,9 @@ class _ReadUsers(torch.autograd.Function):
     added into ``gradient`` in place (:meth:`GraphView.add_item_gradient
     <fedgraph.nn.views.GraphView.add_item_gradient>` and an ``index_add_``): a buffer the
     caller holds, ``user`` then outside autograd and ``anchor``, a scalar that requires
-    grad, putting the reads on the graph (its own gradient is none); or, without one, a
-    tensor the backward pass makes and returns as ``user``'s gradient."""
+    grad, putting the reads on the graph (its own gradient is none; the buffer is filled by
+    a whole ``backward()``, not by ``torch.autograd.grad`` of other inputs alone); or,
+    without one, a tensor the backward pass makes and returns as ``user``'s gradient."""
 
     @staticmethod
     def forward(ctx, anchor: Optional[Tensor], user: Tensor, users: Tensor, view,

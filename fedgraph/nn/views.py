@@ -83,7 +83,7 @@ class GraphView:
             graph = self.graph()
             return ClientPartition.from_edge_index(graph.edge_index, graph.num_users,
                                                    graph.num_items), None
-        partition = self.partition or self.base.item_sets()
+        partition = self.base.item_sets() if self.partition is None else self.partition
         holds = partition.degree > 0
         if self.kept is not None:
             holds &= self.kept
