@@ -69,11 +69,12 @@ def _covering_rows(matrix: Tensor, rows: Tensor) -> Tuple[Tensor, Optional[Tenso
     return csr_rows(matrix, rows), None
 
 
-def _grown(part: Tensor, nodes: Tensor, count: int) -> Tensor:
-    """The ascending union of the node ids ``part`` and ``nodes`` (below ``count``)."""
-    marked = torch.zeros(count, dtype=torch.bool)
-    marked[part] = True
-    _mark(nodes, marked)
+def _union(node_sets: List[Tensor], count: int) -> Tensor:
+    """The ascending union of the sets of node ids ``node_sets`` (below ``count``, on one
+    device), marked in place (:func:`_mark`)."""
+    marked = torch.zeros(count, dtype=torch.bool, device=node_sets[0].device)
+    for nodes in node_sets:
+        _mark(nodes, marked)
     return marked.nonzero().view(-1)
 
 
@@ -200,13 +201,8 @@ def _fill_adjacency(user, item, num_users, inverse, crow, col, values):
         filled[row] += 1
         col[position] = node
         values[position] = inverse[row] * inverse[node]
-    for row in range(num_users):
-        for entry in range(crow[row], crow[row + 1]):
-            node = col[entry]
-            position = filled[node]
-            filled[node] += 1
-            col[position] = row
-            values[position] = values[entry]
+    # The users' rows (entries before the items') transposed into the items' rows.
+    transpose_entries(crow[:num_users + 1], col, values, crow, col, values)
 
 
 def _mark(nodes: Tensor, marked: Tensor) -> None:
@@ -234,21 +230,28 @@ def transpose_csr(matrix: Tensor) -> Tensor:
     out_col = torch.empty_like(col)
     values = matrix.values().cpu()
     out_values = torch.empty_like(values)
-    _transpose_entries(crow.numpy(), col.numpy(), values.numpy(), out_crow.numpy(),
-                       out_col.numpy(), out_values.numpy())
+    transpose_entries(crow.numpy(), col.numpy(), values.numpy(), out_crow.numpy(),
+                      out_col.numpy(), out_values.numpy())
     return sparse_csr(out_crow, out_col, out_values,
                       (matrix.size(1), matrix.size(0))).to(matrix.device)
 
 
 @numba.njit(cache=True, nogil=True)
-def _transpose_entries(crow, col, values, out_crow, out_col, out_values):
+def transpose_entries(crow, col, values, out_crow, out_col, out_values):
+    """A counting sort that moves each entry of the CSR rows ``(crow, col, values)`` to
+    the row of its column: entry ``(r, c)`` goes to the next free place of row ``c`` of
+    ``out_crow`` as column ``r``, the rows taken in order (so each output row lists its
+    columns ascending, as a stable sort by column leaves them). ``values`` and
+    ``out_values`` may both be ``None`` (a pattern without values). The output may share
+    arrays with the input where the entries read and the places written do not overlap."""
     filled = out_crow[:-1].copy()
     for row in range(crow.size - 1):
         for entry in range(crow[row], crow[row + 1]):
             position = filled[col[entry]]
             filled[col[entry]] += 1
             out_col[position] = row
-            out_values[position] = values[entry]
+            if values is not None:
+                out_values[position] = values[entry]
 
 
 class _SparseProduct(torch.autograd.Function):
@@ -394,8 +397,8 @@ class FederatedGNN(nn.Module):
                                              no_items.cpu(), user.dtype)
             parts.insert(0, (part_users, part_items, user_rows, item_rows))
             if layer > 1:
-                part_users = _grown(part_users, item_rows.col_indices(), num_users)
-                part_items = _grown(part_items, user_rows.col_indices(), num_items)
+                part_users = _union([part_users, item_rows.col_indices()], num_users)
+                part_items = _union([part_items, user_rows.col_indices()], num_items)
         device = user.device
         total_items = item[items]
         x_user, x_item, below = user, item, None
@@ -471,11 +474,8 @@ class FederatedGNN(nn.Module):
                 break
             layers[layer] = [(part, *_covering_rows(adjacency, part)) for part in parts]
             if layer:
-                grown = torch.zeros(num_nodes, dtype=torch.bool, device=x.device)
-                for part, rows, _ in layers[layer]:
-                    grown[part] = True
-                    _mark(rows.col_indices(), grown)
-                parts = [grown.nonzero().view(-1)]
+                parts = [_union([nodes for part, rows, _ in layers[layer]
+                                 for nodes in (part, rows.col_indices())], num_nodes)]
         total = torch.zeros_like(x[targets])
         spare: Optional[Tensor] = None  # the last whole product's input, free once it is done
         for layer, blocks in enumerate(layers):

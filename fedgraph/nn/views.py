@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fedgraph.data.partition import ClientPartition
-from fedgraph.nn.gnn import CollaborativeGraph, sparse_csr
+from fedgraph.nn.gnn import CollaborativeGraph, sparse_csr, transpose_entries
 
 
 def _no_edges() -> Tensor:
@@ -105,8 +105,10 @@ class GraphView:
             for end, out in zip(extra, offsets):
                 torch.cumsum(torch.bincount(end, minlength=out.numel() - 1), 0, out=out[1:])
             others = [torch.empty(extra.size(1), dtype=torch.long) for _ in range(2)]
-            _group_extra(extra[0].numpy(), extra[1].numpy(), offsets[0].numpy(),
-                         offsets[1].numpy(), others[0].numpy(), others[1].numpy())
+            _group_by_user(extra[0].numpy(), extra[1].numpy(), offsets[0].numpy(),
+                           others[0].numpy())
+            transpose_entries(offsets[0].numpy(), others[0].numpy(), None,
+                              offsets[1].numpy(), others[1].numpy(), None)
             degree = (crow[1:] - crow[:-1]).long()
             degree[:num_users] += offsets[0][1:] - offsets[0][:-1]
             degree[:num_users] *= kept
@@ -199,20 +201,13 @@ class _ViewStructure(NamedTuple):
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_extra(user, item, user_offsets, item_offsets, user_items, item_users):
-    """Groups the edges ``(user[e], item[e])`` by user (``user_items``, in edge order)
-    and by item (``item_users``, users ascending) by two counting sorts into the groups of
-    ``user_offsets`` and ``item_offsets``."""
+def _group_by_user(user, item, user_offsets, user_items):
+    """Groups the edges ``(user[e], item[e])`` by user into ``user_items``, in edge order
+    within a group (a counting sort into the groups of ``user_offsets``)."""
     filled = user_offsets[:-1].copy()
     for edge in range(user.size):
         user_items[filled[user[edge]]] = item[edge]
         filled[user[edge]] += 1
-    filled = item_offsets[:-1].copy()
-    for row in range(user_offsets.size - 1):
-        for entry in range(user_offsets[row], user_offsets[row + 1]):
-            node = user_items[entry]
-            item_users[filled[node]] = row
-            filled[node] += 1
 
 
 @numba.njit(cache=True, nogil=True)
