@@ -28,7 +28,7 @@ SECTIONS = {
                 'dp_noise_at', 'secure_aggregation',
                 'secure_min_survivors', 'secure_dropout'),
     'run': ('eval_every', 'patience', 'checkpoint_every', 'device', 'engine',
-            'closed_form', 'client_streams', 'threads'),
+            'closed_form', 'client_streams', 'round_block', 'threads'),
 }
 
 #: What a shared setting left at ``None`` means when the algorithm gives it no default.
@@ -189,6 +189,10 @@ class TrainConfig:
     client_streams: bool = setting(False,
         'each client draws its randomness from its own stream, as on devices '
         '(the Flower apps do)')
+    round_block: Optional[int] = setting(None,
+        "train a round's clients N at a time, each block's uploads summed and dropped before "
+        'the next trains: the memory of a block, not of the round (the mean aggregator; not '
+        'under secure aggregation)')
     threads: Optional[int] = setting(None,
         'intra-op CPU threads (default: OMP_NUM_THREADS, else the CPUs this process may use: '
         'its affinity and cgroup quota)')
@@ -258,7 +262,8 @@ class TrainConfig:
             raise ValueError('patience must be >= 0')
         if self.threads is not None and self.threads < 1:
             raise ValueError(f'threads must be >= 1, got {self.threads}')
-        for name in ('dim', 'batch_size', 'local_epochs', 'num_negatives', 'eval_negatives'):
+        for name in ('dim', 'batch_size', 'local_epochs', 'num_negatives', 'eval_negatives',
+                     'round_block'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         self.split_ratios = tuple(self.split_ratios)
@@ -266,6 +271,7 @@ class TrainConfig:
         self._validate_laplace()
         self._validate_dp()
         self._validate_secure()
+        self._validate_blocks()
 
     def _changed(self, *names: str) -> List[str]:
         """Which of the shared settings ``names`` are not at their defaults."""
@@ -376,6 +382,19 @@ class TrainConfig:
         if self.private and self.dp_noise_at != 'distributed':
             raise ValueError("under secure aggregation the server never holds an upload to "
                              "noise: user-level DP takes dp_noise_at='distributed'")
+
+    def _validate_blocks(self) -> None:
+        if self.round_block is None:
+            return
+        if self.engine != 'vectorized':
+            raise ValueError('a round in blocks (round_block) runs on the vectorized engine')
+        if self.secure_aggregation:
+            raise ValueError('a round in blocks (round_block) sums the uploads as the server '
+                             'receives them; under secure aggregation the sum is the '
+                             "clients': leave round_block unset")
+        if self.aggregation not in ('mean', 'weighted'):
+            raise ValueError(f'a round in blocks (round_block) sums the uploads: it takes the '
+                             f'mean or weighted aggregation, not {self.aggregation!r}')
 
     @property
     def private(self) -> bool:

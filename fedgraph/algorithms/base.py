@@ -80,7 +80,7 @@ CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'trim_
                       'dp_delta', 'dp_noise_multiplier', 'dp_clip', 'dp_clip_quantile',
                       'dp_clip_lr', 'dp_noise_at',
                       'secure_aggregation', 'secure_min_survivors', 'secure_dropout', 'engine',
-                      'client_streams')
+                      'client_streams', 'round_block')
 
 #: The local losses and optimizers a client can train with, by setting value.
 LOSSES = {'bce': BCELoss, 'bpr': BPRLoss}
@@ -299,6 +299,7 @@ class Algorithm:
                                             server, self.secure_aggregation(
                                                 partition.num_clients, model.shared_numel(),
                                                 selector.count))
+            engine.round_block = config.round_block
         elif config.client_streams:
             raise ValueError('client streams need the vectorized engine')
         else:

@@ -66,6 +66,9 @@ class FedLightGCN(FedMF):
     Settings = FedLightGCNSettings
     shared_defaults = dict(clients_per_round=256, clip=0.5, clip_mode='coordinate',
                            ldp_scale=0.1, dp_clip=5.0)
+    #: A graph model's round goes on after the aggregate (the round's users upload their
+    #: embeddings): it takes its clients together.
+    unused_settings = ('round_block',)
 
     def local_training(self, num_items: int) -> LocalTraining:
         """With K GNN layers the ego embeddings enter each side of the score divided by

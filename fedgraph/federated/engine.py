@@ -42,7 +42,7 @@ from fedgraph.federated.trust import screen
 from fedgraph.privacy.ledger import PrivacyLedger
 from fedgraph.privacy.upload import UploadTransform
 from fedgraph.nn.recommender import FederatedRecommender
-from fedgraph.server.stages import ServerPipeline
+from fedgraph.server.stages import ServerPipeline, UploadSum
 
 BYTES_PER_INDEX = 8
 
@@ -123,13 +123,75 @@ class FederatedEngine(RoundEngine):
     #: which hands them to no one): the server's pipeline may then clip them in place.
     _uploads_consumed = False
 
+    #: The clients :meth:`run_round` trains at a time, summing their uploads block by block
+    #: (:meth:`blocked_round`); ``None``: the round's clients at once.
+    round_block: Optional[int] = None
+
     # ------------------------------------------------------------------ one round
     def run_round(self, generator: torch.Generator) -> RoundStats:
+        if self.round_block is not None:
+            return self.blocked_round(generator)
         self._uploads_consumed = True
         try:
             return self.train_round(generator)[0]
         finally:
             self._uploads_consumed = False
+
+    def blocked_round(self, generator: torch.Generator) -> RoundStats:
+        """A round whose clients train :attr:`round_block` at a time, in id order: each
+        block's uploads are screened, summed (:meth:`ServerPipeline.add_block`) and dropped
+        before the next block trains, and the server releases the mean of the sum once. The
+        round holds one block's plan, training state and uploads, not the whole round's;
+        with dual personalization the blocks' fine-tuned rows are stored once the last block
+        has trained (:meth:`PersonalItemRows.replace_blocks`).
+
+        With :attr:`streams` each client draws from its own streams, so the round equals
+        :meth:`train_round`'s up to the order of the floating-point sums; with one generator
+        shared by the round the blocks draw their plans from it in turn (other draws of
+        the same distribution). The server's aggregate must be the mean; secure aggregation
+        and a simulated adversary need the whole round's uploads."""
+        if self.secure is not None or self.adversary is not None:
+            raise ValueError('a round in blocks sums the uploads as the server receives them: '
+                             'secure aggregation and a simulated adversary take the whole '
+                             'round')
+        if type(self).local_round is not FederatedEngine.local_round:
+            raise ValueError(f'{type(self).__name__} trains a round\'s clients together')
+        clients = torch.sort(self.selector(generator)).values
+        round_seed = draw_round_seed(generator) if self.streams is not None else None
+        base = self.model.item.detach().clone()
+        personalize = self.training.personalize_items
+        if personalize and clients.numel() == self.personal.num_clients:
+            self.personal.clear()
+        total = UploadSum.zeros(base, self.model.shared_dense())
+        self.server.start_round()
+        kept, rows, losses, fine_tuned = [], [], [], []
+        dropped: Dict[str, int] = {}
+        for block in clients.split(self.round_block):
+            result, plan, local = self.client_round(block, generator, round_seed)
+            if personalize:
+                fine_tuned.append((self.personal.keys_of(plan.clients[plan.row_owner],
+                                                         plan.row_item), local))
+            del plan, local
+            result, _, block_dropped = screen(result, self.model.num_items,
+                                              samples_per_row=1 + self.training.num_negatives)
+            for reason, count in block_dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+            upload = result.upload
+            self.server.add_block(total, upload.row_item, upload.row_owner, upload.update,
+                                  upload.dense, upload.clients.numel(), result.num_samples,
+                                  consume=True)
+            kept.append(upload.clients)
+            rows.append(torch.bincount(upload.row_owner, minlength=upload.clients.numel()))
+            losses.append(result.loss)
+            del result, upload
+        if personalize:
+            self.personal.replace_blocks(clients, fine_tuned)
+        if total.num_clients == 0:
+            return RoundStats(None, 0, 0.0, 0.0, dropped)
+        self.server.release_sum(self.model.item, self.model.shared_dense(), base, total,
+                                generator)
+        return self.round_record(base, torch.cat(kept), torch.cat(rows), torch.cat(losses),
+                                 dropped)
 
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         """One round: both halves; also returns what the clients handed the server."""
@@ -163,16 +225,24 @@ class FederatedEngine(RoundEngine):
         self.server(self.model.item, self.model.shared_dense(), base, upload.row_item,
                     upload.row_owner, upload.update, upload.dense, num_clients,
                     result.num_samples, generator, consume=self._uploads_consumed)
-        self.participation[upload.clients.cpu()] += 1
+        return self.round_record(base, upload.clients,
+                                 torch.bincount(upload.row_owner, minlength=num_clients),
+                                 result.loss, dropped)
+
+    def round_record(self, base: Tensor, clients: Tensor, rows_per_client: Tensor,
+                     loss: Tensor, dropped: Optional[Dict[str, int]] = None) -> RoundStats:
+        """Once the uploads of ``clients`` (``rows_per_client`` rows each, their training
+        ``loss``) trained from ``base`` are aggregated: their participation and the release
+        counted, and the round's record."""
+        self.participation[clients.cpu()] += 1
         self.broadcast = base
-        rows_per_client = torch.bincount(upload.row_owner, minlength=num_clients)
-        self.ledger.record_aggregate(upload.clients, self.selector.uniform, rows_per_client)
+        self.ledger.record_aggregate(clients, self.selector.uniform, rows_per_client)
         privacy = self.server.privacy
         dense_upload = (privacy is not None and not privacy.central)
         row_bytes = (base.numel() * base.element_size() if dense_upload
                      else float(rows_per_client.double().mean()) * self.row_bytes)
         return RoundStats(
-            loss=float(result.loss.mean()), num_clients=num_clients,
+            loss=float(loss.mean()), num_clients=clients.numel(),
             upload_bytes=row_bytes + self.model.dense_bytes() + self.side_bytes[0],
             download_bytes=self.download_bytes(base), dropped=dict(dropped or {}))
 
@@ -240,12 +310,24 @@ class FederatedEngine(RoundEngine):
         back in the result, positioned after that noise, for what the client uploads next
         (a graph model's user embeddings).
         """
-        cfg = self.training
-        if cfg.personalize_items and clients.numel() == self.personal.num_clients:
+        if self.training.personalize_items and clients.numel() == self.personal.num_clients:
             # Every client trains from the broadcast table and its stored rows are replaced
             # below: with all of them in the round the whole store goes now, before the
             # round's own tensors (as large) are made.
             self.personal.clear()
+        result, plan, local = self.client_round(clients, generator, round_seed)
+        if self.training.personalize_items:
+            self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
+                                  local)
+        return result
+
+    def client_round(self, clients: Tensor, generator: Optional[torch.Generator] = None,
+                     round_seed: Optional[int] = None
+                     ) -> Tuple[ClientRound, RoundPlan, Tensor]:
+        """:meth:`local_round` but for storing the clients' fine-tuned rows: also returns
+        the round's plan and the trained local rows ``[R, d]`` (row ``r``: client
+        ``plan.row_owner[r]``'s copy of item ``plan.row_item[r]``)."""
+        cfg = self.training
         plan = self.planned(self.round_plan(clients, generator, round_seed))
         local, change, private, loss = self.train_clients(plan, self.model.item.detach())
         shared_dense = self.model.shared_dense()
@@ -262,10 +344,7 @@ class FederatedEngine(RoundEngine):
         with torch.no_grad():
             for name, tensor in self.model.private_parameters().items():
                 tensor[plan.clients] = private[name]
-        if cfg.personalize_items:
-            self.personal.replace(plan.clients, plan.clients[plan.row_owner], plan.row_item,
-                                  local)
-        return ClientRound(upload, plan.num_samples, loss, generators)
+        return ClientRound(upload, plan.num_samples, loss, generators), plan, local
 
     def round_plan(self, clients: Tensor, generator: Optional[torch.Generator] = None,
                    round_seed: Optional[int] = None) -> RoundPlan:

@@ -1,7 +1,7 @@
 """Clients' personalized item rows, stored only for the rows each client touched."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -35,8 +35,33 @@ class PersonalItemRows:
         which must be sorted by client, then item (as a round plan's rows are). The rows
         kept and the new ones are merged in one pass into the new store, without a copy of
         the store on the way (:meth:`_merged`)."""
-        new_keys = row_client * self.num_items + row_item
-        values = values.detach()
+        self._store(clients, self.keys_of(row_client, row_item), values.detach())
+
+    def keys_of(self, row_client: Tensor, row_item: Tensor) -> Tensor:
+        """The store's keys ``client * num_items + item`` of the rows ``(row_client,
+        row_item)``."""
+        return row_client * self.num_items + row_item
+
+    def replace_blocks(self, clients: Tensor, blocks: List[Tuple[Tensor, Tensor]]) -> None:
+        """:meth:`replace` with the new rows in blocks of ascending clients, each block's
+        ``(keys, values)`` (:meth:`keys_of`) sorted by key. The list is emptied as its values
+        are copied into one new table, each block freed once copied, so the new rows are
+        held about once on the way rather than twice (the new table's pages are written
+        block by block)."""
+        keys = torch.cat([block_keys for block_keys, _ in blocks]) if blocks else self.keys[:0]
+        values = (blocks[0][1].new_empty(keys.numel(), blocks[0][1].size(1)) if blocks
+                  else self.values[:0])
+        start = 0
+        while blocks:
+            block_values = blocks.pop(0)[1]
+            values[start:start + block_values.size(0)] = block_values.detach()
+            start += block_values.size(0)
+            del block_values
+        self._store(clients, keys, values)
+
+    def _store(self, clients: Tensor, new_keys: Tensor, values: Tensor) -> None:
+        """Drops every row of ``clients`` and stores ``values`` at the sorted keys
+        ``new_keys``."""
         if clients.numel() < self.num_clients and self.keys.numel():  # (all: none is kept)
             replaced = torch.zeros(self.num_clients, dtype=torch.bool, device=clients.device)
             replaced[clients] = True

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from fedgraph.federated.aggregation import (aggregate_dense, aggregate_rows, grouped_statistic,
-                                            per_client_vector)
+                                            per_client_vector, sum_rows)
 from fedgraph.privacy.gaussian import UserLevelDP
 from fedgraph.privacy.upload import bound_norm, server_mean_noise
 
@@ -74,6 +74,9 @@ def resolve_stage(name: str, kind: type) -> type:
 class ServerStage:
     """A stage of the server pipeline, registered under :attr:`name`."""
     name: ClassVar[str] = ''
+
+    def start_round(self) -> None:
+        """Called before a round's uploads reach the pipeline (default: nothing)."""
 
 
 class UploadStage(ServerStage):
@@ -220,8 +223,12 @@ class DPClip(UploadStage):
     clipping it also counts the clients the bound did not cut, for :class:`DPNoise`."""
     name = 'dp_clip'
     mechanism: UserLevelDP = None
-    #: The clients of the latest round whose update the bound did not cut.
+    #: The clients of the round whose update the bound did not cut (in one call or summed
+    #: over its blocks).
     unclipped: int = 0
+
+    def start_round(self) -> None:
+        self.unclipped = 0
 
     def __call__(self, row_owner, update, dense, num_clients):
         return self._clip(row_owner, update, dense, num_clients, in_place=False)
@@ -234,7 +241,7 @@ class DPClip(UploadStage):
         mechanism = self.mechanism
         norms = mechanism.client_norms(row_owner, update, dense, num_clients)
         if mechanism.adaptive is not None:
-            self.unclipped = int((norms <= mechanism.bound).sum())
+            self.unclipped += int((norms <= mechanism.bound).sum())
         return mechanism.clip_clients(row_owner, update, dense, num_clients, norms, in_place)
 
 
@@ -271,6 +278,25 @@ class ServerNoise(ReleaseStage):
     def __call__(self, row_table, dense, base, num_clients, generator):
         row_table.add_(server_mean_noise(base.shape, self.scale, num_clients, generator,
                                          base.dtype).to(base.device))
+
+
+@dataclass
+class UploadSum:
+    """A round's uploads summed as they come, block of clients by block: each client's
+    weight :math:`w_c` (1, or its samples under a weighted mean) times its changes, summed
+    over the rows of the item table (``rows`` ``[I, d]``: :math:`\\sum_c w_c \\Delta_c`) and
+    over each dense shared parameter (``dense``), the weights' sum :math:`\\sum_c w_c`
+    (``weight``) and the clients summed (``num_clients``)."""
+    rows: Tensor
+    dense: Dict[str, Tensor]
+    weight: float = 0.0
+    num_clients: int = 0
+
+    @classmethod
+    def zeros(cls, table: Tensor, dense: Dict[str, Tensor]) -> 'UploadSum':
+        """An empty sum for the row table ``table`` and the dense parameters ``dense``."""
+        return cls(torch.zeros_like(table),
+                   {name: torch.zeros_like(value) for name, value in dense.items()})
 
 
 @dataclass
@@ -311,11 +337,9 @@ class ServerPipeline:
         to each dense shared parameter of ``dense``; then the release stages. ``consume``:
         nothing reads ``update`` afterwards, and the first upload stage may write into it
         (:meth:`UploadStage.in_place`), as every later one may into its predecessor's."""
-        uploaded = update
-        for stage in self.uploads:
-            owned = consume or update is not uploaded
-            update, dense_update = (stage.in_place if owned else stage)(
-                row_owner, update, dense_update, num_clients)
+        self.start_round()
+        update, dense_update = self._through_uploads(row_owner, update, dense_update,
+                                                     num_clients, consume)
         with torch.no_grad():
             row_table.copy_(self.aggregator.rows(base, row_item, row_owner, update,
                                                  num_clients, num_samples))
@@ -323,6 +347,70 @@ class ServerPipeline:
                 value.add_(self.aggregator.dense(dense_update[name], num_samples))
             for stage in self.releases:
                 stage(row_table, dense, base, num_clients, generator)
+
+    def _through_uploads(self, row_owner: Tensor, update: Tensor,
+                         dense_update: Dict[str, Tensor], num_clients: int, consume: bool
+                         ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The uploads through the upload stages in order (``consume``: the first may write
+        into ``update``, as every later one may into its predecessor's)."""
+        uploaded = update
+        for stage in self.uploads:
+            owned = consume or update is not uploaded
+            update, dense_update = (stage.in_place if owned else stage)(
+                row_owner, update, dense_update, num_clients)
+        return update, dense_update
+
+    def start_round(self) -> None:
+        """Tells every stage that a round's uploads are coming."""
+        for stage in self.stages:
+            stage.start_round()
+
+    @property
+    def sums(self) -> bool:
+        """Whether the aggregate is the uploads' (weighted) mean, which a round can sum
+        block by block (:meth:`add_block`) rather than hold every upload at once."""
+        return isinstance(self.aggregator, Mean)
+
+    def add_block(self, total: UploadSum, row_item: Tensor, row_owner: Tensor, update: Tensor,
+                  dense_update: Dict[str, Tensor], num_clients: int, num_samples: Tensor,
+                  consume: bool = False) -> None:
+        """Adds a block of ``num_clients`` clients' uploads (as :meth:`__call__` takes
+        them) to ``total``, through the upload stages, each client weighing 1 or, under a
+        weighted mean, its samples ``num_samples`` (:meth:`start_round` first, once a
+        round). Upload stages see one client's whole
+        upload at a time, so a round summed block by block aggregates what the whole round
+        would (up to the order of the floating-point sums); the release comes once, with
+        :meth:`release_sum`."""
+        if not self.sums:
+            raise ValueError(f'a round summed block by block takes the mean, not '
+                             f'{self.describe()}')
+        update, dense_update = self._through_uploads(row_owner, update, dense_update,
+                                                     num_clients, consume)
+        with torch.no_grad():
+            if self.aggregator.weighted:
+                weight = num_samples.to(update.dtype)
+                update = update * weight[row_owner].unsqueeze(1)
+                dense_update = {name: value * weight.view(-1, *([1] * (value.dim() - 1)))
+                                for name, value in dense_update.items()}
+                total.weight += float(weight.sum())
+            else:
+                total.weight += num_clients
+            total.rows += sum_rows(total.rows, row_item, update)
+            for name, value in total.dense.items():
+                value += dense_update[name].sum(0)
+        total.num_clients += num_clients
+
+    def release_sum(self, row_table: Tensor, dense: Dict[str, Tensor], base: Tensor,
+                    total: UploadSum, generator: Optional[torch.Generator]) -> None:
+        """Sets ``row_table`` to ``base`` plus the summed changes' mean
+        :math:`\\sum_c w_c \\Delta_c / \\sum_c w_c`, adds the dense changes' mean to
+        ``dense``, then runs the release stages."""
+        with torch.no_grad():
+            row_table.copy_(base + (total.rows / total.weight).to(base.dtype))
+            for name, value in dense.items():
+                value.add_((total.dense[name] / total.weight).to(value.dtype))
+            for stage in self.releases:
+                stage(row_table, dense, base, total.num_clients, generator)
 
     def release_mean(self, row_table: Tensor, dense: Dict[str, Tensor], base: Tensor,
                      row_sum: Tensor, dense_sums: Dict[str, Tensor], num_clients: int,
@@ -334,12 +422,8 @@ class ServerPipeline:
         if self.uploads or not isinstance(self.aggregator, Mean) or self.aggregator.weighted:
             raise ValueError(f'a secure sum takes the unweighted mean and no upload stage, '
                              f'not {self.describe()}')
-        with torch.no_grad():
-            row_table.copy_(base + (row_sum / num_clients).to(base.dtype))
-            for name, value in dense.items():
-                value.add_((dense_sums[name] / num_clients).to(value.dtype))
-            for stage in self.releases:
-                stage(row_table, dense, base, num_clients, generator)
+        self.release_sum(row_table, dense, base,
+                         UploadSum(row_sum, dense_sums, num_clients, num_clients), generator)
 
 
 def build_pipeline(aggregation: str = 'mean', trim_ratio: float = 0.2,
