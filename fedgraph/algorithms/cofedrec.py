@@ -25,7 +25,8 @@ import torch
 
 from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
-from fedgraph.federated.coclustering import CoClusterEngine, CoClusterReference, CoClusterState
+from fedgraph.federated.coclustering import (CoClusterEngine, CoClusterNodeHooks,
+                                             CoClusterReference, CoClusterState)
 from fedgraph.federated.local import LocalTraining
 from fedgraph.nn.heads import LinearScoreHead
 from fedgraph.nn.recommender import FederatedRecommender
@@ -67,7 +68,8 @@ class CoFedRec(Algorithm):
     #: The server reads each client's whole table: none of the upload defences, noise or
     #: secure aggregation apply.
     unused_settings = tuple(name for name in CENTRALIZED_UNUSED
-                            if name not in ('client_ratio', 'clients_per_round', 'engine'))
+                            if name not in ('client_ratio', 'clients_per_round', 'engine',
+                                            'client_streams'))
     engine_class = CoClusterEngine
     reference_class = CoClusterReference
 
@@ -80,6 +82,9 @@ class CoFedRec(Algorithm):
 
     def local_training(self, num_items: int) -> LocalTraining:
         return self.client_training(num_items, alternating=True)
+
+    def node_hooks(self) -> CoClusterNodeHooks:
+        return CoClusterNodeHooks()
 
     def upload_transform(self) -> UploadTransform:
         """The tables go up as they are (no clipping or noise applies)."""

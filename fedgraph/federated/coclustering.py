@@ -29,7 +29,10 @@ A client scores with the table it trained last. The vectorized engine trains onl
 of the round's samples (the others of a client's table do not move: neither term reaches
 them) and holds every client's tables (:class:`~fedgraph.federated.graph_guided.ClientTables`:
 memory grows with the clients that trained times the items); the reference engine trains
-each client's whole table with ``torch.optim.SGD``, client after client.
+each client's whole table with ``torch.optim.SGD``, client after client. A deployment runs
+the vectorized engine's halves apart: :meth:`CoClusterEngine.local_round` on the nodes, which
+keep their users' tables (:class:`CoClusterNodeHooks`), and :meth:`CoClusterEngine.aggregate`
+on the server, which sends each round's users their start tables and the membership.
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ from fedgraph.clustering import kmeans
 from fedgraph.federated.engine import FederatedEngine
 from fedgraph.federated.graph_guided import ClientTables
 from fedgraph.federated.local import SGD, BCELoss, bce
-from fedgraph.federated.messages import ClientRound, RoundStats, RowUpload
+from fedgraph.federated.messages import ClientRound, Payload, RoundStats, RowUpload
+from fedgraph.federated.node import Node, NodeHooks
 from fedgraph.federated.plan import RoundPlan
 from fedgraph.federated.reference import ClientModel, ReferenceEngine
 
@@ -174,7 +178,8 @@ class CoClusterState:
 
     def aggregate(self, clients: Tensor, tables: Tensor, generator: torch.Generator) -> Tensor:
         """The server's step on ``clients``' uploaded ``tables`` ``[B, I, d]`` (see the
-        module docstring), its draws from ``generator``; returns :math:`V_g`."""
+        module docstring), its draws from ``generator``: each client's next start is its
+        upload, or the group model for the similar group. Returns :math:`V_g`."""
         mean = tables.mean(0)
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
         self.membership = kmeans(mean, self.categories, seed=seed,
@@ -183,6 +188,7 @@ class CoClusterState:
         present = torch.unique(self.membership)
         category = int(present[torch.randint(present.numel(), (1,), generator=generator)])
         group = similar_group(tables, torch.nonzero(self.membership == category).view(-1), core)
+        self.starts[clients] = tables
         self.starts[clients[group]] = tables[group].mean(0).expand(group.numel(), -1, -1)
         self.last = {'core': int(clients[core]), 'category': category,
                      'similar': clients[group].tolist()}
@@ -244,7 +250,6 @@ class CoClusterEngine(FederatedEngine):
             for name, tensor in model.private_parameters().items():
                 tensor[plan.clients] = private[name]
         state.tables[plan.clients] = starts
-        state.starts[plan.clients] = starts
         return self.table_round(plan, starts, model.item.detach(), loss, round_seed)
 
     def contrastive_gradient(self, plan: RoundPlan, row: Tensor, local: Tensor) -> Tensor:
@@ -326,6 +331,15 @@ class CoClusterEngine(FederatedEngine):
         return {} if not last else {'core': last['core'], 'category': last['category'],
                                     'similar_group': len(last['similar'])}
 
+    def round_payload(self, users: Tensor) -> Dict[str, Tensor]:
+        """What a deployment's server sends with a round: the users' start tables (their own
+        or the group model) and the item membership (none before the first round)."""
+        state = self.cocluster
+        payload = {'start': state.starts[users]}
+        if state.membership is not None:
+            payload['membership'] = state.membership
+        return payload
+
     # ------------------------------------------------------------------ scoring
     def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:
         """``[U, k, d]`` each user's rows of ``items[u]`` in the table it trained last."""
@@ -356,6 +370,26 @@ class CoClusterEngine(FederatedEngine):
     def load_state_dict(self, state: Dict[str, object]) -> None:
         super().load_state_dict(state)
         self.cocluster.load_state_dict(state['cocluster'])
+
+
+class CoClusterNodeHooks(NodeHooks):
+    """CoFedRec's node halves: a node keeps its users' trained tables (``extra['tables']``
+    ``[n, I, d]``, the initial table until a user trains); a round's request brings the
+    selected users' start tables and the item membership."""
+
+    def enroll(self, node: Node, payload: Payload) -> Payload:
+        node.extra['tables'] = payload['items'].expand(node.users.numel(), -1, -1).clone()
+        return {}
+
+    def configure(self, node: Node, engine: FederatedEngine, payload: Payload,
+                  position: Tensor) -> None:
+        """The engine trains and scores the node's tables in place; a round's users start
+        from the tables the server sent, with its membership."""
+        engine.cocluster.tables = ClientTables.held(node.extra['tables'])
+        if 'start' in payload:
+            engine.cocluster.starts[position] = payload['start']
+        if 'membership' in payload:
+            engine.cocluster.membership = payload['membership']
 
 
 class CoClusterReference(ReferenceEngine):
@@ -412,7 +446,6 @@ class CoClusterReference(ReferenceEngine):
             losses.append(loss)
         tables = torch.stack(tables)
         self.cocluster.tables[plan.clients] = tables
-        self.cocluster.starts[plan.clients] = tables
         with torch.no_grad():
             self.model.item.copy_(self.cocluster.aggregate(plan.clients, tables, generator))
         result = ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
