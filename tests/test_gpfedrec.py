@@ -114,3 +114,118 @@ def test_the_aggregate_is_the_dense_product_in_blocks_or_sparse(monkeypatch, nei
     graph = relation_graph(tables, 'paper', neighbours)
     assert (graph.values().numel() > graph_guided.DENSE_SHARE * 60 ** 2) == (neighbours == 0)
     torch.testing.assert_close(propagate(graph, tables), graph.to_dense() @ tables)
+
+
+def _round_tables(generator, clients=48, rows=60, width=4, spread=0.3):
+    """Tables as a round leaves them: one shared table, each client's own few changed rows,
+    in four groups that share a direction of change."""
+    shared = torch.randn(rows, width, generator=generator, dtype=torch.float64)
+    groups = torch.randn(4, rows, width, generator=generator, dtype=torch.float64)
+    tables = shared + spread * groups[torch.arange(clients) % 4]
+    touched = torch.rand(clients, rows, 1, generator=generator, dtype=torch.float64) < 0.1
+    return tables + touched * torch.randn(clients, rows, width, generator=generator,
+                                          dtype=torch.float64)
+
+
+def test_a_sketch_at_least_the_tables_size_is_the_exact_closeness():
+    """With ``m >= D`` no projection is drawn: the mean/deviation vectors' inner products are
+    the cosines of the tables (mean, own and cross terms exact), and the graph is the exact
+    graph under every rule."""
+    tables = _round_tables(torch.Generator().manual_seed(1))
+    flat = tables.reshape(tables.size(0), -1)
+    unit = torch.nn.functional.normalize(flat, dim=1)
+    queries, database, mean = graph_guided.closeness_vectors(tables, sketch=flat.size(1))
+    torch.testing.assert_close(torch.from_numpy(queries @ database.T).double(), unit @ unit.T,
+                               atol=1e-5, rtol=0)
+    assert mean == pytest.approx(float((unit @ unit.T).mean()), rel=1e-6)
+    for rule in [dict(), dict(neighbours=5), dict(closeness='code'),
+                 dict(closeness='code', threshold=1.3)]:
+        exact = relation_graph(tables, **rule).to_dense()
+        sketched = relation_graph(tables, sketch=flat.size(1), **rule).to_dense()
+        torch.testing.assert_close(sketched, exact)
+
+
+def test_the_sketch_is_reproducible_from_its_seed_and_unbiased():
+    """The same seed draws the same sketch; over seeds, the estimated cosines average to the
+    exact ones (only the deviations' cross term is estimated)."""
+    tables = _round_tables(torch.Generator().manual_seed(2), clients=12)
+    unit = torch.nn.functional.normalize(tables.reshape(12, -1), dim=1)
+    exact = (unit @ unit.T).numpy()
+    first = graph_guided.closeness_vectors(tables, sketch=32, seed=5)
+    again = graph_guided.closeness_vectors(tables, sketch=32, seed=5)
+    other = graph_guided.closeness_vectors(tables, sketch=32, seed=6)
+    assert (first[0] == again[0]).all() and (first[1] == again[1]).all()
+    assert not (first[0] == other[0]).all()
+    estimates = [(lambda q, y, _: q @ y.T)(*graph_guided.closeness_vectors(tables, 32, seed))
+                 for seed in range(200)]
+    single = abs(estimates[0] - exact).max()
+    average = abs(sum(estimates) / len(estimates) - exact).max()
+    assert average < single / 8  # sqrt(200) = 14 for an unbiased estimate
+
+
+def test_a_sketch_finds_the_exact_neighbours_of_clustered_tables():
+    """Four groups of clients: under the threshold rule (the default) a small sketch finds
+    nearly every exact neighbour, and each client's top neighbours stay in its group."""
+    tables = _round_tables(torch.Generator().manual_seed(3), clients=80, rows=200, width=8,
+                           spread=1.0)
+    exact = relation_graph(tables).to_dense() > 0
+    sketched = relation_graph(tables, sketch=64).to_dense() > 0
+    jaccard = ((exact & sketched).sum(1) / (exact | sketched).sum(1)).mean()
+    assert jaccard > 0.9
+    top = relation_graph(tables, neighbours=10, sketch=64).to_dense() > 0
+    group = torch.arange(80) % 4
+    assert (group.unsqueeze(1) == group)[top].all()
+
+
+@pytest.mark.parametrize('sketch', [-1, 2.5, True, '64'])
+def test_bad_sketch_sizes_raise(sketch):
+    tables = torch.randn(4, 3, 2)
+    with pytest.raises(ValueError, match='sketch'):
+        relation_graph(tables, sketch=sketch)
+    with pytest.raises(ValueError, match='sketch'):
+        graph_guided.GraphGuidedState(tables[0], 4, 'paper', 0, 1.0, sketch=sketch)
+
+
+def test_a_bad_sketch_setting_is_refused():
+    from fedgraph.algorithms.gpfedrec import GPFedRecSettings
+    with pytest.raises(ValueError, match='sketch'):
+        GPFedRecSettings(sketch=-3).validate()
+    GPFedRecSettings(sketch=256).validate()
+
+
+@pytest.mark.parametrize('nested', [True, False])
+def test_the_chain_of_nested_neighbourhoods_is_the_dense_product(monkeypatch, nested):
+    """Neighbourhoods that grow one client at a time (each a prefix of one order) are summed
+    along a chain of their changes; scattered ones fall back to the dense product: both
+    equal the dense matrix's product."""
+    generator = torch.Generator().manual_seed(4)
+    size = 40
+    flat = torch.randn(size, 30, generator=generator, dtype=torch.float64)
+    if nested:
+        rank = torch.randperm(size, generator=generator)
+        degree = torch.randint(size // 2, size + 1, (size,), generator=generator)
+        member = rank.unsqueeze(0) < degree.unsqueeze(1)
+    else:
+        member = torch.rand(size, size, generator=generator) < 0.5
+        member.fill_diagonal_(True)
+    dense = member.double() / member.sum(1, keepdim=True)
+    graph = dense.to_sparse_csr()
+    monkeypatch.setattr(graph_guided, 'CHAIN_SHARE', 1 / 4)  # a small graph's chain: 40 changes
+    chained = graph_guided.chained_propagate(graph, flat)
+    assert (chained is not None) == nested
+    monkeypatch.setattr(graph_guided, 'CHAIN_ENTRIES', size * 7)  # blocks of 7 columns
+    torch.testing.assert_close(propagate(graph, flat), dense @ flat)
+    if nested:
+        torch.testing.assert_close(chained, dense @ flat)
+
+
+def test_whole_table_uploads_are_read_in_one_pass():
+    from fedgraph.federated.messages import RowUpload
+    base = torch.randn(5, 3)
+    tables = base + torch.randn(4, 5, 3)
+    upload = RowUpload.tables(torch.arange(4), tables, base)
+    torch.testing.assert_close(graph_guided.uploaded_tables(upload, base), tables)
+    shuffled = torch.randperm(20)
+    upload = RowUpload(upload.clients, upload.row_owner[shuffled], upload.row_item[shuffled],
+                       upload.update[shuffled])
+    torch.testing.assert_close(graph_guided.uploaded_tables(upload, base), tables)

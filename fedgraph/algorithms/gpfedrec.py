@@ -12,6 +12,9 @@ Defaults are the code's (``train.py``): MLP lr 0.1, user-vector lr 7.9, item lr
 :math:`0.1 \\cdot I \\cdot 80`, pull weight 1.0, neighbours above the mean closeness
 (threshold 1.0). ``closeness='paper'`` relates clients by cosine similarity, as the paper
 describes; ``'code'`` by cosine distance, as its code computes (``docs/successors.md``).
+``sketch = m`` estimates the closeness from the tables' exact mean terms and a sketch of
+their deviations (:func:`~fedgraph.federated.graph_guided.closeness_vectors`); 0 (exact) is
+the default.
 """
 from __future__ import annotations
 
@@ -51,6 +54,10 @@ class GPFedRecSettings(FedNCFSettings):
                                  'client above the mean closeness times --threshold)')
     threshold: float = setting(1.0, 'with neighbours 0: the share of the mean closeness a '
                                     'neighbour exceeds')
+    sketch: int = setting(0, "coordinates of the sketch of the round's tables' deviations from "
+                             "their mean that estimates the closeness (0: exact, every pair's "
+                             "B x I x d products; m: about B x I x m + B^2 x m, drawn from the "
+                             "run's seed)")
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +65,9 @@ class GPFedRecSettings(FedNCFSettings):
             raise ValueError(f'closeness must be one of {CLOSENESS}, got {self.closeness!r}')
         if self.neighbours < 0 or not self.proximal > 0 or self.user_lr < 0:
             raise ValueError('neighbours must be >= 0, proximal > 0 and user_lr >= 0')
+        if isinstance(self.sketch, bool) or not isinstance(self.sketch, int) or self.sketch < 0:
+            raise ValueError(f'sketch must be a whole number >= 0 (0: exact closeness), got '
+                             f'{self.sketch!r}')
         if self.optimizer != 'sgd' or self.loss != 'bce' or not self.dual_personalization:
             raise ValueError('GPFedRec trains with SGD on BCE and scores with each client\'s '
                              'own table (optimizer sgd, loss bce, dual_personalization on)')
@@ -104,4 +114,5 @@ class GPFedRec(Algorithm):
         settings = self.settings
         return {'guided': GraphGuidedState(model.item.detach(), num_clients,
                                            settings.closeness, settings.neighbours,
-                                           settings.threshold)}
+                                           settings.threshold, settings.sketch,
+                                           self.config.seed)}

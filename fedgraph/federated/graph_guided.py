@@ -49,11 +49,98 @@ from fedgraph.federated.reference import ReferenceEngine
 CLOSENESS = ('paper', 'code')
 
 
+def closeness_vectors(tables: Tensor, sketch: int = 0, seed: int = 0
+                      ) -> Tuple[np.ndarray, np.ndarray, float]:
+    """``(x, y, mean)``: float32 vectors of the ``B`` clients' tables, ``x`` to query with and
+    ``y`` to search, whose inner products :math:`\\langle x_c, y_j \\rangle` are the cosine
+    similarities :math:`\\cos(Q_c, Q_j)` of the tables (exactly, or estimated by a sketch),
+    and ``mean`` the exact mean of all :math:`B^2` cosines, :math:`\\lVert \\sum_c Q_c /
+    \\lVert Q_c \\rVert \\rVert^2 / B^2`.
+
+    ``sketch = 0``: :math:`x_c = y_c = Q_c / \\lVert Q_c \\rVert`, the unit tables; comparing
+    them all costs :math:`B^2 D` multiply-adds.
+
+    ``sketch = m > 0``: each table is the round's mean table plus its deviation, :math:`Q_c
+    = \\mu + u_c` with :math:`\\mu = \\frac{1}{B} \\sum_c Q_c`, so that
+
+    .. math::
+        \\langle Q_c, Q_j \\rangle = \\lVert \\mu \\rVert^2 + a_c + a_j + \\langle u_c, u_j
+        \\rangle, \\qquad a_c = \\langle \\mu, u_c \\rangle = \\langle \\mu, Q_c \\rangle -
+        \\lVert \\mu \\rVert^2,
+
+    where :math:`\\lVert \\mu \\rVert^2`, :math:`a_c` and :math:`\\lVert Q_c \\rVert` are
+    exact (:math:`O(B D)`) and only the deviations' inner product is estimated, by
+    :math:`\\langle z_c, z_j \\rangle` of their sketches :math:`z_c = P u_c = P Q_c - P \\mu`.
+    ``tables`` ``[B, I, d]`` are sketched along their rows: :math:`P` is a ``[k, I]``
+    Rademacher matrix (entries :math:`\\pm 1 / \\sqrt{k}`, drawn from ``seed``) with
+    :math:`k = \\lceil m / d \\rceil`, applied to each of the ``d`` columns of a table, so a
+    sketch has :math:`k d \\ge m` coordinates and :math:`E[P^\\top P] = 1` makes the estimate
+    unbiased, with a standard deviation of about :math:`\\lVert u_c \\rVert \\lVert u_j
+    \\rVert / \\sqrt{k d}` (a ``[B, D]`` input is sketched as ``[B, D, 1]``, ``k = m``). With
+    :math:`k \\ge I` (``m`` at least :math:`D`) no projection is drawn: :math:`z_c = u_c`,
+    and the estimate is the exact inner product. Then
+
+    .. math::
+        x_c = \\frac{[\\lVert \\mu \\rVert^2 + a_c,\\ 1,\\ z_c]}{\\lVert Q_c \\rVert}, \\qquad
+        y_j = \\frac{[1,\\ a_j,\\ z_j]}{\\lVert Q_j \\rVert},
+
+    built in :math:`O(B D k)` multiply-adds (a matrix product) and compared in :math:`B^2 (k
+    d + 2)`: the cosine of the whole tables is exact up to the sketch's error in the
+    deviations' term, small where the round's tables are close to their mean.
+    """
+    if isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 0:
+        raise ValueError(f'the sketch of the tables needs a whole number of coordinates >= 0 '
+                         f'(0: exact closeness), got {sketch!r}')
+    tables = tables.detach()
+    if not tables.is_floating_point():
+        tables = tables.float()
+    size = tables.size(0)
+    if size == 0:
+        raise ValueError('the user-relation graph needs at least one table')
+    if not sketch:
+        unit = F.normalize(tables.reshape(size, -1).float(), dim=1).cpu().numpy()
+        total = unit.sum(0, dtype=np.float64)
+        return unit, unit, float(total @ total) / size ** 2
+    grid = tables.reshape(size, tables.size(1), -1)  # [B, I, d] (d = 1 for a [B, D] input)
+    rows, width = grid.shape[1:]
+    mean = grid.mean(0)
+    rank = -(-sketch // width)
+    if rank < rows:
+        generator = torch.Generator().manual_seed(seed)
+        signs = torch.randint(0, 2, (rank, rows), generator=generator).to(grid.dtype)
+        projection = ((2 * signs - 1) / rank ** 0.5).to(grid.device)
+    else:
+        projection = None
+    flat_mean = mean.reshape(-1)
+    norm = grid.new_empty(size)
+    shared = grid.new_empty(size)  # <mu, Q_c>
+    unit_sum = torch.zeros_like(flat_mean, dtype=torch.float64)
+    sketched = []
+    for start in range(0, size, BLOCK_ROWS):
+        block = grid[start:start + BLOCK_ROWS]
+        flat = block.reshape(block.size(0), -1)
+        norm[start:start + BLOCK_ROWS] = torch.linalg.vector_norm(flat, dim=1)
+        shared[start:start + BLOCK_ROWS] = flat @ flat_mean
+        unit_sum += (flat.T @ (1 / norm[start:start + BLOCK_ROWS])).double()
+        sketched.append((projection @ block - projection @ mean).flatten(1)
+                        if projection is not None else flat - flat_mean)
+    deviation = torch.cat(sketched)
+    squared = float(flat_mean.double() @ flat_mean.double())
+    spread = shared - squared  # a_c
+    ones = torch.ones_like(spread)
+    norm = norm.unsqueeze(1)
+    queries = torch.cat([(squared + spread).unsqueeze(1), ones.unsqueeze(1), deviation],
+                        1) / norm
+    database = torch.cat([ones.unsqueeze(1), spread.unsqueeze(1), deviation], 1) / norm
+    return (queries.float().cpu().numpy(), database.float().cpu().numpy(),
+            float(unit_sum @ unit_sum) / size ** 2)
+
+
 def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,
-                   threshold: float = 1.0) -> Tensor:
-    """GPFedRec's user-relation graph over ``B`` clients' flattened tables ``[B, D]``: the
-    row-normalized matrix :math:`A` with :math:`A_{cj} = 1 / |N_c|` for :math:`j \\in N_c`,
-    as a sparse CSR ``[B, B]`` tensor.
+                   threshold: float = 1.0, sketch: int = 0, seed: int = 0) -> Tensor:
+    """GPFedRec's user-relation graph over ``B`` clients' tables (``[B, D]``, or ``[B, I,
+    d]``): the row-normalized matrix :math:`A` with :math:`A_{cj} = 1 / |N_c|` for :math:`j
+    \\in N_c`, as a sparse CSR ``[B, B]`` tensor.
 
     :math:`s_{cj}` is the cosine similarity of the two tables (``closeness='paper'``) or the
     cosine distance :math:`1 - \\cos` (``'code'``); every client, itself included, is a
@@ -64,27 +151,29 @@ def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0
     :math:`\\{c\\}` when none is.
 
     FAISS's exact inner-product search (``IndexFlatIP``: k-nearest neighbours, or a range
-    search above the threshold) over the unit tables in float32 finds the neighbours block
-    by block: memory grows with :math:`B D` and the graph's edges, never with :math:`B^2`
-    (the time still grows with :math:`B^2 D`). A client's farthest tables are the nearest
-    to its negated table.
+    search above the threshold) over the vectors of :func:`closeness_vectors` in float32
+    finds the neighbours block by block: memory grows with :math:`B D` and the graph's
+    edges, never with :math:`B^2`. With ``sketch = 0`` they are the unit tables (the time
+    grows with :math:`B^2 D`); with ``sketch = m > 0`` the cosines are estimated from the
+    tables' exact mean terms and a sketch of their deviations from the round's mean (drawn
+    from ``seed``; :math:`O(B D m / d + B^2 m)`), and :math:`\\bar s` stays exact. A
+    client's farthest tables are the nearest to its negated query.
     """
     if closeness not in CLOSENESS:
         raise ValueError(f'closeness must be one of {CLOSENESS}, got {closeness!r}')
     import faiss  # imported on first use: loading it is slow
 
-    unit = F.normalize(tables.detach().float(), dim=1).cpu().numpy()
-    size = unit.shape[0]
-    index = faiss.IndexFlatIP(unit.shape[1])
-    index.add(unit)
-    queries = unit if closeness == 'paper' else -unit
+    queries, database, mean = closeness_vectors(tables, sketch, seed)
+    size = database.shape[0]
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(database)
+    if closeness == 'code':
+        queries = -queries
     if neighbours:
         count = min(neighbours, size)
         _, found = index.search(queries, count)
         found, ptr = found.reshape(-1), np.arange(0, size * count + 1, count)
     else:
-        total = unit.sum(0, dtype=np.float64)
-        mean = float(total @ total) / size ** 2
         # paper: cos > t * mean cos; code: 1 - cos > t * (1 - mean cos), i.e.
         # -cos > t * (1 - mean cos) - 1
         radius = threshold * mean if closeness == 'paper' else threshold * (1 - mean) - 1
@@ -99,38 +188,53 @@ def relation_graph(tables: Tensor, closeness: str = 'paper', neighbours: int = 0
     degree = torch.from_numpy(np.diff(ptr).astype(np.int64))
     row = torch.repeat_interleave(torch.arange(size), degree)
     edges = torch.stack([row, torch.from_numpy(found.astype(np.int64))])
-    weight = (1 / degree.to(tables.dtype))[row]
+    dtype = tables.dtype if tables.is_floating_point() else torch.float32
+    weight = (1 / degree.to(dtype))[row]
     return csr_matrix(edges.to(tables.device), weight.to(tables.device), (size, size))
 
 
 def guided_aggregate(tables: Tensor, closeness: str = 'paper', neighbours: int = 0,
-                     threshold: float = 1.0) -> Tuple[Tensor, Tensor]:
+                     threshold: float = 1.0, sketch: int = 0,
+                     seed: int = 0) -> Tuple[Tensor, Tensor]:
     """``(R, G)``: each of the ``B`` clients' personalized aggregate of the uploaded tables
-    ``[B, I, d]``, :math:`R = A Q` over the :func:`relation_graph`, and the global table
-    :math:`G = \\frac{1}{B} \\sum_c R_c = w^\\top Q` with :math:`w_j = \\frac{1}{B}
-    \\sum_c A_{cj}` (a client weighs by how many clients count it a neighbour)."""
+    ``[B, I, d]``, :math:`R = A Q` over the :func:`relation_graph` (``sketch``, ``seed``:
+    its estimated closeness), and the global table :math:`G = \\frac{1}{B} \\sum_c R_c =
+    w^\\top Q` with :math:`w_j = \\frac{1}{B} \\sum_c A_{cj}` (a client weighs by how many
+    clients count it a neighbour)."""
     flat = tables.reshape(tables.size(0), -1)
-    graph = relation_graph(flat, closeness, neighbours, threshold)
+    graph = relation_graph(tables, closeness, neighbours, threshold, sketch, seed)
     weight = torch.zeros(flat.size(0), dtype=flat.dtype, device=flat.device).index_add_(
         0, graph.col_indices(), graph.values()) / flat.size(0)
     return propagate(graph, flat).view_as(tables), (weight @ flat).view_as(tables[0])
 
 
-#: A graph with more than this share of all pairs as edges is multiplied as a dense matrix.
+#: A graph with more than this share of all pairs as edges is multiplied as a dense matrix,
+#: or along a chain of its rows.
 DENSE_SHARE = 1 / 16
 #: Rows of the dense matrix built at a time.
 BLOCK_ROWS = 1024
+#: A chain of rows is taken when its changes are fewer than this share of all ``B^2`` pairs
+#: (a change costs a sparse row product, tens of times a dense product's share of a pair).
+CHAIN_SHARE = 1 / 64
+#: Entries (rows x columns) of the float64 running sums of a chain held at a time.
+CHAIN_ENTRIES = 1 << 22
 
 
 def propagate(graph: Tensor, flat: Tensor) -> Tensor:
     """:math:`A Q` for a sparse CSR ``graph`` ``[B, B]`` and ``flat`` ``[B, D]``: as a sparse
-    product when the graph is sparse (k neighbours), else in blocks of
-    :data:`BLOCK_ROWS` rows of the dense matrix (the threshold links about half of all
-    pairs, where a sparse product is tens of times slower than a dense one), so that memory
-    stays :math:`O(B \\cdot` ``BLOCK_ROWS`` :math:`+ B D)`."""
+    product when the graph is sparse (k neighbours); else, when each row's weights are one
+    value (:math:`A_{cj} = w_c` for :math:`j \\in N_c`, as :func:`relation_graph`'s), along
+    a chain of rows (:func:`chained_propagate`) if its changes are fewer than
+    :data:`CHAIN_SHARE` of all pairs; else in blocks of :data:`BLOCK_ROWS` rows of the
+    dense matrix (the threshold links about half of all pairs, where a sparse product is
+    tens of times slower than a dense one), so that memory stays :math:`O(B \\cdot`
+    ``BLOCK_ROWS`` :math:`+ B D)`."""
     size = flat.size(0)
     if graph.values().numel() <= DENSE_SHARE * size * size:
         return graph @ flat
+    chained = chained_propagate(graph, flat)
+    if chained is not None:
+        return chained
     ptr, col, value = graph.crow_indices(), graph.col_indices(), graph.values()
     out = torch.empty_like(flat)
     for start in range(0, size, BLOCK_ROWS):
@@ -141,6 +245,47 @@ def propagate(graph: Tensor, flat: Tensor) -> Tensor:
         block = flat.new_zeros(end - start, size)
         block[row, col[first:last]] = value[first:last]
         out[start:end] = block @ flat
+    return out
+
+
+def chained_propagate(graph: Tensor, flat: Tensor) -> Optional[Tensor]:
+    """:math:`A Q` along a chain of the graph's rows, or ``None`` where the chain would not
+    be cheaper than the dense product (changes at least :data:`CHAIN_SHARE` of all
+    :math:`B^2` pairs) or a row's weights differ.
+
+    With :math:`A_{cj} = w_c` for :math:`j \\in N_c`, :math:`(A Q)_c = w_c S_c` with
+    :math:`S_c = \\sum_{j \\in N_c} Q_j`. Ordered by degree, clients :math:`c_1, c_2, \\dots`
+    have :math:`S_{c_t} = S_{c_{t-1}} + \\sum_{j \\in N_{c_t} \\setminus N_{c_{t-1}}} Q_j -
+    \\sum_{j \\in N_{c_{t-1}} \\setminus N_{c_t}} Q_j`: a sparse product of the ``+1/-1``
+    changes with :math:`Q`, then a running sum down the chain (in float64, a block of columns
+    at a time). It costs :math:`D` times the changes, :math:`|N_{c_1}| + \\sum_t |N_{c_t}
+    \\triangle N_{c_{t-1}}|`, instead of the dense product's :math:`B^2`: the neighbourhoods
+    of the threshold rule on a round's tables are nearly nested (a few changes between
+    neighbours in the chain, hundreds of members each). Exact up to rounding."""
+    size = flat.size(0)
+    ptr, col, value = graph.crow_indices(), graph.col_indices(), graph.values()
+    degree = ptr.diff()
+    row = torch.repeat_interleave(torch.arange(size, device=flat.device), degree)
+    first = ptr[:-1].clamp(max=max(value.numel() - 1, 0))
+    scale = torch.where(degree > 0, value[first], torch.zeros_like(value[first]))
+    if not torch.equal(value, scale[row]):
+        return None
+    member = torch.zeros(size, size, dtype=torch.int8, device=flat.device)
+    member[row, col] = 1
+    order = torch.argsort(degree, stable=True)
+    member = member[order]
+    change = member.clone()
+    change[1:] -= member[:-1]
+    del member
+    if torch.count_nonzero(change) >= CHAIN_SHARE * size * size:
+        return None
+    change = change.to(flat.dtype).to_sparse_csr()
+    out = torch.empty_like(flat)
+    width = max(1, CHAIN_ENTRIES // size)
+    weight = scale[order].to(torch.float64).unsqueeze(1)
+    for start in range(0, flat.size(1), width):
+        part = (change @ flat[:, start:start + width]).to(torch.float64)
+        out[order, start:start + width] = (part.cumsum_(0) * weight).to(flat.dtype)
     return out
 
 
@@ -163,6 +308,20 @@ def dense_tables(plan: RoundPlan, base: Tensor, targets: Tensor, local: Tensor,
     tables = targets + decay.view(-1, 1, 1) * (base - targets)
     tables[plan.row_owner, plan.row_item] = local
     return tables
+
+
+def uploaded_tables(upload: RowUpload, base: Tensor) -> Tensor:
+    """``[B, I, d]`` the clients' tables of a whole-table ``upload`` from ``base``
+    (:meth:`RowUpload.to_tables`): where it holds every row of every client in the order of
+    :meth:`RowUpload.tables`, ``base`` plus its changes in one pass, the same values."""
+    size, rows = upload.clients.numel(), base.size(0)
+    if (upload.update.size(0) == size * rows
+            and bool((upload.row_owner.view(size, rows)
+                      == torch.arange(size, device=base.device).unsqueeze(1)).all())
+            and bool((upload.row_item.view(size, rows)
+                      == torch.arange(rows, device=base.device)).all())):
+        return upload.update.view(size, rows, -1) + base
+    return upload.to_tables(base)
 
 
 class ClientTables:
@@ -235,19 +394,26 @@ class GraphGuidedState:
     """What GPFedRec's server and clients hold besides the model: every client's latest
     table :math:`Q_c` (its own, on its device) and personalized aggregate :math:`R_c` (the
     server's, sent with the client's next round), both the initial table until the client
-    first trains (:class:`ClientTables`), and the server's graph settings."""
+    first trains (:class:`ClientTables`), and the server's graph settings (``sketch``,
+    ``seed``: the closeness estimated from a sketch, :func:`closeness_vectors`)."""
 
     def __init__(self, table: Tensor, num_clients: int, closeness: str, neighbours: int,
-                 threshold: float):
+                 threshold: float, sketch: int = 0, seed: int = 0):
+        if closeness not in CLOSENESS:
+            raise ValueError(f'closeness must be one of {CLOSENESS}, got {closeness!r}')
+        if isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 0:
+            raise ValueError(f'sketch must be a whole number >= 0 (0: exact closeness), got '
+                             f'{sketch!r}')
         self.tables = ClientTables(table, num_clients)
         self.targets = ClientTables(table, num_clients)
         self.closeness, self.neighbours, self.threshold = closeness, neighbours, threshold
+        self.sketch, self.seed = sketch, seed
 
     def aggregate(self, clients: Tensor, tables: Tensor) -> Tensor:
         """Gives ``clients`` the aggregates of their uploaded ``tables`` and returns the new
         global table."""
         personal, global_table = guided_aggregate(tables, self.closeness, self.neighbours,
-                                                  self.threshold)
+                                                  self.threshold, self.sketch, self.seed)
         self.targets[clients] = personal
         return global_table
 
@@ -281,7 +447,8 @@ class _Guided:
         if upload.clients.numel() == 0:
             return RoundStats(None, 0, 0.0, 0.0, dict(dropped or {}))
         with torch.no_grad():
-            self.model.item.copy_(self.guided.aggregate(upload.clients, upload.to_tables(base)))
+            self.model.item.copy_(self.guided.aggregate(upload.clients,
+                                                        uploaded_tables(upload, base)))
         return self.table_round_stats(upload.clients, base, float(result.loss.mean()),
                                       dropped, tables_down=2)
 
