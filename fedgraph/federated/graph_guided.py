@@ -214,9 +214,11 @@ DENSE_SHARE = 1 / 16
 #: Rows of the dense matrix built at a time.
 BLOCK_ROWS = 1024
 #: A chain of rows is taken when its changes are fewer than this share of all ``B^2`` pairs
-#: (a change costs a sparse row product, tens of times a dense product's share of a pair).
-CHAIN_SHARE = 1 / 64
-#: Entries (rows x columns) of the float64 running sums of a chain held at a time.
+#: (a change costs a row of Q read in a running sum, about 40 times a pair of the dense product).
+CHAIN_SHARE = 1 / 40
+#: Columns of a chain's running sum (float64) taken at a time, on the CPU.
+CHAIN_WIDTH = 1024
+#: Entries (rows x columns) of the float64 running sums of a chain held at a time (GPU).
 CHAIN_ENTRIES = 1 << 22
 
 
@@ -256,9 +258,10 @@ def chained_propagate(graph: Tensor, flat: Tensor) -> Optional[Tensor]:
     With :math:`A_{cj} = w_c` for :math:`j \\in N_c`, :math:`(A Q)_c = w_c S_c` with
     :math:`S_c = \\sum_{j \\in N_c} Q_j`. Ordered by degree, clients :math:`c_1, c_2, \\dots`
     have :math:`S_{c_t} = S_{c_{t-1}} + \\sum_{j \\in N_{c_t} \\setminus N_{c_{t-1}}} Q_j -
-    \\sum_{j \\in N_{c_{t-1}} \\setminus N_{c_t}} Q_j`: a sparse product of the ``+1/-1``
-    changes with :math:`Q`, then a running sum down the chain (in float64, a block of columns
-    at a time). It costs :math:`D` times the changes, :math:`|N_{c_1}| + \\sum_t |N_{c_t}
+    \\sum_{j \\in N_{c_{t-1}} \\setminus N_{c_t}} Q_j`: a running sum down the chain of the
+    ``+1/-1`` changes' rows of :math:`Q` (in float64, :data:`CHAIN_WIDTH` columns at a time,
+    :func:`fedgraph.federated.chain.chain_sums`; on a GPU a sparse product of the changes
+    with :math:`Q` and a cumulative sum). It costs :math:`D` times the changes, :math:`|N_{c_1}| + \\sum_t |N_{c_t}
     \\triangle N_{c_{t-1}}|`, instead of the dense product's :math:`B^2`: the neighbourhoods
     of the threshold rule on a round's tables are nearly nested (a few changes between
     neighbours in the chain, hundreds of members each). Exact up to rounding."""
@@ -279,13 +282,25 @@ def chained_propagate(graph: Tensor, flat: Tensor) -> Optional[Tensor]:
     del member
     if torch.count_nonzero(change) >= CHAIN_SHARE * size * size:
         return None
-    change = change.to(flat.dtype).to_sparse_csr()
+    if flat.device.type != 'cpu':
+        change = change.to(flat.dtype).to_sparse_csr()
+        out = torch.empty_like(flat)
+        width = max(1, CHAIN_ENTRIES // size)
+        weight = scale[order].to(torch.float64).unsqueeze(1)
+        for start in range(0, flat.size(1), width):
+            part = (change @ flat[:, start:start + width]).to(torch.float64)
+            out[order, start:start + width] = (part.cumsum_(0) * weight).to(flat.dtype)
+        return out
+    from fedgraph.federated.chain import chain_sums  # imports numba
+
+    step, source = change.nonzero(as_tuple=True)
+    sign = change[step, source].to(torch.float64)
+    steps = torch.zeros(size + 1, dtype=torch.long)
+    steps[1:] = torch.bincount(step, minlength=size).cumsum(0)
     out = torch.empty_like(flat)
-    width = max(1, CHAIN_ENTRIES // size)
-    weight = scale[order].to(torch.float64).unsqueeze(1)
-    for start in range(0, flat.size(1), width):
-        part = (change @ flat[:, start:start + width]).to(torch.float64)
-        out[order, start:start + width] = (part.cumsum_(0) * weight).to(flat.dtype)
+    chain_sums(order.numpy(), steps.numpy(), source.numpy(), sign.numpy(),
+               scale.to(torch.float64).numpy(), flat.contiguous().numpy(), out.numpy(),
+               CHAIN_WIDTH)
     return out
 
 
