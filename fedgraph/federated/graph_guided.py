@@ -119,7 +119,7 @@ def closeness_vectors(tables: Tensor, sketch: int = 0, seed: int = 0
     for start in range(0, size, BLOCK_ROWS):
         block = grid[start:start + BLOCK_ROWS]
         flat = block.reshape(block.size(0), -1)
-        norm[start:start + BLOCK_ROWS] = torch.linalg.vector_norm(flat, dim=1)
+        norm[start:start + BLOCK_ROWS] = torch.linalg.vector_norm(flat, dim=1).clamp_min(1e-12)
         shared[start:start + BLOCK_ROWS] = flat @ flat_mean
         unit_sum += (flat.T @ (1 / norm[start:start + BLOCK_ROWS])).double()
         sketched.append((projection @ block - projection @ mean).flatten(1)
