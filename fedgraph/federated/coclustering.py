@@ -433,23 +433,12 @@ class CoClusterReference(ReferenceEngine):
                 {k: v.detach() for k, v in model.parameters_by_name().items()}, total / count)
 
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
-        plan = self.training.plan(self.partition, self.selector(generator), generator,
-                                  self.known)
-        base = self.model.item.detach().clone()
-        tables, losses = [], []
-        for position, client in enumerate(plan.clients.tolist()):
-            table, private, loss = self._train_one(plan, position, client)
-            with torch.no_grad():
-                for name, tensor in self.model.private_parameters().items():
-                    tensor[client] = private[name]
-            tables.append(table)
-            losses.append(loss)
-        tables = torch.stack(tables)
+        plan, base, tables, losses = self.whole_tables(generator, self._train_one)
         self.cocluster.tables[plan.clients] = tables
         with torch.no_grad():
             self.model.item.copy_(self.cocluster.aggregate(plan.clients, tables, generator))
         result = ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
-                             torch.tensor(losses, dtype=base.dtype))
+                             losses)
         return self.table_round_stats(plan.clients, base, float(result.loss.mean())), result
 
     def personal_rows(self, users: Tensor, items: Tensor) -> Tensor:

@@ -546,20 +546,11 @@ class GraphGuidedReference(_Guided, ReferenceEngine):
     ``torch.optim.SGD`` and the proximal term, client after client; the same server."""
 
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
-        plan = self.training.plan(self.partition, self.selector(generator), generator,
-                                  self.known)
         base = self.model.item.detach().clone()
-        tables, losses = [], []
-        for position, client in enumerate(plan.clients.tolist()):
-            table, private, loss = self._train_client(plan, position, client, base,
-                                                      self.guided.targets[client])
-            with torch.no_grad():
-                for name, tensor in self.model.private_parameters().items():
-                    tensor[client] = private[name]
-            tables.append(table)
-            losses.append(loss)
-        tables = torch.stack(tables)
+        plan, _, tables, losses = self.whole_tables(
+            generator, lambda plan, position, client: self._train_client(
+                plan, position, client, base, self.guided.targets[client]))
         self.guided.tables[plan.clients] = tables
         result = ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
-                             torch.tensor(losses, dtype=base.dtype))
+                             losses)
         return self.aggregate(base, result), result

@@ -10,7 +10,7 @@ with ``clients x items``: use it on small data only.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +89,28 @@ class ReferenceEngine(RoundEngine):
 
     def run_round(self, generator: torch.Generator) -> RoundStats:
         return self.train_round(generator)[0]
+
+    def whole_tables(self, generator: torch.Generator,
+                     train_one: Callable[[RoundPlan, int, int],
+                                         Tuple[Tensor, Dict[str, Tensor], float]]
+                     ) -> Tuple[RoundPlan, Tensor, Tensor, Tensor]:
+        """A round's clients, drawn with their plan from ``generator``, each training its
+        whole item table alone (GPFedRec, CoFedRec): ``train_one(plan, position, client)``
+        returns the client's trained table, private parameters (written back into the model)
+        and mean loss. Returns ``(plan, base, tables, losses)``: ``base`` the shared table
+        of the round's start, ``tables`` ``[B, I, d]`` and ``losses`` ``[B]``."""
+        plan = self.training.plan(self.partition, self.selector(generator), generator,
+                                  self.known)
+        base = self.model.item.detach().clone()
+        tables, losses = [], []
+        for position, client in enumerate(plan.clients.tolist()):
+            table, private, loss = train_one(plan, position, client)
+            with torch.no_grad():
+                for name, tensor in self.model.private_parameters().items():
+                    tensor[client] = private[name]
+            tables.append(table)
+            losses.append(loss)
+        return plan, base, torch.stack(tables), torch.tensor(losses, dtype=base.dtype)
 
     def train_round(self, generator: torch.Generator) -> Tuple[RoundStats, ClientRound]:
         """One round, client after client; also returns what the clients uploaded."""
