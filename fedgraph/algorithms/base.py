@@ -82,6 +82,13 @@ CENTRALIZED_UNUSED = ('client_ratio', 'clients_per_round', 'aggregation', 'trim_
                       'secure_aggregation', 'secure_min_survivors', 'secure_dropout', 'engine',
                       'client_streams', 'round_block')
 
+#: The shared settings that an algorithm whose server reads each client's whole table
+#: (GPFedRec, FedRAP, CoFedRec) does not use: none of the upload defences, noise or secure
+#: aggregation apply; the selection, the engine and the clients' streams do.
+WHOLE_TABLE_UNUSED = tuple(name for name in CENTRALIZED_UNUSED
+                           if name not in ('client_ratio', 'clients_per_round', 'engine',
+                                           'client_streams'))
+
 #: The local losses and optimizers a client can train with, by setting value.
 LOSSES = {'bce': BCELoss, 'bpr': BPRLoss}
 OPTIMIZERS = {'sgd': SGD, 'adam': Adam}

@@ -23,7 +23,7 @@ from typing import Dict
 
 import torch
 
-from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, ClientSettings
+from fedgraph.algorithms.base import WHOLE_TABLE_UNUSED, Algorithm, ClientSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.coclustering import (CoClusterEngine, CoClusterNodeHooks,
                                              CoClusterReference, CoClusterState)
@@ -67,9 +67,7 @@ class CoFedRec(Algorithm):
     Settings = CoFedRecSettings
     #: The server reads each client's whole table: none of the upload defences, noise or
     #: secure aggregation apply.
-    unused_settings = tuple(name for name in CENTRALIZED_UNUSED
-                            if name not in ('client_ratio', 'clients_per_round', 'engine',
-                                            'client_streams'))
+    unused_settings = WHOLE_TABLE_UNUSED
     engine_class = CoClusterEngine
     reference_class = CoClusterReference
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm, AlgorithmSettings
+from fedgraph.algorithms.base import WHOLE_TABLE_UNUSED, Algorithm, AlgorithmSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.additive import (CURRICULA, AdditiveEngine, AdditiveNodeHooks,
                                          AdditiveRecommender, AdditiveReference,
@@ -60,9 +60,7 @@ class FedRAP(Algorithm):
     shared_defaults = dict(batch_size=2048, local_epochs=10)
     #: The server reads each client's copy of :math:`C`: none of the upload defences, noise
     #: or secure aggregation apply.
-    unused_settings = tuple(name for name in CENTRALIZED_UNUSED
-                            if name not in ('client_ratio', 'clients_per_round', 'engine',
-                                            'client_streams'))
+    unused_settings = WHOLE_TABLE_UNUSED
 
     engine_class = AdditiveEngine
     reference_class = AdditiveReference

@@ -24,7 +24,7 @@ from typing import Dict
 
 import torch
 
-from fedgraph.algorithms.base import CENTRALIZED_UNUSED, Algorithm
+from fedgraph.algorithms.base import WHOLE_TABLE_UNUSED, Algorithm
 from fedgraph.algorithms.fedncf import FedNCFSettings
 from fedgraph.algorithms.registry import register
 from fedgraph.federated.graph_guided import (CLOSENESS, GraphGuidedEngine, GraphGuidedReference,
@@ -81,9 +81,7 @@ class GPFedRec(Algorithm):
     Settings = GPFedRecSettings
     #: The server reads each client's whole table: none of the upload defences, noise or
     #: secure aggregation apply.
-    unused_settings = tuple(name for name in CENTRALIZED_UNUSED
-                            if name not in ('client_ratio', 'clients_per_round', 'engine',
-                                            'client_streams'))
+    unused_settings = WHOLE_TABLE_UNUSED
     engine_class = GraphGuidedEngine
     reference_class = GraphGuidedReference
 
