@@ -394,23 +394,51 @@ def test_csr_span_is_a_view_of_the_dense_rows(float64, low, high):
 
 
 @pytest.mark.parametrize('num_layers', [1, 2, 3])
+@pytest.mark.parametrize('offset', [False, True])
+def test_item_offset_is_added_to_the_first_layers_items(float64, num_layers, offset):
+    """The context is the layer mean of dense products with :math:`\\hat A`, the offset
+    added to the first layer's item rows before the next layer reads them."""
+    graph = _random_graph()
+    generator = torch.Generator().manual_seed(4)
+    user, item = torch.randn(40, DIM, generator=generator), torch.randn(30, DIM,
+                                                                        generator=generator)
+    item_offset = torch.randn(30, DIM, generator=generator) if offset else None
+    adjacency = graph.normalized_adjacency().to_dense()
+    x, total = torch.cat([user, item]), torch.zeros(70, DIM)
+    for layer in range(num_layers):
+        x = adjacency @ x
+        if layer == 0 and offset:
+            x = x + torch.cat([torch.zeros(40, DIM), item_offset])
+        total += x
+    user_context, item_context = FederatedGNN(num_layers).context(user, item, graph,
+                                                                  item_offset)
+    torch.testing.assert_close(user_context, total[:40] / (num_layers + 1))
+    torch.testing.assert_close(item_context, total[40:] / (num_layers + 1))
+    if offset and num_layers > 1:  # the offset reaches the users through the second layer
+        plain, _ = FederatedGNN(num_layers).context(user, item, graph)
+        assert not torch.allclose(user_context, plain)
+
+
+@pytest.mark.parametrize('num_layers', [1, 2, 3])
 @pytest.mark.parametrize('full_share', [0.0, 0.5, 1.0])
+@pytest.mark.parametrize('offset', [False, True])
 def test_context_rows_equal_the_full_context_at_those_rows(float64, monkeypatch, num_layers,
-                                                           full_share):
+                                                           full_share, offset):
     """The rows' K-hop propagation (all layers over the whole graph, the last ones over
     the rows' neighbourhoods, or all over the neighbourhoods) gives the full context's
-    rows, isolated nodes included."""
+    rows, isolated nodes included, with or without an offset on the first layer's items."""
     monkeypatch.setattr(FederatedGNN, 'FULL_SHARE', full_share)
     graph = _random_graph()
     generator = torch.Generator().manual_seed(3)
     user, item = torch.randn(40, DIM, generator=generator), torch.randn(30, DIM,
                                                                         generator=generator)
+    item_offset = torch.randn(30, DIM, generator=generator) if offset else None
     gnn = FederatedGNN(num_layers)
-    user_context, item_context = gnn.context(user, item, graph)
+    user_context, item_context = gnn.context(user, item, graph, item_offset)
     for users, items in (([0, 7, 3], [0, 29, 4]), ([], [1, 2]), ([39], []),
                          (list(range(40)), list(range(30)))):
         users, items = torch.tensor(users, dtype=torch.long), torch.tensor(items,
                                                                            dtype=torch.long)
-        user_rows, item_rows = gnn.context_rows(user, item, graph, users, items)
+        user_rows, item_rows = gnn.context_rows(user, item, graph, users, items, item_offset)
         torch.testing.assert_close(user_rows, user_context[users], atol=1e-12, rtol=0)
         torch.testing.assert_close(item_rows, item_context[items], atol=1e-12, rtol=0)

@@ -11,12 +11,13 @@ rows and the change of their user embedding, through clipping and Laplace noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from fedgraph.algorithms.fedmf import FedMF, FedMFSettings
 from fedgraph.algorithms.registry import register
+from fedgraph.privacy import accountant
 from fedgraph.settings import setting
 from fedgraph.data.partition import ClientPartition
 from fedgraph.federated.engine import FederatedEngine
@@ -44,6 +45,10 @@ class FedLightGCNSettings(FedMFSettings):
     pseudo_ratio: float = setting(0.1, 'pseudo-items a client adds, as a fraction of its items')
     level_weights: Tuple[float, float, float] = setting(
         (1.0, 0.0, 0.0), 'weights of the global, cluster and local scores')
+    user_release_every: int = setting(
+        0, 'under central DP, rounds between two releases of the users\' part of the items\' '
+        'context by every user (0: none)')
+    dp_user_clip: float = setting(1.0, 'bound on a user embedding\'s L2 norm in those releases')
 
     def validate(self) -> None:
         super().validate()
@@ -57,6 +62,9 @@ class FedLightGCNSettings(FedMFSettings):
                              '(dual_personalization=True)')
         if self.num_layers < 0 or not 0 <= self.pseudo_ratio < 1:
             raise ValueError('num_layers must be >= 0 and pseudo_ratio in [0, 1)')
+        if self.user_release_every < 0 or not self.dp_user_clip > 0:
+            raise ValueError(f'user_release_every must be >= 0 and dp_user_clip > 0, got '
+                             f'{self.user_release_every} and {self.dp_user_clip}')
 
 
 @register
@@ -69,6 +77,25 @@ class FedLightGCN(FedMF):
     #: A graph model's round goes on after the aggregate (the round's users upload their
     #: embeddings): it takes its clients together.
     unused_settings = ('round_block',)
+
+    @property
+    def user_releases(self) -> int:
+        """The users' releases of their part of the items' context in a run
+        (:meth:`GraphFederatedEngine.release_users
+        <fedgraph.federated.graph.GraphFederatedEngine.release_users>`): one every
+        ``user_release_every`` rounds under central DP-FedAvg, in-process, with layers to
+        propagate them; none otherwise."""
+        config, every = self.config, self.settings.user_release_every
+        if (not every or not config.private or config.dp_noise_at != 'server'
+                or config.secure_aggregation or not self.settings.num_layers):
+            return 0
+        return config.rounds // every
+
+    def planned_releases(self, noise_multiplier: float, num_clients: int, sample_size: int):
+        """The rounds' releases and the users' (:attr:`user_releases`), each an unamplified
+        Gaussian release of every user."""
+        return [*super().planned_releases(noise_multiplier, num_clients, sample_size),
+                (accountant.gaussian_event(noise_multiplier), self.user_releases)]
 
     def local_training(self, num_items: int) -> LocalTraining:
         """With K GNN layers the ego embeddings enter each side of the score divided by
@@ -131,4 +158,10 @@ class FedLightGCN(FedMF):
         settings = self.settings
         return GraphFederatedEngine(engine, FederatedGNN(settings.num_layers), graph,
                                     settings.level_weights, seed=self.config.seed,
-                                    propagation=propagation)
+                                    propagation=propagation, **self.user_release())
+
+    def user_release(self) -> Dict[str, object]:
+        """The graph engine's settings of the users' releases under DP
+        (:attr:`user_releases`)."""
+        return dict(user_release_every=self.settings.user_release_every if self.user_releases
+                    else 0, user_clip=self.settings.dp_user_clip)

@@ -84,4 +84,4 @@ class PerFedRec(FedLightGCN):
             engine, FederatedGNN(settings.num_layers), graph, settings.level_weights,
             settings.num_clusters, settings.cluster_every, augmentation, settings.simgcl_eps,
             settings.cl_weight, settings.cl_temperature, settings.pretrain_lr,
-            settings.pretrain_rounds, self.config.seed, propagation)
+            settings.pretrain_rounds, self.config.seed, propagation, **self.user_release())

@@ -39,6 +39,7 @@ from fedgraph.metrics.representation import UNIFORMITY_SAMPLE, sample_index, uni
 from fedgraph.nn.augment import Compose, PseudoItems
 from fedgraph.nn.gnn import CollaborativeGraph, FederatedGNN
 from fedgraph.nn.levels import combine_levels
+from fedgraph.privacy.gaussian import shrink_rows
 from fedgraph.privacy.upload import UploadTransform
 
 LEVELS = ('global', 'cluster', 'local')
@@ -93,6 +94,10 @@ class GraphFederatedEngine(RoundEngine):
         propagates: whether the engine propagates its own context (the server's, or the
             in-process run's); ``False``: a device's scorer, which scores with the context
             the server sent.
+        user_release_every: under central DP-FedAvg, the rounds between two releases of
+            the users' part of the items' context by every user (:meth:`release_users`);
+            0: none, the server propagates the embeddings they uploaded when they enrolled.
+        user_clip: the bound on a user's embedding's L2 norm in those releases.
     """
 
     def __init__(self, engine: FederatedEngine, gnn: FederatedGNN, graph: CollaborativeGraph,
@@ -100,7 +105,8 @@ class GraphFederatedEngine(RoundEngine):
                  cluster_every: int = 5, augmentation: Optional[Compose] = None,
                  simgcl_eps: float = 0.1, cl_weight: float = 1.0, cl_temperature: float = 0.2,
                  pretrain_lr: float = 0.05, pretrain_rounds: int = 0, seed: int = 0,
-                 propagation: Optional[SecurePropagation] = None, propagates: bool = True):
+                 propagation: Optional[SecurePropagation] = None, propagates: bool = True,
+                 user_release_every: int = 0, user_clip: float = 1.0):
         if level_weights[2] and not engine.training.personalize_items:
             raise ValueError('the local level needs dual personalization (private item rows)')
         if propagation is not None and (num_clusters or pretrain_rounds):
@@ -126,6 +132,11 @@ class GraphFederatedEngine(RoundEngine):
         self.propagation = propagation
         self.rounds_done = 0
         self.server_users = torch.zeros_like(self.user_table.detach())
+        self.user_release_every = user_release_every
+        self.user_clip = user_clip
+        #: The error of the server's estimate of the first layer's item rows from the
+        #: users' latest release (:meth:`release_users`; ``None``: none released).
+        self.user_noise: Optional[Tensor] = None
         self.assignment: Optional[Tensor] = None
         self.cluster_tables: Optional[Tensor] = None
         #: What the model's context was propagated from for every node (the versions of
@@ -185,6 +196,15 @@ class GraphFederatedEngine(RoundEngine):
         return self.engine.server.privacy is None and self.engine.secure is None
 
     @property
+    def releases_users(self) -> bool:
+        """Whether every :attr:`user_release_every` rounds the users release their part of
+        the items' context (:meth:`release_users`): under central DP-FedAvg, in-process,
+        when set."""
+        privacy = self.engine.server.privacy
+        return (self.user_release_every > 0 and privacy is not None and privacy.central
+                and self.engine.secure is None)
+
+    @property
     def participation(self) -> Tensor:
         """Each client's number of uploads so far."""
         return self.engine.participation
@@ -221,6 +241,46 @@ class GraphFederatedEngine(RoundEngine):
         self.server_users[clients[finite]] += change[finite].to(self.server_users.dtype)
         return int((~finite).sum())
 
+    def release_users(self, generator: torch.Generator) -> None:
+        """Every user releases its part of the items' context, through the Gaussian
+        mechanism of DP-FedAvg. Of the users the server needs only the first layer's item
+        half :math:`X^{(1)}_I = \\hat A_{IU} X_U`: over item :math:`i`, the sum
+        :math:`h_i = \\sum_{u \\ni i} x_u / \\sqrt{d_u}` scaled by :math:`1 / \\sqrt{d_i}`. A
+        user's part of :math:`h` is :math:`x_u / \\sqrt{d_u}` on each of its :math:`d_u`
+        items' rows, a vector of L2 norm :math:`\\lVert x_u \\rVert`; each user clips its
+        embedding to norm :math:`S_u` (:attr:`user_clip`), and the server receives the sum
+        of their parts plus :math:`Z \\sim \\mathcal N(0, \\sigma^2 S_u^2)` on every
+        coordinate, :math:`\\sigma` the rounds' noise multiplier: one more unamplified
+        Gaussian release of every user, counted in the ledger (and planned for by
+        :meth:`FedLightGCN.planned_releases
+        <fedgraph.algorithms.fedlightgcn.FedLightGCN.planned_releases>`). The server
+        estimates each item's :math:`h_i` from its noised sum with the positive-part
+        James--Stein shrinkage (:func:`~fedgraph.privacy.gaussian.shrink_rows`: an item
+        whose sum the noise swamps gets none), post-processing that costs no privacy.
+        Each release replaces the last: its noise does not add up over the releases.
+
+        The server's estimate is kept here as the clipped embeddings :math:`\\hat X_U`
+        (:attr:`server_users`) and the estimate's error on the first layer's item rows
+        (:attr:`user_noise`), so that :math:`\\hat A_{IU} \\hat X_U` plus that error is
+        what the server computes from the noised :math:`h`; no step reads a user's row of
+        :math:`\\hat X_U` but through :math:`\\hat A_{IU}`. Noise is drawn from
+        ``generator``."""
+        users = self.user_table.detach()
+        norms = users.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        torch.mul(users, (self.user_clip / norms).clamp(max=1.0), out=self.server_users)
+        item = self.model.item.detach()
+        adjacency = self.graph.normalized_adjacency(item.device, item.dtype)
+        exact = (adjacency @ torch.cat([self.server_users, torch.zeros_like(item)])
+                 )[self.model.num_clients:]
+        degree = torch.bincount(self.graph.edge_index[1].long(), minlength=item.size(0))
+        root = degree.to(item.device, item.dtype).sqrt().unsqueeze(1)
+        std = self.engine.server.privacy.noise_multiplier * self.user_clip
+        received = exact * root + std * torch.randn(
+            item.shape, generator=generator, dtype=item.dtype).to(item.device)
+        estimate = shrink_rows(received, std ** 2) / root.clamp_min(1.0)
+        self.user_noise = torch.where(root > 0, estimate, 0.0) - exact
+        self.ledger.record_release(torch.arange(self.model.num_clients))
+
     @property
     def held_graph(self) -> Optional[CollaborativeGraph]:
         """The collaborative graph the server holds (``None`` under secure propagation)."""
@@ -235,11 +295,12 @@ class GraphFederatedEngine(RoundEngine):
         the server sent (:attr:`propagates`)."""
         if self.propagation is not None or not self.propagates:
             return
+        noise = self.user_noise
         inputs = (id(self.server_users), self.server_users._version, id(self.model.item),
-                  self.model.item._version)
+                  self.model.item._version, id(noise), None if noise is None else noise._version)
         if inputs != self._context_of:
             user_context, item_context = self.gnn.context(
-                self.server_users, self.model.item.detach(), self.graph)
+                self.server_users, self.model.item.detach(), self.graph, self.user_noise)
             self.model.set_context(self.gnn.num_layers, user_context, item_context)
             self._context_of = inputs
 
@@ -267,7 +328,7 @@ class GraphFederatedEngine(RoundEngine):
             items = torch.arange(model.num_items, device=users.device)
         item_table = model.item.detach()
         user_rows, item_rows = self.gnn.context_rows(self.server_users, item_table,
-                                                     self.graph, users, items)
+                                                     self.graph, users, items, self.user_noise)
         if model.user_context is None:
             model.set_context(self.gnn.num_layers, torch.zeros_like(self.server_users),
                               torch.zeros_like(item_table))
@@ -301,8 +362,10 @@ class GraphFederatedEngine(RoundEngine):
         """A round: the context, the engine's round, then the round's clients upload their
         user embeddings -- but under DP-FedAvg or secure aggregation (:attr:`users_upload`),
         whose guarantee covers the averaged shared parameters only: a user's own embedding
-        would be a release of its own each round, and noise of the clip bound's scale on it
-        drowns it; the server's view keeps what the users uploaded before the rounds."""
+        would be a release of its own each round. Under central DP-FedAvg every user may
+        release its part of the items' context every :attr:`user_release_every` rounds
+        instead (:meth:`release_users`); otherwise the server's view keeps what the users
+        uploaded when they enrolled."""
         if self.propagation is not None:
             self.secure_context()
         stats, result = self.engine.train_round(generator)
@@ -312,6 +375,8 @@ class GraphFederatedEngine(RoundEngine):
             if dropped:
                 stats.dropped['non_finite'] = stats.dropped.get('non_finite', 0) + dropped
         self.finish_round(result, generator)
+        if self.releases_users and (self.rounds_done % self.user_release_every == 0):
+            self.release_users(generator)
         return stats
 
     # The server's halves of a round over messages (see fedgraph.server.deployment.Deployment).
@@ -515,6 +580,7 @@ class GraphFederatedEngine(RoundEngine):
 
     def state_dict(self) -> Dict[str, object]:
         return {'engine': self.engine.state_dict(), 'server_users': self.server_users,
+                'user_noise': self.user_noise,
                 'assignment': self.assignment, 'cluster_tables': self.cluster_tables,
                 'rounds_done': self.rounds_done, 'graph': self.graph.edge_index,
                 'context': (self.model.user_context, self.model.item_context)}
@@ -522,6 +588,7 @@ class GraphFederatedEngine(RoundEngine):
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.engine.load_state_dict(state['engine'])
         self.server_users = state['server_users']
+        self.user_noise = state.get('user_noise')
         self.assignment = state['assignment']
         self.cluster_tables = state['cluster_tables']
         self.rounds_done = state['rounds_done']

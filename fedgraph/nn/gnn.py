@@ -424,22 +424,28 @@ class FederatedGNN(nn.Module):
         return total_users / (self.num_layers + 1), total_items / (self.num_layers + 1)
 
     @torch.no_grad()
-    def context(self, user: Tensor, item: Tensor,
-                graph: Optional[CollaborativeGraph]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    def context(self, user: Tensor, item: Tensor, graph: Optional[CollaborativeGraph],
+                item_offset: Optional[Tensor] = None
+                ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """What the neighbours add to each node:
         :math:`\\bar X - X^{(0)} / (K + 1) = \\frac{1}{K + 1} \\sum_{k=1}^{K} X^{(k)}`.
 
         A client's final vectors are ``ego / (K + 1) + context``; with the context held
         fixed during a round, local training updates the ego embeddings exactly as LightGCN's
-        gradient through its layer-0 term. ``None`` without layers or graph.
+        gradient through its layer-0 term. ``item_offset`` ``[I, d]`` is added to the first
+        layer's item rows :math:`X^{(1)}_I` (the noise of a release of the users' half, see
+        :class:`~fedgraph.federated.graph.GraphFederatedEngine`). ``None`` without layers or
+        graph.
         """
         if self.num_layers == 0 or graph is None:
             return None, None
         x = torch.cat([user, item])
         adjacency = graph.normalized_adjacency(x.device, x.dtype)
         total = None
-        for _ in range(self.num_layers):
+        for layer in range(self.num_layers):
             x = adjacency @ x
+            if layer == 0 and item_offset is not None:
+                x[user.size(0):] += item_offset
             # The sum starts as the first layer itself, read once more by the second
             # layer's product before the second layer is added to it.
             total = x if total is None else total.add_(x)
@@ -448,9 +454,10 @@ class FederatedGNN(nn.Module):
 
     @torch.no_grad()
     def context_rows(self, user: Tensor, item: Tensor, graph: CollaborativeGraph,
-                     users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
-        """:meth:`context` at the rows ``users`` and ``items`` only, from their K-hop
-        neighbourhoods: what a round's clients train with.
+                     users: Tensor, items: Tensor, item_offset: Optional[Tensor] = None
+                     ) -> Tuple[Tensor, Tensor]:
+        """:meth:`context` (with its ``item_offset``) at the rows ``users`` and ``items``
+        only, from their K-hop neighbourhoods: what a round's clients train with.
 
         Layer :math:`k` is needed at the nodes :math:`F_k`, with :math:`F_K` the wanted
         rows and :math:`F_{k-1} = F_k \\cup N(F_k)`; then
@@ -478,17 +485,25 @@ class FederatedGNN(nn.Module):
                                  for nodes in (part, rows.col_indices())], num_nodes)]
         total = torch.zeros_like(x[targets])
         spare: Optional[Tensor] = None  # the last whole product's input, free once it is done
+        # The offset goes on every item row of the first layer: rows outside F_1 are never
+        # read, and its last-layer case (K = 1) is the items' targets.
+        num_users = user.size(0)
         for layer, blocks in enumerate(layers):
+            offset = item_offset if layer == 0 else None
             if blocks is None:
                 x, spare = adjacency @ x, x
             elif layer == self.num_layers - 1:  # its parts are the targets
                 total += torch.cat([_at(rows @ x, position) for _, rows, position in blocks])
+                if offset is not None:
+                    total[users.numel():] += offset[items]
                 break
             else:
                 spread = torch.zeros_like(x) if spare is None else spare.zero_()
                 for part, rows, position in blocks:
                     spread[part] = _at(rows @ x, position)
                 x, spare = spread, None
+            if offset is not None:
+                x[num_users:] += offset
             total += x[targets]
         total /= self.num_layers + 1
         return total[:users.numel()], total[users.numel():]
