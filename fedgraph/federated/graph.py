@@ -134,9 +134,9 @@ class GraphFederatedEngine(RoundEngine):
         self.server_users = torch.zeros_like(self.user_table.detach())
         self.user_release_every = user_release_every
         self.user_clip = user_clip
-        #: The error of the server's estimate of the first layer's item rows from the
-        #: users' latest release (:meth:`release_users`; ``None``: none released).
-        self.user_noise: Optional[Tensor] = None
+        #: What the users' latest release (:meth:`release_users`) adds to the first layer's
+        #: item rows over the item half of :attr:`server_users` (``None``: none released).
+        self.user_offset: Optional[Tensor] = None
         self.assignment: Optional[Tensor] = None
         self.cluster_tables: Optional[Tensor] = None
         #: What the model's context was propagated from for every node (the versions of
@@ -259,27 +259,29 @@ class GraphFederatedEngine(RoundEngine):
         whose sum the noise swamps gets none), post-processing that costs no privacy.
         Each release replaces the last: its noise does not add up over the releases.
 
-        The server's estimate is kept here as the clipped embeddings :math:`\\hat X_U`
-        (:attr:`server_users`) and the estimate's error on the first layer's item rows
-        (:attr:`user_noise`), so that :math:`\\hat A_{IU} \\hat X_U` plus that error is
-        what the server computes from the noised :math:`h`; no step reads a user's row of
-        :math:`\\hat X_U` but through :math:`\\hat A_{IU}`. Noise is drawn from
-        ``generator``."""
+        The server keeps its estimate as what it adds to the first layer's item rows over
+        those of its own view of the users (:attr:`user_offset`): its view
+        :attr:`server_users` stays the embeddings uploaded at enrollment, and no user's
+        release is read but through its sum. Noise is drawn from ``generator``."""
         users = self.user_table.detach()
         norms = users.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        torch.mul(users, (self.user_clip / norms).clamp(max=1.0), out=self.server_users)
+        exact = self._first_item_half(users * (self.user_clip / norms).clamp(max=1.0))
         item = self.model.item.detach()
-        adjacency = self.graph.normalized_adjacency(item.device, item.dtype)
-        exact = (adjacency @ torch.cat([self.server_users, torch.zeros_like(item)])
-                 )[self.model.num_clients:]
         degree = torch.bincount(self.graph.edge_index[1].long(), minlength=item.size(0))
         root = degree.to(item.device, item.dtype).sqrt().unsqueeze(1)
         std = self.engine.server.privacy.noise_multiplier * self.user_clip
         received = exact * root + std * torch.randn(
             item.shape, generator=generator, dtype=item.dtype).to(item.device)
         estimate = shrink_rows(received, std ** 2) / root.clamp_min(1.0)
-        self.user_noise = torch.where(root > 0, estimate, 0.0) - exact
+        self.user_offset = (torch.where(root > 0, estimate, 0.0)
+                            - self._first_item_half(self.server_users))
         self.ledger.record_release(torch.arange(self.model.num_clients))
+
+    def _first_item_half(self, users: Tensor) -> Tensor:
+        """:math:`\\hat A_{IU} X_U` of the user vectors ``users`` over the server's graph."""
+        item = self.model.item.detach()
+        adjacency = self.graph.normalized_adjacency(item.device, item.dtype)
+        return (adjacency @ torch.cat([users, torch.zeros_like(item)]))[users.size(0):]
 
     @property
     def held_graph(self) -> Optional[CollaborativeGraph]:
@@ -295,12 +297,13 @@ class GraphFederatedEngine(RoundEngine):
         the server sent (:attr:`propagates`)."""
         if self.propagation is not None or not self.propagates:
             return
-        noise = self.user_noise
+        offset = self.user_offset
         inputs = (id(self.server_users), self.server_users._version, id(self.model.item),
-                  self.model.item._version, id(noise), None if noise is None else noise._version)
+                  self.model.item._version, id(offset),
+                  None if offset is None else offset._version)
         if inputs != self._context_of:
             user_context, item_context = self.gnn.context(
-                self.server_users, self.model.item.detach(), self.graph, self.user_noise)
+                self.server_users, self.model.item.detach(), self.graph, self.user_offset)
             self.model.set_context(self.gnn.num_layers, user_context, item_context)
             self._context_of = inputs
 
@@ -328,7 +331,7 @@ class GraphFederatedEngine(RoundEngine):
             items = torch.arange(model.num_items, device=users.device)
         item_table = model.item.detach()
         user_rows, item_rows = self.gnn.context_rows(self.server_users, item_table,
-                                                     self.graph, users, items, self.user_noise)
+                                                     self.graph, users, items, self.user_offset)
         if model.user_context is None:
             model.set_context(self.gnn.num_layers, torch.zeros_like(self.server_users),
                               torch.zeros_like(item_table))
@@ -580,7 +583,7 @@ class GraphFederatedEngine(RoundEngine):
 
     def state_dict(self) -> Dict[str, object]:
         return {'engine': self.engine.state_dict(), 'server_users': self.server_users,
-                'user_noise': self.user_noise,
+                'user_offset': self.user_offset,
                 'assignment': self.assignment, 'cluster_tables': self.cluster_tables,
                 'rounds_done': self.rounds_done, 'graph': self.graph.edge_index,
                 'context': (self.model.user_context, self.model.item_context)}
@@ -588,7 +591,7 @@ class GraphFederatedEngine(RoundEngine):
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.engine.load_state_dict(state['engine'])
         self.server_users = state['server_users']
-        self.user_noise = state.get('user_noise')
+        self.user_offset = state.get('user_offset')
         self.assignment = state['assignment']
         self.cluster_tables = state['cluster_tables']
         self.rounds_done = state['rounds_done']
