@@ -9,6 +9,8 @@ from fedgraph.config import TrainConfig
 from fedgraph.data import ClientPartition, leave_one_out_split, synthetic_interactions
 from fedgraph.nn import FederatedGNN
 from fedgraph.privacy.gaussian import shrink_rows
+from fedgraph.training import train
+from helpers import train_interrupted, without_seconds
 
 BASE = dict(algorithm='fedlightgcn', dim=8, num_layers=2, clients_per_round=20, rounds=4,
             user_release_every=2)
@@ -136,3 +138,19 @@ def test_james_stein_shrinks_each_row_by_its_own_norm():
     torch.testing.assert_close(shrunk[2], rows[2] * (1 - 1 / 2500))
     two = torch.tensor([[0.1, 0.2]])
     assert torch.equal(shrink_rows(two, 1.0), two)  # d <= 2: no shrinkage dominates
+
+
+def test_a_run_records_its_releases_and_resumes_with_them(split, tmp_path, monkeypatch):
+    """Each round's privacy record counts the users' releases so far within ε; a run
+    interrupted after a release resumes to the uninterrupted run's records."""
+    config = TrainConfig(**dict(BASE, dp_epsilon=4.0, dp_clip=10.0, checkpoint_every=2,
+                                user_release_every=1, rounds=3))
+    whole = train(config, out=tmp_path / 'whole', progress=False, split=split)
+    privacy = [record['privacy'] for record in whole['rounds']]
+    assert [record['releases'] for record in privacy] == [1, 2, 3]
+    assert all(record['epsilon'] <= 4.0 + 1e-9 for record in privacy)
+    assert privacy[-1]['epsilon'] > privacy[0]['epsilon']
+    out = tmp_path / 'resumed'
+    train_interrupted(monkeypatch, config, out=out, progress=False, split=split)
+    resumed = train(config, out=out, resume=True, progress=False, split=split)
+    assert without_seconds(resumed) == without_seconds(whole)
