@@ -178,7 +178,8 @@ class TrainConfig:
     patience: int = setting(0,
         'stop after this many evaluations without a better validation metric (0: never)')
     checkpoint_every: int = setting(10,
-        'save a checkpoint every N rounds')
+        'save a checkpoint every N rounds and after the last (0: never; the run cannot '
+        'be resumed)')
     device: str = setting('cpu',
         'cpu or cuda')
     engine: str = setting('vectorized',
@@ -255,8 +256,8 @@ class TrainConfig:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
-        if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
-            raise ValueError('rounds, eval_every and checkpoint_every must be >= 1')
+        if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 0:
+            raise ValueError('rounds and eval_every must be >= 1, checkpoint_every >= 0')
         self._validate_server()
         if self.patience < 0:
             raise ValueError('patience must be >= 0')

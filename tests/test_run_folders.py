@@ -198,3 +198,20 @@ def test_levels_compares_the_levels_a_run_has_and_refuses_a_run_without(tmp_path
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| (')]
     assert [row.split(' |')[0] for row in rows] == ['| (1.0, 0.0, 0.0)', '| (0.0, 0.0, 1.0)']
     assert rows[0].split('|')[2:] != rows[1].split('|')[2:]
+
+
+def test_checkpoint_every_zero_writes_no_checkpoint(tmp_path):
+    """``checkpoint_every=0``: the run's metrics, no ``checkpoint.pt`` (a
+    10^6-user PFedRec checkpoint holds every user's fine-tuned rows), and the same metrics
+    as a run that checkpoints; it cannot be resumed."""
+    config = dict(dataset='synthetic', dim=8, rounds=3)
+    saved = train(TrainConfig(**config, checkpoint_every=1), out=tmp_path / 'saved',
+                  progress=False)
+    out = tmp_path / 'unsaved'
+    unsaved = train(TrainConfig(**config, checkpoint_every=0), out=out, progress=False)
+    assert not (out / CHECKPOINT).exists()
+    assert (out / 'metrics.csv').exists() and (tmp_path / 'saved' / CHECKPOINT).exists()
+    assert without_seconds(read_metrics(out)) == without_seconds(unsaved)
+    assert without_seconds(unsaved) == without_seconds(saved)
+    with pytest.raises(FileNotFoundError, match='to resume from'):
+        train(TrainConfig(**config, checkpoint_every=0), out=out, resume=True, progress=False)

@@ -235,7 +235,7 @@ def test_reference_engine_option_full_ranking(ranking_split, float64):
 @pytest.mark.parametrize('kwargs', [
     {'algorithm': 'fedavg'}, {'protocol': 'bogus'}, {'aggregation': 'krum'},
     {'engine': 'gpu'}, {'split_mode': 'sorted'}, {'rounds': 0}, {'eval_every': 0},
-    {'checkpoint_every': 0}, {'num_negatives': 0}, {'dim': 0}, {'batch_size': 0},
+    {'checkpoint_every': -1}, {'num_negatives': 0}, {'dim': 0}, {'batch_size': 0},
 ])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):

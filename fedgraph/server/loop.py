@@ -310,7 +310,7 @@ class Server:
                 stop = stops_early(history, config)
                 last = round_index + 1 == config.rounds or stop
                 if out is not None and self._saves_after(round_index, last):
-                    if federation.resumable:
+                    if federation.resumable and config.checkpoint_every:
                         save_tensors(out / CHECKPOINT, {
                             **federation.state_dict(), 'history': history,
                             'round': round_index + 1, 'pretraining': self.pretraining})
@@ -336,7 +336,7 @@ class Server:
 
     def _saves_after(self, round_index: int, last: bool) -> bool:
         """Whether the run's files are written after round ``round_index``: every
-        ``checkpoint_every`` rounds and after the last; a deployment, which cannot resume,
-        writes its metrics after every round."""
+        ``checkpoint_every`` rounds (0: the metrics only, after the last) and after the
+        last; a deployment, which cannot resume, writes its metrics after every round."""
         every = self.config.checkpoint_every if self.federation.resumable else 1
-        return (round_index + 1) % every == 0 or last
+        return last or (every > 0 and (round_index + 1) % every == 0)
