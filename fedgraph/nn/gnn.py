@@ -433,9 +433,10 @@ class FederatedGNN(nn.Module):
         A client's final vectors are ``ego / (K + 1) + context``; with the context held
         fixed during a round, local training updates the ego embeddings exactly as LightGCN's
         gradient through its layer-0 term. ``item_offset`` ``[I, d]`` is added to the first
-        layer's item rows :math:`X^{(1)}_I` (the noise of a release of the users' half, see
-        :class:`~fedgraph.federated.graph.GraphFederatedEngine`). ``None`` without layers or
-        graph.
+        layer's item rows :math:`X^{(1)}_I` (what a release of the users' half adds, see
+        :meth:`GraphFederatedEngine.release_users
+        <fedgraph.federated.graph.GraphFederatedEngine.release_users>`). ``None`` without
+        layers or graph.
         """
         if self.num_layers == 0 or graph is None:
             return None, None
