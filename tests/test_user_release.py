@@ -115,6 +115,16 @@ def test_no_release_is_planned_where_it_does_not_apply(settings):
         assert events[-1][1] == 0
 
 
+@pytest.mark.parametrize('settings', [
+    dict(dp_noise_multiplier=1.0, dp_clip=1.0, dp_noise_at='client'),
+    dict(dp_epsilon=4.0, dp_clip=10.0, num_layers=0),
+])
+def test_releases_set_where_dp_cannot_run_them_are_an_error(split, settings):
+    with pytest.raises(ValueError, match='central DP'):
+        _engine(split, **settings)
+    _engine(split, **dict(settings, user_release_every=0))  # without them it trains
+
+
 def test_a_release_setting_out_of_range_is_an_error():
     with pytest.raises(ValueError, match='user_release_every'):
         TrainConfig(**dict(BASE, user_release_every=-1))

@@ -162,6 +162,13 @@ class FedLightGCN(FedMF):
 
     def user_release(self) -> Dict[str, object]:
         """The graph engine's settings of the users' releases under DP
-        (:attr:`user_releases`)."""
-        return dict(user_release_every=self.settings.user_release_every if self.user_releases
-                    else 0, user_clip=self.settings.dp_user_clip)
+        (:attr:`user_releases`). Under user-level DP, releases set where they cannot run
+        are an error (without DP they do nothing: a frontier's no-DP reference keeps the
+        DP runs' settings)."""
+        settings = self.settings
+        if settings.user_release_every and self.config.private and not self.user_releases:
+            raise ValueError('user_release_every releases the users\' part of the items\' '
+                             'context under central DP (dp_noise_at=\'server\'), without '
+                             'secure aggregation, with num_layers > 0')
+        return dict(user_release_every=settings.user_release_every if self.user_releases
+                    else 0, user_clip=settings.dp_user_clip)
