@@ -549,7 +549,7 @@ class GraphGuidedReference(_Guided, ReferenceEngine):
         base = self.model.item.detach().clone()
         plan, _, tables, losses = self.whole_tables(
             generator, lambda plan, position, client: self._train_client(
-                plan, position, client, base, self.guided.targets[client]))
+                plan, position, client, base, self.guided.targets[client]), base)
         self.guided.tables[plan.clients] = tables
         result = ClientRound(RowUpload.tables(plan.clients, tables, base), plan.num_samples,
                              losses)

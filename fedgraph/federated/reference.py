@@ -92,16 +92,19 @@ class ReferenceEngine(RoundEngine):
 
     def whole_tables(self, generator: torch.Generator,
                      train_one: Callable[[RoundPlan, int, int],
-                                         Tuple[Tensor, Dict[str, Tensor], float]]
+                                         Tuple[Tensor, Dict[str, Tensor], float]],
+                     base: Optional[Tensor] = None
                      ) -> Tuple[RoundPlan, Tensor, Tensor, Tensor]:
         """A round's clients, drawn with their plan from ``generator``, each training its
         whole item table alone (GPFedRec, CoFedRec): ``train_one(plan, position, client)``
         returns the client's trained table, private parameters (written back into the model)
         and mean loss. Returns ``(plan, base, tables, losses)``: ``base`` the shared table
-        of the round's start, ``tables`` ``[B, I, d]`` and ``losses`` ``[B]``."""
+        of the round's start (a copy, unless the caller gives the one it took),
+        ``tables`` ``[B, I, d]`` and ``losses`` ``[B]``."""
         plan = self.training.plan(self.partition, self.selector(generator), generator,
                                   self.known)
-        base = self.model.item.detach().clone()
+        if base is None:
+            base = self.model.item.detach().clone()
         tables, losses = [], []
         for position, client in enumerate(plan.clients.tolist()):
             table, private, loss = train_one(plan, position, client)
